@@ -1,0 +1,1 @@
+"""The HTTP API: a thin ASGI application over msgspec (see `app.create_app`)."""

@@ -1,0 +1,99 @@
+"""The `orderflow` command: `serve` runs the service; also `python -m orderflow`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from orderflow import __version__
+from orderflow.settings import DEFAULTS, ENV_PREFIX, load_settings, settings_to_env
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _option(flag: str, help: str, **kwargs: Any) -> Callable[[F], F]:
+    name = flag.removeprefix("--").replace("-", "_")
+    if "is_flag" not in kwargs:
+        kwargs.setdefault("default", getattr(DEFAULTS, name))
+        kwargs.setdefault("show_default", True)
+    return click.option(flag, envvar=ENV_PREFIX + name.upper(), help=help, **kwargs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="orderflow")
+def main() -> None:
+    """orderflow: take customer orders over HTTP and ship them concurrently.
+
+    Every option of `serve` can also be set as ORDERFLOW_<OPTION>, e.g. ORDERFLOW_PORT=9000.
+    """
+
+
+@main.command()
+@_option("--host", "Address to listen on.")
+@_option("--port", "Port to listen on.", type=int)
+@_option("--concurrency", "Most shipments in flight at once.", type=int)
+@_option("--ship-delay", "Seconds each simulated shipment takes.", type=float)
+@_option("--ship-jitter", "Up to this many random seconds added to each shipment.", type=float)
+@_option("--ship-failure-rate", "Fraction of simulated shipments that fail (0 to 1).", type=float)
+@_option("--process-timeout", "Seconds before a shipment fails with 'timeout'.", type=float)
+@_option("--shutdown-grace", "Seconds shipments may finish on SIGINT/SIGTERM.", type=float)
+@_option("--auto-process", "Ship each order as it arrives.", is_flag=True, default=None)
+@_option(
+    "--snapshot",
+    "Load orders from PATH at start, write them there at shutdown.",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PATH",
+)
+@_option("--database-url", "Where orders live: memory:// or postgresql://….")
+@_option(
+    "--log-level",
+    "Least severe level logged.",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option(
+    "--server",
+    envvar="ORDERFLOW_SERVER",
+    type=click.Choice(["granian", "uvicorn"]),
+    default="granian",
+    show_default=True,
+    help="HTTP server to run under.",
+)
+def serve(server: str, **options: Any) -> None:
+    """Serve the HTTP API until SIGINT or SIGTERM, then stop gracefully."""
+    try:
+        settings = load_settings({}, **options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    # The server imports the app in its own process: hand it the settings as the environment.
+    os.environ.update(settings_to_env(settings))
+    target = "orderflow.api.app:app_from_env"
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(
+            target,
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            lifespan="on",
+        )
+        return
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+
+    Granian(
+        target,
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=1,
+        runtime_threads=1,
+        log_level=LogLevels(settings.log_level),
+    ).serve()

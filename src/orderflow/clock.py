@@ -1,0 +1,28 @@
+"""The one source of time and id entropy; tests inject their own."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware, in UTC."""
+
+    def entropy(self) -> int:
+        """65 or more random bits for a new order id."""
+
+
+class SystemClock:
+    def __init__(self) -> None:
+        # Seeded from os.urandom: ids from many processes must not collide; they need not be
+        # unguessable, so the fast generator will do.
+        self._rng = random.Random()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def entropy(self) -> int:
+        return self._rng.getrandbits(65)

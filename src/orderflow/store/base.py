@@ -1,0 +1,79 @@
+"""OrderStore: the contract every backend keeps; the conformance suite checks it.
+
+Each method is atomic on its own. Shared rules (the state machine, ids, validation) live in the
+domain and the service, so a backend only stores and finds.
+"""
+
+from __future__ import annotations
+
+import abc
+from datetime import datetime
+
+from orderflow.domain import Event, Order, OrderQuery, OrderStatus, Page
+from orderflow.errors import OrderNotFound
+
+
+class OrderStore(abc.ABC):
+    @abc.abstractmethod
+    async def add(self, order: Order) -> None:
+        """Store a new order, in whatever status it is.
+
+        Raises:
+            OrderConflict: an order with that id exists (ids are never reused).
+        """
+
+    @abc.abstractmethod
+    async def find_order(self, order_id: str) -> Order | None:
+        """The order, or None if there is none with that id."""
+
+    async def get_order(self, order_id: str) -> Order:
+        """The order; raises OrderNotFound."""
+        order = await self.find_order(order_id)
+        if order is None:
+            raise OrderNotFound(f"no order with id {order_id!r}")
+        return order
+
+    @abc.abstractmethod
+    async def list_orders(self, query: OrderQuery) -> Page:
+        """Orders with `query.start <= timestamp < query.end` (either bound optional), and
+        `status` if given, sorted by (timestamp, id), at most `query.limit` of them, strictly
+        after the id `query.cursor`. `next_cursor` is set when more may follow. Costs an index
+        lookup plus the page, never a scan of every order.
+        """
+
+    @abc.abstractmethod
+    async def delete_pending(self, order_id: str) -> None:
+        """Delete the order if, and only if, it is pending, in one atomic step.
+
+        Raises:
+            OrderNotFound: no such order.
+            OrderConflict: the order is not pending.
+        """
+
+    @abc.abstractmethod
+    async def transition(
+        self, order_id: str, event: Event, at: datetime, reason: str | None = None
+    ) -> Order:
+        """Apply `event` to the order as it is now (compare-and-set against its current
+        status), append the history entry, and return the new order.
+
+        Raises:
+            OrderNotFound: no such order.
+            IllegalTransition: the state machine refuses `event` from the current status.
+        """
+
+    @abc.abstractmethod
+    async def claim_pending(
+        self, at: datetime, limit: int, created_before: datetime | None = None
+    ) -> list[str]:
+        """Move up to `limit` pending orders (oldest first; only those created before
+        `created_before` if given) to processing at `at`, in one atomic step, and return their
+        ids. No order is ever returned to two callers.
+        """
+
+    @abc.abstractmethod
+    async def count_by_status(self) -> dict[OrderStatus, int]:
+        """How many orders are in each status (statuses with none may be left out)."""
+
+    async def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
+        """Release connections and the like; the store is unusable afterwards."""

@@ -1,0 +1,164 @@
+"""InMemoryOrderStore: rows in a dict, sorted id indexes, all behind one threading.Lock.
+
+Ids sort as (timestamp, id) (see `domain.new_order_id`), so the time index is a SortedList of
+ids and a range query is a bisection plus the page: O(log n + k). Each status but processing has
+an index of its own, so a status filter is an index lookup too; processing is transient and
+entered in bulk by triggers, so it is found by walking the time range instead of paying an index
+update per claimed order.
+
+To keep a million orders in well under 500 bytes each, a row holds the fields fixed at submission
+(customer, items) as one msgpack blob, and the status and history as objects; an `Order` is
+rebuilt from a row outside the lock. The lock is never held across an `await`: every method does
+its work in one synchronous block, so the store is safe from threads and tasks alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from datetime import datetime
+from itertools import islice
+
+import msgspec
+from sortedcontainers import SortedList
+
+from orderflow.domain import (
+    Event,
+    HistoryEntry,
+    Item,
+    Order,
+    OrderQuery,
+    OrderStatus,
+    Page,
+    next_status,
+    order_id_floor,
+)
+from orderflow.errors import InvalidOrder, OrderConflict, OrderNotFound
+from orderflow.store.base import OrderStore
+
+_ID_TIME_PREFIX = len("order_") + 11  # the characters of an id that encode its timestamp
+_INDEXED = (OrderStatus.PENDING, OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED)
+
+_encode_head = msgspec.msgpack.Encoder().encode
+_decode_head = msgspec.msgpack.Decoder(tuple[str, tuple[Item, ...]]).decode
+
+
+class _Row(msgspec.Struct, frozen=True, gc=False):
+    head: bytes  # msgpack of (customer, items)
+    status: OrderStatus
+    history: tuple[HistoryEntry, ...]  # history[0].at is the order's timestamp
+
+
+def _to_order(order_id: str, row: _Row) -> Order:
+    customer, items = _decode_head(row.head)
+    history = row.history
+    return Order(order_id, customer, items, history[0].at, row.status, history[-1].at, history)
+
+
+class InMemoryOrderStore(OrderStore):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[str, _Row] = {}
+        self._by_time = SortedList()
+        self._by_status = {status: SortedList() for status in _INDEXED}
+
+    async def add(self, order: Order) -> None:
+        if order.id[:_ID_TIME_PREFIX] != order_id_floor(order.timestamp)[:_ID_TIME_PREFIX]:
+            raise InvalidOrder(f"order id {order.id!r} does not encode its timestamp")
+        row = _Row(_encode_head((order.customer, order.items)), order.status, order.history)
+        with self._lock:
+            if order.id in self._rows:
+                raise OrderConflict(f"an order with id {order.id!r} exists")
+            self._rows[order.id] = row
+            self._by_time.add(order.id)
+            if row.status in self._by_status:
+                self._by_status[row.status].add(order.id)
+
+    async def find_order(self, order_id: str) -> Order | None:
+        row = self._rows.get(order_id)  # one dict read is atomic; rows are immutable
+        return None if row is None else _to_order(order_id, row)
+
+    async def list_orders(self, query: OrderQuery) -> Page:
+        index = self._by_time if query.status is None else self._by_status.get(query.status)
+        low = None if query.start is None else order_id_floor(query.start)
+        high = None if query.end is None else order_id_floor(query.end)
+        after = query.cursor is not None and (low is None or query.cursor >= low)
+        if after:
+            low = query.cursor
+        bounds = {"minimum": low, "maximum": high, "inclusive": (not after, False)}
+        with self._lock:
+            rows = self._rows
+            if index is None:  # processing is short-lived: walk the time range
+                ids = (i for i in self._by_time.irange(**bounds) if rows[i].status is query.status)
+            else:
+                ids = index.irange(**bounds)
+            picked = [(order_id, rows[order_id]) for order_id in islice(ids, query.limit + 1)]
+        more = len(picked) > query.limit
+        orders = [_to_order(order_id, row) for order_id, row in picked[: query.limit]]
+        return Page(orders, orders[-1].id if more else None)
+
+    async def delete_pending(self, order_id: str) -> None:
+        with self._lock:
+            row = self._rows.get(order_id)
+            if row is None:
+                raise OrderNotFound(f"no order with id {order_id!r}")
+            if row.status is not OrderStatus.PENDING:
+                raise OrderConflict(f"only pending orders can be deleted; this one is {row.status}")
+            del self._rows[order_id]
+            self._by_time.remove(order_id)
+            self._by_status[OrderStatus.PENDING].remove(order_id)
+
+    async def transition(
+        self, order_id: str, event: Event, at: datetime, reason: str | None = None
+    ) -> Order:
+        with self._lock:
+            old = self._rows.get(order_id)
+            if old is None:
+                raise OrderNotFound(f"no order with id {order_id!r}")
+            status = next_status(old.status, event)
+            row = _Row(old.head, status, (*old.history, HistoryEntry(status, at, reason)))
+            self._rows[order_id] = row
+            self._move(order_id, old.status, status)
+        return _to_order(order_id, row)
+
+    def _move(self, order_id: str, old: OrderStatus, new: OrderStatus) -> None:
+        if old in self._by_status:
+            self._by_status[old].remove(order_id)
+        if new in self._by_status:
+            self._by_status[new].add(order_id)
+
+    async def claim_pending(
+        self, at: datetime, limit: int, created_before: datetime | None = None
+    ) -> list[str]:
+        entry = HistoryEntry(OrderStatus.PROCESSING, at)  # immutable: shared by the whole batch
+        with self._lock:
+            pending = self._by_status[OrderStatus.PENDING]
+            count = min(limit, len(pending))
+            if created_before is not None:
+                count = min(count, pending.bisect_left(order_id_floor(created_before)))
+            ids = [pending.pop(0) for _ in range(count)]  # pop(0) is the cheap end of a SortedList
+            rows = self._rows
+            for order_id in ids:
+                row = rows[order_id]
+                rows[order_id] = _Row(row.head, OrderStatus.PROCESSING, (*row.history, entry))
+        return ids
+
+    async def count_by_status(self) -> dict[OrderStatus, int]:
+        with self._lock:
+            counts = {status: len(index) for status, index in self._by_status.items()}
+            counts[OrderStatus.PROCESSING] = len(self._rows) - sum(counts.values())
+        return counts
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def check_invariants(self) -> Iterable[str]:
+        """Every disagreement between the map and the indexes (for tests); empty when sound."""
+        with self._lock:
+            ids = set(self._rows)
+            if set(self._by_time) != ids or len(self._by_time) != len(ids):
+                yield "time index and rows disagree"
+            for status, index in self._by_status.items():
+                expected = {i for i, row in self._rows.items() if row.status is status}
+                if set(index) != expected or len(index) != len(expected):
+                    yield f"{status} index and rows disagree"
