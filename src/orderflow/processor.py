@@ -1,9 +1,11 @@
 """Processor: a fixed pool of asyncio workers that ship claimed orders, each under a timeout.
 
-A trigger claims pending orders from the store in batches (pending → processing, atomic per
-batch) and queues their ids; each worker takes one id at a time and ships it under
-``asyncio.timeout``; the outcome is written back with a compare-and-set transition, so whatever
-reached the store first (a cancel, say) wins over a late finisher.
+A trigger claims pending orders in the store in batches (pending → processing, atomic per
+batch): they are then ready for any processor sharing the store. A fetcher task acquires ready
+orders for this processor (at most two per worker: one shipping, one next) and each worker
+ships one at a time under ``asyncio.timeout``. The outcome is written back with an
+owner-checked compare-and-set transition, so whatever reached the store first (a cancel, say)
+wins over a late finisher.
 
 Every exit of a shipment ends in one store write:
     shipped                       → ship
@@ -18,11 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import os
+import secrets
+import socket
 from datetime import timedelta
 
 from orderflow.clock import Clock
-from orderflow.domain import Event, OrderStatus
+from orderflow.domain import Event, Order
 from orderflow.errors import OrderflowError, ShuttingDown
 from orderflow.shipping import Shipper
 from orderflow.store.base import OrderStore
@@ -32,13 +38,20 @@ log = logging.getLogger("orderflow.processor")
 _MICROSECOND = timedelta(microseconds=1)
 
 
+def new_owner_id() -> str:
+    """A name for this processor, unique across hosts and restarts (host, pid, random)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 class Processor:
     """Ships orders with at most `concurrency` shipments in flight.
 
     Args:
+        owner: the name this processor holds orders under; unique per running processor.
         concurrency: number of workers, so the most shipments in flight at once.
         timeout_s: how long one shipment may take before the order fails with "timeout".
         claim_batch: orders claimed per store call; between batches the loop serves others.
+        poll_interval_s: how often to look for ready orders when nobody said there are some.
     """
 
     def __init__(
@@ -47,27 +60,31 @@ class Processor:
         shipper: Shipper,
         clock: Clock,
         *,
+        owner: str | None = None,
         concurrency: int = 64,
         timeout_s: float = 30.0,
         claim_batch: int = 5000,
+        poll_interval_s: float = 1.0,
     ) -> None:
-        if concurrency < 1 or timeout_s <= 0 or claim_batch < 1:
-            raise ValueError("concurrency and claim_batch must be >= 1, timeout_s > 0")
+        if concurrency < 1 or timeout_s <= 0 or claim_batch < 1 or poll_interval_s <= 0:
+            raise ValueError("concurrency and claim_batch must be >= 1, timeouts > 0")
+        self.owner = owner or new_owner_id()
         self._store = store
         self._shipper = shipper
         self._clock = clock
         self._concurrency = concurrency
         self._timeout_s = timeout_s
         self._claim_batch = claim_batch
-        # A deque, not an asyncio.Queue: a trigger hands over a whole batch in O(1) per batch.
-        self._ready: collections.deque[str] = collections.deque()
-        self._ready_event = asyncio.Event()
+        self._poll_interval_s = poll_interval_s
+        self._held: collections.deque[Order] = collections.deque()  # acquired, not started
+        self._held_event = asyncio.Event()
+        self._fetch_wanted = asyncio.Event()
+        self._claim_wanted = asyncio.Event()
+        self._claiming = asyncio.Lock()
         self._workers: set[asyncio.Task[None]] = set()
+        self._helpers: set[asyncio.Task[None]] = set()  # the fetcher and the claimer
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._aborted: set[str] = set()
-        self._claim_wanted = asyncio.Event()
-        self._claimer: asyncio.Task[None] | None = None
-        self._claiming = asyncio.Lock()
         self._accepting = False
         self._stopping = False
 
@@ -76,18 +93,19 @@ class Processor:
         return len(self._inflight)
 
     @property
-    def queued(self) -> int:
-        return len(self._ready)
+    def held(self) -> int:
+        return len(self._held)
 
     async def start(self) -> None:
         """Start the workers; call once, from the loop that will run them."""
         self._accepting = True
         for n in range(self._concurrency):
             self._workers.add(asyncio.create_task(self._work(), name=f"orderflow-worker-{n}"))
-        self._claimer = asyncio.create_task(self._claim_when_woken(), name="orderflow-claimer")
+        self._helpers.add(asyncio.create_task(self._fetch_loop(), name="orderflow-fetcher"))
+        self._helpers.add(asyncio.create_task(self._claim_loop(), name="orderflow-claimer"))
 
     async def trigger(self) -> int:
-        """Claim every order pending now and queue it; returns how many were claimed.
+        """Claim every order pending now for shipping; returns how many were claimed.
 
         Raises:
             ShuttingDown: the processor is stopping (or never started).
@@ -97,35 +115,46 @@ class Processor:
         return await self._claim_all()
 
     def wake(self) -> None:
-        """Ask for pending orders to be claimed soon (auto-process); returns at once."""
+        """Look for ready orders now (another processor may have claimed some)."""
+        self._fetch_wanted.set()
+
+    def claim_soon(self) -> None:
+        """Claim pending orders soon (auto-process); returns at once."""
         if self._accepting:
             self._claim_wanted.set()
 
     def abort(self, order_id: str) -> bool:
-        """Cancel the shipment of `order_id` if it is in flight; True if it was.
+        """Cancel the shipment of `order_id` if this processor holds it; True if it did.
 
         Call only after the order was moved to cancelled in the store.
         """
         task = self._inflight.get(order_id)
-        if task is None:
-            return False
-        self._aborted.add(order_id)
-        task.cancel(f"order {order_id} cancelled")
-        return True
+        if task is not None:
+            self._aborted.add(order_id)
+            task.cancel(f"order {order_id} cancelled")
+            return True
+        if any(order.id == order_id for order in self._held):
+            self._aborted.add(order_id)  # the worker that takes it will drop it
+            return True
+        return False
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking work, let shipments in flight finish for up to `grace_s` seconds, then
-        cancel the rest; every order not finished goes back to pending, with the reason."""
+        cancel the rest; every order held and not finished goes back to pending, with why."""
         self._accepting = False
-        if self._claimer is not None:
-            self._claimer.cancel()
-            await asyncio.gather(self._claimer, return_exceptions=True)
         async with self._claiming:  # let a trigger in progress finish its batch
             self._stopping = True
-        queued = list(self._ready)
-        self._ready.clear()
-        self._ready_event.set()  # idle workers wake up and leave
-        await self._release(queued, "shutdown: not started")
+        for task in self._helpers:
+            task.cancel()
+        await asyncio.gather(*self._helpers, return_exceptions=True)
+        self._helpers.clear()
+        held = [order.id for order in self._held]
+        self._held.clear()
+        self._held_event.set()  # idle workers wake up and leave
+        for n, order_id in enumerate(held, 1):
+            await self._finish(order_id, Event.RELEASE, "shutdown: not started")
+            if n % 1000 == 0:
+                await asyncio.sleep(0)
         if not self._workers:
             return
         _, late = await asyncio.wait(self._workers, timeout=grace_s)
@@ -136,7 +165,7 @@ class Processor:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
 
-    async def _claim_when_woken(self) -> None:
+    async def _claim_loop(self) -> None:
         while True:
             await self._claim_wanted.wait()
             self._claim_wanted.clear()
@@ -151,38 +180,59 @@ class Processor:
             # Only what is pending now: orders that arrive meanwhile wait for the next trigger.
             created_before = self._clock.now() + _MICROSECOND
             while not self._stopping:
-                ids = await self._store.claim_pending(
+                count = await self._store.claim_pending(
                     self._clock.now(), self._claim_batch, created_before
                 )
-                self._ready.extend(ids)
-                self._ready_event.set()
-                total += len(ids)
-                if len(ids) < self._claim_batch:
+                total += count
+                self._fetch_wanted.set()
+                if count < self._claim_batch:
                     break
                 await asyncio.sleep(0)  # one batch at a time: other requests go in between
         if total:
             log.info("claimed %d orders for shipping", total)
         return total
 
-    async def _next(self) -> str | None:
-        while not self._ready and not self._stopping:
-            self._ready_event.clear()
-            await self._ready_event.wait()
-        return None if self._stopping else self._ready.popleft()
+    async def _fetch_loop(self) -> None:
+        while True:
+            self._fetch_wanted.clear()
+            room = 2 * self._concurrency - len(self._held) - len(self._inflight)
+            if room > 0:
+                try:
+                    orders = await self._store.acquire(self.owner, room)
+                except OrderflowError:
+                    log.exception("could not acquire orders; retrying after the poll interval")
+                    orders = []
+                if orders:
+                    self._held.extend(orders)
+                    self._held_event.set()
+                if len(orders) == room:
+                    continue  # there may be more
+            if not self._fetch_wanted.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll_interval_s):
+                        await self._fetch_wanted.wait()
+
+    async def _next(self) -> Order | None:
+        while not self._held and not self._stopping:
+            self._held_event.clear()
+            await self._held_event.wait()
+        return None if self._stopping else self._held.popleft()
 
     async def _work(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        while (order_id := await self._next()) is not None:
+        while (order := await self._next()) is not None:
+            if order.id in self._aborted:  # cancelled while held
+                self._aborted.discard(order.id)
+                continue
             try:
-                await self._process(order_id, task)
+                await self._process(order, task)
             except OrderflowError:
-                log.exception("order_id=%s shipment could not be recorded", order_id)
+                log.exception("order_id=%s shipment could not be recorded", order.id)
+            self._fetch_wanted.set()  # a worker is free
 
-    async def _process(self, order_id: str, task: asyncio.Task[None]) -> None:
-        order = await self._store.find_order(order_id)
-        if order is None or order.status is not OrderStatus.PROCESSING:
-            return  # cancelled or deleted while queued
+    async def _process(self, order: Order, task: asyncio.Task[None]) -> None:
+        order_id = order.id
         self._inflight[order_id] = task
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -212,17 +262,13 @@ class Processor:
 
     async def _finish(self, order_id: str, event: Event, reason: str | None) -> None:
         try:
-            order = await self._store.transition(order_id, event, self._clock.now(), reason)
-        except OrderflowError as exc:  # cancelled or deleted meanwhile: the store decided
+            order = await self._store.transition(
+                order_id, event, self._clock.now(), reason, owner=self.owner
+            )
+        except OrderflowError as exc:  # cancelled or taken back meanwhile: the store decided
             log.info("order_id=%s outcome %s dropped: %s", order_id, event.value, exc)
             return
         if reason is None:
             log.info("order_id=%s %s", order_id, order.status.value)
         else:
             log.info("order_id=%s %s reason=%r", order_id, order.status.value, reason)
-
-    async def _release(self, order_ids: list[str], reason: str) -> None:
-        for n, order_id in enumerate(order_ids, 1):
-            await self._finish(order_id, Event.RELEASE, reason)
-            if n % 1000 == 0:
-                await asyncio.sleep(0)

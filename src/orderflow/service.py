@@ -49,7 +49,7 @@ class OrderService:
         await self.store.add(order)
         log.info("order_id=%s submitted items=%d", order.id, len(items))
         if self._auto_process:
-            self.processor.wake()
+            self.processor.claim_soon()
         return order
 
     async def get_order(self, order_id: str) -> Order:

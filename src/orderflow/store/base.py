@@ -52,23 +52,39 @@ class OrderStore(abc.ABC):
 
     @abc.abstractmethod
     async def transition(
-        self, order_id: str, event: Event, at: datetime, reason: str | None = None
+        self,
+        order_id: str,
+        event: Event,
+        at: datetime,
+        reason: str | None = None,
+        *,
+        owner: str | None = None,
     ) -> Order:
         """Apply `event` to the order as it is now (compare-and-set against its current
-        status), append the history entry, and return the new order.
+        status), append the history entry, and return the new order. With `owner`, the order
+        must also still be held by that owner (see `acquire`), so a late finisher can never
+        overwrite a cancel or someone else's work. Leaving processing ends the hold.
 
         Raises:
             OrderNotFound: no such order.
             IllegalTransition: the state machine refuses `event` from the current status.
+            OrderConflict: `owner` no longer holds the order.
         """
 
     @abc.abstractmethod
     async def claim_pending(
         self, at: datetime, limit: int, created_before: datetime | None = None
-    ) -> list[str]:
+    ) -> int:
         """Move up to `limit` pending orders (oldest first; only those created before
-        `created_before` if given) to processing at `at`, in one atomic step, and return their
-        ids. No order is ever returned to two callers.
+        `created_before` if given) to processing at `at`, in one atomic step; returns how many.
+        They are then ready: processing, held by nobody, waiting for `acquire`.
+        """
+
+    @abc.abstractmethod
+    async def acquire(self, owner: str, limit: int) -> list[Order]:
+        """Hand up to `limit` ready orders (oldest claimed first) to `owner` to ship.
+
+        Atomic: no order is ever held by two owners, nor handed out twice while held.
         """
 
     @abc.abstractmethod

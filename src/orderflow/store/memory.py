@@ -15,6 +15,7 @@ its work in one synchronous block, so the store is safe from threads and tasks a
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 from itertools import islice
@@ -61,6 +62,8 @@ class InMemoryOrderStore(OrderStore):
         self._rows: dict[str, _Row] = {}
         self._by_time = SortedList()
         self._by_status = {status: SortedList() for status in _INDEXED}
+        self._ready: deque[str] = deque()  # claimed, waiting for `acquire`; may hold stale ids
+        self._owners: dict[str, str] = {}  # processing orders handed out, and to whom
 
     async def add(self, order: Order) -> None:
         if order.id[:_ID_TIME_PREFIX] != order_id_floor(order.timestamp)[:_ID_TIME_PREFIX]:
@@ -73,6 +76,8 @@ class InMemoryOrderStore(OrderStore):
             self._by_time.add(order.id)
             if row.status in self._by_status:
                 self._by_status[row.status].add(order.id)
+            elif row.status is OrderStatus.PROCESSING:
+                self._ready.append(order.id)
 
     async def find_order(self, order_id: str) -> Order | None:
         row = self._rows.get(order_id)  # one dict read is atomic; rows are immutable
@@ -109,13 +114,22 @@ class InMemoryOrderStore(OrderStore):
             self._by_status[OrderStatus.PENDING].remove(order_id)
 
     async def transition(
-        self, order_id: str, event: Event, at: datetime, reason: str | None = None
+        self,
+        order_id: str,
+        event: Event,
+        at: datetime,
+        reason: str | None = None,
+        *,
+        owner: str | None = None,
     ) -> Order:
         with self._lock:
             old = self._rows.get(order_id)
             if old is None:
                 raise OrderNotFound(f"no order with id {order_id!r}")
             status = next_status(old.status, event)
+            if owner is not None and self._owners.get(order_id) != owner:
+                raise OrderConflict(f"order {order_id} is no longer held by {owner}")
+            self._owners.pop(order_id, None)  # every move from processing ends the hold
             row = _Row(old.head, status, (*old.history, HistoryEntry(status, at, reason)))
             self._rows[order_id] = row
             self._move(order_id, old.status, status)
@@ -129,7 +143,7 @@ class InMemoryOrderStore(OrderStore):
 
     async def claim_pending(
         self, at: datetime, limit: int, created_before: datetime | None = None
-    ) -> list[str]:
+    ) -> int:
         entry = HistoryEntry(OrderStatus.PROCESSING, at)  # immutable: shared by the whole batch
         with self._lock:
             pending = self._by_status[OrderStatus.PENDING]
@@ -141,7 +155,25 @@ class InMemoryOrderStore(OrderStore):
             for order_id in ids:
                 row = rows[order_id]
                 rows[order_id] = _Row(row.head, OrderStatus.PROCESSING, (*row.history, entry))
-        return ids
+            self._ready.extend(ids)
+        return count
+
+    async def acquire(self, owner: str, limit: int) -> list[Order]:
+        picked: list[tuple[str, _Row]] = []
+        with self._lock:
+            ready, rows, owners = self._ready, self._rows, self._owners
+            while ready and len(picked) < limit:
+                order_id = ready.popleft()
+                row = rows.get(order_id)
+                # Stale entries: cancelled or deleted since, or queued again after a release.
+                if (
+                    row is not None
+                    and row.status is OrderStatus.PROCESSING
+                    and order_id not in owners
+                ):
+                    owners[order_id] = owner
+                    picked.append((order_id, row))
+        return [_to_order(order_id, row) for order_id, row in picked]
 
     async def count_by_status(self) -> dict[OrderStatus, int]:
         with self._lock:
@@ -162,3 +194,10 @@ class InMemoryOrderStore(OrderStore):
                 expected = {i for i, row in self._rows.items() if row.status is status}
                 if set(index) != expected or len(index) != len(expected):
                     yield f"{status} index and rows disagree"
+            processing = {
+                i for i, row in self._rows.items() if row.status is OrderStatus.PROCESSING
+            }
+            if not set(self._owners) <= processing:
+                yield "an order that is not processing is held"
+            if not processing <= set(self._owners) | set(self._ready):
+                yield "a processing order is neither held nor ready"
