@@ -35,7 +35,8 @@ class Event(enum.StrEnum):
     SHIP = "ship"  # the shipper succeeded
     FAIL = "fail"  # the shipper failed or timed out
     CANCEL = "cancel"  # a user cancelled it
-    RELEASE = "release"  # shutdown or crash recovery hands an unfinished shipment back
+    RELEASE = "release"  # shutdown hands an unfinished shipment back
+    RETRY = "retry"  # a failed attempt will be tried again (the history records each attempt)
 
 
 _TRANSITIONS: dict[tuple[OrderStatus, Event], OrderStatus] = {
@@ -45,6 +46,7 @@ _TRANSITIONS: dict[tuple[OrderStatus, Event], OrderStatus] = {
     (OrderStatus.PROCESSING, Event.FAIL): OrderStatus.FAILED,
     (OrderStatus.PROCESSING, Event.CANCEL): OrderStatus.CANCELLED,
     (OrderStatus.PROCESSING, Event.RELEASE): OrderStatus.PENDING,
+    (OrderStatus.PROCESSING, Event.RETRY): OrderStatus.PROCESSING,
 }
 
 

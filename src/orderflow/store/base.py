@@ -7,6 +7,7 @@ domain and the service, so a backend only stores and finds.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from datetime import datetime
 
 from orderflow.domain import Event, Order, OrderQuery, OrderStatus, Page
@@ -90,6 +91,30 @@ class OrderStore(abc.ABC):
     @abc.abstractmethod
     async def count_by_status(self) -> dict[OrderStatus, int]:
         """How many orders are in each status (statuses with none may be left out)."""
+
+    # -- sharing work between processes ------------------------------------------------------
+    # A store that several processes share overrides these; in one process they have nothing
+    # to do. The processor calls `heartbeat` every heartbeat interval and `rescue_orphans` as
+    # often; see the README for how the timers relate.
+
+    async def heartbeat(self, owner: str, lease_s: float) -> None:  # noqa: B027 - optional
+        """Record that `owner` is alive, and extend the hold on every order it holds to
+        `lease_s` seconds from now."""
+
+    async def rescue_orphans(self) -> int:
+        """Make ready again every processing order whose holder's lease ran out (it stopped
+        heartbeating), with a history entry saying so; returns how many. Safe to call from many
+        processes at once: each order is rescued once."""
+        return 0
+
+    async def retire(self, owner: str) -> None:  # noqa: B027 - optional
+        """`owner` is stopping for good (its orders were handed back already)."""
+
+    async def subscribe(  # noqa: B027 - optional
+        self, on_ready: Callable[[], None], on_cancel: Callable[[str], None]
+    ) -> None:
+        """Call `on_ready()` when another process may have made orders ready, and
+        `on_cancel(order_id)` when another process cancelled an order, until `close`."""
 
     async def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release connections and the like; the store is unusable afterwards."""
