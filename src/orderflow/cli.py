@@ -40,6 +40,13 @@ def main() -> None:
 @_option("--ship-failure-rate", "Fraction of simulated shipments that fail (0 to 1).", type=float)
 @_option("--process-timeout", "Seconds before a shipment fails with 'timeout'.", type=float)
 @_option("--shutdown-grace", "Seconds shipments may finish on SIGINT/SIGTERM.", type=float)
+@_option("--max-attempts", "Attempts per shipment before the order fails.", type=int)
+@_option("--retry-backoff", "Seconds before the first retry; doubles each time.", type=float)
+@_option("--poll-interval", "Seconds between looks for work nobody announced.", type=float)
+@_option("--heartbeat-interval", "Seconds between heartbeats to a shared store.", type=float)
+@_option(
+    "--lease-timeout", "Seconds without a heartbeat before others take our orders.", type=float
+)
 @_option("--auto-process", "Ship each order as it arrives.", is_flag=True, default=None)
 @_option(
     "--snapshot",

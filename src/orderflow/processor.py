@@ -11,9 +11,14 @@ Every exit of a shipment ends in one store write:
     shipped                       → ship
     shipper raised                → fail, reason = the error
     took longer than timeout_s    → fail, reason "timeout"
+    (either, attempts left)       → retry (a history entry), back off, try again
     cancelled by a user           → nothing (the cancel was written first; the task is cancelled)
     cut off by shutdown           → release (back to pending), reason saying why
 Final writes are shielded so a cancellation cannot lose them.
+
+With a store shared by several processes, a heartbeat task keeps this processor's hold on its
+orders alive (`lease_s`), hands orders whose holder died back to be acquired again, and the
+store's notifications wake the fetcher and cancel shipments cancelled elsewhere.
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ import secrets
 import socket
 from datetime import timedelta
 
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
 from orderflow.clock import Clock
 from orderflow.domain import Event, Order
 from orderflow.errors import OrderflowError, ShuttingDown
@@ -36,6 +49,13 @@ from orderflow.store.base import OrderStore
 log = logging.getLogger("orderflow.processor")
 
 _MICROSECOND = timedelta(microseconds=1)
+_MAX_BACKOFF_S = 30.0
+
+Outcome = tuple[Event, str | None]  # (ship or fail, reason)
+
+
+class _Dropped(Exception):
+    """The order was cancelled or taken back while we were retrying it."""
 
 
 def new_owner_id() -> str:
@@ -52,6 +72,11 @@ class Processor:
         timeout_s: how long one shipment may take before the order fails with "timeout".
         claim_batch: orders claimed per store call; between batches the loop serves others.
         poll_interval_s: how often to look for ready orders when nobody said there are some.
+        max_attempts: attempts per order before it fails (1: no retry).
+        retry_backoff_s: the first wait before a retry; it doubles each time (at most 30 s),
+            plus up to as much again of random jitter.
+        heartbeat_s: how often to tell the store this processor is alive.
+        lease_s: how long the store keeps our orders for us without a heartbeat.
     """
 
     def __init__(
@@ -65,9 +90,17 @@ class Processor:
         timeout_s: float = 30.0,
         claim_batch: int = 5000,
         poll_interval_s: float = 1.0,
+        max_attempts: int = 1,
+        retry_backoff_s: float = 0.5,
+        heartbeat_s: float = 2.0,
+        lease_s: float = 15.0,
     ) -> None:
-        if concurrency < 1 or timeout_s <= 0 or claim_batch < 1 or poll_interval_s <= 0:
-            raise ValueError("concurrency and claim_batch must be >= 1, timeouts > 0")
+        if min(concurrency, claim_batch, max_attempts) < 1:
+            raise ValueError("concurrency, claim_batch and max_attempts must be >= 1")
+        if min(timeout_s, poll_interval_s, heartbeat_s) <= 0 or retry_backoff_s < 0:
+            raise ValueError("timeouts and intervals must be > 0, the backoff >= 0")
+        if lease_s < 3 * heartbeat_s:
+            raise ValueError("lease_s must be at least three heartbeats long")
         self.owner = owner or new_owner_id()
         self._store = store
         self._shipper = shipper
@@ -76,6 +109,10 @@ class Processor:
         self._timeout_s = timeout_s
         self._claim_batch = claim_batch
         self._poll_interval_s = poll_interval_s
+        self._max_attempts = max_attempts
+        self._retry_backoff_s = retry_backoff_s
+        self._heartbeat_s = heartbeat_s
+        self._lease_s = lease_s
         self._held: collections.deque[Order] = collections.deque()  # acquired, not started
         self._held_event = asyncio.Event()
         self._fetch_wanted = asyncio.Event()
@@ -98,11 +135,14 @@ class Processor:
 
     async def start(self) -> None:
         """Start the workers; call once, from the loop that will run them."""
+        await self._store.heartbeat(self.owner, self._lease_s)
+        await self._store.subscribe(self.wake, self.abort)
         self._accepting = True
         for n in range(self._concurrency):
             self._workers.add(asyncio.create_task(self._work(), name=f"orderflow-worker-{n}"))
         self._helpers.add(asyncio.create_task(self._fetch_loop(), name="orderflow-fetcher"))
         self._helpers.add(asyncio.create_task(self._claim_loop(), name="orderflow-claimer"))
+        self._helpers.add(asyncio.create_task(self._heartbeat_loop(), name="orderflow-heartbeat"))
 
     async def trigger(self) -> int:
         """Claim every order pending now for shipping; returns how many were claimed.
@@ -155,15 +195,28 @@ class Processor:
             await self._finish(order_id, Event.RELEASE, "shutdown: not started")
             if n % 1000 == 0:
                 await asyncio.sleep(0)
-        if not self._workers:
-            return
-        _, late = await asyncio.wait(self._workers, timeout=grace_s)
-        if late:
-            log.warning("shutdown grace of %.1fs over: cancelling %d shipments", grace_s, len(late))
-            for task in late:
-                task.cancel("shutdown")
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers.clear()
+        if self._workers:
+            _, late = await asyncio.wait(self._workers, timeout=grace_s)
+            if late:
+                log.warning("shutdown grace of %.1fs over: cancelling shipments", grace_s)
+                for task in late:
+                    task.cancel("shutdown")
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            self._workers.clear()
+        try:
+            await self._store.retire(self.owner)
+        except OrderflowError:
+            log.warning("could not retire %s; its lease will run out instead", self.owner)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                await self._store.heartbeat(self.owner, self._lease_s)
+                if await self._store.rescue_orphans():
+                    self.wake()
+            except OrderflowError:
+                log.warning("heartbeat failed; retrying in %.1fs", self._heartbeat_s)
 
     async def _claim_loop(self) -> None:
         while True:
@@ -235,11 +288,13 @@ class Processor:
         order_id = order.id
         self._inflight[order_id] = task
         try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._shipper.ship(order)
-            event, reason = Event.SHIP, None
-        except TimeoutError:
-            event, reason = Event.FAIL, "timeout"
+            if self._max_attempts == 1:
+                event, reason = await self._attempt(order)
+            else:
+                event, reason = await self._attempts(order)
+        except _Dropped:
+            del self._inflight[order_id]
+            return
         except asyncio.CancelledError:
             del self._inflight[order_id]
             if order_id in self._aborted:
@@ -252,13 +307,56 @@ class Processor:
                     self._finish(order_id, Event.RELEASE, "shutdown: shipment interrupted")
                 )
             raise
-        except Exception as exc:
-            event, reason = Event.FAIL, str(exc) or type(exc).__name__
         del self._inflight[order_id]
         if order_id in self._aborted:  # the shipper swallowed our cancellation
             self._aborted.discard(order_id)
             task.uncancel()
         await asyncio.shield(self._finish(order_id, event, reason))
+
+    async def _attempt(self, order: Order) -> Outcome:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._shipper.ship(order)
+        except TimeoutError:
+            return Event.FAIL, "timeout"
+        except Exception as exc:
+            return Event.FAIL, str(exc) or type(exc).__name__
+        return Event.SHIP, None
+
+    async def _attempts(self, order: Order) -> Outcome:
+        async def record_retry(state: RetryCallState) -> None:
+            assert state.outcome is not None
+            assert state.next_action is not None
+            _, failure = state.outcome.result()
+            note = (
+                f"attempt {state.attempt_number} of {self._max_attempts} failed ({failure});"
+                f" retrying in {state.next_action.sleep:.2f}s"
+            )
+            try:
+                await self._store.transition(
+                    order.id, Event.RETRY, self._clock.now(), note, owner=self.owner
+                )
+            except OrderflowError as exc:
+                log.info("order_id=%s retry dropped: %s", order.id, exc)
+                raise _Dropped from exc
+            log.info("order_id=%s %s", order.id, note)
+
+        def last_outcome(state: RetryCallState) -> Outcome:
+            assert state.outcome is not None
+            outcome: Outcome = state.outcome.result()
+            return outcome
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=wait_exponential_jitter(
+                initial=self._retry_backoff_s, max=_MAX_BACKOFF_S, jitter=self._retry_backoff_s
+            ),
+            retry=retry_if_result(lambda outcome: outcome[0] is Event.FAIL),
+            before_sleep=record_retry,
+            retry_error_callback=last_outcome,
+        )
+        outcome: Outcome = await retrying(self._attempt, order)
+        return outcome
 
     async def _finish(self, order_id: str, event: Event, reason: str | None) -> None:
         try:

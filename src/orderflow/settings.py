@@ -23,6 +23,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ship_failure_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
     process_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+    retry_backoff: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    heartbeat_interval: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    lease_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     auto_process: bool = False
     snapshot: str | None = None
     database_url: str = "memory://"
@@ -45,9 +50,12 @@ def load_settings(environ: Mapping[str, str], **overrides: object) -> Settings:
             values[name] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return msgspec.convert(values, Settings, strict=False)
+        settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ValueError(f"invalid setting: {exc}") from None
+    if settings.lease_timeout < 3 * settings.heartbeat_interval:
+        raise ValueError("invalid setting: lease_timeout must be at least 3 heartbeat_intervals")
+    return settings
 
 
 def settings_to_env(settings: Settings) -> dict[str, str]:

@@ -286,6 +286,11 @@ async def _build_service(settings: Settings) -> OrderService:
         clock,
         concurrency=settings.concurrency,
         timeout_s=settings.process_timeout,
+        poll_interval_s=settings.poll_interval,
+        max_attempts=settings.max_attempts,
+        retry_backoff_s=settings.retry_backoff,
+        heartbeat_s=settings.heartbeat_interval,
+        lease_s=settings.lease_timeout,
     )
     return OrderService(store, processor, clock, auto_process=settings.auto_process)
 

@@ -111,7 +111,7 @@ class OrderStore(abc.ABC):
         """`owner` is stopping for good (its orders were handed back already)."""
 
     async def subscribe(  # noqa: B027 - optional
-        self, on_ready: Callable[[], None], on_cancel: Callable[[str], None]
+        self, on_ready: Callable[[], object], on_cancel: Callable[[str], object]
     ) -> None:
         """Call `on_ready()` when another process may have made orders ready, and
         `on_cancel(order_id)` when another process cancelled an order, until `close`."""

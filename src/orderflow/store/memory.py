@@ -129,7 +129,8 @@ class InMemoryOrderStore(OrderStore):
             status = next_status(old.status, event)
             if owner is not None and self._owners.get(order_id) != owner:
                 raise OrderConflict(f"order {order_id} is no longer held by {owner}")
-            self._owners.pop(order_id, None)  # every move from processing ends the hold
+            if status is not OrderStatus.PROCESSING:
+                self._owners.pop(order_id, None)  # leaving processing ends the hold
             row = _Row(old.head, status, (*old.history, HistoryEntry(status, at, reason)))
             self._rows[order_id] = row
             self._move(order_id, old.status, status)
