@@ -110,9 +110,11 @@ class Processor:
         self._claim_batch = claim_batch
         self._poll_interval_s = poll_interval_s
         self._max_attempts = max_attempts
-        self._retry_backoff_s = retry_backoff_s
         self._heartbeat_s = heartbeat_s
         self._lease_s = lease_s
+        self._backoff = wait_exponential_jitter(
+            multiplier=retry_backoff_s, max=_MAX_BACKOFF_S, jitter=retry_backoff_s
+        )
         self._held: collections.deque[Order] = collections.deque()  # acquired, not started
         self._held_event = asyncio.Event()
         self._fetch_wanted = asyncio.Event()
@@ -280,8 +282,12 @@ class Processor:
                 continue
             try:
                 await self._process(order, task)
-            except OrderflowError:
-                log.exception("order_id=%s shipment could not be recorded", order.id)
+            except Exception:  # a bug must cost one order's attempt, never a worker
+                log.exception("order_id=%s shipment abandoned", order.id)
+                self._inflight.pop(order.id, None)
+                await asyncio.shield(
+                    self._finish(order.id, Event.RELEASE, "internal error: shipment abandoned")
+                )
             self._fetch_wanted.set()  # a worker is free
 
     async def _process(self, order: Order, task: asyncio.Task[None]) -> None:
@@ -348,9 +354,7 @@ class Processor:
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
-            wait=wait_exponential_jitter(
-                initial=self._retry_backoff_s, max=_MAX_BACKOFF_S, jitter=self._retry_backoff_s
-            ),
+            wait=self._backoff,
             retry=retry_if_result(lambda outcome: outcome[0] is Event.FAIL),
             before_sleep=record_retry,
             retry_error_callback=last_outcome,

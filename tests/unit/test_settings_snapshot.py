@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orderflow.domain import Event, OrderStatus, advance
+from orderflow.settings import DEFAULTS, load_settings, settings_to_env
+from orderflow.snapshot import load_snapshot, save_snapshot
+from orderflow.store.memory import InMemoryOrderStore
+from tests.conftest import ManualClock, make_order
+
+
+def test_settings_come_from_env_then_overrides() -> None:
+    env = {"ORDERFLOW_PORT": "9000", "ORDERFLOW_AUTO_PROCESS": "true", "ORDERFLOW_HOST": ""}
+    settings = load_settings(env, ship_delay=0.25, concurrency=None)
+    assert settings.port == 9000
+    assert settings.auto_process is True
+    assert settings.ship_delay == 0.25
+    assert settings.host == DEFAULTS.host
+    assert settings.concurrency == DEFAULTS.concurrency
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    settings = load_settings({}, port=1234, snapshot="x.jsonl", auto_process=True)
+    assert load_settings(settings_to_env(settings)) == settings
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ORDERFLOW_PORT": "eighty"},
+        {"ORDERFLOW_CONCURRENCY": "0"},
+        {"ORDERFLOW_SHIP_DELAY": "-1"},
+        {"ORDERFLOW_LOG_LEVEL": "loud"},
+        {"ORDERFLOW_LEASE_TIMEOUT": "1", "ORDERFLOW_HEARTBEAT_INTERVAL": "1"},
+    ],
+)
+def test_bad_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="invalid setting"):
+        load_settings(env)
+
+
+async def test_snapshot_round_trip_keeps_every_order(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = InMemoryOrderStore()
+    orders = [make_order(clock, customer=f"c{n}") for n in range(25)]
+    for order in orders:
+        await store.add(order)
+    await store.transition(orders[0].id, Event.CANCEL, clock.now())
+    path = tmp_path / "orders.jsonl"
+    assert await save_snapshot(store, path) == 25
+    restored = InMemoryOrderStore()
+    assert await load_snapshot(restored, path, clock) == 25
+    for order in orders:
+        assert await restored.get_order(order.id) == await store.get_order(order.id)
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+async def test_snapshot_puts_processing_orders_back_to_pending(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = InMemoryOrderStore()
+    order = advance(make_order(clock), Event.START, clock.now())
+    await store.add(order)
+    path = tmp_path / "orders.jsonl"
+    await save_snapshot(store, path)
+    restored = InMemoryOrderStore()
+    await load_snapshot(restored, path, clock)
+    back = await restored.get_order(order.id)
+    assert back.status is OrderStatus.PENDING
+    assert back.history[-1].reason is not None
+    assert "restart" in back.history[-1].reason
+
+
+async def test_missing_snapshot_loads_nothing(tmp_path: Path) -> None:
+    assert await load_snapshot(InMemoryOrderStore(), tmp_path / "none", ManualClock()) == 0
