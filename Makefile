@@ -36,7 +36,7 @@ format: dev
 	$(BIN)/ruff check --fix src tests benchmarks
 
 test: lint typecheck
-	$(BIN)/pytest --cov --cov-report=term
+	$(BIN)/pytest --cov=orderflow --cov-report=term-missing
 
 bench: dev
 	$(PY) -m benchmarks

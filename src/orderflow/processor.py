@@ -190,6 +190,10 @@ class Processor:
             task.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
         self._helpers.clear()
+        try:
+            await self._store.release_unshared(self._clock.now(), "shutdown: not started")
+        except OrderflowError:
+            log.exception("could not hand back the orders claimed and not started")
         held = [order.id for order in self._held]
         self._held.clear()
         self._held_event.set()  # idle workers wake up and leave

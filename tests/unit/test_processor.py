@@ -250,8 +250,8 @@ async def test_shutdown_hands_back_held_orders_not_started(
     memory_store: InMemoryOrderStore, held_shipper: FakeShipper, clock: ManualClock
 ) -> None:
     service = await _service(memory_store, held_shipper, clock, concurrency=1)
-    orders = [await service.submit("Ada", make_order().items) for _ in range(2)]
-    await service.trigger_processing()
+    orders = [await service.submit("Ada", make_order().items) for _ in range(5)]
+    await service.trigger_processing()  # one ships, one is held, three stay ready
     await held_shipper.started_event(orders[0].id).wait()
     for _ in range(100):
         if service.processor.held:
@@ -259,7 +259,8 @@ async def test_shutdown_hands_back_held_orders_not_started(
         await asyncio.sleep(0)
     await service.processor.stop(grace_s=0)
     reasons = [(await memory_store.get_order(o.id)).history[-1].reason for o in orders]
-    assert reasons == ["shutdown: shipment interrupted", "shutdown: not started"]
+    assert reasons == ["shutdown: shipment interrupted"] + ["shutdown: not started"] * 4
+    assert (await memory_store.count_by_status())[OrderStatus.PENDING] == 5
     assert list(memory_store.check_invariants()) == []
 
 

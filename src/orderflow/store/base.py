@@ -107,6 +107,11 @@ class OrderStore(abc.ABC):
         processes at once: each order is rescued once."""
         return 0
 
+    async def release_unshared(self, at: datetime, reason: str) -> int:
+        """Put every ready order (claimed, held by nobody) back to pending, if no other process
+        could ship it; returns how many. A shared store keeps them ready for the others."""
+        return 0
+
     async def retire(self, owner: str) -> None:  # noqa: B027 - optional
         """`owner` is stopping for good (its orders were handed back already)."""
 

@@ -176,6 +176,23 @@ class InMemoryOrderStore(OrderStore):
                     picked.append((order_id, row))
         return [_to_order(order_id, row) for order_id, row in picked]
 
+    async def release_unshared(self, at: datetime, reason: str) -> int:
+        entry = HistoryEntry(OrderStatus.PENDING, at, reason)
+        released = 0
+        with self._lock:
+            rows, pending = self._rows, self._by_status[OrderStatus.PENDING]
+            while self._ready:
+                order_id = self._ready.popleft()
+                row = rows.get(order_id)
+                if row is None or row.status is not OrderStatus.PROCESSING:
+                    continue
+                if order_id in self._owners:
+                    continue
+                rows[order_id] = _Row(row.head, OrderStatus.PENDING, (*row.history, entry))
+                pending.add(order_id)
+                released += 1
+        return released
+
     async def count_by_status(self) -> dict[OrderStatus, int]:
         with self._lock:
             counts = {status: len(index) for status, index in self._by_status.items()}
