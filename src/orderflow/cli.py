@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -90,17 +91,87 @@ def serve(server: str, **options: Any) -> None:
             lifespan="on",
         )
         return
+    run_granian(target, settings.host, settings.port, settings.log_level, factory=True)
+
+
+def run_granian(target: str, host: str, port: int, log_level: str, *, factory: bool) -> None:
+    """Serve the ASGI app at `target` ("module:attr") with granian until a signal stops it:
+    one worker process, one runtime thread (the event loop is the bottleneck anyway)."""
     from granian import Granian
     from granian.constants import Interfaces
     from granian.log import LogLevels
 
     Granian(
         target,
-        factory=True,
-        address=settings.host,
-        port=settings.port,
+        factory=factory,
+        address=host,
+        port=port,
         interface=Interfaces.ASGI,
         workers=1,
         runtime_threads=1,
-        log_level=LogLevels(settings.log_level),
+        log_level=LogLevels(log_level),
     ).serve()
+
+
+@main.command()
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="Base URL of a running orderflow.",
+)
+@click.option(
+    "--orders",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="How many orders to submit.",
+)
+@click.option(
+    "--concurrency",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Requests in flight at once.",
+)
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to wait for the orders to ship after the trigger.",
+)
+def bench(url: str, orders: int, concurrency: int, timeout: float) -> None:
+    """Load a running orderflow: submit, trigger, follow every order until it has shipped."""
+    import asyncio
+
+    import aiohttp
+
+    from orderflow.loadgen import run_bench
+
+    async def go() -> None:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        timeout_30s = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(url, connector=connector, timeout=timeout_30s) as client:
+            with (
+                click.progressbar(length=orders, label="submitting", file=sys.stderr) as submitted,
+                click.progressbar(length=orders, label="shipping  ", file=sys.stderr) as shipped,
+            ):
+                bars = {"submit": submitted, "ship": shipped}
+                result = await run_bench(
+                    client,
+                    orders,
+                    concurrency,
+                    timeout_s=timeout,
+                    on_progress=lambda phase, n: bars[phase].update(n),
+                )
+        width = max(len(name) for name, _ in result.rows())
+        for name, value in result.rows():
+            click.echo(f"{name:<{width}}  {value}")
+        if result.submit_errors or result.until_done_s is None:
+            raise SystemExit(1)
+
+    try:
+        asyncio.run(go())
+    except aiohttp.ClientError as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc}") from None

@@ -12,7 +12,7 @@ class Clock(Protocol):
         """The current time, timezone-aware, in UTC."""
 
     def entropy(self) -> int:
-        """65 or more random bits for a new order id."""
+        """64 or more random bits for a new order id."""
 
 
 class SystemClock:
@@ -25,4 +25,4 @@ class SystemClock:
         return datetime.now(UTC)
 
     def entropy(self) -> int:
-        return self._rng.getrandbits(65)
+        return self._rng.getrandbits(64)

@@ -14,7 +14,8 @@ Every exit of a shipment ends in one store write:
     (either, attempts left)       → retry (a history entry), back off, try again
     cancelled by a user           → nothing (the cancel was written first; the task is cancelled)
     cut off by shutdown           → release (back to pending), reason saying why
-Final writes are shielded so a cancellation cannot lose them.
+A final write cannot be lost to a cancellation: only a shipment in flight is ever cancelled
+(by a user's cancel, or by shutdown when the grace is over), never a worker writing an outcome.
 
 With a store shared by several processes, a heartbeat task keeps this processor's hold on its
 orders alive (`lease_s`), hands orders whose holder died back to be acquired again, and the
@@ -88,7 +89,7 @@ class Processor:
         owner: str | None = None,
         concurrency: int = 64,
         timeout_s: float = 30.0,
-        claim_batch: int = 5000,
+        claim_batch: int = 1000,
         poll_interval_s: float = 1.0,
         max_attempts: int = 1,
         retry_backoff_s: float = 0.5,
@@ -205,7 +206,8 @@ class Processor:
             _, late = await asyncio.wait(self._workers, timeout=grace_s)
             if late:
                 log.warning("shutdown grace of %.1fs over: cancelling shipments", grace_s)
-                for task in late:
+                # Only shipments: a worker writing its outcome finishes it, then leaves.
+                for task in set(self._inflight.values()):
                     task.cancel("shutdown")
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers.clear()
@@ -289,9 +291,7 @@ class Processor:
             except Exception:  # a bug must cost one order's attempt, never a worker
                 log.exception("order_id=%s shipment abandoned", order.id)
                 self._inflight.pop(order.id, None)
-                await asyncio.shield(
-                    self._finish(order.id, Event.RELEASE, "internal error: shipment abandoned")
-                )
+                await self._finish(order.id, Event.RELEASE, "internal error: shipment abandoned")
             self._fetch_wanted.set()  # a worker is free
 
     async def _process(self, order: Order, task: asyncio.Task[None]) -> None:
@@ -312,16 +312,14 @@ class Processor:
                 if task.uncancel() == 0:
                     log.info("order_id=%s shipment cancelled", order_id)
                     return
-            else:
-                await asyncio.shield(
-                    self._finish(order_id, Event.RELEASE, "shutdown: shipment interrupted")
-                )
+            else:  # shutdown; nothing cancels this task twice
+                await self._finish(order_id, Event.RELEASE, "shutdown: shipment interrupted")
             raise
         del self._inflight[order_id]
         if order_id in self._aborted:  # the shipper swallowed our cancellation
             self._aborted.discard(order_id)
             task.uncancel()
-        await asyncio.shield(self._finish(order_id, event, reason))
+        await self._finish(order_id, event, reason)
 
     async def _attempt(self, order: Order) -> Outcome:
         try:

@@ -46,7 +46,7 @@ async def test_added_order_reads_back_equal(store: OrderStore) -> None:
 
 
 async def test_unknown_id_is_not_found(store: OrderStore) -> None:
-    assert await store.find_order("order_" + "0" * 24) is None
+    assert await store.find_order("order_" + "0" * 30) is None
     with pytest.raises(OrderNotFound):
         await store.get_order("nope")
 
@@ -146,7 +146,7 @@ async def test_illegal_transition_changes_nothing(store: OrderStore) -> None:
     with pytest.raises(IllegalTransition):
         await store.transition(order.id, Event.SHIP, at(2))
     with pytest.raises(OrderNotFound):
-        await store.transition("order_" + "1" * 24, Event.CANCEL, at(2))
+        await store.transition("order_" + "1" * 30, Event.CANCEL, at(2))
     assert await store.get_order(order.id) == order
 
 

@@ -71,7 +71,7 @@ def test_advance_appends_history_and_moves_updated_at() -> None:
 def test_ids_sort_by_time_then_entropy() -> None:
     base = datetime(2026, 5, 1, tzinfo=UTC)
     times = [base + timedelta(microseconds=n) for n in (5, 1, 3, 1_000_000, 2)]
-    ids = [new_order_id(t, 2**65 - 1 - n) for n, t in enumerate(times)]
+    ids = [new_order_id(t, 2**64 - 1 - n) for n, t in enumerate(times)]
     assert sorted(ids) == [i for _, i in sorted(zip(times, ids, strict=True))]
     for at, order_id in zip(times, ids, strict=True):
         assert is_order_id(order_id)
@@ -80,14 +80,14 @@ def test_ids_sort_by_time_then_entropy() -> None:
 
 
 def test_id_floor_clamps_outside_the_id_range() -> None:
-    assert order_id_floor(datetime(1900, 1, 1, tzinfo=UTC)) == "order_" + "0" * 24
+    assert order_id_floor(datetime(1900, 1, 1, tzinfo=UTC)) == "order_" + "0" * 30
     far = order_id_floor(datetime(9999, 1, 1, tzinfo=UTC))
     assert is_order_id(far)
-    assert far > new_order_id(datetime(3000, 1, 1, tzinfo=UTC), 2**65 - 1)
+    assert far > new_order_id(datetime(4000, 1, 1, tzinfo=UTC), 2**64 - 1)
 
 
 @pytest.mark.parametrize(
-    "value", ["", "order_", "order_" + "w" * 24, "ORDER_" + "0" * 24, "order_" + "0" * 23, "x"]
+    "value", ["", "order_", "order_" + "g" * 30, "ORDER_" + "0" * 30, "order_" + "0" * 29, "x"]
 )
 def test_is_order_id_rejects_malformed(value: str) -> None:
     assert not is_order_id(value)

@@ -70,19 +70,16 @@ def _problem(problem: Problem, headers: list[tuple[bytes, bytes]] | None = None)
     return problem.status, _encode(problem), _PROBLEM + (headers or [])
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
-
-
 async def _read_json(scope: Scope, receive: Receive) -> bytes:
     """The request body, once it is known to be JSON and at most 64 KiB."""
-    content_type = _header(scope, b"content-type")
-    if content_type is None or not content_type.split(b";")[0].strip().lower().endswith(b"json"):
+    content_type = length = None
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            content_type = value
+        elif key == b"content-length":
+            length = value
+    if content_type is None or not _is_json(content_type):
         raise HTTPProblem(415, "Unsupported media type", "send the body as application/json")
-    length = _header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise HTTPProblem(413, "Body too large", f"the body must be at most {MAX_BODY_BYTES} bytes")
     message = await receive()
@@ -103,6 +100,12 @@ async def _read_json(scope: Scope, receive: Receive) -> bytes:
     if len(body) > MAX_BODY_BYTES:
         raise HTTPProblem(413, "Body too large", f"the body must be at most {MAX_BODY_BYTES} bytes")
     return body
+
+
+def _is_json(content_type: bytes) -> bool:
+    if content_type == b"application/json":  # the usual case, without parsing
+        return True
+    return content_type.split(b";")[0].strip().lower().endswith(b"json")
 
 
 def _list_query(query_string: bytes) -> OrderQuery:
@@ -187,23 +190,23 @@ class OrderflowApp:
     # -- requests ---------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            status, body, headers = await self._respond(scope, receive)
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-        elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _respond(self, scope: Scope, receive: Receive) -> Response:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
         try:
-            return await self._route(scope, receive)
+            status, body, headers = await self._route(scope, receive)
         except OrderflowError as exc:
-            return _problem(problem_from_error(exc))
+            status, body, headers = _problem(problem_from_error(exc))
         except HTTPProblem as exc:
-            return _problem(exc.problem, [(b"allow", exc.allow)] if exc.allow else None)
+            status, body, headers = _problem(
+                exc.problem, [(b"allow", exc.allow)] if exc.allow else None
+            )
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            return _problem(INTERNAL_ERROR)
+            status, body, headers = _problem(INTERNAL_ERROR)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _route(self, scope: Scope, receive: Receive) -> Response:
         method: str = scope["method"]

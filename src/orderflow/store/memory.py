@@ -24,6 +24,8 @@ import msgspec
 from sortedcontainers import SortedList
 
 from orderflow.domain import (
+    ID_TIME_CHARS,
+    ORDER_ID_PREFIX,
     Event,
     HistoryEntry,
     Item,
@@ -31,13 +33,15 @@ from orderflow.domain import (
     OrderQuery,
     OrderStatus,
     Page,
+    micros_since_epoch,
     next_status,
     order_id_floor,
 )
 from orderflow.errors import InvalidOrder, OrderConflict, OrderNotFound
 from orderflow.store.base import OrderStore
 
-_ID_TIME_PREFIX = len("order_") + 11  # the characters of an id that encode its timestamp
+_ID_TIME_START = len(ORDER_ID_PREFIX)
+_ID_TIME_END = _ID_TIME_START + ID_TIME_CHARS  # the part of an id that is its timestamp
 _INDEXED = (OrderStatus.PENDING, OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED)
 
 _encode_head = msgspec.msgpack.Encoder().encode
@@ -66,7 +70,7 @@ class InMemoryOrderStore(OrderStore):
         self._owners: dict[str, str] = {}  # processing orders handed out, and to whom
 
     async def add(self, order: Order) -> None:
-        if order.id[:_ID_TIME_PREFIX] != order_id_floor(order.timestamp)[:_ID_TIME_PREFIX]:
+        if int(order.id[_ID_TIME_START:_ID_TIME_END], 16) != micros_since_epoch(order.timestamp):
             raise InvalidOrder(f"order id {order.id!r} does not encode its timestamp")
         row = _Row(_encode_head((order.customer, order.items)), order.status, order.history)
         with self._lock:

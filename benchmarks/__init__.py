@@ -1,0 +1,1 @@
+"""The benchmark suite behind `make bench`: each module measures one thing and returns rows."""

@@ -1,0 +1,38 @@
+"""`python -m benchmarks [part …]`: run the parts (all by default), print one table, and write
+benchmarks/results/latest.json. Parts: http, queries, memory, engine, triggers."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from benchmarks.report import Row, table, write
+
+PARTS = ["http", "queries", "memory", "engine", "triggers"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("parts", nargs="*", metavar="part", help=", ".join(PARTS))
+    args = parser.parse_args()
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    args.parts = args.parts or PARTS
+    logging.basicConfig(level=logging.WARNING)
+    rows: list[Row] = []
+    for part in args.parts:
+        print(f"== {part}", file=sys.stderr, flush=True)
+        module = importlib.import_module(f"benchmarks.{part}")
+        rows += module.run()
+    print(table(rows))
+    write(
+        rows,
+        "make bench" if args.parts == PARTS else "python -m benchmarks " + " ".join(args.parts),
+    )
+
+
+if __name__ == "__main__":
+    main()

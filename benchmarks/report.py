@@ -1,0 +1,55 @@
+"""One table for every part, and the JSON file the README's table is copied from."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "latest.json"
+
+
+@dataclass
+class Row:
+    """One figure: `value` in `unit`, and, for a target, the ratio and whether it holds."""
+
+    part: str
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    holds: bool | None = None
+
+
+def fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| part | figure | value | target | holds |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        holds = "" if row.holds is None else ("yes" if row.holds else "**no**")
+        lines.append(
+            f"| {row.part} | {row.name} | {fmt(row.value)} {row.unit} | {row.target} | {holds} |"
+        )
+    return "\n".join(lines)
+
+
+def write(rows: list[Row], command: str) -> None:
+    RESULTS.parent.mkdir(exist_ok=True)
+    document = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "command": command,
+        "rows": [asdict(row) for row in rows],
+    }
+    RESULTS.write_text(json.dumps(document, indent=2) + "\n")

@@ -1,0 +1,67 @@
+"""Start and stop the servers the HTTP benchmarks load, pinned to one core, on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+SERVER_CORE = "0"
+LOAD_CORE = "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pinned(core: str, command: list[str]) -> list[str]:
+    return ["taskset", "-c", core, *command] if shutil.which("taskset") else command
+
+
+@contextlib.contextmanager
+def server(command: list[str], port: int, ready_path: str = "/") -> Iterator[str]:
+    """Run `command` (which serves on `port`) pinned to the server core; yield its URL."""
+    process = subprocess.Popen(
+        pinned(SERVER_CORE, command),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "ORDERFLOW_LOG_LEVEL": "warning"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command} exited with {process.returncode}")
+            with contextlib.suppress(httpx.TransportError):
+                httpx.get(url + ready_path, timeout=1)
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{command} did not start")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def orderflow_command(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "orderflow", "serve", "--port", str(port), *args]
+
+
+def nullapp_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.nullapp", str(port)]
