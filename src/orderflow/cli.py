@@ -57,6 +57,12 @@ def main() -> None:
     metavar="PATH",
 )
 @_option("--database-url", "Where orders live: memory:// or postgresql://….")
+@click.option(
+    "--migrate/--no-migrate",
+    envvar="ORDERFLOW_MIGRATE",
+    default=None,
+    help="Apply database migrations at start (default: yes).",
+)
 @_option(
     "--log-level",
     "Least severe level logged.",
@@ -175,3 +181,30 @@ def bench(url: str, orders: int, concurrency: int, timeout: float) -> None:
         asyncio.run(go())
     except aiohttp.ClientError as exc:
         raise click.ClickException(f"cannot reach {url}: {exc}") from None
+
+
+@main.group()
+def db() -> None:
+    """The PostgreSQL schema."""
+
+
+@db.command(name="migrate")
+@click.option(
+    "--database-url", envvar="ORDERFLOW_DATABASE_URL", required=True, help="postgresql://…"
+)
+def db_migrate(database_url: str) -> None:
+    """Apply the schema migrations not applied yet."""
+    import asyncio
+
+    from orderflow.errors import StoreUnavailable
+    from orderflow.store.postgres import PostgresOrderStore
+
+    async def go() -> None:
+        store = await PostgresOrderStore.connect(database_url, apply_migrations=True)
+        await store.close()
+
+    try:
+        asyncio.run(go())
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("database schema is up to date")

@@ -36,6 +36,7 @@ class Event(enum.StrEnum):
     CANCEL = "cancel"  # a user cancelled it
     RELEASE = "release"  # shutdown hands an unfinished shipment back
     RETRY = "retry"  # a failed attempt will be tried again (the history records each attempt)
+    HANDBACK = "handback"  # a stopping process gives an order back for others to ship
 
 
 _TRANSITIONS: dict[tuple[OrderStatus, Event], OrderStatus] = {
@@ -46,7 +47,18 @@ _TRANSITIONS: dict[tuple[OrderStatus, Event], OrderStatus] = {
     (OrderStatus.PROCESSING, Event.CANCEL): OrderStatus.CANCELLED,
     (OrderStatus.PROCESSING, Event.RELEASE): OrderStatus.PENDING,
     (OrderStatus.PROCESSING, Event.RETRY): OrderStatus.PROCESSING,
+    (OrderStatus.PROCESSING, Event.HANDBACK): OrderStatus.PROCESSING,
 }
+
+
+def sources_of(event: Event) -> tuple[OrderStatus, ...]:
+    """The statuses `event` may be applied to."""
+    return tuple(status for status, e in _TRANSITIONS if e is event)
+
+
+def target_of(event: Event) -> OrderStatus:
+    """The status `event` leads to (each event has exactly one)."""
+    return next(target for (_, e), target in _TRANSITIONS.items() if e is event)
 
 
 def next_status(current: OrderStatus, event: Event) -> OrderStatus:
@@ -158,6 +170,13 @@ _HEX = frozenset("0123456789abcdef")
 
 def micros_since_epoch(at: datetime) -> int:
     return (at - _EPOCH) // _MICROSECOND
+
+
+def id_matches_timestamp(order_id: str, at: datetime) -> bool:
+    """Whether `order_id` encodes `at`, as every id from `new_order_id` does; stores rely on it
+    to answer a time range with an id range."""
+    start = len(ORDER_ID_PREFIX)
+    return int(order_id[start : start + ID_TIME_CHARS], 16) == micros_since_epoch(at)
 
 
 def new_order_id(at: datetime, entropy: int) -> str:

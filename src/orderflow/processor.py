@@ -13,7 +13,8 @@ Every exit of a shipment ends in one store write:
     took longer than timeout_s    → fail, reason "timeout"
     (either, attempts left)       → retry (a history entry), back off, try again
     cancelled by a user           → nothing (the cancel was written first; the task is cancelled)
-    cut off by shutdown           → release (back to pending), reason saying why
+    cut off by shutdown           → release (back to pending), reason saying why; with a
+                                    shared store, handback (ready for the other processes)
 A final write cannot be lost to a cancellation: only a shipment in flight is ever cancelled
 (by a user's cancel, or by shutdown when the grace is over), never a worker writing an outcome.
 
@@ -104,6 +105,9 @@ class Processor:
             raise ValueError("lease_s must be at least three heartbeats long")
         self.owner = owner or new_owner_id()
         self._store = store
+        # What an unfinished order becomes when we let go of it: pending here, or ready again
+        # for the other processes sharing the store.
+        self._give_back = Event.HANDBACK if store.shared else Event.RELEASE
         self._shipper = shipper
         self._clock = clock
         self._concurrency = concurrency
@@ -199,7 +203,7 @@ class Processor:
         self._held.clear()
         self._held_event.set()  # idle workers wake up and leave
         for n, order_id in enumerate(held, 1):
-            await self._finish(order_id, Event.RELEASE, "shutdown: not started")
+            await self._finish(order_id, self._give_back, "shutdown: not started")
             if n % 1000 == 0:
                 await asyncio.sleep(0)
         if self._workers:
@@ -291,7 +295,7 @@ class Processor:
             except Exception:  # a bug must cost one order's attempt, never a worker
                 log.exception("order_id=%s shipment abandoned", order.id)
                 self._inflight.pop(order.id, None)
-                await self._finish(order.id, Event.RELEASE, "internal error: shipment abandoned")
+                await self._finish(order.id, self._give_back, "internal error: shipment abandoned")
             self._fetch_wanted.set()  # a worker is free
 
     async def _process(self, order: Order, task: asyncio.Task[None]) -> None:
@@ -313,7 +317,7 @@ class Processor:
                     log.info("order_id=%s shipment cancelled", order_id)
                     return
             else:  # shutdown; nothing cancels this task twice
-                await self._finish(order_id, Event.RELEASE, "shutdown: shipment interrupted")
+                await self._finish(order_id, self._give_back, "shutdown: shipment interrupted")
             raise
         del self._inflight[order_id]
         if order_id in self._aborted:  # the shipper swallowed our cancellation

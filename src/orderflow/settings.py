@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     auto_process: bool = False
     snapshot: str | None = None
     database_url: str = "memory://"
+    migrate: bool = True
     log_level: LogLevel = "info"
 
 

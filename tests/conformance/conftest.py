@@ -8,18 +8,17 @@ import pytest
 
 from orderflow.store.base import OrderStore
 from orderflow.store.memory import InMemoryOrderStore
+from tests.postgres import schema_store
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[OrderStore]:
-    backend: OrderStore
     if request.param == "memory":
         backend = InMemoryOrderStore()
-    else:  # pragma: no cover - every backend is listed above
-        raise AssertionError(request.param)
-    try:
         yield backend
-    finally:
         await backend.close()
+    else:
+        async with schema_store() as postgres:
+            yield postgres

@@ -33,6 +33,7 @@ ALLOWED = {
     (OrderStatus.PROCESSING, Event.CANCEL): OrderStatus.CANCELLED,
     (OrderStatus.PROCESSING, Event.RELEASE): OrderStatus.PENDING,
     (OrderStatus.PROCESSING, Event.RETRY): OrderStatus.PROCESSING,
+    (OrderStatus.PROCESSING, Event.HANDBACK): OrderStatus.PROCESSING,
 }
 
 
@@ -113,3 +114,12 @@ def test_domain_module_is_pure() -> None:
     allowed = {"__future__", "base64", "enum", "datetime", "typing", "msgspec", "orderflow.errors"}
     assert imported <= allowed, imported - allowed
     assert "asyncio" not in sys.modules or "asyncio" not in imported
+
+
+def test_every_event_has_one_target_and_its_sources() -> None:
+    from orderflow.domain import sources_of, target_of
+
+    for event in Event:
+        for source in sources_of(event):
+            assert next_status(source, event) is target_of(event)
+    assert set(sources_of(Event.CANCEL)) == {OrderStatus.PENDING, OrderStatus.PROCESSING}

@@ -22,6 +22,7 @@ TABLE = {
     (OrderStatus.PROCESSING, Event.CANCEL): OrderStatus.CANCELLED,
     (OrderStatus.PROCESSING, Event.RELEASE): OrderStatus.PENDING,
     (OrderStatus.PROCESSING, Event.RETRY): OrderStatus.PROCESSING,
+    (OrderStatus.PROCESSING, Event.HANDBACK): OrderStatus.PROCESSING,
 }
 
 
@@ -99,8 +100,10 @@ class StoreModel(RuleBasedStateMachine):
         assert owner is None or self.holder.get(order_id) == owner
         assert order.status is target
         self.status[order_id] = target
-        if target is not OrderStatus.PROCESSING:
+        if target is not OrderStatus.PROCESSING or event is Event.HANDBACK:
             self.holder.pop(order_id, None)
+        if event is Event.HANDBACK and order_id not in self.ready:
+            self.ready.append(order_id)
         if order_id in self.ready and target is not OrderStatus.PROCESSING:
             self.ready.remove(order_id)
 

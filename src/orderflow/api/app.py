@@ -277,7 +277,7 @@ def _method_not_allowed(allow: bytes) -> HTTPProblem:
 
 async def _build_service(settings: Settings) -> OrderService:
     clock = SystemClock()
-    store = await open_store(settings.database_url)
+    store = await open_store(settings.database_url, migrate=settings.migrate)
     if settings.snapshot:
         await load_snapshot(store, Path(settings.snapshot), clock)
     shipper = SimulatedShipper(

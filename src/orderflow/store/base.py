@@ -15,6 +15,10 @@ from orderflow.errors import OrderNotFound
 
 
 class OrderStore(abc.ABC):
+    #: Whether other processes share this store: a stopping processor then hands its orders
+    #: back for them (handback) instead of putting them back to pending (release).
+    shared = False
+
     @abc.abstractmethod
     async def add(self, order: Order) -> None:
         """Store a new order, in whatever status it is.
@@ -64,7 +68,8 @@ class OrderStore(abc.ABC):
         """Apply `event` to the order as it is now (compare-and-set against its current
         status), append the history entry, and return the new order. With `owner`, the order
         must also still be held by that owner (see `acquire`), so a late finisher can never
-        overwrite a cancel or someone else's work. Leaving processing ends the hold.
+        overwrite a cancel or someone else's work. Leaving processing, or a handback, ends the
+        hold; a handback makes the order ready again.
 
         Raises:
             OrderNotFound: no such order.

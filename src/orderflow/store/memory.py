@@ -24,8 +24,6 @@ import msgspec
 from sortedcontainers import SortedList
 
 from orderflow.domain import (
-    ID_TIME_CHARS,
-    ORDER_ID_PREFIX,
     Event,
     HistoryEntry,
     Item,
@@ -33,15 +31,13 @@ from orderflow.domain import (
     OrderQuery,
     OrderStatus,
     Page,
-    micros_since_epoch,
+    id_matches_timestamp,
     next_status,
     order_id_floor,
 )
 from orderflow.errors import InvalidOrder, OrderConflict, OrderNotFound
 from orderflow.store.base import OrderStore
 
-_ID_TIME_START = len(ORDER_ID_PREFIX)
-_ID_TIME_END = _ID_TIME_START + ID_TIME_CHARS  # the part of an id that is its timestamp
 _INDEXED = (OrderStatus.PENDING, OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED)
 
 _encode_head = msgspec.msgpack.Encoder().encode
@@ -70,7 +66,7 @@ class InMemoryOrderStore(OrderStore):
         self._owners: dict[str, str] = {}  # processing orders handed out, and to whom
 
     async def add(self, order: Order) -> None:
-        if int(order.id[_ID_TIME_START:_ID_TIME_END], 16) != micros_since_epoch(order.timestamp):
+        if not id_matches_timestamp(order.id, order.timestamp):
             raise InvalidOrder(f"order id {order.id!r} does not encode its timestamp")
         row = _Row(_encode_head((order.customer, order.items)), order.status, order.history)
         with self._lock:
@@ -133,8 +129,10 @@ class InMemoryOrderStore(OrderStore):
             status = next_status(old.status, event)
             if owner is not None and self._owners.get(order_id) != owner:
                 raise OrderConflict(f"order {order_id} is no longer held by {owner}")
-            if status is not OrderStatus.PROCESSING:
+            if status is not OrderStatus.PROCESSING or event is Event.HANDBACK:
                 self._owners.pop(order_id, None)  # leaving processing ends the hold
+                if event is Event.HANDBACK:
+                    self._ready.append(order_id)
             row = _Row(old.head, status, (*old.history, HistoryEntry(status, at, reason)))
             self._rows[order_id] = row
             self._move(order_id, old.status, status)

@@ -1,0 +1,376 @@
+"""PostgresOrderStore: orders in PostgreSQL, shared by any number of orderflow processes.
+
+The only module that imports the driver: every driver or network error leaves as
+StoreUnavailable (503), a duplicate id as OrderConflict. Each method is one statement (or one
+short transaction), so it is atomic on its own:
+
+- claims and acquires take rows with ``FOR UPDATE SKIP LOCKED``: no row goes to two callers;
+- completion is a conditional UPDATE naming the allowed source statuses and the holder, so a
+  late finisher can never overwrite a cancel, a rescue or another process's work;
+- NOTIFY wakes the other processes (``orderflow_ready``) and tells a holder that its order was
+  cancelled (``orderflow_cancel``); polling covers a lost notification;
+- holders renew the lease on their orders with every heartbeat; `rescue_orphans` makes ready
+  again what a dead holder's lease left behind, each row once (row locks, SKIP LOCKED).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from orderflow.domain import (
+    Event,
+    HistoryEntry,
+    Item,
+    Order,
+    OrderQuery,
+    OrderStatus,
+    Page,
+    id_matches_timestamp,
+    next_status,
+    order_id_floor,
+    sources_of,
+    target_of,
+)
+from orderflow.errors import (
+    InvalidOrder,
+    OrderConflict,
+    OrderflowError,
+    OrderNotFound,
+    StoreUnavailable,
+)
+from orderflow.store.base import OrderStore
+
+log = logging.getLogger("orderflow.store.postgres")
+
+READY_CHANNEL = "orderflow_ready"
+CANCEL_CHANNEL = "orderflow_cancel"
+_MIGRATION_LOCK = 0x6F72646572  # any constant shared by every orderflow process
+_ABOVE_ALL_IDS = "order_g"  # sorts after every id ("g" follows the hex digits)
+_COLUMNS = "id, customer, items, created_at, status, history"
+
+_encode = msgspec.json.Encoder().encode
+_decode_items = msgspec.json.Decoder(tuple[Item, ...]).decode
+_decode_history = msgspec.json.Decoder(tuple[HistoryEntry, ...]).decode
+
+
+def _entry(status: OrderStatus, at: datetime, reason: str | None = None) -> str:
+    return _encode([HistoryEntry(status, at, reason)]).decode()
+
+
+def _to_order(row: Any) -> Order:
+    history = _decode_history(row["history"])
+    return Order(
+        row["id"],
+        row["customer"],
+        _decode_items(row["items"]),
+        row["created_at"],
+        OrderStatus(row["status"]),
+        history[-1].at,
+        history,
+    )
+
+
+@contextlib.contextmanager
+def _translated() -> Any:
+    """Driver and network errors become StoreUnavailable; ours pass through."""
+    try:
+        yield
+    except OrderflowError:
+        raise
+    except asyncpg.UniqueViolationError as exc:
+        raise OrderConflict("an order with that id exists") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"the database is unavailable: {type(exc).__name__}") from exc
+
+
+async def migrate(connection: Any) -> list[str]:
+    """Apply every migration not applied yet, in order, under an advisory lock so that
+    processes starting together do not race; returns the names applied."""
+    folder = resources.files("orderflow.store.migrations")
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    applied: list[str] = []
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {
+            r["version"] for r in await connection.fetch("SELECT version FROM schema_migrations")
+        }
+        for file in files:
+            version = file.name.removesuffix(".sql")
+            if version in done:
+                continue
+            await connection.execute(file.read_text())
+            await connection.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            applied.append(version)
+    return applied
+
+
+class PostgresOrderStore(OrderStore):
+    """Args:
+    pool: an asyncpg pool; `connect` makes one.
+    dsn: where to open the listening connection for `subscribe`.
+    """
+
+    shared = True
+
+    def __init__(self, pool: Any, dsn: str, *, server_settings: dict[str, str] | None = None):
+        self._pool = pool
+        self._dsn = dsn
+        self._server_settings = server_settings or {}
+        self._listener: Any = None
+        self._callbacks: tuple[Callable[[], object], Callable[[str], object]] | None = None
+        self._lease_s = 15.0
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        apply_migrations: bool = True,
+        server_settings: dict[str, str] | None = None,
+        max_size: int = 10,
+    ) -> PostgresOrderStore:
+        """A store over a new pool to `dsn`; applies migrations first unless told not to.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        with _translated():
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=max_size,
+                command_timeout=10,
+                timeout=10,
+                server_settings=server_settings or {},
+            )
+            if apply_migrations:
+                async with pool.acquire(timeout=10) as connection:
+                    for version in await migrate(connection):
+                        log.info("applied migration %s", version)
+        return cls(pool, dsn, server_settings=server_settings)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        with _translated():
+            async with self._pool.acquire(timeout=5) as connection:
+                yield connection
+
+    async def add(self, order: Order) -> None:
+        if not id_matches_timestamp(order.id, order.timestamp):
+            raise InvalidOrder(f"order id {order.id!r} does not encode its timestamp")
+        async with self._connection() as db:
+            status = await db.execute(
+                "INSERT INTO orders (id, customer, items, created_at, status, updated_at, history)"
+                " VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7::jsonb) ON CONFLICT (id) DO NOTHING",
+                order.id,
+                order.customer,
+                _encode(order.items).decode(),
+                order.timestamp,
+                order.status.value,
+                order.updated_at,
+                _encode(order.history).decode(),
+            )
+            if status == "INSERT 0 0":
+                raise OrderConflict(f"an order with id {order.id!r} exists")
+            if order.status is OrderStatus.PROCESSING:
+                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+
+    async def find_order(self, order_id: str) -> Order | None:
+        async with self._connection() as db:
+            row = await db.fetchrow(f"SELECT {_COLUMNS} FROM orders WHERE id = $1", order_id)
+        return None if row is None else _to_order(row)
+
+    async def list_orders(self, query: OrderQuery) -> Page:
+        low = "" if query.start is None else order_id_floor(query.start)
+        high = _ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
+        after = query.cursor or ""
+        where = "id >= $1 AND id > $2 AND id < $3"
+        args: list[Any] = [low, after, high, query.limit + 1]
+        if query.status is not None:
+            where += " AND status = $5"
+            args.append(query.status.value)
+        sql = f"SELECT {_COLUMNS} FROM orders WHERE {where} ORDER BY id LIMIT $4"
+        async with self._connection() as db:
+            rows = await db.fetch(sql, *args)
+        orders = [_to_order(row) for row in rows[: query.limit]]
+        return Page(orders, orders[-1].id if len(rows) > query.limit else None)
+
+    async def delete_pending(self, order_id: str) -> None:
+        async with self._connection() as db:
+            status = await db.execute(
+                "DELETE FROM orders WHERE id = $1 AND status = 'pending'", order_id
+            )
+            if status == "DELETE 1":
+                return
+            current = await db.fetchval("SELECT status FROM orders WHERE id = $1", order_id)
+        if current is None:
+            raise OrderNotFound(f"no order with id {order_id!r}")
+        raise OrderConflict(f"only pending orders can be deleted; this one is {current}")
+
+    async def transition(
+        self,
+        order_id: str,
+        event: Event,
+        at: datetime,
+        reason: str | None = None,
+        *,
+        owner: str | None = None,
+    ) -> Order:
+        target = target_of(event)
+        # Leaving processing, or handing back, ends the hold.
+        keeps_hold = target is OrderStatus.PROCESSING and event is not Event.HANDBACK
+        async with self._connection() as db, db.transaction():
+            row = await db.fetchrow(
+                "WITH old AS (SELECT id, owner, status FROM orders WHERE id = $1 FOR UPDATE)"
+                " UPDATE orders o SET status = $2, updated_at = $3,"
+                "  history = o.history || $4::jsonb,"
+                "  owner = CASE WHEN $5 THEN o.owner END,"
+                "  lease_expires_at = CASE WHEN $5 THEN o.lease_expires_at END"
+                " FROM old WHERE o.id = old.id AND old.status = ANY($6::text[])"
+                "  AND ($7::text IS NULL OR old.owner = $7)"
+                f" RETURNING {', '.join('o.' + c for c in _COLUMNS.split(', '))},"
+                "  old.owner AS previous_owner",
+                order_id,
+                target.value,
+                at,
+                _entry(target, at, reason),
+                keeps_hold,
+                [s.value for s in sources_of(event)],
+                owner,
+            )
+            if row is None:
+                current = await db.fetchrow(
+                    "SELECT status, owner FROM orders WHERE id = $1", order_id
+                )
+            elif event is Event.CANCEL and row["previous_owner"] is not None:
+                await db.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, order_id)
+            elif event is Event.HANDBACK:
+                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+        if row is not None:
+            return _to_order(row)
+        if current is None:
+            raise OrderNotFound(f"no order with id {order_id!r}")
+        next_status(OrderStatus(current["status"]), event)  # raises IllegalTransition
+        raise OrderConflict(f"order {order_id} is no longer held by {owner}")
+
+    async def claim_pending(
+        self, at: datetime, limit: int, created_before: datetime | None = None
+    ) -> int:
+        below = _ABOVE_ALL_IDS if created_before is None else order_id_floor(created_before)
+        async with self._connection() as db, db.transaction():
+            status = await db.execute(
+                "WITH picked AS (SELECT id FROM orders WHERE status = 'pending' AND id < $3"
+                "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                " UPDATE orders o SET status = 'processing', updated_at = $1,"
+                "  history = o.history || $4::jsonb"
+                " FROM picked WHERE o.id = picked.id",
+                at,
+                limit,
+                below,
+                _entry(OrderStatus.PROCESSING, at),
+            )
+            count = int(status.split()[-1])
+            if count:
+                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+        return count
+
+    async def acquire(self, owner: str, limit: int) -> list[Order]:
+        async with self._connection() as db:
+            rows = await db.fetch(
+                "WITH picked AS (SELECT id FROM orders"
+                "  WHERE status = 'processing' AND owner IS NULL"
+                "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                " UPDATE orders o SET owner = $1, attempt = o.attempt + 1,"
+                "  lease_expires_at = now() + make_interval(secs => $3)"
+                f" FROM picked WHERE o.id = picked.id"
+                f" RETURNING {', '.join('o.' + c for c in _COLUMNS.split(', '))}",
+                owner,
+                limit,
+                self._lease_s,
+            )
+        return sorted((_to_order(row) for row in rows), key=lambda order: order.id)
+
+    async def count_by_status(self) -> dict[OrderStatus, int]:
+        async with self._connection() as db:
+            rows = await db.fetch("SELECT status, count(*) AS n FROM orders GROUP BY status")
+        return {OrderStatus(row["status"]): row["n"] for row in rows}
+
+    async def heartbeat(self, owner: str, lease_s: float) -> None:
+        self._lease_s = lease_s
+        async with self._connection() as db:
+            await db.execute(
+                "UPDATE orders SET lease_expires_at = now() + make_interval(secs => $2)"
+                " WHERE owner = $1",
+                owner,
+                lease_s,
+            )
+        if self._callbacks is not None and (self._listener is None or self._listener.is_closed()):
+            await self._listen()  # the listening connection was lost: listen again
+
+    async def rescue_orphans(self) -> int:
+        async with self._connection() as db, db.transaction():
+            status = await db.execute(
+                "WITH lost AS (SELECT id, owner FROM orders"
+                "  WHERE owner IS NOT NULL AND lease_expires_at < now()"
+                "  FOR UPDATE SKIP LOCKED)"
+                " UPDATE orders o SET owner = NULL, lease_expires_at = NULL, updated_at = now(),"
+                "  history = o.history || jsonb_build_array(jsonb_build_object("
+                "   'status', 'processing',"
+                """   'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),"""
+                "   'reason', 'rescued: the lease of ' || lost.owner || ' ran out'))"
+                " FROM lost WHERE o.id = lost.id",
+            )
+            count = int(status.split()[-1])
+            if count:
+                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+        if count:
+            log.warning("rescued %d orders whose holder stopped heartbeating", count)
+        return count
+
+    async def retire(self, owner: str) -> None:
+        # A clean stop handed everything back already; this is the safety net.
+        async with self._connection() as db:
+            await db.execute(
+                "UPDATE orders SET owner = NULL, lease_expires_at = NULL WHERE owner = $1", owner
+            )
+
+    async def subscribe(
+        self, on_ready: Callable[[], object], on_cancel: Callable[[str], object]
+    ) -> None:
+        self._callbacks = (on_ready, on_cancel)
+        await self._listen()
+
+    async def _listen(self) -> None:
+        assert self._callbacks is not None
+        on_ready, on_cancel = self._callbacks
+        with _translated():
+            listener = await asyncpg.connect(
+                self._dsn, timeout=10, server_settings=self._server_settings
+            )
+            await listener.add_listener(READY_CHANNEL, lambda *_: on_ready())
+            await listener.add_listener(
+                CANCEL_CHANNEL, lambda _conn, _pid, _channel, order_id: on_cancel(order_id)
+            )
+        listener.add_termination_listener(
+            lambda _conn: log.warning("lost the notification connection; polling until back")
+        )
+        self._listener = listener
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._listener is not None:
+                await self._listener.close(timeout=5)
+        with contextlib.suppress(Exception):
+            await self._pool.close()

@@ -1,0 +1,56 @@
+"""Reaching the test PostgreSQL: ORDERFLOW_TEST_DATABASE_URL; under CI=true it must be there."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+
+from orderflow.store.postgres import PostgresOrderStore
+
+DATABASE_URL = os.environ.get(
+    "ORDERFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+async def admin_connection() -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(DATABASE_URL, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"PostgreSQL is required under CI: {exc}") from exc
+        pytest.skip(f"no PostgreSQL at {DATABASE_URL}: {exc}")
+
+
+@asynccontextmanager
+async def schema_store() -> AsyncIterator[PostgresOrderStore]:
+    """A PostgresOrderStore in a schema of its own, dropped afterwards."""
+    admin = await admin_connection()
+    schema = f"orderflow_test_{secrets.token_hex(4)}"
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    store = await PostgresOrderStore.connect(
+        DATABASE_URL, server_settings={"search_path": schema}, max_size=4
+    )
+    try:
+        yield store
+    finally:
+        await store.close()
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
+@asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """The URL of a new, empty database, dropped afterwards."""
+    admin = await admin_connection()
+    name = f"orderflow_test_{secrets.token_hex(4)}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield DATABASE_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()

@@ -1,0 +1,124 @@
+"""What only a store shared by several processes does: leases, rescue, notifications, the
+indexes behind the queries, and driver errors turned into ours."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from orderflow.domain import Event, Item, OrderStatus, new_order, new_order_id, order_id_floor
+from orderflow.errors import OrderConflict, StoreUnavailable
+from orderflow.store import open_store
+from orderflow.store.postgres import PostgresOrderStore
+from tests.postgres import DATABASE_URL, schema_store
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+async def add_ready(store: PostgresOrderStore, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        at = T0 + timedelta(microseconds=n)
+        order = new_order(new_order_id(at, n), f"c{n}", (Item("w", 1),), at)
+        await store.add(order)
+        ids.append(order.id)
+    await store.claim_pending(T0 + timedelta(seconds=1), count)
+    return ids
+
+
+async def eventually(predicate, rounds: int = 500) -> bool:  # type: ignore[no-untyped-def]
+    for _ in range(rounds):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_an_expired_lease_is_rescued_once_and_the_old_holder_locked_out() -> None:
+    async with schema_store() as store:
+        [order_id] = await add_ready(store, 1)
+        await store.heartbeat("dead", lease_s=0)  # every lease "dead" takes ends at once
+        [held] = await store.acquire("dead", 1)
+        assert await store.rescue_orphans() == 1
+        assert await store.rescue_orphans() == 0
+        rescued = await store.get_order(order_id)
+        assert rescued.status is OrderStatus.PROCESSING
+        assert rescued.history[-1].reason == "rescued: the lease of dead ran out"
+        [again] = await store.acquire("alive", 1)
+        assert again.id == held.id
+        with pytest.raises(OrderConflict):
+            await store.transition(order_id, Event.SHIP, T0, owner="dead")
+        shipped = await store.transition(order_id, Event.SHIP, T0, owner="alive")
+        assert [h.status for h in shipped.history].count(OrderStatus.SHIPPED) == 1
+
+
+async def test_a_heartbeat_keeps_the_lease_alive() -> None:
+    async with schema_store() as store:
+        await add_ready(store, 2)
+        await store.heartbeat("alive", lease_s=60)
+        await store.acquire("alive", 2)
+        await store.heartbeat("alive", lease_s=60)
+        assert await store.rescue_orphans() == 0
+
+
+async def test_handback_makes_an_order_ready_for_others_and_retire_lets_go() -> None:
+    async with schema_store() as store:
+        first, second = await add_ready(store, 2)
+        await store.acquire("a", 2)
+        handed = await store.transition(first, Event.HANDBACK, T0, "shutdown", owner="a")
+        assert handed.status is OrderStatus.PROCESSING
+        assert [o.id for o in await store.acquire("b", 5)] == [first]
+        await store.retire("a")
+        assert [o.id for o in await store.acquire("b", 5)] == [second]
+
+
+async def test_notifications_reach_other_processes() -> None:
+    async with schema_store() as holder, schema_store() as _:
+        ready: list[int] = []
+        cancelled: list[str] = []
+        await holder.subscribe(lambda: ready.append(1), cancelled.append)
+        other = await PostgresOrderStore.connect(
+            DATABASE_URL, server_settings=holder._server_settings, apply_migrations=False
+        )
+        try:
+            [order_id] = await add_ready(other, 1)
+            assert await eventually(lambda: bool(ready))
+            await holder.acquire("holder", 1)
+            await other.transition(order_id, Event.CANCEL, T0)
+            assert await eventually(lambda: cancelled == [order_id])
+        finally:
+            await other.close()
+
+
+async def test_the_time_range_query_is_an_index_scan() -> None:
+    async with schema_store() as store, store._connection() as db:
+        await db.execute(
+            "INSERT INTO orders (id, customer, items, created_at, status, updated_at, history)"
+            " SELECT 'order_' || lpad(to_hex(n), 14, '0') || lpad(to_hex(n), 16, '0'),"
+            "  'c', '[]', now(), CASE WHEN n % 2 = 0 THEN 'pending' ELSE 'shipped' END,"
+            "  now(), '[]' FROM generate_series(1, 50000) AS n"
+        )
+        await db.execute("ANALYZE orders")
+        low = order_id_floor(T0)
+        for sql in (
+            "SELECT * FROM orders WHERE id >= $1 AND id > $2 AND id < $3 ORDER BY id LIMIT 101",
+            "SELECT * FROM orders WHERE id >= $1 AND id > $2 AND id < $3 AND status = 'pending'"
+            " ORDER BY id LIMIT 101",
+        ):
+            plan = "\n".join(r[0] for r in await db.fetch("EXPLAIN " + sql, low, "", "order_g"))
+            assert "Index" in plan, plan
+            assert "Seq Scan" not in plan, plan
+
+
+async def test_an_unreachable_database_is_unavailable_not_a_crash() -> None:
+    with pytest.raises(StoreUnavailable):
+        await open_store("postgresql://postgres@127.0.0.1:1/nowhere")
+
+
+async def test_a_lost_pool_is_unavailable() -> None:
+    async with schema_store() as store:
+        await store._pool.close()
+        with pytest.raises(StoreUnavailable):
+            await store.find_order("order_x")
