@@ -43,14 +43,20 @@ async def schema_store() -> AsyncIterator[PostgresOrderStore]:
         await admin.close()
 
 
-@asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """The URL of a new, empty database, dropped afterwards."""
+async def create_database() -> str:
+    """The URL of a new, empty database (drop it with `drop_database`)."""
     admin = await admin_connection()
     name = f"orderflow_test_{secrets.token_hex(4)}"
-    await admin.execute(f"CREATE DATABASE {name}")
     try:
-        yield DATABASE_URL.rsplit("/", 1)[0] + "/" + name
+        await admin.execute(f"CREATE DATABASE {name}")
     finally:
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
+    return DATABASE_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def drop_database(url: str) -> None:
+    admin = await admin_connection()
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+    finally:
         await admin.close()
