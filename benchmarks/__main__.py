@@ -1,5 +1,5 @@
 """`python -m benchmarks [part …]`: run the parts (all by default), print one table, and write
-benchmarks/results/latest.json. Parts: http, queries, memory, engine, triggers."""
+benchmarks/results/latest.json. Parts: http, queries, memory, engine, triggers, postgres."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 from benchmarks.report import Row, table, write
 
-PARTS = ["http", "queries", "memory", "engine", "triggers"]
+PARTS = ["http", "queries", "memory", "engine", "triggers", "postgres"]
 
 
 def main() -> None:

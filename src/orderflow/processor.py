@@ -261,7 +261,8 @@ class Processor:
         while True:
             self._fetch_wanted.clear()
             room = 2 * self._concurrency - len(self._held) - len(self._inflight)
-            if room > 0:
+            # Fetch in batches: not for every worker that frees up, but once half can be filled.
+            if room >= max(1, self._concurrency // 2) or (room > 0 and not self._held):
                 try:
                     orders = await self._store.acquire(self.owner, room)
                 except OrderflowError:

@@ -61,6 +61,9 @@ _decode_items = msgspec.json.Decoder(tuple[Item, ...]).decode
 _decode_history = msgspec.json.Decoder(tuple[HistoryEntry, ...]).decode
 
 
+_no_transaction = contextlib.nullcontext()
+
+
 def _entry(status: OrderStatus, at: datetime, reason: str | None = None) -> str:
     return _encode([HistoryEntry(status, at, reason)]).decode()
 
@@ -231,7 +234,9 @@ class PostgresOrderStore(OrderStore):
         target = target_of(event)
         # Leaving processing, or handing back, ends the hold.
         keeps_hold = target is OrderStatus.PROCESSING and event is not Event.HANDBACK
-        async with self._connection() as db, db.transaction():
+        notify = event is Event.CANCEL or event is Event.HANDBACK
+        # One statement, one round trip; a transaction only where a notification goes with it.
+        async with self._connection() as db, (db.transaction() if notify else _no_transaction):
             row = await db.fetchrow(
                 "WITH old AS (SELECT id, owner, status FROM orders WHERE id = $1 FOR UPDATE)"
                 " UPDATE orders o SET status = $2, updated_at = $3,"

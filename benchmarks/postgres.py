@@ -1,0 +1,130 @@
+"""PostgreSQL: orders claimed and shipped per second (delay 0) by one and by two real
+`orderflow serve` processes on one database, and a range query of 100 orders among 1M rows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import statistics
+import time
+from datetime import timedelta
+
+import asyncpg
+
+from benchmarks.fill import START
+from benchmarks.report import Row
+from benchmarks.servers import free_port, orderflow_command, server
+from orderflow.domain import OrderQuery
+from orderflow.store.postgres import PostgresOrderStore
+
+DATABASE_URL = os.environ.get(
+    "ORDERFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+SHIPPED = 20_000
+ROWS = 1_000_000
+
+# Pending orders made by the database itself, shaped exactly as orderflow writes them.
+_FILL = """
+INSERT INTO orders (id, customer, items, created_at, status, updated_at, history)
+SELECT 'order_' || lpad(to_hex($1::bigint + n), 14, '0') || lpad(to_hex(n), 16, '0'),
+       'customer ' || n,
+       '[{"name":"Monster Energy","quantity":2},{"name":"Protein Bar","quantity":1}]',
+       t, 'pending', t,
+       jsonb_build_array(jsonb_build_object('status', 'pending',
+           'at', to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
+FROM generate_series(0, $2 - 1) AS n,
+     LATERAL (SELECT to_timestamp(($1::bigint + n) / 1e6) AS t) AS times
+"""
+_START_MICROS = int((START - START.replace(year=1970, month=1, day=1)).total_seconds()) * 10**6
+
+
+async def _database() -> str:
+    admin = await asyncpg.connect(DATABASE_URL)
+    name = f"orderflow_bench_{secrets.token_hex(4)}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    return DATABASE_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def _drop(url: str) -> None:
+    admin = await asyncpg.connect(DATABASE_URL)
+    await admin.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+    await admin.close()
+
+
+async def _fill(url: str, count: int) -> None:
+    store = await PostgresOrderStore.connect(url)
+    await store.close()
+    db = await asyncpg.connect(url)
+    await db.execute(_FILL, _START_MICROS, count)
+    await db.execute("ANALYZE orders")
+    await db.close()
+
+
+async def _shipped(url: str) -> int:
+    db = await asyncpg.connect(url)
+    try:
+        return int(await db.fetchval("SELECT count(*) FROM orders WHERE status = 'shipped'"))
+    finally:
+        await db.close()
+
+
+def _ship_rate(instances: int) -> float:
+    url = asyncio.run(_database())
+    try:
+        asyncio.run(_fill(url, SHIPPED))
+        ports = [free_port() for _ in range(instances)]
+        args = ("--database-url", url, "--ship-delay", "0", "--no-migrate")
+        contexts = [server(orderflow_command(p, *args), p, ready_path="/healthz") for p in ports]
+        urls = [c.__enter__() for c in contexts]
+        try:
+            import httpx
+
+            began = time.perf_counter()
+            assert httpx.post(urls[0] + "/orders/process", timeout=60).status_code == 202
+            for _ in range(6000):  # at most 10 minutes
+                if asyncio.run(_shipped(url)) == SHIPPED:
+                    break
+                time.sleep(0.1)
+            elapsed = time.perf_counter() - began
+        finally:
+            for context in contexts:
+                context.__exit__(None, None, None)
+        assert asyncio.run(_shipped(url)) == SHIPPED
+        return SHIPPED / elapsed
+    finally:
+        asyncio.run(_drop(url))
+
+
+async def _range_query() -> float:
+    url = await _database()
+    try:
+        await _fill(url, ROWS)
+        store = await PostgresOrderStore.connect(url)
+        middle = START + timedelta(microseconds=ROWS // 2)
+        query = OrderQuery(start=middle, end=middle + timedelta(microseconds=100), limit=100)
+        samples = []
+        for _ in range(300):
+            began = time.perf_counter()
+            page = await store.list_orders(query)
+            samples.append(time.perf_counter() - began)
+        assert len(page.orders) == 100
+        await store.close()
+        return statistics.median(samples) * 1000
+    finally:
+        await _drop(url)
+
+
+def run() -> list[Row]:
+    one = _ship_rate(1)
+    two = _ship_rate(2)
+    query_ms = asyncio.run(_range_query())
+    return [
+        Row(
+            "postgres", "claimed and shipped, one instance", one, "orders/s", "≥ 5,000", one >= 5000
+        ),
+        Row("postgres", "claimed and shipped, two instances", two, "orders/s"),
+        Row("postgres", "two / one", two / one, "x", "≥ 1.6", two / one >= 1.6),
+        Row("postgres", "range query of 100 among 1M rows", query_ms, "ms"),
+    ]
