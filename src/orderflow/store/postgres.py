@@ -236,7 +236,7 @@ class PostgresOrderStore(OrderStore):
         keeps_hold = target is OrderStatus.PROCESSING and event is not Event.HANDBACK
         notify = event is Event.CANCEL or event is Event.HANDBACK
         # One statement, one round trip; a transaction only where a notification goes with it.
-        async with self._connection() as db, (db.transaction() if notify else _no_transaction):
+        async with self._connection() as db, db.transaction() if notify else _no_transaction:
             row = await db.fetchrow(
                 "WITH old AS (SELECT id, owner, status FROM orders WHERE id = $1 FOR UPDATE)"
                 " UPDATE orders o SET status = $2, updated_at = $3,"
