@@ -76,7 +76,10 @@ def _ship_rate(instances: int) -> float:
         asyncio.run(_fill(url, SHIPPED))
         ports = [free_port() for _ in range(instances)]
         args = ("--database-url", url, "--ship-delay", "0", "--no-migrate")
-        contexts = [server(orderflow_command(p, *args), p, ready_path="/healthz") for p in ports]
+        # Not pinned: the database needs the same two cores.
+        contexts = [
+            server(orderflow_command(p, *args), p, ready_path="/healthz", core=None) for p in ports
+        ]
         urls = [c.__enter__() for c in contexts]
         try:
             import httpx

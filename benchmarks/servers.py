@@ -29,10 +29,12 @@ def pinned(core: str, command: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def server(command: list[str], port: int, ready_path: str = "/") -> Iterator[str]:
-    """Run `command` (which serves on `port`) pinned to the server core; yield its URL."""
+def server(
+    command: list[str], port: int, ready_path: str = "/", core: str | None = SERVER_CORE
+) -> Iterator[str]:
+    """Run `command` (which serves on `port`) pinned to `core` (None: any); yield its URL."""
     process = subprocess.Popen(
-        pinned(SERVER_CORE, command),
+        command if core is None else pinned(core, command),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "ORDERFLOW_LOG_LEVEL": "warning"},
