@@ -37,6 +37,7 @@ from datetime import timedelta
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    retry_if_exception_type,
     retry_if_result,
     stop_after_attempt,
     wait_exponential_jitter,
@@ -44,7 +45,7 @@ from tenacity import (
 
 from orderflow.clock import Clock
 from orderflow.domain import Event, Order
-from orderflow.errors import OrderflowError, ShuttingDown
+from orderflow.errors import OrderflowError, ShuttingDown, StoreUnavailable
 from orderflow.shipping import Shipper
 from orderflow.store.base import OrderStore
 
@@ -370,10 +371,20 @@ class Processor:
         return outcome
 
     async def _finish(self, order_id: str, event: Event, reason: str | None) -> None:
+        at = self._clock.now()
+        write = self._store.transition
         try:
-            order = await self._store.transition(
-                order_id, event, self._clock.now(), reason, owner=self.owner
-            )
+            try:
+                order = await write(order_id, event, at, reason, owner=self.owner)
+            except StoreUnavailable:
+                # Wait out an outage, so no outcome is lost to it; when stopping, a few tries,
+                # then the order is left to `retire` (or, failing that, rescue).
+                order = await AsyncRetrying(
+                    retry=retry_if_exception_type(StoreUnavailable),
+                    wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
+                    stop=lambda state: self._stopping and state.attempt_number >= 3,
+                    reraise=True,
+                )(write, order_id, event, at, reason, owner=self.owner)
         except OrderflowError as exc:  # cancelled or taken back meanwhile: the store decided
             log.info("order_id=%s outcome %s dropped: %s", order_id, event.value, exc)
             return

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from orderflow.domain import Event, OrderStatus
-from orderflow.errors import ShuttingDown
+from orderflow.errors import ShuttingDown, StoreUnavailable
 from orderflow.processor import Processor
 from orderflow.service import OrderService
 from orderflow.shipping import ShippingError, SimulatedShipper
@@ -342,5 +342,32 @@ async def test_unexpected_error_costs_the_attempt_not_the_worker(
         await service.trigger_processing()
         await wait_until_settled(store)
         assert (await store.get_order(order.id)).status is OrderStatus.SHIPPED
+    finally:
+        await service.processor.stop(grace_s=0)
+
+
+class _OutageStore(InMemoryOrderStore):
+    """Unreachable for the first two outcome writes."""
+
+    outages = 2
+
+    async def transition(self, order_id, event, at, reason=None, *, owner=None):  # type: ignore[no-untyped-def]
+        if owner is not None and self.outages:
+            self.outages -= 1
+            raise StoreUnavailable("database restarting")
+        return await super().transition(order_id, event, at, reason, owner=owner)
+
+
+async def test_an_outcome_waits_out_a_store_outage(
+    shipper: FakeShipper, clock: ManualClock
+) -> None:
+    store = _OutageStore()
+    service = await _service(store, shipper, clock, concurrency=1)
+    try:
+        order = await service.submit("Ada", make_order().items)
+        await service.trigger_processing()
+        await wait_until_settled(store)
+        assert (await store.get_order(order.id)).status is OrderStatus.SHIPPED
+        assert store.outages == 0
     finally:
         await service.processor.stop(grace_s=0)
