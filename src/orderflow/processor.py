@@ -32,7 +32,9 @@ import logging
 import os
 import secrets
 import socket
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -45,7 +47,7 @@ from tenacity import (
 
 from orderflow.clock import Clock
 from orderflow.domain import Event, Order
-from orderflow.errors import OrderflowError, ShuttingDown, StoreUnavailable
+from orderflow.errors import OrderConflict, OrderflowError, ShuttingDown, StoreUnavailable
 from orderflow.shipping import Shipper
 from orderflow.store.base import OrderStore
 
@@ -53,6 +55,8 @@ log = logging.getLogger("orderflow.processor")
 
 _MICROSECOND = timedelta(microseconds=1)
 _MAX_BACKOFF_S = 30.0
+_WRITE_BATCH = 500
+T = TypeVar("T")
 
 Outcome = tuple[Event, str | None]  # (ship or fail, reason)
 
@@ -132,6 +136,12 @@ class Processor:
         self._aborted: set[str] = set()
         self._accepting = False
         self._stopping = False
+        # Outcomes waiting to be written together (only for a store shared between processes).
+        self._outbox: list[
+            tuple[tuple[str, Event, datetime, str | None], asyncio.Future[Order | None]]
+        ] = []
+        self._outbox_ready = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -146,6 +156,8 @@ class Processor:
         await self._store.heartbeat(self.owner, self._lease_s)
         await self._store.subscribe(self.wake, self.abort)
         self._accepting = True
+        if self._store.shared:
+            self._writer = asyncio.create_task(self._write_loop(), name="orderflow-writer")
         for n in range(self._concurrency):
             self._workers.add(asyncio.create_task(self._work(), name=f"orderflow-worker-{n}"))
         self._helpers.add(asyncio.create_task(self._fetch_loop(), name="orderflow-fetcher"))
@@ -196,10 +208,11 @@ class Processor:
             task.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
         self._helpers.clear()
-        try:
-            await self._store.release_unshared(self._clock.now(), "shutdown: not started")
-        except OrderflowError:
-            log.exception("could not hand back the orders claimed and not started")
+        if not self._store.shared:  # shared, they stay ready for the other processes
+            try:
+                await self._store.release_unshared(self._clock.now(), "shutdown: not started")
+            except OrderflowError:
+                log.exception("could not put back the orders claimed and not started")
         held = [order.id for order in self._held]
         self._held.clear()
         self._held_event.set()  # idle workers wake up and leave
@@ -216,6 +229,10 @@ class Processor:
                     task.cancel("shutdown")
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers.clear()
+        if self._writer is not None:  # every worker is done: nothing more to write
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
         try:
             await self._store.retire(self.owner)
         except OrderflowError:
@@ -372,19 +389,19 @@ class Processor:
 
     async def _finish(self, order_id: str, event: Event, reason: str | None) -> None:
         at = self._clock.now()
-        write = self._store.transition
         try:
-            try:
-                order = await write(order_id, event, at, reason, owner=self.owner)
-            except StoreUnavailable:
-                # Wait out an outage, so no outcome is lost to it; when stopping, a few tries,
-                # then the order is left to `retire` (or, failing that, rescue).
-                order = await AsyncRetrying(
-                    retry=retry_if_exception_type(StoreUnavailable),
-                    wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
-                    stop=lambda state: self._stopping and state.attempt_number >= 3,
-                    reraise=True,
-                )(write, order_id, event, at, reason, owner=self.owner)
+            if self._writer is None:
+                order = await self._patiently(
+                    self._store.transition, order_id, event, at, reason, owner=self.owner
+                )
+            else:  # a shared store: one round trip for the outcomes of many workers
+                future: asyncio.Future[Order | None] = asyncio.get_running_loop().create_future()
+                self._outbox.append(((order_id, event, at, reason), future))
+                self._outbox_ready.set()
+                written = await future
+                if written is None:
+                    raise OrderConflict(f"order {order_id} is no longer held by {self.owner}")
+                order = written
         except OrderflowError as exc:  # cancelled or taken back meanwhile: the store decided
             log.info("order_id=%s outcome %s dropped: %s", order_id, event.value, exc)
             return
@@ -392,3 +409,35 @@ class Processor:
             log.info("order_id=%s %s", order_id, order.status.value)
         else:
             log.info("order_id=%s %s reason=%r", order_id, order.status.value, reason)
+
+    async def _patiently(self, write: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """`write(...)`, waiting out an outage of the store, so no outcome is lost to it; when
+        stopping, a few tries, then the order is left to `retire` (or, failing that, rescue)."""
+        try:
+            return await write(*args, **kwargs)
+        except StoreUnavailable:
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(StoreUnavailable),
+                wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
+                stop=lambda state: self._stopping and state.attempt_number >= 3,
+                reraise=True,
+            )
+            return await retrying(write, *args, **kwargs)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                batch = self._outbox[:_WRITE_BATCH]
+                del self._outbox[:_WRITE_BATCH]
+                try:
+                    results = await self._patiently(
+                        self._store.transition_many, self.owner, [change for change, _ in batch]
+                    )
+                except OrderflowError as exc:
+                    for _, future in batch:
+                        future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result)

@@ -227,3 +227,30 @@ async def test_sharing_hooks_are_safe_to_call(store: OrderStore) -> None:
     await store.heartbeat("a", 15.0)
     assert await store.rescue_orphans() == 0
     await store.retire("a")
+
+
+async def test_transition_many_writes_what_the_owner_still_holds(store: OrderStore) -> None:
+    orders = await add_many(store, 4)
+    await store.claim_pending(at(10), 4)
+    await store.acquire("a", 3)  # orders[3] stays ready, held by nobody
+    await store.transition(orders[1].id, Event.CANCEL, at(11))
+    results = await store.transition_many(
+        "a",
+        [
+            (orders[0].id, Event.SHIP, at(12), None),
+            (orders[1].id, Event.SHIP, at(12), None),
+            (orders[2].id, Event.RETRY, at(12), "again"),
+            (orders[3].id, Event.FAIL, at(12), "x"),
+        ],
+    )
+    assert [None if r is None else r.status for r in results] == [
+        OrderStatus.SHIPPED,
+        None,
+        OrderStatus.PROCESSING,
+        None,
+    ]
+    assert (await store.get_order(orders[1].id)).status is OrderStatus.CANCELLED
+    shipped = await store.transition(orders[2].id, Event.SHIP, at(13), owner="a")
+    assert shipped.history[-2].reason == "again"
+    handed = await store.transition_many("a", [])
+    assert handed == []

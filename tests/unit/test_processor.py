@@ -371,3 +371,32 @@ async def test_an_outcome_waits_out_a_store_outage(
         assert store.outages == 0
     finally:
         await service.processor.stop(grace_s=0)
+
+
+class _SharedMemoryStore(InMemoryOrderStore):
+    """The in-memory store, treated as if other processes shared it."""
+
+    shared = True
+
+
+async def test_with_a_shared_store_outcomes_are_written_in_batches_and_handed_back(
+    held_shipper: FakeShipper, clock: ManualClock
+) -> None:
+    store = _SharedMemoryStore()
+    service = await _service(store, held_shipper, clock, concurrency=2)
+    orders = [await service.submit("Ada", make_order().items) for _ in range(6)]
+    await service.trigger_processing()
+    await held_shipper.started_event(orders[0].id).wait()
+    await held_shipper.started_event(orders[1].id).wait()
+    held_shipper.release(orders[0].id)
+    for _ in range(200):
+        if (await store.get_order(orders[0].id)).status is OrderStatus.SHIPPED:
+            break
+        await asyncio.sleep(0.001)
+    assert (await store.get_order(orders[0].id)).status is OrderStatus.SHIPPED
+    await service.processor.stop(grace_s=0)
+    # everything unfinished is ready again for the other processes, not pending
+    for order in orders[1:]:
+        back = await store.get_order(order.id)
+        assert back.status is OrderStatus.PROCESSING
+    assert len(await store.acquire("another", 10)) == 5

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from orderflow.domain import Event, Order, OrderQuery, OrderStatus, Page
-from orderflow.errors import OrderNotFound
+from orderflow.errors import OrderConflict, OrderNotFound
 
 
 class OrderStore(abc.ABC):
@@ -76,6 +76,24 @@ class OrderStore(abc.ABC):
             IllegalTransition: the state machine refuses `event` from the current status.
             OrderConflict: `owner` no longer holds the order.
         """
+
+    async def transition_many(
+        self, owner: str, changes: list[tuple[str, Event, datetime, str | None]]
+    ) -> list[Order | None]:
+        """`transition(order_id, event, at, reason, owner=owner)` for each change, in one round
+        trip where the backend can; None where the order was not (or no longer) the owner's to
+        move. Each change is atomic on its own.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached (then nothing is known to be written).
+        """
+        results: list[Order | None] = []
+        for order_id, event, at, reason in changes:
+            try:
+                results.append(await self.transition(order_id, event, at, reason, owner=owner))
+            except (OrderNotFound, OrderConflict):
+                results.append(None)
+        return results
 
     @abc.abstractmethod
     async def claim_pending(

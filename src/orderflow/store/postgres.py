@@ -270,6 +270,40 @@ class PostgresOrderStore(OrderStore):
         next_status(OrderStatus(current["status"]), event)  # raises IllegalTransition
         raise OrderConflict(f"order {order_id} is no longer held by {owner}")
 
+    async def transition_many(
+        self, owner: str, changes: list[tuple[str, Event, datetime, str | None]]
+    ) -> list[Order | None]:
+        if any(sources_of(event) != (OrderStatus.PROCESSING,) for _, event, _, _ in changes):
+            return await super().transition_many(owner, changes)  # not an outcome batch
+        targets = [target_of(event) for _, event, _, _ in changes]
+        async with self._connection() as db:
+            rows = await db.fetch(
+                "UPDATE orders o SET status = c.target, updated_at = c.at,"
+                "  history = o.history || c.entry,"
+                "  owner = CASE WHEN c.keep THEN o.owner END,"
+                "  lease_expires_at = CASE WHEN c.keep THEN o.lease_expires_at END"
+                " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[],"
+                "  $5::bool[]) AS c(id, target, at, entry, keep)"
+                " WHERE o.id = c.id AND o.status = 'processing' AND o.owner = $6"
+                f" RETURNING {', '.join('o.' + c for c in _COLUMNS.split(', '))}",
+                [order_id for order_id, _, _, _ in changes],
+                [target.value for target in targets],
+                [at for _, _, at, _ in changes],
+                [
+                    _entry(t, at, reason)
+                    for t, (_, _, at, reason) in zip(targets, changes, strict=True)
+                ],
+                [
+                    t is OrderStatus.PROCESSING and event is not Event.HANDBACK
+                    for t, (_, event, _, _) in zip(targets, changes, strict=True)
+                ],
+                owner,
+            )
+            if any(event is Event.HANDBACK for _, event, _, _ in changes):
+                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+        written = {row["id"]: _to_order(row) for row in rows}
+        return [written.get(order_id) for order_id, _, _, _ in changes]
+
     async def claim_pending(
         self, at: datetime, limit: int, created_before: datetime | None = None
     ) -> int:
