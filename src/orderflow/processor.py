@@ -142,6 +142,7 @@ class Processor:
         ] = []
         self._outbox_ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -162,7 +163,7 @@ class Processor:
             self._workers.add(asyncio.create_task(self._work(), name=f"orderflow-worker-{n}"))
         self._helpers.add(asyncio.create_task(self._fetch_loop(), name="orderflow-fetcher"))
         self._helpers.add(asyncio.create_task(self._claim_loop(), name="orderflow-claimer"))
-        self._helpers.add(asyncio.create_task(self._heartbeat_loop(), name="orderflow-heartbeat"))
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="orderflow-heartbeat")
 
     async def trigger(self) -> int:
         """Claim every order pending now for shipping; returns how many were claimed.
@@ -200,7 +201,9 @@ class Processor:
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking work, let shipments in flight finish for up to `grace_s` seconds, then
-        cancel the rest; every order held and not finished goes back to pending, with why."""
+        cancel the rest; every order held and not finished goes back to pending (with a shared
+        store: ready for the other processes), with why. Heartbeats go on until the end, so no
+        lease runs out while we still ship."""
         self._accepting = False
         async with self._claiming:  # let a trigger in progress finish its batch
             self._stopping = True
@@ -216,10 +219,9 @@ class Processor:
         held = [order.id for order in self._held]
         self._held.clear()
         self._held_event.set()  # idle workers wake up and leave
-        for n, order_id in enumerate(held, 1):
-            await self._finish(order_id, self._give_back, "shutdown: not started")
-            if n % 1000 == 0:
-                await asyncio.sleep(0)
+        await asyncio.gather(
+            *(self._finish(order_id, self._give_back, "shutdown: not started") for order_id in held)
+        )
         if self._workers:
             _, late = await asyncio.wait(self._workers, timeout=grace_s)
             if late:
@@ -229,10 +231,11 @@ class Processor:
                     task.cancel("shutdown")
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers.clear()
-        if self._writer is not None:  # every worker is done: nothing more to write
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
+        last = [t for t in (self._writer, self._heartbeat) if t is not None]
+        for task in last:  # every worker is done: nothing more to write or to keep alive
+            task.cancel()
+        await asyncio.gather(*last, return_exceptions=True)
+        self._writer = self._heartbeat = None
         try:
             await self._store.retire(self.owner)
         except OrderflowError:

@@ -12,18 +12,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from orderflow.domain import Event, Item, OrderQuery, OrderStatus, new_order, new_order_id
 from orderflow.errors import IllegalTransition, OrderConflict, OrderNotFound
 from orderflow.store.memory import InMemoryOrderStore
+from tests.unit.test_domain import ALLOWED as TABLE
 
 OWNERS = ("a", "b")
-TABLE = {
-    (OrderStatus.PENDING, Event.START): OrderStatus.PROCESSING,
-    (OrderStatus.PENDING, Event.CANCEL): OrderStatus.CANCELLED,
-    (OrderStatus.PROCESSING, Event.SHIP): OrderStatus.SHIPPED,
-    (OrderStatus.PROCESSING, Event.FAIL): OrderStatus.FAILED,
-    (OrderStatus.PROCESSING, Event.CANCEL): OrderStatus.CANCELLED,
-    (OrderStatus.PROCESSING, Event.RELEASE): OrderStatus.PENDING,
-    (OrderStatus.PROCESSING, Event.RETRY): OrderStatus.PROCESSING,
-    (OrderStatus.PROCESSING, Event.HANDBACK): OrderStatus.PROCESSING,
-}
 
 
 class StoreModel(RuleBasedStateMachine):
