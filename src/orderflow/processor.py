@@ -189,6 +189,8 @@ class Processor:
 
         Call only after the order was moved to cancelled in the store.
         """
+        if order_id in self._aborted:  # told twice (locally and by a notification): once is enough
+            return True
         task = self._inflight.get(order_id)
         if task is not None:
             self._aborted.add(order_id)

@@ -400,3 +400,25 @@ async def test_with_a_shared_store_outcomes_are_written_in_batches_and_handed_ba
         back = await store.get_order(order.id)
         assert back.status is OrderStatus.PROCESSING
     assert len(await store.acquire("another", 10)) == 5
+
+
+async def test_a_cancel_told_twice_cancels_the_shipment_once(
+    held_service: OrderService, held_shipper: FakeShipper, memory_store: InMemoryOrderStore
+) -> None:
+    """Regression: a shared store also notifies the canceller's own process; the second
+    abort cancelled the worker task again and the worker left the pool."""
+    order = await held_service.submit("Ada", make_order().items)
+    await held_service.trigger_processing()
+    await held_shipper.started_event(order.id).wait()
+    await held_service.cancel_order(order.id)
+    assert held_service.processor.abort(order.id)  # the notification arrives too
+    for _ in range(100):
+        if held_service.processor.in_flight == 0:
+            break
+        await asyncio.sleep(0)
+    nxt = await held_service.submit("Bob", make_order().items)
+    held_shipper.release(nxt.id)
+    await held_service.trigger_processing()
+    await wait_until_settled(memory_store)
+    assert (await memory_store.get_order(nxt.id)).status is OrderStatus.SHIPPED
+    assert all(not task.done() for task in held_service.processor._workers)
