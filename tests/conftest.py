@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import settings
 
 from orderflow.domain import Item, Order, new_order, new_order_id
 from orderflow.processor import Processor
@@ -15,6 +17,12 @@ from orderflow.service import OrderService
 from orderflow.store.memory import InMemoryOrderStore
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+
+# CI runs the same examples every time, so a red build always means a change broke something;
+# locally every run explores new ones.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 
 class ManualClock:

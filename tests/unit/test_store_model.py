@@ -63,7 +63,9 @@ class StoreModel(RuleBasedStateMachine):
             for i in self.ready
             if self.status[i] is OrderStatus.PROCESSING and i not in self.holder
         ]
-        assert got == live[:limit]
+        # roughly oldest first; a store may hand out any of them, but never one twice
+        assert len(set(got)) == len(got) == min(limit, len(live))
+        assert set(got) <= set(live)
         for order_id in got:
             self.holder[order_id] = owner
             self.ready.remove(order_id)

@@ -106,7 +106,7 @@ class OrderStore(abc.ABC):
 
     @abc.abstractmethod
     async def acquire(self, owner: str, limit: int) -> list[Order]:
-        """Hand up to `limit` ready orders (oldest claimed first) to `owner` to ship.
+        """Hand up to `limit` ready orders (roughly the oldest first) to `owner` to ship.
 
         Atomic: no order is ever held by two owners, nor handed out twice while held.
         """
