@@ -48,9 +48,9 @@ from orderflow.store import open_store
 log = logging.getLogger("orderflow.api")
 
 Scope = MutableMapping[str, Any]
-Message_ = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message_]]
-Send = Callable[[Message_], Awaitable[None]]
+ASGIMessage = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[ASGIMessage]]
+Send = Callable[[ASGIMessage], Awaitable[None]]
 
 MAX_BODY_BYTES = 64 * 1024
 
