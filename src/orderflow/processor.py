@@ -32,14 +32,11 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from datetime import timedelta
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
     retry_if_result,
     stop_after_attempt,
     wait_exponential_jitter,
@@ -47,7 +44,8 @@ from tenacity import (
 
 from orderflow.clock import Clock
 from orderflow.domain import Event, Order
-from orderflow.errors import OrderConflict, OrderflowError, ShuttingDown, StoreUnavailable
+from orderflow.errors import OrderflowError, ShuttingDown
+from orderflow.outcomes import OutcomeWriter
 from orderflow.shipping import Shipper
 from orderflow.store.base import OrderStore
 
@@ -55,8 +53,6 @@ log = logging.getLogger("orderflow.processor")
 
 _MICROSECOND = timedelta(microseconds=1)
 _MAX_BACKOFF_S = 30.0
-_WRITE_BATCH = 500
-T = TypeVar("T")
 
 Outcome = tuple[Event, str | None]  # (ship or fail, reason)
 
@@ -136,12 +132,7 @@ class Processor:
         self._aborted: set[str] = set()
         self._accepting = False
         self._stopping = False
-        # Outcomes waiting to be written together (only for a store shared between processes).
-        self._outbox: list[
-            tuple[tuple[str, Event, datetime, str | None], asyncio.Future[Order | None]]
-        ] = []
-        self._outbox_ready = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._outcomes = OutcomeWriter(store, self.owner, lambda: self._stopping)
         self._heartbeat: asyncio.Task[None] | None = None
 
     @property
@@ -157,8 +148,7 @@ class Processor:
         await self._store.heartbeat(self.owner, self._lease_s)
         await self._store.subscribe(self.wake, self.abort)
         self._accepting = True
-        if self._store.shared:
-            self._writer = asyncio.create_task(self._write_loop(), name="orderflow-writer")
+        self._outcomes.start()
         for n in range(self._concurrency):
             self._workers.add(asyncio.create_task(self._work(), name=f"orderflow-worker-{n}"))
         self._helpers.add(asyncio.create_task(self._fetch_loop(), name="orderflow-fetcher"))
@@ -233,11 +223,11 @@ class Processor:
                     task.cancel("shutdown")
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers.clear()
-        last = [t for t in (self._writer, self._heartbeat) if t is not None]
-        for task in last:  # every worker is done: nothing more to write or to keep alive
-            task.cancel()
-        await asyncio.gather(*last, return_exceptions=True)
-        self._writer = self._heartbeat = None
+        await self._outcomes.close()  # every worker is done: nothing more to write
+        if self._heartbeat is not None:  # nor anything to keep alive
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
         try:
             await self._store.retire(self.owner)
         except OrderflowError:
@@ -393,20 +383,8 @@ class Processor:
         return outcome
 
     async def _finish(self, order_id: str, event: Event, reason: str | None) -> None:
-        at = self._clock.now()
         try:
-            if self._writer is None:
-                order = await self._patiently(
-                    self._store.transition, order_id, event, at, reason, owner=self.owner
-                )
-            else:  # a shared store: one round trip for the outcomes of many workers
-                future: asyncio.Future[Order | None] = asyncio.get_running_loop().create_future()
-                self._outbox.append(((order_id, event, at, reason), future))
-                self._outbox_ready.set()
-                written = await future
-                if written is None:
-                    raise OrderConflict(f"order {order_id} is no longer held by {self.owner}")
-                order = written
+            order = await self._outcomes.write(order_id, event, self._clock.now(), reason)
         except OrderflowError as exc:  # cancelled or taken back meanwhile: the store decided
             log.info("order_id=%s outcome %s dropped: %s", order_id, event.value, exc)
             return
@@ -414,35 +392,3 @@ class Processor:
             log.info("order_id=%s %s", order_id, order.status.value)
         else:
             log.info("order_id=%s %s reason=%r", order_id, order.status.value, reason)
-
-    async def _patiently(self, write: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """`write(...)`, waiting out an outage of the store, so no outcome is lost to it; when
-        stopping, a few tries, then the order is left to `retire` (or, failing that, rescue)."""
-        try:
-            return await write(*args, **kwargs)
-        except StoreUnavailable:
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(StoreUnavailable),
-                wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
-                stop=lambda state: self._stopping and state.attempt_number >= 3,
-                reraise=True,
-            )
-            return await retrying(write, *args, **kwargs)
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            while self._outbox:
-                batch = self._outbox[:_WRITE_BATCH]
-                del self._outbox[:_WRITE_BATCH]
-                try:
-                    results = await self._patiently(
-                        self._store.transition_many, self.owner, [change for change, _ in batch]
-                    )
-                except OrderflowError as exc:
-                    for _, future in batch:
-                        future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)
