@@ -47,11 +47,11 @@ def table(rows: list[Row]) -> str:
 def write(rows: list[Row], command: str) -> None:
     """Write `rows` to latest.json; a partial run replaces only the parts it ran."""
     RESULTS.parent.mkdir(exist_ok=True)
-    ran = {row.part for row in rows}
     if RESULTS.exists():
-        kept = [Row(**r) for r in json.loads(RESULTS.read_text())["rows"] if r["part"] not in ran]
-        order = [r.part for r in kept] + [r.part for r in rows]
-        rows = sorted([*kept, *rows], key=lambda r: order.index(r.part))
+        old = [Row(**r) for r in json.loads(RESULTS.read_text())["rows"]]
+        parts = list(dict.fromkeys([r.part for r in old] + [r.part for r in rows]))
+        ran = {r.part for r in rows}
+        rows = [r for part in parts for r in (rows if part in ran else old) if r.part == part]
     document = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
