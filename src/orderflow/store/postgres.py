@@ -10,16 +10,18 @@ short transaction), so it is atomic on its own:
 - NOTIFY wakes the other processes (``orderflow_ready``) and tells a holder that its order was
   cancelled (``orderflow_cancel``); polling covers a lost notification;
 - holders renew the lease on their orders with every heartbeat; `rescue_orphans` makes ready
-  again what a dead holder's lease left behind, each row once (row locks, SKIP LOCKED).
+  again what a dead holder's lease left behind, each row once (row locks, SKIP LOCKED);
+- the heartbeat is also the polling fallback for cancels: an order this process held that was
+  cancelled, or taken from it, while a notification was lost is reported to `on_cancel` then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 import asyncpg
@@ -47,12 +49,12 @@ from orderflow.errors import (
     StoreUnavailable,
 )
 from orderflow.store.base import OrderStore
+from orderflow.store.migrations import migrate
 
 log = logging.getLogger("orderflow.store.postgres")
 
 READY_CHANNEL = "orderflow_ready"
 CANCEL_CHANNEL = "orderflow_cancel"
-_MIGRATION_LOCK = 0x6F72646572  # any constant shared by every orderflow process
 _ABOVE_ALL_IDS = "order_g"  # sorts after every id ("g" follows the hex digits)
 _COLUMNS = "id, customer, items, created_at, status, history"
 
@@ -66,6 +68,16 @@ _no_transaction = contextlib.nullcontext()
 
 def _entry(status: OrderStatus, at: datetime, reason: str | None = None) -> str:
     return _encode([HistoryEntry(status, at, reason)]).decode()
+
+
+def _ready_again_entry(reason_sql: str) -> str:
+    """SQL for a one-entry history array at the database's now(), shaped as `HistoryEntry`
+    encodes (status processing: ready again), with `reason_sql` as the reason."""
+    return (
+        "jsonb_build_array(jsonb_build_object('status', 'processing',"
+        """ 'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),"""
+        f" 'reason', {reason_sql}))"
+    )
 
 
 def _to_order(row: Any) -> Order:
@@ -82,7 +94,7 @@ def _to_order(row: Any) -> Order:
 
 
 @contextlib.contextmanager
-def _translated() -> Any:
+def _translated() -> Iterator[None]:
     """Driver and network errors become StoreUnavailable; ours pass through."""
     try:
         yield
@@ -92,31 +104,6 @@ def _translated() -> Any:
         raise OrderConflict("an order with that id exists") from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise StoreUnavailable(f"the database is unavailable: {type(exc).__name__}") from exc
-
-
-async def migrate(connection: Any) -> list[str]:
-    """Apply every migration not applied yet, in order, under an advisory lock so that
-    processes starting together do not race; returns the names applied."""
-    folder = resources.files("orderflow.store.migrations")
-    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
-    applied: list[str] = []
-    async with connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-        await connection.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {
-            r["version"] for r in await connection.fetch("SELECT version FROM schema_migrations")
-        }
-        for file in files:
-            version = file.name.removesuffix(".sql")
-            if version in done:
-                continue
-            await connection.execute(file.read_text())
-            await connection.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-            applied.append(version)
-    return applied
 
 
 class PostgresOrderStore(OrderStore):
@@ -134,6 +121,9 @@ class PostgresOrderStore(OrderStore):
         self._listener: Any = None
         self._callbacks: tuple[Callable[[], object], Callable[[str], object]] | None = None
         self._lease_s = 15.0
+        # Orders each owner in this process acquired and has not let go of yet: what the
+        # heartbeat checks against, to catch a cancel whose notification was lost.
+        self._holding: dict[str, set[str]] = {}
 
     @classmethod
     async def connect(
@@ -143,8 +133,10 @@ class PostgresOrderStore(OrderStore):
         apply_migrations: bool = True,
         server_settings: dict[str, str] | None = None,
         max_size: int = 10,
+        command_timeout_s: float = 10.0,
     ) -> PostgresOrderStore:
         """A store over a new pool to `dsn`; applies migrations first unless told not to.
+        A statement that gets no answer within `command_timeout_s` fails as StoreUnavailable.
 
         Raises:
             StoreUnavailable: the database cannot be reached.
@@ -154,7 +146,7 @@ class PostgresOrderStore(OrderStore):
                 dsn,
                 min_size=1,
                 max_size=max_size,
-                command_timeout=10,
+                command_timeout=command_timeout_s,
                 timeout=10,
                 server_settings=server_settings or {},
             )
@@ -263,6 +255,11 @@ class PostgresOrderStore(OrderStore):
                 await db.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, order_id)
             elif event is Event.HANDBACK:
                 await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+        if owner is not None and (row is None or not keeps_hold):
+            self._let_go(owner, order_id)
+        elif event is Event.CANCEL:
+            for held in self._holding.values():
+                held.discard(order_id)
         if row is not None:
             return _to_order(row)
         if current is None:
@@ -276,6 +273,10 @@ class PostgresOrderStore(OrderStore):
         if any(sources_of(event) != (OrderStatus.PROCESSING,) for _, event, _, _ in changes):
             return await super().transition_many(owner, changes)  # not an outcome batch
         targets = [target_of(event) for _, event, _, _ in changes]
+        keeps = [
+            target is OrderStatus.PROCESSING and event is not Event.HANDBACK
+            for target, (_, event, _, _) in zip(targets, changes, strict=True)
+        ]
         async with self._connection() as db:
             rows = await db.fetch(
                 "UPDATE orders o SET status = c.target, updated_at = c.at,"
@@ -293,16 +294,21 @@ class PostgresOrderStore(OrderStore):
                     _entry(t, at, reason)
                     for t, (_, _, at, reason) in zip(targets, changes, strict=True)
                 ],
-                [
-                    t is OrderStatus.PROCESSING and event is not Event.HANDBACK
-                    for t, (_, event, _, _) in zip(targets, changes, strict=True)
-                ],
+                keeps,
                 owner,
             )
             if any(event is Event.HANDBACK for _, event, _, _ in changes):
                 await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
         written = {row["id"]: _to_order(row) for row in rows}
+        for (order_id, _, _, _), keep in zip(changes, keeps, strict=True):
+            if not keep or order_id not in written:
+                self._let_go(owner, order_id)
         return [written.get(order_id) for order_id, _, _, _ in changes]
+
+    def _let_go(self, owner: str, order_id: str) -> None:
+        held = self._holding.get(owner)
+        if held is not None:
+            held.discard(order_id)
 
     async def claim_pending(
         self, at: datetime, limit: int, created_before: datetime | None = None
@@ -339,6 +345,8 @@ class PostgresOrderStore(OrderStore):
                 limit,
                 self._lease_s,
             )
+        if rows:
+            self._holding.setdefault(owner, set()).update(row["id"] for row in rows)
         return sorted((_to_order(row) for row in rows), key=lambda order: order.id)
 
     async def count_by_status(self) -> dict[OrderStatus, int]:
@@ -347,16 +355,38 @@ class PostgresOrderStore(OrderStore):
         return {OrderStatus(row["status"]): row["n"] for row in rows}
 
     async def heartbeat(self, owner: str, lease_s: float) -> None:
+        """Also the polling fallback for cancels: an order `owner` acquired here that is no
+        longer its own, because it was cancelled or rescued meanwhile, goes to `on_cancel`."""
         self._lease_s = lease_s
+        known = set(self._holding.get(owner, ()))  # before the UPDATE: acquired and committed
         async with self._connection() as db:
-            await db.execute(
+            rows = await db.fetch(
                 "UPDATE orders SET lease_expires_at = now() + make_interval(secs => $2)"
-                " WHERE owner = $1",
+                " WHERE owner = $1 RETURNING id",
                 owner,
                 lease_s,
             )
-        if self._callbacks is not None and (self._listener is None or self._listener.is_closed()):
-            await self._listen()  # the listening connection was lost: listen again
+            gone = known.difference(row["id"] for row in rows)
+            taken: list[str] = []
+            if gone:
+                # Gone also when we finished it ourselves a moment ago: only a cancel or another
+                # holder (or none: rescued) means a shipment of ours should stop.
+                taken = [
+                    row["id"]
+                    for row in await db.fetch(
+                        "SELECT id FROM orders WHERE id = ANY($1::text[]) AND (status = 'cancelled'"
+                        " OR (status = 'processing' AND owner IS DISTINCT FROM $2))",
+                        sorted(gone),
+                        owner,
+                    )
+                ]
+                self._holding[owner].difference_update(taken)
+        if self._callbacks is not None:
+            for order_id in taken:
+                self._callbacks[1](order_id)
+            if self._listener is None or self._listener.is_closed():
+                await self._listen()  # the listening connection was lost: listen again
+                self._callbacks[0]()  # and whatever it missed may be ready now
 
     async def rescue_orphans(self) -> int:
         async with self._connection() as db, db.transaction():
@@ -365,11 +395,9 @@ class PostgresOrderStore(OrderStore):
                 "  WHERE owner IS NOT NULL AND lease_expires_at < now()"
                 "  FOR UPDATE SKIP LOCKED)"
                 " UPDATE orders o SET owner = NULL, lease_expires_at = NULL, updated_at = now(),"
-                "  history = o.history || jsonb_build_array(jsonb_build_object("
-                "   'status', 'processing',"
-                """   'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),"""
-                "   'reason', 'rescued: the lease of ' || lost.owner || ' ran out'))"
-                " FROM lost WHERE o.id = lost.id",
+                "  history = o.history || "
+                + _ready_again_entry("'rescued: the lease of ' || lost.owner || ' ran out'")
+                + " FROM lost WHERE o.id = lost.id",
             )
             count = int(status.split()[-1])
             if count:
@@ -380,10 +408,17 @@ class PostgresOrderStore(OrderStore):
 
     async def retire(self, owner: str) -> None:
         # A clean stop handed everything back already; this is the safety net.
-        async with self._connection() as db:
-            await db.execute(
-                "UPDATE orders SET owner = NULL, lease_expires_at = NULL WHERE owner = $1", owner
+        self._holding.pop(owner, None)
+        async with self._connection() as db, db.transaction():
+            status = await db.execute(
+                "UPDATE orders SET owner = NULL, lease_expires_at = NULL, updated_at = now(),"
+                "  history = history || "
+                + _ready_again_entry("'handed back: ' || $1::text || ' stopped'")
+                + " WHERE owner = $1",
+                owner,
             )
+            if status != "UPDATE 0":
+                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
 
     async def subscribe(
         self, on_ready: Callable[[], object], on_cancel: Callable[[str], object]
@@ -411,5 +446,10 @@ class PostgresOrderStore(OrderStore):
         with contextlib.suppress(Exception):
             if self._listener is not None:
                 await self._listener.close(timeout=5)
-        with contextlib.suppress(Exception):
-            await self._pool.close()
+        try:
+            # A connection still checked out (a request cut off by shutdown) must not hold us.
+            await asyncio.wait_for(self._pool.close(), timeout=5)
+        except TimeoutError:
+            self._pool.terminate()
+        except Exception:  # closing: nothing left to do about it
+            log.debug("closing the pool failed", exc_info=True)
