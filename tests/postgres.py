@@ -27,20 +27,32 @@ async def admin_connection() -> asyncpg.Connection:
 
 
 @asynccontextmanager
-async def schema_store() -> AsyncIterator[PostgresOrderStore]:
+async def schema_store(command_timeout_s: float = 10.0) -> AsyncIterator[PostgresOrderStore]:
     """A PostgresOrderStore in a schema of its own, dropped afterwards."""
     admin = await admin_connection()
     schema = f"orderflow_test_{secrets.token_hex(4)}"
     await admin.execute(f"CREATE SCHEMA {schema}")
-    store = await PostgresOrderStore.connect(
-        DATABASE_URL, server_settings={"search_path": schema}, max_size=4
-    )
     try:
-        yield store
+        store = await PostgresOrderStore.connect(
+            DATABASE_URL,
+            server_settings={"search_path": schema},
+            max_size=4,
+            command_timeout_s=command_timeout_s,
+        )
+        try:
+            yield store
+        finally:
+            await store.close()
     finally:
-        await store.close()
         await admin.execute(f"DROP SCHEMA {schema} CASCADE")
         await admin.close()
+
+
+async def same_schema(store: PostgresOrderStore) -> PostgresOrderStore:
+    """Another store (another pool, as another process would have) on `store`'s schema."""
+    return await PostgresOrderStore.connect(
+        DATABASE_URL, server_settings=store._server_settings, apply_migrations=False, max_size=2
+    )
 
 
 async def create_database() -> str:

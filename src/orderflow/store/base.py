@@ -142,7 +142,9 @@ class OrderStore(abc.ABC):
         self, on_ready: Callable[[], object], on_cancel: Callable[[str], object]
     ) -> None:
         """Call `on_ready()` when another process may have made orders ready, and
-        `on_cancel(order_id)` when another process cancelled an order, until `close`."""
+        `on_cancel(order_id)` when an order may have been cancelled by another process, or
+        taken from this one (its lease ran out), so that its shipment here stops; until `close`.
+        Either may come more than once, or for an order this process does not hold."""
 
     async def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release connections and the like; the store is unusable afterwards."""

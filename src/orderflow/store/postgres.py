@@ -188,19 +188,24 @@ class PostgresOrderStore(OrderStore):
         return None if row is None else _to_order(row)
 
     async def list_orders(self, query: OrderQuery) -> Page:
-        low = "" if query.start is None else order_id_floor(query.start)
-        high = _ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
-        after = query.cursor or ""
-        where = "id >= $1 AND id > $2 AND id < $3"
-        args: list[Any] = [low, after, high, query.limit + 1]
-        if query.status is not None:
-            where += " AND status = $5"
-            args.append(query.status.value)
-        sql = f"SELECT {_COLUMNS} FROM orders WHERE {where} ORDER BY id LIMIT $4"
+        sql, args = self._list_sql(query)
         async with self._connection() as db:
             rows = await db.fetch(sql, *args)
         orders = [_to_order(row) for row in rows[: query.limit]]
         return Page(orders, orders[-1].id if len(rows) > query.limit else None)
+
+    @staticmethod
+    def _list_sql(query: OrderQuery) -> tuple[str, list[Any]]:
+        """The listing's statement and arguments: an id range, so a primary key range scan (or
+        one on (status, id)), one row more than the page to know whether more follow."""
+        low = "" if query.start is None else order_id_floor(query.start)
+        high = _ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
+        where = "id >= $1 AND id > $2 AND id < $3"
+        args: list[Any] = [low, query.cursor or "", high, query.limit + 1]
+        if query.status is not None:
+            where += " AND status = $5"
+            args.append(query.status.value)
+        return f"SELECT {_COLUMNS} FROM orders WHERE {where} ORDER BY id LIMIT $4", args
 
     async def delete_pending(self, order_id: str) -> None:
         async with self._connection() as db:
@@ -380,7 +385,7 @@ class PostgresOrderStore(OrderStore):
                         owner,
                     )
                 ]
-                self._holding[owner].difference_update(taken)
+                self._holding.get(owner, set()).difference_update(taken)
         if self._callbacks is not None:
             for order_id in taken:
                 self._callbacks[1](order_id)
