@@ -97,6 +97,7 @@ async def test_notifications_reach_other_processes() -> None:
         finally:
             await other.close()
 
+
 async def test_a_holder_whose_order_was_rescued_is_told_to_stop_shipping_it() -> None:
     async with schema_store() as holder:
         told: list[str] = []
