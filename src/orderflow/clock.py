@@ -9,7 +9,8 @@ from typing import Protocol
 
 class Clock(Protocol):
     def now(self) -> datetime:
-        """The current time, timezone-aware, in UTC."""
+        """The current time, timezone-aware, in UTC, with a microsecond that is not zero (JSON
+        encoders drop a zero fraction; every timestamp we serve carries its microseconds)."""
 
     def entropy(self) -> int:
         """64 or more random bits for a new order id."""
@@ -22,7 +23,8 @@ class SystemClock:
         self._rng = random.Random()
 
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        now = datetime.now(UTC)
+        return now if now.microsecond else now.replace(microsecond=1)
 
     def entropy(self) -> int:
         return self._rng.getrandbits(64)

@@ -229,7 +229,7 @@ class Processor:
             await asyncio.gather(self._heartbeat, return_exceptions=True)
             self._heartbeat = None
         try:
-            await self._store.retire(self.owner)
+            await self._store.retire(self.owner, self._clock.now())
         except OrderflowError:
             log.warning("could not retire %s; its lease will run out instead", self.owner)
 
@@ -238,7 +238,7 @@ class Processor:
             await asyncio.sleep(self._heartbeat_s)
             try:
                 await self._store.heartbeat(self.owner, self._lease_s)
-                if await self._store.rescue_orphans():
+                if await self._store.rescue_orphans(self._clock.now()):
                     self.wake()
             except OrderflowError:
                 log.warning("heartbeat failed; retrying in %.1fs", self._heartbeat_s)

@@ -225,8 +225,8 @@ async def test_count_by_status(store: OrderStore) -> None:
 async def test_sharing_hooks_are_safe_to_call(store: OrderStore) -> None:
     await store.subscribe(lambda: None, lambda order_id: None)
     await store.heartbeat("a", 15.0)
-    assert await store.rescue_orphans() == 0
-    await store.retire("a")
+    assert await store.rescue_orphans(at(1)) == 0
+    await store.retire("a", at(2))
 
 
 async def test_transition_many_writes_what_the_owner_still_holds(store: OrderStore) -> None:

@@ -23,6 +23,7 @@ from orderflow.store.postgres import PostgresOrderStore
 from tests.postgres import same_schema, schema_store
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
+LATER = T0 + timedelta(seconds=5, microseconds=7)
 
 
 async def add_ready(store: PostgresOrderStore, count: int) -> list[str]:
@@ -49,11 +50,12 @@ async def test_an_expired_lease_is_rescued_once_and_the_old_holder_locked_out() 
         [order_id] = await add_ready(store, 1)
         await store.heartbeat("dead", lease_s=0)  # every lease "dead" takes ends at once
         [held] = await store.acquire("dead", 1)
-        assert await store.rescue_orphans() == 1
-        assert await store.rescue_orphans() == 0
+        assert await store.rescue_orphans(LATER) == 1
+        assert await store.rescue_orphans(LATER) == 0
         rescued = await store.get_order(order_id)
         assert rescued.status is OrderStatus.PROCESSING
         assert rescued.history[-1].reason == "rescued: the lease of dead ran out"
+        assert rescued.history[-1].at == rescued.updated_at == LATER
         [again] = await store.acquire("alive", 1)
         assert again.id == held.id
         with pytest.raises(OrderConflict):
@@ -68,7 +70,7 @@ async def test_a_heartbeat_keeps_the_lease_alive() -> None:
         await store.heartbeat("alive", lease_s=60)
         await store.acquire("alive", 2)
         await store.heartbeat("alive", lease_s=60)
-        assert await store.rescue_orphans() == 0
+        assert await store.rescue_orphans(LATER) == 0
 
 
 async def test_handback_makes_an_order_ready_for_others_and_retire_lets_go() -> None:
@@ -78,8 +80,11 @@ async def test_handback_makes_an_order_ready_for_others_and_retire_lets_go() -> 
         handed = await store.transition(first, Event.HANDBACK, T0, "shutdown", owner="a")
         assert handed.status is OrderStatus.PROCESSING
         assert [o.id for o in await store.acquire("b", 5)] == [first]
-        await store.retire("a")
-        assert [o.id for o in await store.acquire("b", 5)] == [second]
+        await store.retire("a", LATER)
+        [again] = await store.acquire("b", 5)
+        assert again.id == second
+        assert again.history[-1].reason == "handed back: a stopped"
+        assert again.history[-1].at == LATER
 
 
 async def test_notifications_reach_other_processes() -> None:
@@ -107,7 +112,7 @@ async def test_a_holder_whose_order_was_rescued_is_told_to_stop_shipping_it() ->
         await holder.acquire("slow", 1)
         other = await same_schema(holder)
         try:
-            assert await other.rescue_orphans() == 1
+            assert await other.rescue_orphans(LATER) == 1
             [again] = await other.acquire("other", 1)
         finally:
             await other.close()

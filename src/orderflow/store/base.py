@@ -124,10 +124,10 @@ class OrderStore(abc.ABC):
         """Record that `owner` is alive, and extend the hold on every order it holds to
         `lease_s` seconds from now."""
 
-    async def rescue_orphans(self) -> int:
+    async def rescue_orphans(self, at: datetime) -> int:
         """Make ready again every processing order whose holder's lease ran out (it stopped
-        heartbeating), with a history entry saying so; returns how many. Safe to call from many
-        processes at once: each order is rescued once."""
+        heartbeating), with a history entry at `at` saying so; returns how many. Safe to call
+        from many processes at once: each order is rescued once."""
         return 0
 
     async def release_unshared(self, at: datetime, reason: str) -> int:
@@ -135,8 +135,9 @@ class OrderStore(abc.ABC):
         could ship it; returns how many. A shared store keeps them ready for the others."""
         return 0
 
-    async def retire(self, owner: str) -> None:  # noqa: B027 - optional
-        """`owner` is stopping for good (its orders were handed back already)."""
+    async def retire(self, owner: str, at: datetime) -> None:  # noqa: B027 - optional
+        """`owner` is stopping for good at `at`: whatever it still holds is handed back (a
+        clean stop handed everything back already)."""
 
     async def subscribe(  # noqa: B027 - optional
         self, on_ready: Callable[[], object], on_cancel: Callable[[str], object]

@@ -71,13 +71,17 @@ def _entry(status: OrderStatus, at: datetime, reason: str | None = None) -> str:
 
 
 def _ready_again_entry(reason_sql: str) -> str:
-    """SQL for a one-entry history array at the database's now(), shaped as `HistoryEntry`
-    encodes (status processing: ready again), with `reason_sql` as the reason."""
+    """SQL for a one-entry history array shaped as `HistoryEntry` encodes: processing (ready
+    again) at the time in parameter $1 (`timestamp`), with `reason_sql` as the reason."""
     return (
-        "jsonb_build_array(jsonb_build_object('status', 'processing',"
-        """ 'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),"""
-        f" 'reason', {reason_sql}))"
+        "jsonb_build_array(jsonb_build_object("
+        f"'status', 'processing', 'at', $1::text, 'reason', {reason_sql}))"
     )
+
+
+def _timestamp(at: datetime) -> str:
+    """`at` as a history entry writes it."""
+    return _encode(at)[1:-1].decode()
 
 
 def _to_order(row: Any) -> Order:
@@ -393,16 +397,19 @@ class PostgresOrderStore(OrderStore):
                 await self._listen()  # the listening connection was lost: listen again
                 self._callbacks[0]()  # and whatever it missed may be ready now
 
-    async def rescue_orphans(self) -> int:
+    async def rescue_orphans(self, at: datetime) -> int:
+        # Leases are measured on the database's clock alone; `at` only dates the history.
         async with self._connection() as db, db.transaction():
             status = await db.execute(
                 "WITH lost AS (SELECT id, owner FROM orders"
                 "  WHERE owner IS NOT NULL AND lease_expires_at < now()"
                 "  FOR UPDATE SKIP LOCKED)"
-                " UPDATE orders o SET owner = NULL, lease_expires_at = NULL, updated_at = now(),"
+                " UPDATE orders o SET owner = NULL, lease_expires_at = NULL, updated_at = $2,"
                 "  history = o.history || "
                 + _ready_again_entry("'rescued: the lease of ' || lost.owner || ' ran out'")
                 + " FROM lost WHERE o.id = lost.id",
+                _timestamp(at),
+                at,
             )
             count = int(status.split()[-1])
             if count:
@@ -411,15 +418,17 @@ class PostgresOrderStore(OrderStore):
             log.warning("rescued %d orders whose holder stopped heartbeating", count)
         return count
 
-    async def retire(self, owner: str) -> None:
+    async def retire(self, owner: str, at: datetime) -> None:
         # A clean stop handed everything back already; this is the safety net.
         self._holding.pop(owner, None)
         async with self._connection() as db, db.transaction():
             status = await db.execute(
-                "UPDATE orders SET owner = NULL, lease_expires_at = NULL, updated_at = now(),"
+                "UPDATE orders SET owner = NULL, lease_expires_at = NULL, updated_at = $2,"
                 "  history = history || "
-                + _ready_again_entry("'handed back: ' || $1::text || ' stopped'")
-                + " WHERE owner = $1",
+                + _ready_again_entry("'handed back: ' || $3::text || ' stopped'")
+                + " WHERE owner = $3",
+                _timestamp(at),
+                at,
                 owner,
             )
             if status != "UPDATE 0":
