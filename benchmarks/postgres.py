@@ -1,5 +1,6 @@
 """PostgreSQL: orders claimed and shipped per second (delay 0) by one and by two real
-`orderflow serve` processes on one database, and a range query of 100 orders among 1M rows."""
+`orderflow serve` processes on one database, with the cores busy meanwhile (what limits the
+second instance), and a range query of 100 orders among 1M rows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import secrets
 import statistics
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 
@@ -21,7 +23,7 @@ from orderflow.store.postgres import PostgresOrderStore
 DATABASE_URL = os.environ.get(
     "ORDERFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-SHIPPED = 20_000
+SHIPPED = 100_000
 ROWS = 1_000_000
 
 # Pending orders made by the database itself, shaped exactly as orderflow writes them.
@@ -70,7 +72,28 @@ async def _shipped(url: str) -> int:
         await db.close()
 
 
-def _ship_rate(instances: int) -> float:
+def _cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, of PostgreSQL's processes) since boot. A backend
+    that exits takes its seconds with it, so PostgreSQL's share is a lower bound."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    database = 0
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = path.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        if name == "postgres":
+            fields = rest.split()
+            database += int(fields[11]) + int(fields[12])  # utime, stime
+    return busy / tick, database / tick
+
+
+def _ship_rate(instances: int) -> tuple[float, float, float]:
+    """(orders/s, cores busy, cores PostgreSQL used) while `instances` ship SHIPPED orders."""
     url = asyncio.run(_database())
     try:
         asyncio.run(_fill(url, SHIPPED))
@@ -84,18 +107,23 @@ def _ship_rate(instances: int) -> float:
         try:
             import httpx
 
-            began = time.perf_counter()
+            began, (busy, database) = time.perf_counter(), _cpu_seconds()
             assert httpx.post(urls[0] + "/orders/process", timeout=60).status_code == 202
             for _ in range(6000):  # at most 10 minutes
                 if asyncio.run(_shipped(url)) == SHIPPED:
                     break
                 time.sleep(0.1)
             elapsed = time.perf_counter() - began
+            busy_after, database_after = _cpu_seconds()
         finally:
             for context in contexts:
                 context.__exit__(None, None, None)
         assert asyncio.run(_shipped(url)) == SHIPPED
-        return SHIPPED / elapsed
+        return (
+            SHIPPED / elapsed,
+            (busy_after - busy) / elapsed,
+            (database_after - database) / elapsed,
+        )
     finally:
         asyncio.run(_drop(url))
 
@@ -119,15 +147,22 @@ async def _range_query() -> float:
         await _drop(url)
 
 
+def _busy(name: str, busy: float, database: float) -> Row:
+    unit = f"of {os.cpu_count()} (PostgreSQL at least {database:.2f})"
+    return Row("postgres", f"cores busy meanwhile, {name}", busy, unit)
+
+
 def run() -> list[Row]:
-    one = _ship_rate(1)
-    two = _ship_rate(2)
+    one, one_busy, one_database = _ship_rate(1)
+    two, two_busy, two_database = _ship_rate(2)
     query_ms = asyncio.run(_range_query())
     return [
         Row(
             "postgres", "claimed and shipped, one instance", one, "orders/s", "≥ 5,000", one >= 5000
         ),
+        _busy("one instance", one_busy, one_database),
         Row("postgres", "claimed and shipped, two instances", two, "orders/s"),
+        _busy("two instances", two_busy, two_database),
         Row("postgres", "two / one", two / one, "x", "≥ 1.6", two / one >= 1.6),
         Row("postgres", "range query of 100 among 1M rows", query_ms, "ms"),
     ]

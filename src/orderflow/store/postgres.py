@@ -57,6 +57,29 @@ READY_CHANNEL = "orderflow_ready"
 CANCEL_CHANNEL = "orderflow_cancel"
 _ABOVE_ALL_IDS = "order_g"  # sorts after every id ("g" follows the hex digits)
 _COLUMNS = "id, customer, items, created_at, status, history"
+_UPDATED_COLUMNS = ", ".join("o." + column for column in _COLUMNS.split(", "))
+
+# The statements whose plans matter most, kept as data so a test can EXPLAIN them.
+# Claim: the oldest pending orders, through the partial index orders_pending.
+CLAIM_SQL = (
+    "WITH picked AS (SELECT id FROM orders WHERE status = 'pending' AND id < $3"
+    "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    " UPDATE orders o SET status = 'processing', updated_at = $1,"
+    "  history = o.history || $4::jsonb"
+    " FROM picked WHERE o.id = picked.id"
+)
+# Outcomes of many shipments: only the owner's rows, found through its small index (only
+# processing orders have an owner). A status condition here let the planner, its statistics
+# taken before a burst of claims, scan every processing order for each batch.
+WRITE_OUTCOMES_SQL = (
+    "UPDATE orders o SET status = c.target, updated_at = c.at,"
+    "  history = o.history || c.entry,"
+    "  owner = CASE WHEN c.keep THEN o.owner END,"
+    "  lease_expires_at = CASE WHEN c.keep THEN o.lease_expires_at END"
+    " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[],"
+    "  $5::bool[]) AS c(id, target, at, entry, keep)"
+    f" WHERE o.id = c.id AND o.owner = $6 RETURNING {_UPDATED_COLUMNS}"
+)
 
 _encode = msgspec.json.Encoder().encode
 _decode_items = msgspec.json.Decoder(tuple[Item, ...]).decode
@@ -246,7 +269,7 @@ class PostgresOrderStore(OrderStore):
                 "  lease_expires_at = CASE WHEN $5 THEN o.lease_expires_at END"
                 " FROM old WHERE o.id = old.id AND old.status = ANY($6::text[])"
                 "  AND ($7::text IS NULL OR old.owner = $7)"
-                f" RETURNING {', '.join('o.' + c for c in _COLUMNS.split(', '))},"
+                f" RETURNING {_UPDATED_COLUMNS},"
                 "  old.owner AS previous_owner",
                 order_id,
                 target.value,
@@ -288,14 +311,7 @@ class PostgresOrderStore(OrderStore):
         ]
         async with self._connection() as db:
             rows = await db.fetch(
-                "UPDATE orders o SET status = c.target, updated_at = c.at,"
-                "  history = o.history || c.entry,"
-                "  owner = CASE WHEN c.keep THEN o.owner END,"
-                "  lease_expires_at = CASE WHEN c.keep THEN o.lease_expires_at END"
-                " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[],"
-                "  $5::bool[]) AS c(id, target, at, entry, keep)"
-                " WHERE o.id = c.id AND o.status = 'processing' AND o.owner = $6"
-                f" RETURNING {', '.join('o.' + c for c in _COLUMNS.split(', '))}",
+                WRITE_OUTCOMES_SQL,
                 [order_id for order_id, _, _, _ in changes],
                 [target.value for target in targets],
                 [at for _, _, at, _ in changes],
@@ -325,11 +341,7 @@ class PostgresOrderStore(OrderStore):
         below = _ABOVE_ALL_IDS if created_before is None else order_id_floor(created_before)
         async with self._connection() as db, db.transaction():
             status = await db.execute(
-                "WITH picked AS (SELECT id FROM orders WHERE status = 'pending' AND id < $3"
-                "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
-                " UPDATE orders o SET status = 'processing', updated_at = $1,"
-                "  history = o.history || $4::jsonb"
-                " FROM picked WHERE o.id = picked.id",
+                CLAIM_SQL,
                 at,
                 limit,
                 below,
@@ -349,7 +361,7 @@ class PostgresOrderStore(OrderStore):
                 " UPDATE orders o SET owner = $1, attempt = o.attempt + 1,"
                 "  lease_expires_at = now() + make_interval(secs => $3)"
                 f" FROM picked WHERE o.id = picked.id"
-                f" RETURNING {', '.join('o.' + c for c in _COLUMNS.split(', '))}",
+                f" RETURNING {_UPDATED_COLUMNS}",
                 owner,
                 limit,
                 self._lease_s,

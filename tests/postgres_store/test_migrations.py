@@ -1,0 +1,69 @@
+"""The versioned schema: `orderflow db migrate` applies each migration once, in order, even
+when several processes start together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from importlib import resources
+
+import asyncpg
+import pytest
+from click.testing import CliRunner
+
+from orderflow.cli import main
+from orderflow.store.migrations import migrate
+from tests.postgres import create_database, drop_database
+
+VERSIONS = sorted(
+    f.name.removesuffix(".sql")
+    for f in resources.files("orderflow.store.migrations").iterdir()
+    if f.name.endswith(".sql")
+)
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    url = asyncio.run(create_database())
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_database(url))
+
+
+async def applied(url: str) -> list[str]:
+    db = await asyncpg.connect(url)
+    try:
+        rows = await db.fetch("SELECT version FROM schema_migrations ORDER BY applied_at, version")
+        return [row["version"] for row in rows]
+    finally:
+        await db.close()
+
+
+def test_db_migrate_applies_every_migration_once_in_order(empty_database: str) -> None:
+    assert VERSIONS[:2] == ["0001_orders", "0002_pending_index"]
+    runner = CliRunner()
+    for _ in range(2):  # the second run finds nothing to do
+        result = runner.invoke(main, ["db", "migrate", "--database-url", empty_database])
+        assert result.exit_code == 0, result.output
+        assert "database schema is up to date" in result.output
+    assert asyncio.run(applied(empty_database)) == VERSIONS
+
+
+async def test_processes_migrating_at_once_apply_each_migration_once(empty_database: str) -> None:
+    connections = [await asyncpg.connect(empty_database) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate(db) for db in connections))
+    finally:
+        for db in connections:
+            await db.close()
+    assert sorted(v for versions in results for v in versions) == VERSIONS
+    assert await applied(empty_database) == VERSIONS
+
+
+def test_db_migrate_without_a_database_fails_clearly() -> None:
+    result = CliRunner().invoke(
+        main, ["db", "migrate", "--database-url", "postgresql://postgres@127.0.0.1:1/nowhere"]
+    )
+    assert result.exit_code == 1
+    assert "the database is unavailable" in result.output
