@@ -22,7 +22,12 @@ from orderflow.domain import (
 )
 from orderflow.errors import OrderConflict, StoreUnavailable
 from orderflow.store import open_store
-from orderflow.store.postgres import CLAIM_SQL, WRITE_OUTCOMES_SQL, PostgresOrderStore
+from orderflow.store.postgres import (
+    _RESCUE_LOCK,
+    CLAIM_SQL,
+    WRITE_OUTCOMES_SQL,
+    PostgresOrderStore,
+)
 from tests.postgres import same_schema, schema_store
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -53,6 +58,9 @@ async def test_an_expired_lease_is_rescued_once_and_the_old_holder_locked_out() 
         [order_id] = await add_ready(store, 1)
         await store.heartbeat("dead", lease_s=0)  # every lease "dead" takes ends at once
         [held] = await store.acquire("dead", 1)
+        async with store._connection() as other_rescuer, other_rescuer.transaction():
+            await other_rescuer.execute("SELECT pg_advisory_xact_lock($1)", _RESCUE_LOCK)
+            assert await store.rescue_orphans(LATER) == 0  # one rescuer at a time
         assert await store.rescue_orphans(LATER) == 1
         assert await store.rescue_orphans(LATER) == 0
         rescued = await store.get_order(order_id)

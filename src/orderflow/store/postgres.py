@@ -10,7 +10,8 @@ short transaction), so it is atomic on its own:
 - NOTIFY wakes the other processes (``orderflow_ready``) and tells a holder that its order was
   cancelled (``orderflow_cancel``); polling covers a lost notification;
 - holders renew the lease on their orders with every heartbeat; `rescue_orphans` makes ready
-  again what a dead holder's lease left behind, each row once (row locks, SKIP LOCKED);
+  again what a dead holder's lease left behind, one instance at a time (an advisory lock),
+  each row once (row locks, SKIP LOCKED);
 - the heartbeat is also the polling fallback for cancels: an order this process held that was
   cancelled, or taken from it, while a notification was lost is reported to `on_cancel` then.
 """
@@ -55,6 +56,7 @@ log = logging.getLogger("orderflow.store.postgres")
 
 READY_CHANNEL = "orderflow_ready"
 CANCEL_CHANNEL = "orderflow_cancel"
+_RESCUE_LOCK = 0x726573637565  # an advisory lock: one instance rescues at a time
 _ABOVE_ALL_IDS = "order_g"  # sorts after every id ("g" follows the hex digits)
 _COLUMNS = "id, customer, items, created_at, status, history"
 _UPDATED_COLUMNS = ", ".join("o." + column for column in _COLUMNS.split(", "))
@@ -410,8 +412,11 @@ class PostgresOrderStore(OrderStore):
                 self._callbacks[0]()  # and whatever it missed may be ready now
 
     async def rescue_orphans(self, at: datetime) -> int:
-        # Leases are measured on the database's clock alone; `at` only dates the history.
+        # Leases are measured on the database's clock alone; `at` only dates the history. Row
+        # locks would keep two rescuers from taking one order; the lock keeps them from racing.
         async with self._connection() as db, db.transaction():
+            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RESCUE_LOCK):
+                return 0  # another instance is rescuing right now
             status = await db.execute(
                 "WITH lost AS (SELECT id, owner FROM orders"
                 "  WHERE owner IS NOT NULL AND lease_expires_at < now()"
