@@ -282,7 +282,7 @@ class Processor:
                     log.exception("could not acquire orders; retrying after the poll interval")
                     orders = []
                 if orders:
-                    self._held.extend(orders)
+                    self._held.extend(self._not_here_yet(orders))
                     self._held_event.set()
                 if len(orders) == room:
                     continue  # there may be more
@@ -290,6 +290,17 @@ class Processor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll_interval_s):
                         await self._fetch_wanted.wait()
+
+    def _not_here_yet(self, orders: list[Order]) -> list[Order]:
+        """`orders` without those this processor ships or holds already. A shared store can
+        hand back an order we hold: our lease lapsed (the database was out of reach), it was
+        rescued, and we acquired it again. The first hold ships it and writes its outcome, as
+        we own it still; a second shipment would ship it twice."""
+        queued = {order.id for order in self._held}
+        fresh = [o for o in orders if o.id not in self._inflight and o.id not in queued]
+        if len(fresh) < len(orders):
+            log.warning("acquired %d orders held here already", len(orders) - len(fresh))
+        return fresh
 
     async def _next(self) -> Order | None:
         while not self._held and not self._stopping:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from orderflow.domain import Event, OrderStatus
+from orderflow.domain import Event, Order, OrderStatus
 from orderflow.errors import ShuttingDown, StoreUnavailable
 from orderflow.processor import Processor
 from orderflow.service import OrderService
@@ -422,3 +422,42 @@ async def test_a_cancel_told_twice_cancels_the_shipment_once(
     await wait_until_settled(memory_store)
     assert (await memory_store.get_order(nxt.id)).status is OrderStatus.SHIPPED
     assert all(not task.done() for task in held_service.processor._workers)
+
+
+class _ReacquiringStore(_SharedMemoryStore):
+    """Hands an order out a second time while its first hold ships it, as a shared store does
+    when a lease lapsed during an outage and the same process acquired the order again."""
+
+    again: Order | None = None
+
+    async def acquire(self, owner: str, limit: int) -> list[Order]:
+        orders = await super().acquire(owner, limit)
+        if self.again is not None:
+            orders.append(self.again)
+            self.again = None
+        return orders
+
+
+async def test_an_order_acquired_again_while_shipping_here_ships_once(
+    held_shipper: FakeShipper, clock: ManualClock
+) -> None:
+    store = _ReacquiringStore()
+    service = await _service(store, held_shipper, clock, concurrency=2)
+    try:
+        order = await service.submit("Ada", make_order().items)
+        await service.trigger_processing()
+        await held_shipper.started_event(order.id).wait()
+        store.again = order
+        service.processor.wake()
+        for _ in range(100):
+            if store.again is None:
+                break
+            await asyncio.sleep(0)
+        assert store.again is None
+        assert service.processor.held == 0
+        held_shipper.release(order.id)
+        await wait_until_settled(store)
+        assert held_shipper.shipped[order.id] == 1
+        assert (await store.get_order(order.id)).status is OrderStatus.SHIPPED
+    finally:
+        await service.processor.stop(grace_s=0)
