@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +15,7 @@ from orderflow.domain import Item, Order, new_order, new_order_id
 from orderflow.processor import Processor
 from orderflow.service import OrderService
 from orderflow.store.memory import InMemoryOrderStore
+from tests.postgres import create_database, drop_database
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -103,6 +104,16 @@ def clock() -> ManualClock:
 @pytest.fixture
 def shipper() -> FakeShipper:
     return FakeShipper()
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards."""
+    url = asyncio.run(create_database())
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_database(url))
 
 
 @pytest.fixture

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import Server, wait_for
-from tests.postgres import create_database, drop_database
 
 ORDER = {"customer": "Ada", "items": [{"name": "Widget", "quantity": 1}]}
 TIMERS = ("--heartbeat-interval", "0.3", "--lease-timeout", "1.0", "--poll-interval", "0.5")
-
-
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    url = asyncio.run(create_database())
-    try:
-        yield url
-    finally:
-        asyncio.run(drop_database(url))
 
 
 def orders_of(server: Server) -> list[dict[str, Any]]:

@@ -4,31 +4,19 @@ when several processes start together."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from importlib import resources
 
 import asyncpg
-import pytest
 from click.testing import CliRunner
 
 from orderflow.cli import main
 from orderflow.store.migrations import migrate
-from tests.postgres import create_database, drop_database
 
 VERSIONS = sorted(
     f.name.removesuffix(".sql")
     for f in resources.files("orderflow.store.migrations").iterdir()
     if f.name.endswith(".sql")
 )
-
-
-@pytest.fixture
-def empty_database() -> Iterator[str]:
-    url = asyncio.run(create_database())
-    try:
-        yield url
-    finally:
-        asyncio.run(drop_database(url))
 
 
 async def applied(url: str) -> list[str]:
@@ -40,25 +28,25 @@ async def applied(url: str) -> list[str]:
         await db.close()
 
 
-def test_db_migrate_applies_every_migration_once_in_order(empty_database: str) -> None:
+def test_db_migrate_applies_every_migration_once_in_order(database_url: str) -> None:
     assert VERSIONS[:2] == ["0001_orders", "0002_pending_index"]
     runner = CliRunner()
     for _ in range(2):  # the second run finds nothing to do
-        result = runner.invoke(main, ["db", "migrate", "--database-url", empty_database])
+        result = runner.invoke(main, ["db", "migrate", "--database-url", database_url])
         assert result.exit_code == 0, result.output
         assert "database schema is up to date" in result.output
-    assert asyncio.run(applied(empty_database)) == VERSIONS
+    assert asyncio.run(applied(database_url)) == VERSIONS
 
 
-async def test_processes_migrating_at_once_apply_each_migration_once(empty_database: str) -> None:
-    connections = [await asyncpg.connect(empty_database) for _ in range(3)]
+async def test_processes_migrating_at_once_apply_each_migration_once(database_url: str) -> None:
+    connections = [await asyncpg.connect(database_url) for _ in range(3)]
     try:
         results = await asyncio.gather(*(migrate(db) for db in connections))
     finally:
         for db in connections:
             await db.close()
     assert sorted(v for versions in results for v in versions) == VERSIONS
-    assert await applied(empty_database) == VERSIONS
+    assert await applied(database_url) == VERSIONS
 
 
 def test_db_migrate_without_a_database_fails_clearly() -> None:
