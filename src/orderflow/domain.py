@@ -7,6 +7,7 @@ and (with ``gc=False``) cost a fraction of the memory of a dataclass; the store 
 from __future__ import annotations
 
 import enum
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -81,13 +82,23 @@ def can_delete(status: OrderStatus) -> bool:
     return status is OrderStatus.PENDING
 
 
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+_INVISIBLE = r"\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff"  # spaces, zero-width marks
+# No control character, and at least one that shows; one pass over the text.
+_SHOWS = re.compile(f"[^{_CONTROL}]*?[^{_CONTROL}{_INVISIBLE}][^{_CONTROL}]*")
+_HAS_CONTROL = re.compile(f"[{_CONTROL}]")
+
+
 def _clean_text(value: str, what: str) -> str:
-    """Trimmed `value`; raises ValueError (a validation error on decode) when blank or too long."""
+    """Trimmed `value`. Raises ValueError "<what>: <problem>" (a validation error on decode;
+    the API names the field from it) when blank, too long, or holding control characters."""
     value = value.strip()
-    if not value:
-        raise ValueError(f"{what} must not be blank")
+    if _SHOWS.fullmatch(value) is None:
+        if _HAS_CONTROL.search(value):
+            raise ValueError(f"{what}: must not contain control characters")
+        raise ValueError(f"{what}: must not be blank")
     if len(value) > MAX_TEXT_LENGTH:
-        raise ValueError(f"{what} must be at most {MAX_TEXT_LENGTH} characters")
+        raise ValueError(f"{what}: must be at most {MAX_TEXT_LENGTH} characters")
     return value
 
 
@@ -205,13 +216,16 @@ def is_order_id(value: str) -> bool:
     )
 
 
+DEFAULT_PAGE = 100
+
+
 class OrderQuery(msgspec.Struct, frozen=True, kw_only=True):
     """A page of orders: `start` inclusive, `end` exclusive, after the id `cursor`, oldest first."""
 
     start: datetime | None = None
     end: datetime | None = None
     status: OrderStatus | None = None
-    limit: int = 100
+    limit: int = DEFAULT_PAGE
     cursor: str | None = None
 
 

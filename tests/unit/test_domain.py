@@ -111,7 +111,7 @@ def test_domain_module_is_pure() -> None:
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
-    allowed = {"__future__", "base64", "enum", "datetime", "typing", "msgspec", "orderflow.errors"}
+    allowed = {"__future__", "datetime", "enum", "re", "typing", "msgspec", "orderflow.errors"}
     assert imported <= allowed, imported - allowed
     assert "asyncio" not in sys.modules or "asyncio" not in imported
 

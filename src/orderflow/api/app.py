@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -26,8 +27,8 @@ from orderflow.api.errors import (
 )
 from orderflow.api.openapi import DOCS_HTML, openapi_document
 from orderflow.api.schemas import (
+    FieldError,
     Health,
-    ListParams,
     Message,
     OrderCreate,
     OrderPage,
@@ -36,10 +37,10 @@ from orderflow.api.schemas import (
     ProcessingStarted,
 )
 from orderflow.clock import SystemClock
-from orderflow.domain import OrderQuery, OrderStatus, is_order_id
+from orderflow.domain import DEFAULT_PAGE, OrderQuery, OrderStatus, is_order_id
 from orderflow.errors import OrderflowError
 from orderflow.processor import Processor
-from orderflow.service import OrderService
+from orderflow.service import MAX_PAGE, OrderService
 from orderflow.settings import Settings, load_settings
 from orderflow.shipping import SimulatedShipper
 from orderflow.snapshot import load_snapshot, save_snapshot
@@ -103,33 +104,67 @@ async def _read_json(scope: Scope, receive: Receive) -> bytes:
 
 
 def _is_json(content_type: bytes) -> bool:
+    """application/json, or a structured +json type (application/problem+json, say)."""
     if content_type == b"application/json":  # the usual case, without parsing
         return True
-    return content_type.split(b";")[0].strip().lower().endswith(b"json")
+    media_type = content_type.split(b";")[0].strip().lower()
+    return media_type == b"application/json" or (
+        media_type.startswith(b"application/") and media_type.endswith(b"+json")
+    )
+
+
+def _bad_query(field: str, message: str) -> HTTPProblem:
+    return HTTPProblem(400, "Invalid query", f"{field}: {message}", [FieldError(field, message)])
+
+
+# An unescaped '+' before an offset arrives as a space (form encoding).
+_SPACE_BEFORE_OFFSET = re.compile(r" (\d\d:?\d\d)$")
+
+
+def _time_param(name: str, value: str | None) -> datetime | None:
+    """An RFC 3339 time from the query, in UTC (no offset means UTC)."""
+    if value is None:
+        return None
+    try:
+        at = msgspec.convert(_SPACE_BEFORE_OFFSET.sub(r"+\1", value), datetime)
+        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except msgspec.ValidationError:
+        raise _bad_query(name, "not an RFC 3339 time") from None
+    except OverflowError:  # in range with its offset, out of range in UTC
+        raise _bad_query(name, "out of range") from None
 
 
 def _list_query(query_string: bytes) -> OrderQuery:
     params: dict[str, str] = {}
     for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if key not in _LIST_PARAMS:
+            raise _bad_query(key, f"not a parameter (use {', '.join(_LIST_PARAMS)})")
         if key in params:
-            raise HTTPProblem(400, "Invalid query", f"{key}: given more than once")
-        # An unescaped '+' in an offset arrives as a space; no valid value holds one.
-        params[key] = value.replace(" ", "+") if key in ("from", "to") else value
-    try:
-        parsed = msgspec.convert(params, ListParams, strict=False)
-    except msgspec.ValidationError as exc:
-        raise problem_from_validation(exc, 400, "Invalid query") from None
-    if parsed.cursor is not None and not is_order_id(parsed.cursor):
-        raise HTTPProblem(400, "Invalid query", "cursor: not a cursor this API returned")
-    start, end = (
-        None if t is None else t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-        for t in (parsed.from_, parsed.to)
-    )
+            raise _bad_query(key, "given more than once")
+        params[key] = value
+    start, end = _time_param("from", params.get("from")), _time_param("to", params.get("to"))
     if start is not None and end is not None and start > end:
-        raise HTTPProblem(400, "Invalid query", "from: must not be after 'to'")
+        raise _bad_query("from", "must not be after 'to'")
+    status = params.get("status")
+    if status is not None and status not in _STATUSES:
+        raise _bad_query("status", f"not one of {', '.join(_STATUSES)}")
+    limit = params.get("limit", str(DEFAULT_PAGE))
+    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAGE):
+        raise _bad_query("limit", f"not a whole number from 1 to {MAX_PAGE}")
+    cursor = params.get("cursor")
+    if cursor is not None and not is_order_id(cursor):
+        raise _bad_query("cursor", "not a cursor this API returned")
     return OrderQuery(
-        start=start, end=end, status=parsed.status, limit=parsed.limit, cursor=parsed.cursor
+        start=start,
+        end=end,
+        status=None if status is None else OrderStatus(status),
+        limit=int(limit),
+        cursor=cursor,
     )
+
+
+_LIST_PARAMS = ("from", "to", "status", "limit", "cursor")
+_STATUSES = tuple(status.value for status in OrderStatus)
 
 
 class OrderflowApp:
@@ -149,7 +184,11 @@ class OrderflowApp:
         self.service = service
         self.settings = settings or Settings()
         self._owns_service = service is None
-        self._openapi = _encode(openapi_document())
+        self._static: dict[str, Response] = {  # answers that never change
+            "/healthz": _ok(200, Health("ok")),
+            "/openapi.json": (200, _encode(openapi_document()), _JSON),
+            "/docs": (200, DOCS_HTML, [(b"content-type", b"text/html; charset=utf-8")]),
+        }
 
     # -- lifespan ---------------------------------------------------------------------------
 
@@ -194,8 +233,12 @@ class OrderflowApp:
             if scope["type"] == "lifespan":
                 await self._lifespan(receive, send)
             return
+        method: str = scope["method"]
         try:
-            status, body, headers = await self._route(scope, receive)
+            # HEAD is GET without the body (RFC 9110).
+            status, body, headers = await self._route(
+                scope, receive, "GET" if method == "HEAD" else method
+            )
         except OrderflowError as exc:
             status, body, headers = _problem(problem_from_error(exc))
         except HTTPProblem as exc:
@@ -203,13 +246,15 @@ class OrderflowApp:
                 exc.problem, [(b"allow", exc.allow)] if exc.allow else None
             )
         except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            log.exception("unhandled error on %s %s", method, scope["path"])
             status, body, headers = _problem(INTERNAL_ERROR)
+        if method == "HEAD":
+            headers = [*headers, (b"content-length", str(len(body)).encode())]
+            body = b""
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _route(self, scope: Scope, receive: Receive) -> Response:
-        method: str = scope["method"]
+    async def _route(self, scope: Scope, receive: Receive, method: str) -> Response:
         path: str = scope["path"]
         service = self.service
         if service is None:
@@ -220,7 +265,7 @@ class OrderflowApp:
             if method == "GET":
                 page = await service.list_orders(_list_query(scope["query_string"]))
                 return _ok(200, OrderPage(page.orders, len(page.orders), page.next_cursor))
-            raise _method_not_allowed(b"GET, POST")
+            raise _method_not_allowed(b"GET, HEAD, POST")
         parts = path.split("/")  # "/orders/x/cancel" → ["", "orders", "x", "cancel"]
         if len(parts) >= 3 and parts[1] == "orders" and parts[2]:
             if len(parts) == 3:
@@ -235,10 +280,10 @@ class OrderflowApp:
                 if method == "DELETE":
                     await service.delete_order(order_id)
                     return _ok(200, Message("Order deleted"))
-                raise _method_not_allowed(b"DELETE, GET")
+                raise _method_not_allowed(b"DELETE, GET, HEAD")
             if len(parts) == 4 and parts[2] == "status" and parts[3]:
                 if method != "GET":
-                    raise _method_not_allowed(b"GET")
+                    raise _method_not_allowed(b"GET, HEAD")
                 order = await service.get_order(parts[3])
                 return _ok(200, OrderRef(order.id, order.status))
             if len(parts) == 4 and parts[3] == "cancel":
@@ -246,12 +291,11 @@ class OrderflowApp:
                     raise _method_not_allowed(b"POST")
                 order = await service.cancel_order(parts[2])
                 return _ok(200, OrderRef(order.id, OrderStatus.CANCELLED))
-        if path == "/healthz" and method == "GET":
-            return _ok(200, Health("ok"))
-        if path == "/openapi.json" and method == "GET":
-            return 200, self._openapi, _JSON
-        if path == "/docs" and method == "GET":
-            return 200, DOCS_HTML, [(b"content-type", b"text/html; charset=utf-8")]
+        static = self._static.get(path)
+        if static is not None:
+            if method != "GET":
+                raise _method_not_allowed(b"GET, HEAD")
+            return static
         raise HTTPProblem(404, "Not found", f"no route for {method} {path}")
 
     async def _create_order(self, scope: Scope, receive: Receive) -> Response:
@@ -262,6 +306,8 @@ class OrderflowApp:
             raise problem_from_validation(exc, 422, "Invalid order") from None
         except msgspec.DecodeError as exc:
             raise HTTPProblem(400, "Malformed JSON", str(exc)) from None
+        except UnicodeDecodeError:
+            raise HTTPProblem(400, "Malformed JSON", "the body is not UTF-8") from None
         assert self.service is not None
         order = await self.service.submit(create.customer, create.items)
         return (

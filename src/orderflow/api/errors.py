@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from orderflow.api.schemas import FieldError, Problem
@@ -56,8 +58,25 @@ def problem_from_error(exc: OrderflowError) -> Problem:
 def problem_from_validation(exc: msgspec.ValidationError, status: int, title: str) -> HTTPProblem:
     """A problem naming the offending field, from msgspec's "message - at `$.path`" text."""
     message, _, where = str(exc).partition(" - at `")
-    field = where.rstrip("`").removeprefix("$").lstrip(".") or "body"
+    path = where.rstrip("`").removeprefix("$").lstrip(".")
+    name, message = _field_named_in(message)
+    field = ".".join(part for part in (path, name) if part) or "body"
     return HTTPProblem(status, title, f"{field}: {message}", [FieldError(field, message)])
+
+
+_NAMED_FIELD = re.compile(r"Object (?:missing required|contains unknown) field `([^`]+)`")
+
+
+def _field_named_in(message: str) -> tuple[str, str]:
+    """(the field `message` names, if any; the message): msgspec names a missing or unknown
+    field in backquotes, the domain's checks say "field: problem"."""
+    named = _NAMED_FIELD.fullmatch(message)
+    if named is not None:
+        return named.group(1), message
+    name, colon, problem = message.partition(": ")
+    if colon and name.isidentifier():
+        return name, problem
+    return "", message
 
 
 INTERNAL_ERROR = Problem(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -55,13 +54,3 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     status: int
     detail: str
     errors: list[FieldError] | None = None
-
-
-class ListParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The query string of GET /orders, before the service's checks."""
-
-    from_: datetime | None = msgspec.field(name="from", default=None)
-    to: datetime | None = None
-    status: OrderStatus | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
-    cursor: str | None = None
