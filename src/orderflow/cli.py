@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from orderflow import __version__
 from orderflow.settings import DEFAULTS, ENV_PREFIX, load_settings, settings_to_env
+from orderflow.snapshot import check_snapshot_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,6 +85,12 @@ def serve(server: str, **options: Any) -> None:
         settings = load_settings({}, **options)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if settings.snapshot:
+        try:
+            check_snapshot_path(Path(settings.snapshot))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--snapshot") from None
+    _check_port_free(settings.host, settings.port)
     # The server imports the app in its own process: hand it the settings as the environment.
     os.environ.update(settings_to_env(settings))
     target = "orderflow.api.app:app_from_env"
@@ -98,6 +107,20 @@ def serve(server: str, **options: Any) -> None:
         )
         return
     run_granian(target, settings.host, settings.port, settings.log_level, factory=True)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another server listens on. Granian listens with SO_REUSEPORT, so a second
+    server there would start and take half the connections (in memory: half the orders)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def run_granian(target: str, host: str, port: int, log_level: str, *, factory: bool) -> None:

@@ -20,6 +20,18 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Order)
 
 
+def check_snapshot_path(path: Path) -> None:
+    """Raise ValueError unless a snapshot can be written at `path` (checked at start: at
+    shutdown it would be too late, and every order in memory would be lost)."""
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory")
+    if not folder.is_dir():
+        raise ValueError(f"the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"the folder {folder} is not writable")
+
+
 async def save_snapshot(store: OrderStore, path: Path) -> int:
     """Write every order in `store` to `path`, replacing it atomically; returns the count."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -42,6 +54,7 @@ async def save_snapshot(store: OrderStore, path: Path) -> int:
 
 async def load_snapshot(store: OrderStore, path: Path, clock: Clock) -> int:
     """Add every order in the snapshot at `path` (if it exists) to `store`; returns the count.
+    Raises ValueError if the file is damaged (it is left as it is).
 
     An order still processing in the file (the process did not stop cleanly) goes back to
     pending, so it ships on the next trigger instead of staying stuck.
@@ -50,7 +63,10 @@ async def load_snapshot(store: OrderStore, path: Path, clock: Clock) -> int:
         data = path.read_bytes()  # noqa: ASYNC240 - once, at startup, before serving
     except FileNotFoundError:
         return 0
-    orders = _decoder.decode_lines(data)
+    try:
+        orders = _decoder.decode_lines(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"the snapshot {path} is damaged ({exc}); move it away to start") from None
     now = clock.now()
     for order in orders:
         if order.status is OrderStatus.PROCESSING:

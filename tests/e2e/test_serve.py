@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -130,9 +132,6 @@ def test_sigterm_mid_processing_exits_cleanly_and_a_restart_keeps_every_order(
 
 
 def test_version_and_help() -> None:
-    import subprocess
-    import sys
-
     from orderflow import __version__
 
     out = subprocess.run(
@@ -147,3 +146,18 @@ def test_version_and_help() -> None:
     )
     assert out.returncode == 2
     assert "concurrency" in out.stderr
+
+
+def test_a_second_server_on_a_busy_port_refuses_to_start(serve: type[Server]) -> None:
+    """Regression: granian listens with SO_REUSEPORT, so a second server on the same port
+    started and took half the connections, and half the orders, into a store of its own."""
+    first = serve()
+    out = subprocess.run(
+        [sys.executable, "-m", "orderflow", "serve", "--port", str(first.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{first.port}" in out.stderr

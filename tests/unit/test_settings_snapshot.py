@@ -3,10 +3,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from orderflow.cli import main
 from orderflow.domain import Event, OrderStatus, advance
 from orderflow.settings import DEFAULTS, load_settings, settings_to_env
-from orderflow.snapshot import load_snapshot, save_snapshot
+from orderflow.snapshot import check_snapshot_path, load_snapshot, save_snapshot
 from orderflow.store.memory import InMemoryOrderStore
 from tests.conftest import ManualClock, make_order
 
@@ -74,3 +76,25 @@ async def test_snapshot_puts_processing_orders_back_to_pending(tmp_path: Path) -
 
 async def test_missing_snapshot_loads_nothing(tmp_path: Path) -> None:
     assert await load_snapshot(InMemoryOrderStore(), tmp_path / "none", ManualClock()) == 0
+
+
+async def test_a_damaged_snapshot_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(b'{"id": "order_1"\n')
+    with pytest.raises(ValueError, match="damaged"):
+        await load_snapshot(InMemoryOrderStore(), path, ManualClock())
+    assert path.read_bytes() == b'{"id": "order_1"\n'
+
+
+def test_a_snapshot_path_that_cannot_be_written_is_refused_at_start(tmp_path: Path) -> None:
+    """Regression: a snapshot in a folder that did not exist failed only at shutdown, and every
+    order in memory was lost, with exit code 0."""
+    check_snapshot_path(tmp_path / "orders.jsonl")
+    with pytest.raises(ValueError, match="does not exist"):
+        check_snapshot_path(tmp_path / "nowhere" / "orders.jsonl")
+    with pytest.raises(ValueError, match="directory"):
+        check_snapshot_path(tmp_path)
+    result = CliRunner().invoke(main, ["serve", "--snapshot", str(tmp_path / "no" / "s.jsonl")])
+    assert result.exit_code == 2
+    assert "--snapshot" in result.output
+    assert "does not exist" in result.output
