@@ -42,8 +42,9 @@ class OrderStore(abc.ABC):
     async def list_orders(self, query: OrderQuery) -> Page:
         """Orders with `query.start <= timestamp < query.end` (either bound optional), and
         `status` if given, sorted by (timestamp, id), at most `query.limit` of them, strictly
-        after the id `query.cursor`. `next_cursor` is set when more may follow. Costs an index
-        lookup plus the page, never a scan of every order.
+        after the id `query.cursor`. `next_cursor` is set when more may follow; a page may then
+        hold fewer than `query.limit` orders (even none), and the next one goes on. Costs an
+        index lookup plus the page (or a bounded stretch of it), never a scan of every order.
         """
 
     @abc.abstractmethod

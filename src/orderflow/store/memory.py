@@ -3,8 +3,9 @@
 Ids sort as (timestamp, id) (see `domain.new_order_id`), so the time index is a SortedList of
 ids and a range query is a bisection plus the page: O(log n + k). Each status but processing has
 an index of its own, so a status filter is an index lookup too; processing is transient and
-entered in bulk by triggers, so it is found by walking the time range instead of paying an index
-update per claimed order.
+entered in bulk by triggers, so it is found by walking the time range, at most `_MAX_WALK`
+orders per page (a short page then comes with a cursor to go on from), instead of paying an
+index update per claimed order.
 
 To keep a million orders in well under 500 bytes each, a row holds the fields fixed at submission
 (customer, items) as one msgpack blob, and the status and history as objects; an `Order` is
@@ -39,6 +40,9 @@ from orderflow.errors import InvalidOrder, OrderConflict, OrderNotFound
 from orderflow.store.base import OrderStore
 
 _INDEXED = (OrderStatus.PENDING, OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED)
+# Processing has no index: it is short-lived and entered in bulk, and a trigger of a million
+# orders would pay an index insert for each. A page of it walks at most this many orders.
+_MAX_WALK = 10_000
 
 _encode_head = msgspec.msgpack.Encoder().encode
 _decode_head = msgspec.msgpack.Decoder(tuple[str, tuple[Item, ...]]).decode
@@ -91,16 +95,20 @@ class InMemoryOrderStore(OrderStore):
         if after:
             low = query.cursor
         bounds = {"minimum": low, "maximum": high, "inclusive": (not after, False)}
+        resume = None  # where the next page goes on when this one stopped walking
         with self._lock:
             rows = self._rows
-            if index is None:  # processing is short-lived: walk the time range
-                ids = (i for i in self._by_time.irange(**bounds) if rows[i].status is query.status)
-            else:
-                ids = index.irange(**bounds)
-            picked = [(order_id, rows[order_id]) for order_id in islice(ids, query.limit + 1)]
+            if index is not None:
+                ids = islice(index.irange(**bounds), query.limit + 1)
+                picked = [(order_id, rows[order_id]) for order_id in ids]
+            else:  # processing: walk the time range, a bounded stretch per page
+                walked = list(islice(self._by_time.irange(**bounds), _MAX_WALK))
+                picked = [(i, rows[i]) for i in walked if rows[i].status is query.status]
+                if len(walked) == _MAX_WALK:
+                    resume = walked[-1]
         more = len(picked) > query.limit
         orders = [_to_order(order_id, row) for order_id, row in picked[: query.limit]]
-        return Page(orders, orders[-1].id if more else None)
+        return Page(orders, orders[-1].id if more else resume)
 
     async def delete_pending(self, order_id: str) -> None:
         with self._lock:
@@ -147,19 +155,22 @@ class InMemoryOrderStore(OrderStore):
     async def claim_pending(
         self, at: datetime, limit: int, created_before: datetime | None = None
     ) -> int:
-        entry = HistoryEntry(OrderStatus.PROCESSING, at)  # immutable: shared by the whole batch
+        tail = (HistoryEntry(OrderStatus.PROCESSING, at),)  # immutable: shared by the batch
+        below = None if created_before is None else order_id_floor(created_before)
         with self._lock:
             pending = self._by_status[OrderStatus.PENDING]
-            count = min(limit, len(pending))
-            if created_before is not None:
-                count = min(count, pending.bisect_left(order_id_floor(created_before)))
-            ids = [pending.pop(0) for _ in range(count)]  # pop(0) is the cheap end of a SortedList
+            # The oldest first. No positional lookup (bisect_left, pending[i]): it makes a
+            # SortedList keep a positional index, which every later add and pop pays for.
+            ids = list(islice(pending.irange(maximum=below, inclusive=(True, False)), limit))
+            pop = pending.pop
+            for _ in ids:
+                pop(0)  # the cheap end of a SortedList
             rows = self._rows
             for order_id in ids:
                 row = rows[order_id]
-                rows[order_id] = _Row(row.head, OrderStatus.PROCESSING, (*row.history, entry))
+                rows[order_id] = _Row(row.head, OrderStatus.PROCESSING, row.history + tail)
             self._ready.extend(ids)
-        return count
+        return len(ids)
 
     async def acquire(self, owner: str, limit: int) -> list[Order]:
         picked: list[tuple[str, _Row]] = []
