@@ -222,12 +222,17 @@ def db_migrate(database_url: str) -> None:
     from orderflow.errors import StoreUnavailable
     from orderflow.store.postgres import PostgresOrderStore
 
-    async def go() -> None:
-        store = await PostgresOrderStore.connect(database_url, apply_migrations=True)
-        await store.close()
+    async def go() -> list[str]:
+        store = await PostgresOrderStore.connect(database_url, apply_migrations=False)
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
 
     try:
-        asyncio.run(go())
+        applied = asyncio.run(go())
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+    for version in applied:
+        click.echo(f"applied {version}")
     click.echo("database schema is up to date")

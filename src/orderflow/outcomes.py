@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from orderflow.domain import Event, Order
-from orderflow.errors import OrderConflict, OrderflowError, StoreUnavailable
+from orderflow.errors import OrderConflict, StoreUnavailable
 from orderflow.store.base import OrderStore
 
 T = TypeVar("T")
@@ -92,9 +92,11 @@ class OutcomeWriter:
                     results = await self._patiently(
                         self._store.transition_many, self._owner, [change for change, _ in batch]
                     )
-                except OrderflowError as exc:
+                except Exception as exc:  # the writer must outlive any failure
                     for _, future in batch:
-                        future.set_exception(exc)
+                        if not future.done():
+                            future.set_exception(exc)
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)
+                    if not future.done():  # its writer may have been cancelled meanwhile
+                        future.set_result(result)

@@ -242,6 +242,8 @@ class Processor:
                     self.wake()
             except OrderflowError:
                 log.warning("heartbeat failed; retrying in %.1fs", self._heartbeat_s)
+            except Exception:  # a bug must not stop the heartbeats
+                log.exception("heartbeat failed; retrying in %.1fs", self._heartbeat_s)
 
     async def _claim_loop(self) -> None:
         while True:
@@ -249,7 +251,7 @@ class Processor:
             self._claim_wanted.clear()
             try:
                 await self._claim_all()
-            except OrderflowError:
+            except Exception:  # the claimer must outlive a failed claim
                 log.exception("auto-process claim failed; will retry on the next order")
 
     async def _claim_all(self) -> int:
@@ -278,11 +280,11 @@ class Processor:
             if room >= max(1, self._concurrency // 2) or (room > 0 and not self._held):
                 try:
                     orders = await self._store.acquire(self.owner, room)
-                except OrderflowError:
+                except Exception:  # the fetcher must outlive a failed fetch
                     log.exception("could not acquire orders; retrying after the poll interval")
                     orders = []
                 if orders:
-                    self._held.extend(self._not_here_yet(orders))
+                    self._held.extend(orders)
                     self._held_event.set()
                 if len(orders) == room:
                     continue  # there may be more
@@ -290,17 +292,6 @@ class Processor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll_interval_s):
                         await self._fetch_wanted.wait()
-
-    def _not_here_yet(self, orders: list[Order]) -> list[Order]:
-        """`orders` without those this processor ships or holds already. A shared store can
-        hand back an order we hold: our lease lapsed (the database was out of reach), it was
-        rescued, and we acquired it again. The first hold ships it and writes its outcome, as
-        we own it still; a second shipment would ship it twice."""
-        queued = {order.id for order in self._held}
-        fresh = [o for o in orders if o.id not in self._inflight and o.id not in queued]
-        if len(fresh) < len(orders):
-            log.warning("acquired %d orders held here already", len(orders) - len(fresh))
-        return fresh
 
     async def _next(self) -> Order | None:
         while not self._held and not self._stopping:
@@ -320,7 +311,12 @@ class Processor:
             except Exception:  # a bug must cost one order's attempt, never a worker
                 log.exception("order_id=%s shipment abandoned", order.id)
                 self._inflight.pop(order.id, None)
-                await self._finish(order.id, self._give_back, "internal error: shipment abandoned")
+                try:
+                    await self._finish(
+                        order.id, self._give_back, "internal error: shipment abandoned"
+                    )
+                except Exception:  # left to rescue, or to retire at shutdown
+                    log.exception("order_id=%s could not be given back", order.id)
             self._fetch_wanted.set()  # a worker is free
 
     async def _process(self, order: Order, task: asyncio.Task[None]) -> None:
@@ -369,11 +365,9 @@ class Processor:
                 f"attempt {state.attempt_number} of {self._max_attempts} failed ({failure});"
                 f" retrying in {state.next_action.sleep:.2f}s"
             )
-            try:
-                await self._store.transition(
-                    order.id, Event.RETRY, self._clock.now(), note, owner=self.owner
-                )
-            except OrderflowError as exc:
+            try:  # waits out an outage: giving up here would leave the order held, unshipped
+                await self._outcomes.write(order.id, Event.RETRY, self._clock.now(), note)
+            except OrderflowError as exc:  # cancelled or taken back meanwhile
                 log.info("order_id=%s retry dropped: %s", order.id, exc)
                 raise _Dropped from exc
             log.info("order_id=%s %s", order.id, note)

@@ -31,10 +31,13 @@ async def applied(url: str) -> list[str]:
 def test_db_migrate_applies_every_migration_once_in_order(database_url: str) -> None:
     assert VERSIONS[:2] == ["0001_orders", "0002_pending_index"]
     runner = CliRunner()
+    outputs = []
     for _ in range(2):  # the second run finds nothing to do
         result = runner.invoke(main, ["db", "migrate", "--database-url", database_url])
         assert result.exit_code == 0, result.output
-        assert "database schema is up to date" in result.output
+        outputs.append(result.output.splitlines())
+    done = "database schema is up to date"
+    assert outputs == [[*(f"applied {version}" for version in VERSIONS), done], [done]]
     assert asyncio.run(applied(database_url)) == VERSIONS
 
 

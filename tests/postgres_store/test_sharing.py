@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from orderflow.domain import (
@@ -27,6 +28,7 @@ from orderflow.store.postgres import (
     CLAIM_SQL,
     WRITE_OUTCOMES_SQL,
     PostgresOrderStore,
+    _translated,
 )
 from tests.postgres import same_schema, schema_store
 
@@ -235,3 +237,19 @@ async def test_a_lost_pool_is_unavailable() -> None:
         await store._pool.close()
         with pytest.raises(StoreUnavailable):
             await store.find_order("order_x")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.InterfaceError("connection is closed"),
+        ConnectionResetError(),
+    ],
+)
+def test_every_driver_error_is_unavailable(error: Exception) -> None:
+    """Regression: a connection cut mid-statement surfaced as asyncpg's InternalClientError,
+    which was not translated: a 500 for the request, and the end of the task that met it."""
+    with pytest.raises(StoreUnavailable), _translated():
+        raise error

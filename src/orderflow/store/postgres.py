@@ -122,6 +122,18 @@ def _to_order(row: Any) -> Order:
     )
 
 
+# Everything the driver raises: server errors, misuse of a closed or broken connection
+# (InterfaceError), and its own internal states after a connection was cut (InternalClientError:
+# "cannot switch to state …"), besides the network's own.
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
     """Driver and network errors become StoreUnavailable; ours pass through."""
@@ -131,7 +143,7 @@ def _translated() -> Iterator[None]:
         raise
     except asyncpg.UniqueViolationError as exc:
         raise OrderConflict("an order with that id exists") from exc
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"the database is unavailable: {type(exc).__name__}") from exc
 
 
@@ -150,6 +162,7 @@ class PostgresOrderStore(OrderStore):
         self._listener: Any = None
         self._callbacks: tuple[Callable[[], object], Callable[[str], object]] | None = None
         self._lease_s = 15.0
+        self._closing = False
         # Orders each owner in this process acquired and has not let go of yet: what the
         # heartbeat checks against, to catch a cancel whose notification was lost.
         self._holding: dict[str, set[str]] = {}
@@ -179,11 +192,18 @@ class PostgresOrderStore(OrderStore):
                 timeout=10,
                 server_settings=server_settings or {},
             )
-            if apply_migrations:
-                async with pool.acquire(timeout=10) as connection:
-                    for version in await migrate(connection):
-                        log.info("applied migration %s", version)
-        return cls(pool, dsn, server_settings=server_settings)
+        store = cls(pool, dsn, server_settings=server_settings)
+        if apply_migrations:
+            await store.migrate()
+        return store
+
+    async def migrate(self) -> list[str]:
+        """Apply the schema migrations not applied yet; returns their names, in order."""
+        async with self._connection() as connection:
+            applied = await migrate(connection)
+        for version in applied:
+            log.info("applied migration %s", version)
+        return applied
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
@@ -468,12 +488,15 @@ class PostgresOrderStore(OrderStore):
             await listener.add_listener(
                 CANCEL_CHANNEL, lambda _conn, _pid, _channel, order_id: on_cancel(order_id)
             )
-        listener.add_termination_listener(
-            lambda _conn: log.warning("lost the notification connection; polling until back")
-        )
+        listener.add_termination_listener(self._on_listener_lost)
         self._listener = listener
 
+    def _on_listener_lost(self, _connection: Any) -> None:
+        if not self._closing:
+            log.warning("lost the notification connection; polling until back")
+
     async def close(self) -> None:
+        self._closing = True
         with contextlib.suppress(Exception):
             if self._listener is not None:
                 await self._listener.close(timeout=5)
