@@ -93,7 +93,8 @@ def _clean_text(value: str, what: str) -> str:
     """Trimmed `value`. Raises ValueError "<what>: <problem>" (a validation error on decode;
     the API names the field from it) when blank, too long, or holding control characters."""
     value = value.strip()
-    if _SHOWS.fullmatch(value) is None:
+    # Printable, non-empty text (the usual case, two C calls) shows something; else look closer.
+    if not (value and value.isprintable()) and _SHOWS.fullmatch(value) is None:
         if _HAS_CONTROL.search(value):
             raise ValueError(f"{what}: must not contain control characters")
         raise ValueError(f"{what}: must not be blank")
