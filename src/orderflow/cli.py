@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -12,10 +14,12 @@ from typing import Any, TypeVar
 import click
 
 from orderflow import __version__
+from orderflow.api.app import OrderflowApp, app_from_env
 from orderflow.settings import DEFAULTS, ENV_PREFIX, load_settings, settings_to_env
 from orderflow.snapshot import check_snapshot_path
 
 F = TypeVar("F", bound=Callable[..., Any])
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 def _option(flag: str, help: str, **kwargs: Any) -> Callable[[F], F]:
@@ -93,12 +97,11 @@ def serve(server: str, **options: Any) -> None:
     _check_port_free(settings.host, settings.port)
     # The server imports the app in its own process: hand it the settings as the environment.
     os.environ.update(settings_to_env(settings))
-    target = "orderflow.api.app:app_from_env"
     if server == "uvicorn":
         import uvicorn
 
         uvicorn.run(
-            target,
+            "orderflow.api.app:app_from_env",
             factory=True,
             host=settings.host,
             port=settings.port,
@@ -106,7 +109,23 @@ def serve(server: str, **options: Any) -> None:
             lifespan="on",
         )
         return
-    run_granian(target, settings.host, settings.port, settings.log_level, factory=True)
+    run_granian(
+        "orderflow.cli:granian_worker_app",
+        settings.host,
+        settings.port,
+        settings.log_level,
+        factory=True,
+    )
+
+
+def granian_worker_app() -> OrderflowApp:
+    """The app in granian's worker process. The worker must not outlive `orderflow serve`, its
+    supervisor: killed with SIGKILL, the supervisor cannot stop it, and it would serve on as an
+    orphan. So Linux is asked to send it SIGTERM then: a graceful stop (shipments handed back,
+    the snapshot written)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    return app_from_env()
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -161,3 +162,24 @@ def test_a_second_server_on_a_busy_port_refuses_to_start(serve: type[Server]) ->
     )
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{first.port}" in out.stderr
+
+
+def test_the_worker_stops_gracefully_when_serve_itself_is_killed(
+    serve: type[Server], tmp_path: Path
+) -> None:
+    """Regression: SIGKILL on the PID of `orderflow serve` left granian's worker serving on as
+    an orphan, with its orders, holding the port."""
+    snapshot = tmp_path / "orders.jsonl"
+    server = serve("--snapshot", str(snapshot))
+    with server.client() as client:
+        for _ in range(3):
+            assert client.post("/orders", json=ORDER).status_code == 201
+    server.process.kill()  # the supervisor only, not its process group
+    server.process.wait(timeout=30)
+
+    def port_free() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", server.port)) != 0
+
+    assert wait_for(port_free, 30)
+    assert wait_for(lambda: snapshot.exists() and len(snapshot.read_bytes().splitlines()) == 3)
