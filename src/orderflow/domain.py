@@ -111,7 +111,9 @@ class Item(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
 
     def __post_init__(self) -> None:
-        msgspec.structs.force_setattr(self, "name", _clean_text(self.name, "name"))
+        name = _clean_text(self.name, "name")
+        if name is not self.name:  # trimmed: strip() returns the very string when it is clean
+            msgspec.structs.force_setattr(self, "name", name)
 
 
 Items = Annotated[

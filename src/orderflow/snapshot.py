@@ -10,7 +10,15 @@ from pathlib import Path
 import msgspec
 
 from orderflow.clock import Clock
-from orderflow.domain import Event, Order, OrderQuery, OrderStatus, advance
+from orderflow.domain import (
+    Event,
+    Order,
+    OrderQuery,
+    OrderStatus,
+    advance,
+    id_matches_timestamp,
+    is_order_id,
+)
 from orderflow.store.base import OrderStore
 
 log = logging.getLogger("orderflow.snapshot")
@@ -69,6 +77,8 @@ async def load_snapshot(store: OrderStore, path: Path, clock: Clock) -> int:
         raise ValueError(f"the snapshot {path} is damaged ({exc}); move it away to start") from None
     now = clock.now()
     for order in orders:
+        if not (is_order_id(order.id) and id_matches_timestamp(order.id, order.timestamp)):
+            raise ValueError(f"the snapshot {path} holds an order whose id is not its time")
         if order.status is OrderStatus.PROCESSING:
             order = advance(order, Event.RELEASE, now, "restart: was processing in the snapshot")
         await store.add(order)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -98,3 +99,14 @@ def test_a_snapshot_path_that_cannot_be_written_is_refused_at_start(tmp_path: Pa
     assert result.exit_code == 2
     assert "--snapshot" in result.output
     assert "does not exist" in result.output
+
+
+async def test_a_snapshot_order_whose_id_is_not_its_time_is_refused(tmp_path: Path) -> None:
+    """Stores answer time ranges with id ranges, so an id must encode its order's time."""
+    clock = ManualClock()
+    order = make_order(clock)
+    forged = msgspec.structs.replace(order, id=make_order(clock).id)
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(msgspec.json.encode(forged) + b"\n")
+    with pytest.raises(ValueError, match="not its time"):
+        await load_snapshot(InMemoryOrderStore(), path, clock)

@@ -14,7 +14,9 @@ class OrderCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     items: Items
 
     def __post_init__(self) -> None:
-        msgspec.structs.force_setattr(self, "customer", clean_customer(self.customer))
+        customer = clean_customer(self.customer)
+        if customer is not self.customer:
+            msgspec.structs.force_setattr(self, "customer", customer)
 
 
 class OrderRef(msgspec.Struct, frozen=True):

@@ -21,7 +21,9 @@ class OrderStore(abc.ABC):
 
     @abc.abstractmethod
     async def add(self, order: Order) -> None:
-        """Store a new order, in whatever status it is.
+        """Store a new order, in whatever status it is. Its id must encode its timestamp, as
+        `domain.new_order_id` makes it (stores answer time ranges with id ranges); orders from
+        outside (a snapshot) are checked where they come in.
 
         Raises:
             OrderConflict: an order with that id exists (ids are never reused).

@@ -32,11 +32,10 @@ from orderflow.domain import (
     OrderQuery,
     OrderStatus,
     Page,
-    id_matches_timestamp,
     next_status,
     order_id_floor,
 )
-from orderflow.errors import InvalidOrder, OrderConflict, OrderNotFound
+from orderflow.errors import OrderConflict, OrderNotFound
 from orderflow.store.base import OrderStore
 
 _INDEXED = (OrderStatus.PENDING, OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED)
@@ -70,8 +69,6 @@ class InMemoryOrderStore(OrderStore):
         self._owners: dict[str, str] = {}  # processing orders handed out, and to whom
 
     async def add(self, order: Order) -> None:
-        if not id_matches_timestamp(order.id, order.timestamp):
-            raise InvalidOrder(f"order id {order.id!r} does not encode its timestamp")
         row = _Row(_encode_head((order.customer, order.items)), order.status, order.history)
         with self._lock:
             if order.id in self._rows:

@@ -36,14 +36,12 @@ from orderflow.domain import (
     OrderQuery,
     OrderStatus,
     Page,
-    id_matches_timestamp,
     next_status,
     order_id_floor,
     sources_of,
     target_of,
 )
 from orderflow.errors import (
-    InvalidOrder,
     OrderConflict,
     OrderflowError,
     OrderNotFound,
@@ -212,8 +210,6 @@ class PostgresOrderStore(OrderStore):
                 yield connection
 
     async def add(self, order: Order) -> None:
-        if not id_matches_timestamp(order.id, order.timestamp):
-            raise InvalidOrder(f"order id {order.id!r} does not encode its timestamp")
         async with self._connection() as db:
             status = await db.execute(
                 "INSERT INTO orders (id, customer, items, created_at, status, updated_at, history)"
