@@ -9,14 +9,16 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from orderflow import __version__
-from orderflow.api.app import OrderflowApp, app_from_env
 from orderflow.settings import DEFAULTS, ENV_PREFIX, load_settings, settings_to_env
 from orderflow.snapshot import check_snapshot_path
+
+if TYPE_CHECKING:
+    from orderflow.api.app import OrderflowApp
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
@@ -123,6 +125,8 @@ def granian_worker_app() -> OrderflowApp:
     supervisor: killed with SIGKILL, the supervisor cannot stop it, and it would serve on as an
     orphan. So Linux is asked to send it SIGTERM then: a graceful stop (shipments handed back,
     the snapshot written)."""
+    from orderflow.api.app import app_from_env  # in the worker only: the CLI starts lighter
+
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     return app_from_env()
