@@ -1,35 +1,36 @@
-"""The `orderflow` command: `serve` runs the service; also `python -m orderflow`."""
+"""The `orderflow` command: `serve` runs the service; `bench` loads one; `db migrate` applies the
+schema. Also `python -m orderflow`. A start-up failure is one line naming the cause, exit 2."""
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
-import socket
+import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from orderflow import __version__
-from orderflow.settings import DEFAULTS, ENV_PREFIX, load_settings, settings_to_env
-from orderflow.snapshot import check_snapshot_path
-
-if TYPE_CHECKING:
-    from orderflow.api.app import OrderflowApp
+from orderflow.settings import DEFAULTS, ENV_PREFIX, SettingError, Settings, listed, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-_PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+_ALL_INTERFACES = ("0.0.0.0", "::", "")
 
 
 def _option(flag: str, help: str, **kwargs: Any) -> Callable[[F], F]:
     name = flag.removeprefix("--").replace("-", "_")
     if "is_flag" not in kwargs:
         kwargs.setdefault("default", getattr(DEFAULTS, name))
-        kwargs.setdefault("show_default", True)
+        kwargs.setdefault("show_default", kwargs["default"] is not None)
     return click.option(flag, envvar=ENV_PREFIX + name.upper(), help=help, **kwargs)
+
+
+def fail(message: str) -> NoReturn:
+    """A start-up failure: one line on stderr, exit status 2."""
+    click.echo(f"orderflow: {message}", err=True)
+    sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,27 +44,41 @@ def main() -> None:
 
 @main.command()
 @_option("--host", "Address to listen on.")
-@_option("--port", "Port to listen on.", type=int)
+@_option("--port", "Port to listen on (0: any free port).", type=int)
 @_option("--concurrency", "Most shipments in flight at once.", type=int)
+@_option(
+    "--shipper",
+    "What ships an order: simulated, python:module:function, or an http(s):// URL.",
+)
+@_option(
+    "--shipper-secret",
+    "The whsec_ key the HTTP shipper signs its calls with.",
+    default=None,
+    show_default=False,
+)
 @_option("--ship-delay", "Seconds each simulated shipment takes.", type=float)
 @_option("--ship-jitter", "Up to this many random seconds added to each shipment.", type=float)
 @_option("--ship-failure-rate", "Fraction of simulated shipments that fail (0 to 1).", type=float)
-@_option("--process-timeout", "Seconds before a shipment fails with 'timeout'.", type=float)
+@_option("--process-timeout", "Seconds before a shipment attempt fails with 'timeout'.", type=float)
 @_option("--shutdown-grace", "Seconds shipments may finish on SIGINT/SIGTERM.", type=float)
 @_option("--max-attempts", "Attempts per shipment before the order fails.", type=int)
 @_option("--retry-backoff", "Seconds before the first retry; doubles each time.", type=float)
 @_option("--poll-interval", "Seconds between looks for work nobody announced.", type=float)
-@_option("--heartbeat-interval", "Seconds between heartbeats to a shared store.", type=float)
-@_option(
-    "--lease-timeout", "Seconds without a heartbeat before others take our orders.", type=float
-)
+@_option("--heartbeat-interval", "Seconds between lease renewals.", type=float)
+@_option("--lease-timeout", "Seconds without renewal before others take our orders.", type=float)
 @_option("--auto-process", "Ship each order as it arrives.", is_flag=True, default=None)
 @_option(
     "--snapshot",
-    "Load orders from PATH at start, write them there at shutdown.",
+    "Load orders from PATH at start, write them there at a clean stop (in memory only).",
     type=click.Path(dir_okay=False),
     default=None,
     metavar="PATH",
+)
+@_option(
+    "--snapshot-recover",
+    "Load a snapshot left by a run that crashed (its orders may ship again).",
+    is_flag=True,
+    default=None,
 )
 @_option("--database-url", "Where orders live: memory:// or postgresql://….")
 @click.option(
@@ -72,97 +87,150 @@ def main() -> None:
     default=None,
     help="Apply database migrations at start (default: yes).",
 )
+@_option("--idempotency-ttl", "Seconds an Idempotency-Key is kept, at least.", type=float)
+@_option("--http-idle-timeout", "Seconds a client may take to send a request.", type=float)
+@_option("--max-connections", "Most connections served at once.", type=int)
+@_option(
+    "--allowed-hosts",
+    "Host names answered, comma-separated (default: loopback names and the bound address;"
+    " any when bound to all interfaces).",
+    default=None,
+    show_default=False,
+)
+@_option("--allowed-origins", "Origins whose pages may change orders, comma-separated.")
+@_option(
+    "--auth-tokens",
+    "A file of 'ROLE TOKEN' lines (roles: read, submit, operate): require bearer tokens.",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_default=False,
+    metavar="FILE",
+)
+@_option(
+    "--insecure-no-auth",
+    "Allow serving a non-loopback address without --auth-tokens.",
+    is_flag=True,
+    default=None,
+)
 @_option(
     "--log-level",
     "Least severe level logged.",
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@_option("--log-format", "Log lines as text or JSON.", type=click.Choice(["text", "json"]))
+@_option("--access-log", "Log one line per request.", is_flag=True, default=None)
 @click.option(
     "--server",
     envvar="ORDERFLOW_SERVER",
     type=click.Choice(["granian", "uvicorn"]),
     default="granian",
     show_default=True,
-    help="HTTP server to run under.",
+    help="HTTP server: granian (RSGI) or uvicorn (ASGI, for development).",
 )
 def serve(server: str, **options: Any) -> None:
     """Serve the HTTP API until SIGINT or SIGTERM, then stop gracefully."""
     try:
         settings = load_settings({}, **options)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if settings.snapshot:
-        try:
-            check_snapshot_path(Path(settings.snapshot))
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--snapshot") from None
-    _check_port_free(settings.host, settings.port)
-    # The server imports the app in its own process: hand it the settings as the environment.
-    os.environ.update(settings_to_env(settings))
-    if server == "uvicorn":
-        import uvicorn
+    except SettingError as exc:
+        fail(str(exc))
+    from orderflow.logs import configure_logging
 
-        uvicorn.run(
-            "orderflow.api.app:app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            lifespan="on",
+    granian_logging = configure_logging(settings.log_level, settings.log_format)
+    from orderflow.api.app import OrderflowApp
+    from orderflow.runtime import Runtime, StartupError
+    from orderflow.server import bind, raise_open_files_limit
+    from orderflow.server import serve as run
+
+    try:
+        http = http_settings(settings)
+        sock = bind(settings.host, settings.port)
+    except (StartupError, ValueError) as exc:
+        fail(str(exc))
+    raise_open_files_limit()
+    runtime = Runtime(settings)
+    app = OrderflowApp(runtime, http)
+
+    def ready(port: int) -> None:
+        import logging
+
+        logging.getLogger("orderflow").info(
+            "orderflow %s serving http://%s:%d (store %s, concurrency %d, shipper %s%s)",
+            __version__,
+            f"[{settings.host}]" if ":" in settings.host else settings.host,
+            port,
+            _without_password(settings.database_url),
+            settings.concurrency,
+            settings.shipper
+            if "://" not in settings.shipper
+            else _without_password(settings.shipper),
+            ", auth on" if http.auth is not None else "",
         )
-        return
-    run_granian(
-        "orderflow.cli:granian_worker_app",
-        settings.host,
-        settings.port,
-        settings.log_level,
-        factory=True,
+
+    try:
+        asyncio.run(
+            run(
+                runtime,
+                app,
+                sock,
+                server=server,
+                max_connections=settings.max_connections,
+                idle_timeout_s=settings.http_idle_timeout,
+                granian_logging=granian_logging,
+                on_ready=ready,
+            )
+        )
+    except StartupError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:  # a second Ctrl-C during the stop
+        sys.exit(130)
+
+
+def http_settings(settings: Settings) -> Any:
+    """The HTTP layer's settings from the flags. Raises StartupError."""
+    import logging
+
+    from orderflow.api.app import LOOPBACK_HOSTS, HttpSettings
+    from orderflow.api.auth import Auth
+    from orderflow.runtime import StartupError
+
+    loopback = settings.host in LOOPBACK_HOSTS or settings.host.startswith("127.")
+    auth = None
+    if settings.auth_tokens:
+        try:
+            auth = Auth.from_file(Path(settings.auth_tokens))
+        except ValueError as exc:
+            raise StartupError(f"--auth-tokens: {exc}") from None
+    elif not loopback:
+        if not settings.insecure_no_auth:
+            raise StartupError(
+                f"--host: {settings.host} is not a loopback address: give --auth-tokens, or"
+                " --insecure-no-auth to serve it to anyone"
+            )
+        logging.getLogger("orderflow").warning(
+            "serving %s without authentication (--insecure-no-auth)", settings.host
+        )
+    if settings.allowed_hosts is not None:
+        hosts: frozenset[str] | None = frozenset(h.lower() for h in listed(settings.allowed_hosts))
+    elif settings.host in _ALL_INTERFACES:
+        hosts = None
+    else:
+        bound = f"[{settings.host}]" if ":" in settings.host else settings.host
+        hosts = LOOPBACK_HOSTS | {settings.host.lower(), bound.lower()}
+    return HttpSettings(
+        allowed_hosts=hosts,
+        allowed_origins=frozenset(listed(settings.allowed_origins)),
+        idle_timeout_s=settings.http_idle_timeout,
+        auth=auth,
+        access_log=settings.access_log,
     )
 
 
-def granian_worker_app() -> OrderflowApp:
-    """The app in granian's worker process. The worker must not outlive `orderflow serve`, its
-    supervisor: killed with SIGKILL, the supervisor cannot stop it, and it would serve on as an
-    orphan. So Linux is asked to send it SIGTERM then: a graceful stop (shipments handed back,
-    the snapshot written)."""
-    from orderflow.api.app import app_from_env  # in the worker only: the CLI starts lighter
-
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    return app_from_env()
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Refuse a port another server listens on. Granian listens with SO_REUSEPORT, so a second
-    server there would start and take half the connections (in memory: half the orders)."""
-    if port == 0:
-        return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-
-
-def run_granian(target: str, host: str, port: int, log_level: str, *, factory: bool) -> None:
-    """Serve the ASGI app at `target` ("module:attr") with granian until a signal stops it:
-    one worker process, one runtime thread (the event loop is the bottleneck anyway)."""
-    from granian import Granian
-    from granian.constants import Interfaces
-    from granian.log import LogLevels
-
-    Granian(
-        target,
-        factory=factory,
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        workers=1,
-        runtime_threads=1,
-        log_level=LogLevels(log_level),
-    ).serve()
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @main.command()
@@ -170,14 +238,10 @@ def run_granian(target: str, host: str, port: int, log_level: str, *, factory: b
     "--url",
     default="http://127.0.0.1:8000",
     show_default=True,
-    help="Base URL of a running orderflow.",
+    help="A running orderflow: a base URL, or host:port.",
 )
 @click.option(
-    "--orders",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(1),
-    help="How many orders to submit.",
+    "--orders", default=1000, show_default=True, type=click.IntRange(1), help="Orders to submit."
 )
 @click.option(
     "--concurrency",
@@ -193,40 +257,12 @@ def run_granian(target: str, host: str, port: int, log_level: str, *, factory: b
     type=click.FloatRange(0),
     help="Seconds to wait for the orders to ship after the trigger.",
 )
-def bench(url: str, orders: int, concurrency: int, timeout: float) -> None:
+@click.option("--token", envvar="ORDERFLOW_TOKEN", default=None, help="A bearer token (operate).")
+def bench(url: str, orders: int, concurrency: int, timeout: float, token: str | None) -> None:
     """Load a running orderflow: submit, trigger, follow every order until it has shipped."""
-    import asyncio
+    from orderflow.loadgen import main as run_bench
 
-    import aiohttp
-
-    from orderflow.loadgen import run_bench
-
-    async def go() -> None:
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        timeout_30s = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(url, connector=connector, timeout=timeout_30s) as client:
-            with (
-                click.progressbar(length=orders, label="submitting", file=sys.stderr) as submitted,
-                click.progressbar(length=orders, label="shipping  ", file=sys.stderr) as shipped,
-            ):
-                bars = {"submit": submitted, "ship": shipped}
-                result = await run_bench(
-                    client,
-                    orders,
-                    concurrency,
-                    timeout_s=timeout,
-                    on_progress=lambda phase, n: bars[phase].update(n),
-                )
-        width = max(len(name) for name, _ in result.rows())
-        for name, value in result.rows():
-            click.echo(f"{name:<{width}}  {value}")
-        if result.submit_errors or result.until_done_s is None:
-            raise SystemExit(1)
-
-    try:
-        asyncio.run(go())
-    except aiohttp.ClientError as exc:
-        raise click.ClickException(f"cannot reach {url}: {exc}") from None
+    run_bench(url, orders, concurrency, timeout, token)
 
 
 @main.group()
@@ -240,8 +276,6 @@ def db() -> None:
 )
 def db_migrate(database_url: str) -> None:
     """Apply the schema migrations not applied yet."""
-    import asyncio
-
     from orderflow.errors import StoreUnavailable
     from orderflow.store.postgres import PostgresOrderStore
 
@@ -255,7 +289,7 @@ def db_migrate(database_url: str) -> None:
     try:
         applied = asyncio.run(go())
     except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+        fail(f"--database-url: {exc}")
     for version in applied:
         click.echo(f"applied {version}")
     click.echo("database schema is up to date")

@@ -9,15 +9,20 @@ from __future__ import annotations
 import enum
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Any
 
 import msgspec
 
 from orderflow.errors import IllegalTransition
 
-MAX_TEXT_LENGTH = 200
+# The limits of the API, defined once: validation, the service and the OpenAPI document read
+# them from here.
+MAX_NAME_LENGTH = 200  # customer and item names, as sent (before trimming)
 MAX_ITEMS = 100
 MAX_QUANTITY = 1_000_000
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+MAX_REASON_LENGTH = 500  # an operator's reason for a retry or a cancel
 
 
 class OrderStatus(enum.StrEnum):
@@ -33,11 +38,12 @@ class Event(enum.StrEnum):
 
     START = "start"  # a trigger claims it for shipping
     SHIP = "ship"  # the shipper succeeded
-    FAIL = "fail"  # the shipper failed or timed out
+    FAIL = "fail"  # the shipper failed for good, or timed out on the last attempt
     CANCEL = "cancel"  # a user cancelled it
-    RELEASE = "release"  # shutdown hands an unfinished shipment back
-    RETRY = "retry"  # a failed attempt will be tried again (the history records each attempt)
-    HANDBACK = "handback"  # a stopping process gives an order back for others to ship
+    RELEASE = "release"  # a one-process shutdown puts an unfinished shipment back to pending
+    REATTEMPT = "reattempt"  # an attempt failed and another follows (the holder keeps it)
+    HANDBACK = "handback"  # its holder lets go of it: ready again for any processor
+    RETRY = "retry"  # an operator sends a failed order back to pending
 
 
 _TRANSITIONS: dict[tuple[OrderStatus, Event], OrderStatus] = {
@@ -47,19 +53,24 @@ _TRANSITIONS: dict[tuple[OrderStatus, Event], OrderStatus] = {
     (OrderStatus.PROCESSING, Event.FAIL): OrderStatus.FAILED,
     (OrderStatus.PROCESSING, Event.CANCEL): OrderStatus.CANCELLED,
     (OrderStatus.PROCESSING, Event.RELEASE): OrderStatus.PENDING,
-    (OrderStatus.PROCESSING, Event.RETRY): OrderStatus.PROCESSING,
+    (OrderStatus.PROCESSING, Event.REATTEMPT): OrderStatus.PROCESSING,
     (OrderStatus.PROCESSING, Event.HANDBACK): OrderStatus.PROCESSING,
+    (OrderStatus.FAILED, Event.RETRY): OrderStatus.PENDING,
 }
 
 
 def sources_of(event: Event) -> tuple[OrderStatus, ...]:
     """The statuses `event` may be applied to."""
-    return tuple(status for status, e in _TRANSITIONS if e is event)
+    return _SOURCES[event]
 
 
 def target_of(event: Event) -> OrderStatus:
     """The status `event` leads to (each event has exactly one)."""
-    return next(target for (_, e), target in _TRANSITIONS.items() if e is event)
+    return _TARGETS[event]
+
+
+_SOURCES = {e: tuple(s for s, e2 in _TRANSITIONS if e2 is e) for e in Event}
+_TARGETS = {e: t for (_, e), t in _TRANSITIONS.items()}
 
 
 def next_status(current: OrderStatus, event: Event) -> OrderStatus:
@@ -74,56 +85,78 @@ def next_status(current: OrderStatus, event: Event) -> OrderStatus:
         raise IllegalTransition(f"cannot {event.value} an order that is {current.value}") from None
 
 
+def ends_hold(event: Event) -> bool:
+    """Whether `event` ends the hold of whoever held the order (all but a reattempt)."""
+    return event is not Event.REATTEMPT
+
+
 def is_terminal(status: OrderStatus) -> bool:
-    return status in (OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED)
+    return status in (OrderStatus.SHIPPED, OrderStatus.CANCELLED)
 
 
 def can_delete(status: OrderStatus) -> bool:
     return status is OrderStatus.PENDING
 
 
-_CONTROL = r"\x00-\x1f\x7f-\x9f"
+class EventType(enum.StrEnum):
+    """What the event log says happened to an order (``order.`` + what happened)."""
+
+    SUBMITTED = "order.submitted"
+    PROCESSING = "order.processing"
+    SHIPPED = "order.shipped"
+    FAILED = "order.failed"
+    ATTEMPT_FAILED = "order.attempt_failed"
+    CANCELLED = "order.cancelled"
+    RETRIED = "order.retried"
+    RELEASED = "order.released"
+    RESCUED = "order.rescued"
+    DELETED = "order.deleted"
+
+
+EVENT_TYPE = {
+    Event.START: EventType.PROCESSING,
+    Event.SHIP: EventType.SHIPPED,
+    Event.FAIL: EventType.FAILED,
+    Event.CANCEL: EventType.CANCELLED,
+    Event.RELEASE: EventType.RELEASED,
+    Event.REATTEMPT: EventType.ATTEMPT_FAILED,
+    Event.HANDBACK: EventType.RELEASED,
+    Event.RETRY: EventType.RETRIED,
+}
+
+
+# Names (customers, items): at most MAX_NAME_LENGTH characters as sent, no control character
+# (nor a lone surrogate, which no database can store), and at least one character that shows;
+# stored trimmed. NAME_PATTERN is that rule for the OpenAPI document; `clean_name` applies it.
+_CONTROL = r"\x00-\x1f\x7f-\x9f\ud800-\udfff"
 _INVISIBLE = r"\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff"  # spaces, zero-width marks
-# No control character, and at least one that shows; one pass over the text.
-_SHOWS = re.compile(f"[^{_CONTROL}]*?[^{_CONTROL}{_INVISIBLE}][^{_CONTROL}]*")
+NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_INVISIBLE}][^{_CONTROL}]*$"
+_SHOWS = re.compile(NAME_PATTERN)
 _HAS_CONTROL = re.compile(f"[{_CONTROL}]")
 
 
-def _clean_text(value: str, what: str) -> str:
-    """Trimmed `value`. Raises ValueError "<what>: <problem>" (a validation error on decode;
-    the API names the field from it) when blank, too long, or holding control characters."""
-    value = value.strip()
-    # Printable, non-empty text (the usual case, two C calls) shows something; else look closer.
-    if not (value and value.isprintable()) and _SHOWS.fullmatch(value) is None:
+def clean_name(value: str, what: str) -> str:
+    """`value` trimmed. Raises ValueError "<what>: <problem>" (the API names the field from it)
+    when it is too long, blank, or holds a control character."""
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what}: must be at most {MAX_NAME_LENGTH} characters")
+    if not value.isprintable():  # the usual case is printable: one C call, no regex
         if _HAS_CONTROL.search(value):
             raise ValueError(f"{what}: must not contain control characters")
+        if _SHOWS.fullmatch(value) is None:
+            raise ValueError(f"{what}: must not be blank")
+        return value.strip()
+    trimmed = value.strip()
+    if not trimmed:
         raise ValueError(f"{what}: must not be blank")
-    if len(value) > MAX_TEXT_LENGTH:
-        raise ValueError(f"{what}: must be at most {MAX_TEXT_LENGTH} characters")
-    return value
+    return trimmed
 
 
-_Text = Annotated[str, msgspec.Meta(min_length=1, description="1 to 200 characters, trimmed")]
+class Item(msgspec.Struct, frozen=True, gc=False):
+    """An item as stored; `api.schemas.ItemCreate` is what a client may send."""
 
-
-class Item(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
-    name: _Text
-    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
-
-    def __post_init__(self) -> None:
-        name = _clean_text(self.name, "name")
-        if name is not self.name:  # trimmed: strip() returns the very string when it is clean
-            msgspec.structs.force_setattr(self, "name", name)
-
-
-Items = Annotated[
-    tuple[Item, ...], msgspec.Meta(min_length=1, max_length=MAX_ITEMS, description="1 to 100 items")
-]
-
-
-def clean_customer(customer: str) -> str:
-    """The customer name as stored: trimmed, non-blank, at most 200 characters."""
-    return _clean_text(customer, "customer")
+    name: str
+    quantity: int
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
@@ -133,7 +166,8 @@ class HistoryEntry(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
 
 
 class Order(msgspec.Struct, frozen=True, gc=False):
-    """An order as stored and as served: immutable, so it can be shared without copying."""
+    """An order as stored and as served: immutable, so it can be shared without copying.
+    `shipment` is what the shipper returned when it shipped (a JSON object), if anything."""
 
     id: str
     customer: str
@@ -142,6 +176,7 @@ class Order(msgspec.Struct, frozen=True, gc=False):
     status: OrderStatus
     updated_at: datetime
     history: tuple[HistoryEntry, ...]
+    shipment: dict[str, Any] | None = None
 
 
 def new_order(order_id: str, customer: str, items: tuple[Item, ...], at: datetime) -> Order:
@@ -157,7 +192,13 @@ def new_order(order_id: str, customer: str, items: tuple[Item, ...], at: datetim
     )
 
 
-def advance(order: Order, event: Event, at: datetime, reason: str | None = None) -> Order:
+def advance(
+    order: Order,
+    event: Event,
+    at: datetime,
+    reason: str | None = None,
+    shipment: dict[str, Any] | None = None,
+) -> Order:
     """`order` after `event` at `at`, with its history entry; raises IllegalTransition."""
     status = next_status(order.status, event)
     return msgspec.structs.replace(
@@ -165,7 +206,37 @@ def advance(order: Order, event: Event, at: datetime, reason: str | None = None)
         status=status,
         updated_at=at,
         history=(*order.history, HistoryEntry(status, at, reason)),
+        shipment=shipment if shipment is not None else order.shipment,
     )
+
+
+class Hold(msgspec.Struct, frozen=True, gc=False):
+    """Who holds a processing order to ship it, and under which fencing token. The token grows
+    with every acquisition of the order, so a holder that lost it (its lease ran out, it was
+    rescued and acquired again, even by the same process) is refused by the store on every
+    write it still makes under the old token."""
+
+    owner: str
+    token: int
+
+
+class Held(msgspec.Struct, frozen=True, gc=False):
+    """An order handed to a holder by `OrderStore.acquire`, with the token of that hold."""
+
+    order: Order
+    token: int
+
+
+class Outcome(msgspec.Struct, frozen=True, gc=False):
+    """A holder's write to an order it holds: `event` at `at`, with `reason` and, for a
+    shipment, its result; checked against (owner, `token`) by the store."""
+
+    order_id: str
+    token: int
+    event: Event
+    at: datetime
+    reason: str | None = None
+    shipment: dict[str, Any] | None = None
 
 
 # Order ids: "order_" + 30 lowercase hex digits over 120 bits: 56 bits of the timestamp in
@@ -219,9 +290,6 @@ def is_order_id(value: str) -> bool:
     )
 
 
-DEFAULT_PAGE = 100
-
-
 class OrderQuery(msgspec.Struct, frozen=True, kw_only=True):
     """A page of orders: `start` inclusive, `end` exclusive, after the id `cursor`, oldest first."""
 
@@ -237,3 +305,33 @@ class Page(msgspec.Struct, frozen=True):
 
     orders: list[Order]
     next_cursor: str | None
+
+
+class OrderFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which orders a bulk action takes: created in [`start`, `end`), and whose latest history
+    entry has a reason containing `reason_contains` (case-insensitive), each when given."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    reason_contains: str | None = None
+
+    def reason_matches(self, reason: str | None) -> bool:
+        """Whether a latest history entry with `reason` passes the reason condition (the
+        time range is the store's to check: it is an id range)."""
+        if self.reason_contains is None:
+            return True
+        return reason is not None and self.reason_contains.casefold() in reason.casefold()
+
+
+class OrderEvent(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """One entry of the event log: what happened to an order, at `at`, leaving it in `status`.
+    `seq` grows strictly through the log of a store; `data` carries what the event adds (a
+    shipment's result)."""
+
+    seq: int
+    type: EventType
+    order_id: str
+    status: OrderStatus | None
+    at: datetime
+    reason: str | None = None
+    data: dict[str, Any] | None = None

@@ -1,12 +1,18 @@
 """The exception tree; the service and the stores raise only these.
 
     OrderflowError
-    ├── OrderNotFound        no order has that id
-    ├── InvalidOrder         the request breaks a domain rule
-    ├── OrderConflict        the order is not in a state that allows this
-    │   └── IllegalTransition    the state machine refuses the move
-    ├── StoreUnavailable     the backing store cannot be reached
-    └── ShuttingDown         the service is stopping and takes no new work
+    ├── NotFound                 no such thing
+    │   └── OrderNotFound            no order has that id
+    ├── InvalidOrder             the request breaks a domain rule
+    │   └── IdempotencyMismatch      an Idempotency-Key reused with another request
+    ├── OrderConflict            the order is not in a state that allows this
+    │   ├── IllegalTransition        the state machine refuses the move
+    │   ├── NotHeld                  the writer no longer holds the order (owner, token)
+    │   └── IdempotencyInFlight      a request with that Idempotency-Key is still running
+    ├── Gone                     what was asked for is past keeping (events beyond retention)
+    ├── StoreUnavailable         the backing store cannot be reached: nothing happened
+    │   └── OutcomeUnknown           the store went away mid-write: it may have happened
+    └── ShuttingDown             the service is stopping and takes no new work
 
 Each class docstring is its default message; `api/errors.py` maps each to one HTTP status.
 """
@@ -25,12 +31,20 @@ class OrderflowError(Exception):
         return str(self.args[0])
 
 
-class OrderNotFound(OrderflowError):
+class NotFound(OrderflowError):
+    """Not found."""
+
+
+class OrderNotFound(NotFound):
     """Order not found."""
 
 
 class InvalidOrder(OrderflowError):
     """The order is invalid."""
+
+
+class IdempotencyMismatch(InvalidOrder):
+    """This Idempotency-Key was used with a different request."""
 
 
 class OrderConflict(OrderflowError):
@@ -41,8 +55,25 @@ class IllegalTransition(OrderConflict):
     """The order cannot move to that status from its current one."""
 
 
+class NotHeld(OrderConflict):
+    """The order is no longer held under that hold (its owner or token changed)."""
+
+
+class IdempotencyInFlight(OrderConflict):
+    """A request with this Idempotency-Key is still being processed."""
+
+
+class Gone(OrderflowError):
+    """What was asked for is no longer kept."""
+
+
 class StoreUnavailable(OrderflowError):
-    """The order store is unavailable; try again shortly."""
+    """The order store is unavailable; nothing was changed. Try again shortly."""
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The store became unreachable while writing: the change may or may not have been made.
+    Check before repeating it (or repeat it with the same Idempotency-Key)."""
 
 
 class ShuttingDown(OrderflowError):

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+import click
 
 ORDER = {
     "customer": "Load Generator",
@@ -135,3 +137,58 @@ async def _finished(
 
     await asyncio.gather(*(asker() for _ in range(max(1, concurrency))))
     return found
+
+
+class _Progress:
+    """Progress on stderr: bars on a terminal, else a line every few seconds (a CI log)."""
+
+    def __init__(self, total: int, every_s: float = 3.0) -> None:
+        self._total = total
+        self._every_s = every_s
+        self._done = {"submit": 0, "ship": 0}
+        self._last = time.monotonic()
+
+    def __call__(self, phase: str, count: int) -> None:
+        self._done[phase] += count
+        now = time.monotonic()
+        if now - self._last >= self._every_s or self._done[phase] == self._total:
+            self._last = now
+            verb = "submitted" if phase == "submit" else "finished"
+            click.echo(f"{verb} {self._done[phase]:,} of {self._total:,}", err=True)
+
+
+def main(url: str, orders: int, concurrency: int, timeout_s: float, token: str | None) -> None:
+    """`orderflow bench`: run, print the results, exit 1 if any request failed."""
+    if "://" not in url:
+        url = "http://" + url
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+
+    async def go() -> BenchResult:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        timeout_30s = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(
+            url, connector=connector, timeout=timeout_30s, headers=headers
+        ) as client:
+            if sys.stderr.isatty():
+                with (
+                    click.progressbar(length=orders, label="submitting", file=sys.stderr) as sub,
+                    click.progressbar(length=orders, label="shipping  ", file=sys.stderr) as ship,
+                ):
+                    bars = {"submit": sub, "ship": ship}
+                    return await run_bench(
+                        client, orders, concurrency, timeout_s=timeout_s,
+                        on_progress=lambda phase, n: bars[phase].update(n),
+                    )  # fmt: skip
+            return await run_bench(
+                client, orders, concurrency, timeout_s=timeout_s, on_progress=_Progress(orders)
+            )
+
+    try:
+        result = asyncio.run(go())
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc}") from None
+    width = max(len(name) for name, _ in result.rows())
+    for name, value in result.rows():
+        click.echo(f"{name:<{width}}  {value}")
+    if result.submit_errors or result.until_done_s is None:
+        raise SystemExit(1)

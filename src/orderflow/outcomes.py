@@ -1,40 +1,41 @@
 """OutcomeWriter: how the processor records what became of a shipment.
 
-Every write is owner-checked and waits out an outage of the store, so no outcome is lost to it.
-With a store shared between processes, the outcomes of many workers go in one round trip
-(`OrderStore.transition_many`): the database, not Python, is what limits throughput there.
+Every write names the hold (owner, token) it is made under, and waits out an outage of the
+store, so no outcome is lost to it. With a store shared between processes, the outcomes of many
+workers go in one round trip (`OrderStore.write_outcomes`): the database, not Python, is what
+limits throughput there.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import Any, TypeVar
+import logging
+from collections.abc import Callable
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
-
-from orderflow.domain import Event, Order
-from orderflow.errors import OrderConflict, StoreUnavailable
+from orderflow.domain import Order, Outcome, target_of
+from orderflow.errors import OutcomeUnknown, StoreUnavailable
 from orderflow.store.base import OrderStore
+from orderflow.supervise import Backoff
 
-T = TypeVar("T")
-Change = tuple[str, Event, datetime, str | None]
+log = logging.getLogger("orderflow.outcomes")
+
 _BATCH = 500
+_GIVE_UP_AFTER = 3  # tries in an outage once the processor is stopping
 
 
 class OutcomeWriter:
     """Args:
-    owner: whose orders these are; a write fails with OrderConflict once the owner lost one.
-    giving_up: when true, a write tries three times in an outage, then raises StoreUnavailable
-        (the order is then left to `OrderStore.retire`, or to rescue).
+    owner: whose holds the outcomes are written under.
+    giving_up: when true (stopping), a write tries a few times in an outage, then raises
+        StoreUnavailable (the order is then left to `OrderStore.retire`, or to rescue).
     """
 
     def __init__(self, store: OrderStore, owner: str, giving_up: Callable[[], bool]) -> None:
         self._store = store
         self._owner = owner
         self._giving_up = giving_up
-        self._queue: list[tuple[Change, asyncio.Future[Order | None]]] = []
+        self._backoff = Backoff(0.05, max_s=2.0)
+        self._queue: list[tuple[Outcome, asyncio.Future[Order | None]]] = []
         self._queued = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -50,36 +51,49 @@ class OutcomeWriter:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    async def write(self, order_id: str, event: Event, at: datetime, reason: str | None) -> Order:
-        """Apply `event` to an order the owner holds; returns the order as written.
+    async def write(self, outcome: Outcome) -> Order | None:
+        """Write `outcome`; returns the order as written, or None when the order is not held
+        under that hold any more (cancelled, rescued, acquired again).
 
         Raises:
-            OrderConflict (incl. IllegalTransition): cancelled or taken back meanwhile.
-            OrderNotFound, StoreUnavailable (only when giving up).
+            StoreUnavailable: only when giving up.
         """
         if self._task is None:
-            return await self._patiently(
-                self._store.transition, order_id, event, at, reason, owner=self._owner
-            )
+            [written] = await self._patiently([outcome])
+            return written
         future: asyncio.Future[Order | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(((order_id, event, at, reason), future))
+        self._queue.append((outcome, future))
         self._queued.set()
-        written = await future
-        if written is None:
-            raise OrderConflict(f"order {order_id} is no longer held by {self._owner}")
-        return written
+        return await future
 
-    async def _patiently(self, write: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        try:
-            return await write(*args, **kwargs)
-        except StoreUnavailable:
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(StoreUnavailable),
-                wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
-                stop=lambda state: self._giving_up() and state.attempt_number >= 3,
-                reraise=True,
-            )
-            return await retrying(write, *args, **kwargs)
+    async def _patiently(self, outcomes: list[Outcome]) -> list[Order | None]:
+        unknown = False
+        for attempt in range(1, 1_000_000):
+            try:
+                written = await self._store.write_outcomes(self._owner, outcomes)
+            except StoreUnavailable as exc:
+                unknown = unknown or isinstance(exc, OutcomeUnknown)
+                if self._giving_up() and attempt >= _GIVE_UP_AFTER:
+                    raise
+                await asyncio.sleep(self._backoff.delay_s(attempt))
+                continue
+            if unknown:  # a refusal may be our own earlier write, which did go through
+                written = [
+                    w or await self._written_before(o)
+                    for w, o in zip(written, outcomes, strict=True)
+                ]
+            return written
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _written_before(self, outcome: Outcome) -> Order | None:
+        order = await self._store.find_order(outcome.order_id)
+        if order is None:
+            return None
+        mine = any(
+            entry.at == outcome.at and entry.status is target_of(outcome.event)
+            for entry in order.history
+        )
+        return order if mine else None
 
     async def _write_batches(self) -> None:
         while True:
@@ -89,9 +103,7 @@ class OutcomeWriter:
                 batch = self._queue[:_BATCH]
                 del self._queue[:_BATCH]
                 try:
-                    results = await self._patiently(
-                        self._store.transition_many, self._owner, [change for change, _ in batch]
-                    )
+                    results = await self._patiently([outcome for outcome, _ in batch])
                 except Exception as exc:  # the writer must outlive any failure
                     for _, future in batch:
                         if not future.done():

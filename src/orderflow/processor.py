@@ -1,64 +1,89 @@
-"""Processor: a fixed pool of asyncio workers that ship claimed orders, each under a timeout.
+"""Processor: a fixed pool of asyncio workers that ship the orders this process holds.
 
-A trigger claims pending orders in the store in batches (pending → processing, atomic per
-batch): they are then ready for any processor sharing the store. A fetcher task acquires ready
-orders for this processor (at most two per worker: one shipping, one next) and each worker
-ships one at a time under ``asyncio.timeout``. The outcome is written back with an
-owner-checked compare-and-set transition, so whatever reached the store first (a cancel, say)
-wins over a late finisher.
+A fetcher acquires ready orders from the store (at most two per worker: one shipping, one next);
+each worker ships one at a time, every attempt under ``asyncio.timeout``. The processor keeps
+the list of what it holds, (order, token), in `holdings`: the heartbeat renews exactly those,
+learns which were taken away (their shipments stop), and has the store hand back anything held
+under this processor's name that it does not know of (an acquire whose answer was lost). An
+order acquired again while this process still ships it (its lease ran out in an outage) is not
+shipped twice here: the shipment under way carries on under the new token.
 
-Every exit of a shipment ends in one store write:
-    shipped                       → ship
-    shipper raised                → fail, reason = the error
-    took longer than timeout_s    → fail, reason "timeout"
-    (either, attempts left)       → retry (a history entry), back off, try again
+Every exit of a shipment ends in one store write, under the hold:
+    shipped                       → ship, with the shipper's result
+    PermanentFailure              → fail at once, reason = the error
+    other error, or timeout       → reattempt (a history entry), back off, try again; the last
+                                    attempt's failure → fail
     cancelled by a user           → nothing (the cancel was written first; the task is cancelled)
+    taken away (rescued, acquired by another) → nothing (the store refuses our writes anyway)
     cut off by shutdown           → release (back to pending), reason saying why; with a
                                     shared store, handback (ready for the other processes)
-A final write cannot be lost to a cancellation: only a shipment in flight is ever cancelled
-(by a user's cancel, or by shutdown when the grace is over), never a worker writing an outcome.
-
-With a store shared by several processes, a heartbeat task keeps this processor's hold on its
-orders alive (`lease_s`), hands orders whose holder died back to be acquired again, and the
-store's notifications wake the fetcher and cancel shipments cancelled elsewhere.
+A final write cannot be lost to a cancellation: only a shipment in flight is ever cancelled,
+never a worker writing an outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
 import secrets
 import socket
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_result,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-
+from orderflow.claimer import Claimer
 from orderflow.clock import Clock
-from orderflow.domain import Event, Order
-from orderflow.errors import OrderflowError, ShuttingDown
+from orderflow.domain import Event, Order, Outcome, ends_hold
+from orderflow.errors import OrderflowError
 from orderflow.outcomes import OutcomeWriter
-from orderflow.shipping import Shipper
+from orderflow.shipping import PermanentFailure, RetryableFailure, ShipContext, Shipper
 from orderflow.store.base import OrderStore
+from orderflow.supervise import Backoff, OutageLog, supervised
 
 log = logging.getLogger("orderflow.processor")
 
-_MICROSECOND = timedelta(microseconds=1)
-_MAX_BACKOFF_S = 30.0
 
-Outcome = tuple[Event, str | None]  # (ship or fail, reason)
+@dataclass(frozen=True)
+class ProcessorSettings:
+    """How the processor works; durations in seconds.
 
+    Attributes:
+        concurrency: number of workers, so the most shipments in flight at once.
+        timeout_s: how long one attempt may take before it fails with "timeout".
+        max_attempts: attempts per hold before the order fails (1: no retry).
+        retry_backoff_s: the first wait before a retry; it doubles each time (at most
+            `max_backoff_s`), plus up to as much again of random jitter.
+        max_retry_after_s: the longest a shipper's Retry-After is honoured.
+        poll_interval_s: how often to look for ready orders when nobody said there are some.
+        heartbeat_s: how often to renew the lease on what this processor holds.
+        lease_s: how long the store keeps our orders for us without a heartbeat.
+        claim_batch: orders claimed per store call.
+        auto_process: claim each order soon after it arrives, instead of on a trigger.
+    """
 
-class _Dropped(Exception):
-    """The order was cancelled or taken back while we were retrying it."""
+    concurrency: int = 64
+    timeout_s: float = 30.0
+    max_attempts: int = 1
+    retry_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_retry_after_s: float = 300.0
+    poll_interval_s: float = 1.0
+    heartbeat_s: float = 2.0
+    lease_s: float = 15.0
+    claim_batch: int = 1000
+    auto_process: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.concurrency, self.claim_batch, self.max_attempts) < 1:
+            raise ValueError("concurrency, claim_batch and max_attempts must be >= 1")
+        if min(self.timeout_s, self.poll_interval_s, self.heartbeat_s) <= 0:
+            raise ValueError("timeouts and intervals must be > 0")
+        if self.retry_backoff_s < 0:
+            raise ValueError("the retry backoff must be >= 0")
+        if self.lease_s < 3 * self.heartbeat_s:
+            raise ValueError("the lease must be at least three heartbeats long")
 
 
 def new_owner_id() -> str:
@@ -66,20 +91,15 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+class _Dropped(Exception):
+    """The order was cancelled or taken away while we were retrying it."""
+
+
 class Processor:
-    """Ships orders with at most `concurrency` shipments in flight.
+    """Ships the orders it acquires, at most `settings.concurrency` at once.
 
     Args:
         owner: the name this processor holds orders under; unique per running processor.
-        concurrency: number of workers, so the most shipments in flight at once.
-        timeout_s: how long one shipment may take before the order fails with "timeout".
-        claim_batch: orders claimed per store call; between batches the loop serves others.
-        poll_interval_s: how often to look for ready orders when nobody said there are some.
-        max_attempts: attempts per order before it fails (1: no retry).
-        retry_backoff_s: the first wait before a retry; it doubles each time (at most 30 s),
-            plus up to as much again of random jitter.
-        heartbeat_s: how often to tell the store this processor is alive.
-        lease_s: how long the store keeps our orders for us without a heartbeat.
     """
 
     def __init__(
@@ -87,138 +107,114 @@ class Processor:
         store: OrderStore,
         shipper: Shipper,
         clock: Clock,
+        settings: ProcessorSettings | None = None,
         *,
         owner: str | None = None,
-        concurrency: int = 64,
-        timeout_s: float = 30.0,
-        claim_batch: int = 1000,
-        poll_interval_s: float = 1.0,
-        max_attempts: int = 1,
-        retry_backoff_s: float = 0.5,
-        heartbeat_s: float = 2.0,
-        lease_s: float = 15.0,
     ) -> None:
-        if min(concurrency, claim_batch, max_attempts) < 1:
-            raise ValueError("concurrency, claim_batch and max_attempts must be >= 1")
-        if min(timeout_s, poll_interval_s, heartbeat_s) <= 0 or retry_backoff_s < 0:
-            raise ValueError("timeouts and intervals must be > 0, the backoff >= 0")
-        if lease_s < 3 * heartbeat_s:
-            raise ValueError("lease_s must be at least three heartbeats long")
+        self.settings = settings = settings or ProcessorSettings()
         self.owner = owner or new_owner_id()
         self._store = store
+        self._shipper = shipper
+        self._clock = clock
         # What an unfinished order becomes when we let go of it: pending here, or ready again
         # for the other processes sharing the store.
         self._give_back = Event.HANDBACK if store.shared else Event.RELEASE
-        self._shipper = shipper
-        self._clock = clock
-        self._concurrency = concurrency
-        self._timeout_s = timeout_s
-        self._claim_batch = claim_batch
-        self._poll_interval_s = poll_interval_s
-        self._max_attempts = max_attempts
-        self._heartbeat_s = heartbeat_s
-        self._lease_s = lease_s
-        self._backoff = wait_exponential_jitter(
-            multiplier=retry_backoff_s, max=_MAX_BACKOFF_S, jitter=retry_backoff_s
-        )
-        self._held: collections.deque[Order] = collections.deque()  # acquired, not started
-        self._held_event = asyncio.Event()
+        self._backoff = Backoff(settings.retry_backoff_s, max_s=settings.max_backoff_s)
+        self.claimer = Claimer(store, clock, self.wake, batch=settings.claim_batch)
+        self.holdings: dict[str, int] = {}  # order id → token: what this processor holds
+        self._holding = asyncio.Lock()  # an acquire and a renewal never overlap
+        self._queue: collections.deque[Order] = collections.deque()  # held, not started
+        self._queued = asyncio.Event()
         self._fetch_wanted = asyncio.Event()
-        self._claim_wanted = asyncio.Event()
-        self._claiming = asyncio.Lock()
         self._workers: set[asyncio.Task[None]] = set()
-        self._helpers: set[asyncio.Task[None]] = set()  # the fetcher and the claimer
+        self._loops: set[asyncio.Task[None]] = set()  # the fetcher
+        self._heartbeat: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._aborted: set[str] = set()
-        self._accepting = False
         self._stopping = False
         self._outcomes = OutcomeWriter(store, self.owner, lambda: self._stopping)
-        self._heartbeat: asyncio.Task[None] | None = None
 
     @property
     def in_flight(self) -> int:
+        """Shipments under way."""
         return len(self._inflight)
 
     @property
-    def held(self) -> int:
-        return len(self._held)
+    def queued(self) -> int:
+        """Orders held and waiting for a worker."""
+        return len(self._queue)
 
     async def start(self) -> None:
         """Start the workers; call once, from the loop that will run them."""
-        await self._store.heartbeat(self.owner, self._lease_s)
         await self._store.subscribe(self.wake, self.abort)
-        self._accepting = True
         self._outcomes.start()
-        for n in range(self._concurrency):
+        for n in range(self.settings.concurrency):
             self._workers.add(asyncio.create_task(self._work(), name=f"orderflow-worker-{n}"))
-        self._helpers.add(asyncio.create_task(self._fetch_loop(), name="orderflow-fetcher"))
-        self._helpers.add(asyncio.create_task(self._claim_loop(), name="orderflow-claimer"))
-        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="orderflow-heartbeat")
-
-    async def trigger(self) -> int:
-        """Claim every order pending now for shipping; returns how many were claimed.
-
-        Raises:
-            ShuttingDown: the processor is stopping (or never started).
-        """
-        if not self._accepting:
-            raise ShuttingDown()
-        return await self._claim_all()
+        self._loops.add(
+            asyncio.create_task(
+                supervised(
+                    self._fetch,
+                    every_s=self.settings.poll_interval_s,
+                    log=OutageLog(log, "fetching ready orders"),
+                    wake=self._fetch_wanted,
+                ),
+                name="orderflow-fetcher",
+            )
+        )
+        self._heartbeat = asyncio.create_task(
+            supervised(
+                self._renew,
+                every_s=self.settings.heartbeat_s,
+                log=OutageLog(log, "heartbeat"),
+            ),
+            name="orderflow-heartbeat",
+        )
+        self.claimer.start(
+            auto_process=self.settings.auto_process,
+            poll_interval_s=self.settings.poll_interval_s,
+        )
 
     def wake(self) -> None:
-        """Look for ready orders now (another processor may have claimed some)."""
+        """Look for ready orders now (a trigger, here or in another process, claimed some)."""
         self._fetch_wanted.set()
 
-    def claim_soon(self) -> None:
-        """Claim pending orders soon (auto-process); returns at once."""
-        if self._accepting:
-            self._claim_wanted.set()
-
     def abort(self, order_id: str) -> bool:
-        """Cancel the shipment of `order_id` if this processor holds it; True if it did.
-
-        Call only after the order was moved to cancelled in the store.
-        """
-        if order_id in self._aborted:  # told twice (locally and by a notification): once is enough
-            return True
+        """Stop shipping `order_id` if this processor holds it (the store says it was cancelled,
+        or taken away); True if it did. Call only after the store says so."""
+        if self.holdings.pop(order_id, None) is None and order_id not in self._inflight:
+            return False
         task = self._inflight.get(order_id)
-        if task is not None:
+        if task is not None and order_id not in self._aborted:
             self._aborted.add(order_id)
-            task.cancel(f"order {order_id} cancelled")
-            return True
-        if any(order.id == order_id for order in self._held):
-            self._aborted.add(order_id)  # the worker that takes it will drop it
-            return True
-        return False
+            task.cancel(f"order {order_id} is no longer ours to ship")
+        return True
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking work, let shipments in flight finish for up to `grace_s` seconds, then
         cancel the rest; every order held and not finished goes back to pending (with a shared
         store: ready for the other processes), with why. Heartbeats go on until the end, so no
         lease runs out while we still ship."""
-        self._accepting = False
-        async with self._claiming:  # let a trigger in progress finish its batch
-            self._stopping = True
-        for task in self._helpers:
+        await self.claimer.stop()
+        self._stopping = True
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._helpers, return_exceptions=True)
-        self._helpers.clear()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops.clear()
         if not self._store.shared:  # shared, they stay ready for the other processes
             try:
                 await self._store.release_unshared(self._clock.now(), "shutdown: not started")
-            except OrderflowError:
-                log.exception("could not put back the orders claimed and not started")
-        held = [order.id for order in self._held]
-        self._held.clear()
-        self._held_event.set()  # idle workers wake up and leave
+            except OrderflowError as exc:
+                log.warning("could not put back the orders claimed and not started: %s", exc)
+        waiting = list(self._queue)
+        self._queue.clear()
+        self._queued.set()  # idle workers wake up and leave
         await asyncio.gather(
-            *(self._finish(order_id, self._give_back, "shutdown: not started") for order_id in held)
+            *(self._finish(o.id, self._give_back, "shutdown: not started") for o in waiting)
         )
         if self._workers:
             _, late = await asyncio.wait(self._workers, timeout=grace_s)
             if late:
                 log.warning("shutdown grace of %.1fs over: cancelling shipments", grace_s)
-                # Only shipments: a worker writing its outcome finishes it, then leaves.
                 for task in set(self._inflight.values()):
                     task.cancel("shutdown")
             await asyncio.gather(*self._workers, return_exceptions=True)
@@ -229,82 +225,64 @@ class Processor:
             await asyncio.gather(self._heartbeat, return_exceptions=True)
             self._heartbeat = None
         try:
-            await self._store.retire(self.owner, self._clock.now())
-        except OrderflowError:
-            log.warning("could not retire %s; its lease will run out instead", self.owner)
+            if await self._store.retire(self.owner, self._clock.now()):
+                log.warning("%s handed back orders it still held at the end", self.owner)
+        except OrderflowError as exc:
+            log.warning("could not retire %s (%s); its lease will run out instead", self.owner, exc)
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_s)
-            try:
-                await self._store.heartbeat(self.owner, self._lease_s)
-                if await self._store.rescue_orphans(self._clock.now()):
-                    self.wake()
-            except OrderflowError:
-                log.warning("heartbeat failed; retrying in %.1fs", self._heartbeat_s)
-            except Exception:  # a bug must not stop the heartbeats
-                log.exception("heartbeat failed; retrying in %.1fs", self._heartbeat_s)
+    # -- holding -----------------------------------------------------------------------------
 
-    async def _claim_loop(self) -> None:
-        while True:
-            await self._claim_wanted.wait()
-            self._claim_wanted.clear()
-            try:
-                await self._claim_all()
-            except Exception:  # the claimer must outlive a failed claim
-                log.exception("auto-process claim failed; will retry on the next order")
+    async def _fetch(self) -> None:
+        """Acquire ready orders while there is room (fill up at least half the workers' worth
+        at once, not one order per freed worker)."""
+        concurrency = self.settings.concurrency
+        while not self._stopping:
+            room = 2 * concurrency - len(self._queue) - len(self._inflight)
+            if room < max(1, concurrency // 2) and (room <= 0 or self._queue):
+                return
+            async with self._holding:
+                acquired = await self._store.acquire(self.owner, room, self.settings.lease_s)
+                for held in acquired:
+                    order_id = held.order.id
+                    known = order_id in self.holdings
+                    self.holdings[order_id] = held.token
+                    if not known:
+                        self._queue.append(held.order)
+                    # Known: still queued or shipping here; that copy now goes on under the new
+                    # token, and ships once.
+            if acquired:
+                self._queued.set()
+            if len(acquired) < room:
+                return
 
-    async def _claim_all(self) -> int:
-        total = 0
-        async with self._claiming:
-            # Only what is pending now: orders that arrive meanwhile wait for the next trigger.
-            created_before = self._clock.now() + _MICROSECOND
-            while not self._stopping:
-                count = await self._store.claim_pending(
-                    self._clock.now(), self._claim_batch, created_before
-                )
-                total += count
-                self._fetch_wanted.set()
-                if count < self._claim_batch:
-                    break
-                await asyncio.sleep(0)  # one batch at a time: other requests go in between
-        if total:
-            log.info("claimed %d orders for shipping", total)
-        return total
+    async def _renew(self) -> None:
+        store, now = self._store, self._clock.now()
+        async with self._holding:
+            holds = dict(self.holdings)
+            lost = await store.renew(self.owner, holds, self.settings.lease_s, now)
+        for order_id in lost:
+            if self.holdings.get(order_id) == holds[order_id]:  # not finished meanwhile
+                log.warning("order_id=%s was taken away from %s", order_id, self.owner)
+                self.abort(order_id)
+        if await store.rescue_expired(now):
+            self.wake()
+        listen_again = getattr(store, "listen_again", None)
+        if listen_again is not None:
+            await listen_again()
 
-    async def _fetch_loop(self) -> None:
-        while True:
-            self._fetch_wanted.clear()
-            room = 2 * self._concurrency - len(self._held) - len(self._inflight)
-            # Fetch in batches: not for every worker that frees up, but once half can be filled.
-            if room >= max(1, self._concurrency // 2) or (room > 0 and not self._held):
-                try:
-                    orders = await self._store.acquire(self.owner, room)
-                except Exception:  # the fetcher must outlive a failed fetch
-                    log.exception("could not acquire orders; retrying after the poll interval")
-                    orders = []
-                if orders:
-                    self._held.extend(orders)
-                    self._held_event.set()
-                if len(orders) == room:
-                    continue  # there may be more
-            if not self._fetch_wanted.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_interval_s):
-                        await self._fetch_wanted.wait()
+    # -- shipping ----------------------------------------------------------------------------
 
     async def _next(self) -> Order | None:
-        while not self._held and not self._stopping:
-            self._held_event.clear()
-            await self._held_event.wait()
-        return None if self._stopping else self._held.popleft()
+        while not self._queue and not self._stopping:
+            self._queued.clear()
+            await self._queued.wait()
+        return None if self._stopping else self._queue.popleft()
 
     async def _work(self) -> None:
         task = asyncio.current_task()
         assert task is not None
         while (order := await self._next()) is not None:
-            if order.id in self._aborted:  # cancelled while held
-                self._aborted.discard(order.id)
+            if order.id not in self.holdings:  # cancelled or taken away while queued
                 continue
             try:
                 await self._process(order, task)
@@ -312,9 +290,7 @@ class Processor:
                 log.exception("order_id=%s shipment abandoned", order.id)
                 self._inflight.pop(order.id, None)
                 try:
-                    await self._finish(
-                        order.id, self._give_back, "internal error: shipment abandoned"
-                    )
+                    await self._finish(order.id, self._give_back, "internal error: abandoned")
                 except Exception:  # left to rescue, or to retire at shutdown
                     log.exception("order_id=%s could not be given back", order.id)
             self._fetch_wanted.set()  # a worker is free
@@ -323,77 +299,101 @@ class Processor:
         order_id = order.id
         self._inflight[order_id] = task
         try:
-            if self._max_attempts == 1:
-                event, reason = await self._attempt(order)
-            else:
-                event, reason = await self._attempts(order)
+            event, reason, shipment = await self._attempts(order)
         except _Dropped:
-            del self._inflight[order_id]
+            self._inflight.pop(order_id, None)
             return
         except asyncio.CancelledError:
-            del self._inflight[order_id]
+            self._inflight.pop(order_id, None)
             if order_id in self._aborted:
                 self._aborted.discard(order_id)
                 if task.uncancel() == 0:
-                    log.info("order_id=%s shipment cancelled", order_id)
+                    log.debug("order_id=%s shipment stopped", order_id)
                     return
             else:  # shutdown; nothing cancels this task twice
                 await self._finish(order_id, self._give_back, "shutdown: shipment interrupted")
             raise
-        del self._inflight[order_id]
+        self._inflight.pop(order_id, None)
         if order_id in self._aborted:  # the shipper swallowed our cancellation
             self._aborted.discard(order_id)
             task.uncancel()
-        await self._finish(order_id, event, reason)
-
-    async def _attempt(self, order: Order) -> Outcome:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._shipper.ship(order)
-        except TimeoutError:
-            return Event.FAIL, "timeout"
-        except Exception as exc:
-            return Event.FAIL, str(exc) or type(exc).__name__
-        return Event.SHIP, None
-
-    async def _attempts(self, order: Order) -> Outcome:
-        async def record_retry(state: RetryCallState) -> None:
-            assert state.outcome is not None
-            assert state.next_action is not None
-            _, failure = state.outcome.result()
-            note = (
-                f"attempt {state.attempt_number} of {self._max_attempts} failed ({failure});"
-                f" retrying in {state.next_action.sleep:.2f}s"
-            )
-            try:  # waits out an outage: giving up here would leave the order held, unshipped
-                await self._outcomes.write(order.id, Event.RETRY, self._clock.now(), note)
-            except OrderflowError as exc:  # cancelled or taken back meanwhile
-                log.info("order_id=%s retry dropped: %s", order.id, exc)
-                raise _Dropped from exc
-            log.info("order_id=%s %s", order.id, note)
-
-        def last_outcome(state: RetryCallState) -> Outcome:
-            assert state.outcome is not None
-            outcome: Outcome = state.outcome.result()
-            return outcome
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts),
-            wait=self._backoff,
-            retry=retry_if_result(lambda outcome: outcome[0] is Event.FAIL),
-            before_sleep=record_retry,
-            retry_error_callback=last_outcome,
-        )
-        outcome: Outcome = await retrying(self._attempt, order)
-        return outcome
-
-    async def _finish(self, order_id: str, event: Event, reason: str | None) -> None:
-        try:
-            order = await self._outcomes.write(order_id, event, self._clock.now(), reason)
-        except OrderflowError as exc:  # cancelled or taken back meanwhile: the store decided
-            log.info("order_id=%s outcome %s dropped: %s", order_id, event.value, exc)
             return
-        if reason is None:
-            log.info("order_id=%s %s", order_id, order.status.value)
+        await self._finish(order_id, event, reason, shipment)
+
+    async def _attempts(self, order: Order) -> tuple[Event, str | None, dict[str, Any] | None]:
+        """Ship `order`, retrying under the settings; (ship or fail, reason, result)."""
+        settings = self.settings
+        order_log = logging.LoggerAdapter(log, {"order_id": order.id})
+        attempt = 1
+        while True:
+            deadline = self._clock.now() + timedelta(seconds=settings.timeout_s)
+            context = ShipContext(attempt, deadline, order_log)
+            retry_after_s: float | None = None
+            try:
+                async with asyncio.timeout(settings.timeout_s) as limit:
+                    result = await self._shipper.ship(order, context)
+                return Event.SHIP, None, result
+            except PermanentFailure as exc:
+                return Event.FAIL, str(exc) or type(exc).__name__, None
+            except TimeoutError as exc:
+                failure = "timeout" if limit.expired() else (str(exc) or "TimeoutError")
+            except RetryableFailure as exc:
+                failure, retry_after_s = str(exc) or type(exc).__name__, exc.retry_after_s
+            except Exception as exc:
+                failure = str(exc) or type(exc).__name__
+            if attempt >= settings.max_attempts:
+                return Event.FAIL, failure, None
+            delay_s = self._backoff.delay_s(attempt)
+            if retry_after_s is not None:
+                delay_s = max(delay_s, min(retry_after_s, settings.max_retry_after_s))
+            note = (
+                f"attempt {attempt} of {settings.max_attempts} failed ({failure});"
+                f" retrying in {delay_s:.2f}s"
+            )
+            if await self._write(order.id, Event.REATTEMPT, note) is None:
+                raise _Dropped
+            log.debug("order_id=%s %s", order.id, note)
+            await asyncio.sleep(delay_s)
+            attempt += 1
+
+    async def _write(
+        self,
+        order_id: str,
+        event: Event,
+        reason: str | None,
+        shipment: dict[str, Any] | None = None,
+    ) -> Order | None:
+        """Write an outcome under our current hold of the order; None if we no longer hold it.
+        An order acquired again meanwhile (a lease that ran out) is written under the new
+        token: the work was done once, by us."""
+        at = self._clock.now()
+        while (token := self.holdings.get(order_id)) is not None:
+            written = await self._outcomes.write(
+                Outcome(order_id, token, event, at, reason, shipment)
+            )
+            current = self.holdings.get(order_id)
+            if written is None and current not in (None, token):
+                continue  # acquired again meanwhile: write under the new hold
+            if current == token and (written is None or ends_hold(event)):
+                del self.holdings[order_id]
+            return written
+        return None
+
+    async def _finish(
+        self,
+        order_id: str,
+        event: Event,
+        reason: str | None,
+        shipment: dict[str, Any] | None = None,
+    ) -> None:
+        try:
+            order = await self._write(order_id, event, reason, shipment)
+        except OrderflowError as exc:  # only when stopping: left to retire, or to rescue
+            log.warning("order_id=%s outcome %s not written: %s", order_id, event.value, exc)
+            return
+        if order is None:
+            log.debug("order_id=%s outcome %s dropped: no longer ours", order_id, event.value)
+        elif event is Event.FAIL:
+            log.warning("order_id=%s failed: %s", order_id, reason)
         else:
-            log.info("order_id=%s %s reason=%r", order_id, order.status.value, reason)
+            log.debug("order_id=%s %s", order_id, order.status.value)

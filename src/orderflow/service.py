@@ -1,88 +1,241 @@
-"""OrderService: what the API can ask of orderflow, over one OrderStore and one Processor."""
+"""OrderService: what the API can ask of orderflow, over one OrderStore and one Processor.
+
+Where the store answers OutcomeUnknown (the connection broke while a change was in flight),
+the service looks whether the change was made before it says so: a change that committed is
+reported as done, and only a truly unknown outcome reaches the client as one.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Awaitable
+from datetime import datetime, timedelta
+
+import msgspec
 
 from orderflow.clock import Clock
 from orderflow.domain import (
     Event,
     Item,
     Order,
+    OrderFilter,
     OrderQuery,
     OrderStatus,
     Page,
-    clean_customer,
+    is_order_id,
     new_order,
     new_order_id,
+    sources_of,
 )
-from orderflow.errors import InvalidOrder
+from orderflow.errors import (
+    IdempotencyInFlight,
+    IdempotencyMismatch,
+    InvalidOrder,
+    OrderflowError,
+    OrderNotFound,
+    OutcomeUnknown,
+    ShuttingDown,
+)
 from orderflow.processor import Processor
-from orderflow.store.base import OrderStore
+from orderflow.store.base import IdempotencyRecord, OrderStore, Stats
 
 log = logging.getLogger("orderflow.service")
 
-MAX_PAGE = 1000
+_BULK_BATCH = 1000
+_fingerprint_encode = msgspec.json.Encoder(order="deterministic").encode
+
+
+class Submitted(msgspec.Struct, frozen=True):
+    """A submit's answer: the order, and whether it is the replay of an earlier submit made
+    with the same Idempotency-Key."""
+
+    order_id: str
+    status: OrderStatus
+    replayed: bool = False
 
 
 class OrderService:
     """Args:
-    auto_process: claim each new order for shipping as it arrives, instead of on a trigger.
+    idempotency_ttl_s: how long an Idempotency-Key is kept, at least.
     """
 
     def __init__(
-        self, store: OrderStore, processor: Processor, clock: Clock, *, auto_process: bool = False
+        self,
+        store: OrderStore,
+        processor: Processor,
+        clock: Clock,
+        *,
+        idempotency_ttl_s: float = 86_400.0,
     ) -> None:
         self.store = store
         self.processor = processor
         self._clock = clock
-        self._auto_process = auto_process
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self._keys_in_flight: set[str] = set()
+        self.stopping = False
 
-    async def submit(self, customer: str, items: tuple[Item, ...]) -> Order:
-        """Store a new pending order; raises InvalidOrder for a blank or overlong customer."""
-        try:
-            customer = clean_customer(customer)
-        except ValueError as exc:
-            raise InvalidOrder(str(exc)) from None
+    async def submit(
+        self, customer: str, items: tuple[Item, ...], idempotency_key: str | None = None
+    ) -> Submitted:
+        """Store a new pending order (`customer` and `items` already clean).
+
+        Raises:
+            IdempotencyMismatch: the key was used for a different order.
+            IdempotencyInFlight: a submit with the key is still under way.
+            OutcomeUnknown: the store went away mid-write and we could not tell.
+        """
+        if self.stopping:
+            raise ShuttingDown()
         at = self._clock.now()
         order = new_order(new_order_id(at, self._clock.entropy()), customer, items, at)
-        await self.store.add(order)
-        log.info("order_id=%s submitted items=%d", order.id, len(items))
-        if self._auto_process:
-            self.processor.claim_soon()
-        return order
+        if idempotency_key is None:
+            try:
+                await self.store.add(order)
+            except OutcomeUnknown as unknown:
+                await self._confirm(unknown, self._exists(order.id))
+            log.debug("order_id=%s submitted", order.id)
+            self.processor.claimer.claim_soon()
+            return Submitted(order.id, order.status)
+        if idempotency_key in self._keys_in_flight:
+            raise IdempotencyInFlight()
+        fingerprint = hashlib.sha256(_fingerprint_encode((customer, items))).hexdigest()
+        record = IdempotencyRecord(idempotency_key, fingerprint, order.id, at)
+        self._keys_in_flight.add(idempotency_key)
+        try:
+            existing = await self.store.add(order, record)
+        except OutcomeUnknown as unknown:
+            await self._confirm(unknown, self._key_made(record))
+            existing = None
+        finally:
+            self._keys_in_flight.discard(idempotency_key)
+        if existing is None or existing.order_id == order.id:
+            log.debug("order_id=%s submitted", order.id)
+            self.processor.claimer.claim_soon()
+            return Submitted(order.id, order.status)
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyMismatch()
+        return Submitted(existing.order_id, OrderStatus.PENDING, replayed=True)
 
     async def get_order(self, order_id: str) -> Order:
-        return await self.store.get_order(order_id)
+        """The order; raises OrderNotFound (without asking the store for what cannot be an
+        id: a NUL, say, which PostgreSQL cannot even hold)."""
+        order = await self.store.find_order(order_id) if is_order_id(order_id) else None
+        if order is None:
+            raise OrderNotFound(f"no order with id {order_id!r}")
+        return order
 
     async def list_orders(self, query: OrderQuery) -> Page:
-        """A page of orders; raises InvalidOrder for a reversed range or a bad limit."""
+        """A page of orders; raises InvalidOrder for a reversed range."""
         if query.start is not None and query.end is not None and query.start > query.end:
             raise InvalidOrder("'from' must not be after 'to'")
-        if not 1 <= query.limit <= MAX_PAGE:
-            raise InvalidOrder(f"'limit' must be between 1 and {MAX_PAGE}")
         return await self.store.list_orders(query)
 
     async def delete_order(self, order_id: str) -> None:
-        """Delete a pending order; raises OrderNotFound or OrderConflict."""
-        await self.store.delete_pending(order_id)
-        log.info("order_id=%s deleted", order_id)
+        """Delete a pending order; raises OrderNotFound or IllegalTransition."""
+        self._check_id(order_id)
+        try:
+            await self.store.delete_pending(order_id, self._clock.now())
+        except OutcomeUnknown as unknown:
+            await self._confirm(unknown, self._absent(order_id))
+        log.debug("order_id=%s deleted", order_id)
 
-    async def cancel_order(self, order_id: str) -> Order:
+    async def cancel_order(self, order_id: str, reason: str | None = None) -> Order:
         """Cancel a pending or processing order; a shipment in flight is cancelled after the
         store says cancelled, so a late finisher cannot overwrite it.
 
         Raises:
             OrderNotFound, IllegalTransition (shipped, failed or already cancelled).
         """
-        order = await self.store.transition(order_id, Event.CANCEL, self._clock.now())
+        order = await self._move(order_id, Event.CANCEL, reason)
         self.processor.abort(order_id)
-        log.info("order_id=%s cancelled", order_id)
+        return order
+
+    async def retry_order(self, order_id: str, reason: str | None = None) -> Order:
+        """Send a failed order back to pending; raises OrderNotFound or IllegalTransition."""
+        return await self._move(order_id, Event.RETRY, reason or "retried by an operator")
+
+    async def _move(self, order_id: str, event: Event, reason: str | None) -> Order:
+        self._check_id(order_id)
+        at = self._clock.now()
+        try:
+            order = await self.store.transition(order_id, event, at, reason)
+        except OutcomeUnknown as unknown:
+            await self._confirm(unknown, self._moved(order_id, at))
+            order = await self.store.get_order(order_id)
+        log.debug("order_id=%s %s", order_id, event.value)
         return order
 
     async def trigger_processing(self) -> int:
         """Claim every pending order for shipping; returns how many. Raises ShuttingDown."""
-        return await self.processor.trigger()
+        claimed = await self.processor.claimer.trigger()
+        log.info("trigger: %d orders claimed for shipping", claimed)
+        return claimed
 
-    async def counts(self) -> dict[OrderStatus, int]:
-        return await self.store.count_by_status()
+    async def act_in_bulk(self, event: Event, where: OrderFilter, reason: str | None) -> int:
+        """Apply `event` (retry or cancel) to every order it can move that matches `where`, in
+        batches (each order atomically); returns how many moved."""
+        if self.stopping:
+            raise ShuttingDown()
+        total = 0
+        for source in sources_of(event):
+            after: str | None = None
+            while True:
+                moved, after = await self.store.transition_matching(
+                    event, source, where, self._clock.now(), reason,
+                    limit=_BULK_BATCH, after=after,
+                )  # fmt: skip
+                total += len(moved)
+                if event is Event.CANCEL:
+                    for order_id in moved:
+                        self.processor.abort(order_id)
+                if after is None:
+                    break
+        log.info("bulk %s: %d orders", event.value, total)
+        return total
+
+    async def stats(self) -> Stats:
+        return await self.store.stats()
+
+    async def ready(self) -> None:
+        """Return if the service takes work: not stopping, and the store answers."""
+        if self.stopping:
+            raise ShuttingDown()
+        await self.store.ping()
+
+    async def prune_idempotency(self) -> int:
+        before = self._clock.now() - timedelta(seconds=self.idempotency_ttl_s)
+        return await self.store.prune_idempotency(before)
+
+    # -- outcomes we could not see -------------------------------------------------------------
+
+    @staticmethod
+    async def _confirm(unknown: OutcomeUnknown, made: Awaitable[bool]) -> None:
+        """Return if `made` finds that the change whose answer was lost was made; else (or if
+        the store cannot tell) raise `unknown`."""
+        try:
+            found = await made
+        except OrderflowError:
+            found = False
+        if not found:
+            raise unknown
+        log.warning("a change whose answer was lost had been made: %s", unknown)
+
+    async def _exists(self, order_id: str) -> bool:
+        return await self.store.find_order(order_id) is not None
+
+    async def _absent(self, order_id: str) -> bool:
+        return await self.store.find_order(order_id) is None
+
+    async def _key_made(self, record: IdempotencyRecord) -> bool:
+        found = await self.store.find_idempotency(record.key)
+        return found is not None and found.order_id == record.order_id
+
+    async def _moved(self, order_id: str, at: datetime) -> bool:
+        order = await self.store.find_order(order_id)
+        return order is not None and any(entry.at == at for entry in order.history)
+
+    @staticmethod
+    def _check_id(order_id: str) -> None:
+        if not is_order_id(order_id):
+            raise OrderNotFound(f"no order with id {order_id!r}")

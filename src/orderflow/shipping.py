@@ -1,21 +1,66 @@
-"""Shipper: how an order leaves the building; SimulatedShipper stands in for a carrier."""
+"""Shippers: how an order leaves the building. The contract every shipper keeps, the simulated
+one that stands in for a carrier, and `load_shipper`, which picks one from `--shipper`.
+
+A shipper is called once per attempt, as ``await shipper.ship(order, context)``:
+
+- it returns None, or a JSON object: the shipment's result (a tracking number, say), stored on
+  the order (at most `MAX_RESULT_BYTES` encoded);
+- it raises `PermanentFailure` to fail the order at once, with no retry;
+- any other exception is a retryable failure (retried under ``--max-attempts``); a
+  `RetryableFailure` may say how long to wait first (``Retry-After``);
+- it may be cancelled at any await: a user cancelled the order, its deadline passed, or the
+  service is stopping.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-from typing import Protocol
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 from orderflow.domain import Order
 
+MAX_RESULT_BYTES = 4096
 
-class ShippingError(Exception):
-    """The carrier refused or lost the shipment; the order becomes failed with this as reason."""
+
+class PermanentFailure(Exception):
+    """The shipment cannot succeed (a refused address, say): the order fails at once, with this
+    message as its reason, and is not tried again."""
+
+
+class RetryableFailure(Exception):
+    """This attempt failed but another may succeed; `retry_after_s`, when given, is the least
+    time to wait before it (the receiver's ``Retry-After``)."""
+
+    def __init__(self, reason: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class ShipContext:
+    """What a shipper knows of the attempt besides the order.
+
+    Attributes:
+        attempt: 1 for the first attempt of this hold, then 2, 3, … under ``--max-attempts``.
+        deadline: when this attempt is cancelled (aware, UTC): the order's ``--process-timeout``.
+        log: a logger for the shipper's own lines; they carry the order id.
+    """
+
+    attempt: int
+    deadline: datetime
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
 class Shipper(Protocol):
-    async def ship(self, order: Order) -> None:
-        """Ship `order`; return when it has shipped. Raise to fail it. May be cancelled."""
+    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
+        """Ship `order`; return its result (or None) once shipped. Raise to fail the attempt."""
+
+    async def close(self) -> None:
+        """Release what the shipper holds (connections); called once, at shutdown."""
 
 
 class SimulatedShipper:
@@ -35,9 +80,13 @@ class SimulatedShipper:
         self.failure_rate = failure_rate
         self._rng = rng or random.Random()
 
-    async def ship(self, order: Order) -> None:
+    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
         delay_s = self.delay_s + (self._rng.uniform(0, self.jitter_s) if self.jitter_s else 0.0)
         # Always await, even for 0 s: a worker must yield to the loop between orders.
         await asyncio.sleep(delay_s)
         if self.failure_rate and self._rng.random() < self.failure_rate:
-            raise ShippingError("simulated carrier failure")
+            raise RetryableFailure("simulated carrier failure")
+        return None
+
+    async def close(self) -> None:
+        return None

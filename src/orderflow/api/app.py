@@ -1,367 +1,403 @@
-"""create_app(): the ASGI application. A small explicit route table, msgspec for every body, and
-no per-request framework machinery, so the hot paths cost little more than the server itself.
+"""OrderflowApp: serves the route table over granian's RSGI (``__rsgi__``) or over ASGI (the
+instance is an ASGI application), through one `dispatch` that does what every request needs:
 
-Routing, body decoding and error mapping each live in one place below (`_route`, `_read_json`,
-`api/errors.py`). The lifespan starts the processor and, when the app owns it, the whole
-service (store, snapshot); on shutdown it stops shipping, writes the snapshot and closes.
+    Host check (421) → route (404, 405 with Allow, HEAD) → Origin check on changes (403)
+    → bearer token and role (401, 403) → handler → errors as problem+json
+
+No wiring here: the app is handed a `Runtime` (started by whoever serves it, or by the ASGI
+lifespan when `manage_runtime` is set) and answers 503 while there is no running service.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import msgspec
 
-from orderflow.api.errors import (
-    INTERNAL_ERROR,
-    HTTPProblem,
-    problem_from_error,
-    problem_from_validation,
+from orderflow.api.errors import HTTPProblem, problem_from_error
+from orderflow.api.http import (
+    MAX_BODY_BYTES,
+    Request,
+    Response,
+    content_length,
+    cut_short,
+    problem_response,
+    timed_out,
+    too_large,
 )
-from orderflow.api.openapi import DOCS_HTML, openapi_document
-from orderflow.api.schemas import (
-    FieldError,
-    Health,
-    Message,
-    OrderCreate,
-    OrderPage,
-    OrderRef,
-    Problem,
-    ProcessingStarted,
-)
-from orderflow.clock import SystemClock
-from orderflow.domain import DEFAULT_PAGE, OrderQuery, OrderStatus, is_order_id
+from orderflow.api.openapi import openapi_document
+from orderflow.api.routes import ROUTES, Route
 from orderflow.errors import OrderflowError
-from orderflow.processor import Processor
-from orderflow.service import MAX_PAGE, OrderService
-from orderflow.settings import Settings, load_settings
-from orderflow.shipping import SimulatedShipper
-from orderflow.snapshot import load_snapshot, save_snapshot
-from orderflow.store import open_store
+
+if TYPE_CHECKING:
+    from orderflow.api.auth import Auth
+    from orderflow.runtime import Runtime
 
 log = logging.getLogger("orderflow.api")
+access_log = logging.getLogger("orderflow.access")
 
 Scope = MutableMapping[str, Any]
 ASGIMessage = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[ASGIMessage]]
 Send = Callable[[ASGIMessage], Awaitable[None]]
 
-MAX_BODY_BYTES = 64 * 1024
-
-_encode = msgspec.json.Encoder().encode
-_decode_order_create = msgspec.json.Decoder(OrderCreate).decode
-_JSON = [(b"content-type", b"application/json")]
-_PROBLEM = [(b"content-type", b"application/problem+json")]
-
-Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
-def _ok(status: int, body: msgspec.Struct) -> Response:
-    return status, _encode(body), _JSON
+@dataclass(frozen=True)
+class HttpSettings:
+    """What the HTTP layer checks.
+
+    Attributes:
+        allowed_hosts: Host header names answered (None: any).
+        allowed_origins: origins (``scheme://host[:port]``) whose pages may change things, on
+            top of the service's own origin.
+        idle_timeout_s: how long a body may take to arrive.
+        auth: bearer tokens and roles (None: no authentication).
+        access_log: one line per request on the ``orderflow.access`` logger.
+    """
+
+    allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS
+    allowed_origins: frozenset[str] = frozenset()
+    idle_timeout_s: float = 30.0
+    auth: Auth | None = None
+    access_log: bool = False
+    routes: tuple[Route, ...] = field(default=ROUTES)
 
 
-def _problem(problem: Problem, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
-    return problem.status, _encode(problem), _PROBLEM + (headers or [])
+class Router:
+    """Finds the routes of a path. A path has at most one parameter, in its last segment
+    (``/orders/{id}``) or the one before (``/orders/{id}/cancel``), so every lookup is one or
+    two `rpartition`s and dict lookups; a literal segment wins over a parameter
+    (``/orders/stats`` is not an order, ``/orders/status/{id}`` is not ``/orders/{id}/…``)."""
 
+    def __init__(self, routes: tuple[Route, ...]) -> None:
+        self.static: dict[str, dict[str, Route]] = {}
+        self._last: dict[str, dict[str, Route]] = {}  # "/orders" → /orders/{id}
+        self._middle: dict[tuple[str, str], dict[str, Route]] = {}  # ("/orders", "cancel")
+        for route in routes:
+            head, _, tail = route.path.rpartition("/")
+            if "{" not in route.path:
+                methods = self.static.setdefault(route.path, {})
+            elif tail.startswith("{") and "{" not in head:
+                methods = self._last.setdefault(head, {})
+            else:
+                parent, _, param = head.rpartition("/")
+                if not param.startswith("{") or "{" in parent or "{" in tail:
+                    raise ValueError(
+                        f"{route.path}: one parameter, in one of the last two segments"
+                    )
+                methods = self._middle.setdefault((parent, tail), {})
+            methods[route.method] = route
+        every = [*self.static.values(), *self._last.values(), *self._middle.values()]
+        self.allow = {
+            id(methods): ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+            for methods in every
+        }
 
-async def _read_json(scope: Scope, receive: Receive) -> bytes:
-    """The request body, once it is known to be JSON and at most 64 KiB."""
-    content_type = length = None
-    for key, value in scope["headers"]:
-        if key == b"content-type":
-            content_type = value
-        elif key == b"content-length":
-            length = value
-    if content_type is None or not _is_json(content_type):
-        raise HTTPProblem(415, "Unsupported media type", "send the body as application/json")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise HTTPProblem(413, "Body too large", f"the body must be at most {MAX_BODY_BYTES} bytes")
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if message.get("more_body"):
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body"):
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise HTTPProblem(
-                    413, "Body too large", f"the body must be at most {MAX_BODY_BYTES} bytes"
-                )
-            chunks.append(chunk)
-        body = b"".join(chunks)
-    if len(body) > MAX_BODY_BYTES:
-        raise HTTPProblem(413, "Body too large", f"the body must be at most {MAX_BODY_BYTES} bytes")
-    return body
-
-
-def _is_json(content_type: bytes) -> bool:
-    """application/json, or a structured +json type (application/problem+json, say)."""
-    if content_type == b"application/json":  # the usual case, without parsing
-        return True
-    media_type = content_type.split(b";")[0].strip().lower()
-    return media_type == b"application/json" or (
-        media_type.startswith(b"application/") and media_type.endswith(b"+json")
-    )
-
-
-def _bad_query(field: str, message: str) -> HTTPProblem:
-    return HTTPProblem(400, "Invalid query", f"{field}: {message}", [FieldError(field, message)])
-
-
-# An unescaped '+' before an offset arrives as a space (form encoding).
-_SPACE_BEFORE_OFFSET = re.compile(r" (\d\d:?\d\d)$")
-
-
-def _time_param(name: str, value: str | None) -> datetime | None:
-    """An RFC 3339 time from the query, in UTC (no offset means UTC)."""
-    if value is None:
+    def find(self, path: str) -> tuple[dict[str, Route], tuple[str, ...]] | None:
+        methods = self.static.get(path)
+        if methods is not None:
+            return methods, ()
+        head, _, tail = path.rpartition("/")
+        methods = self._last.get(head)
+        if methods is not None and tail:
+            return methods, (unquote(tail) if "%" in tail else tail,)
+        parent, _, param = head.rpartition("/")
+        methods = self._middle.get((parent, tail))
+        if methods is not None and param:
+            return methods, (unquote(param) if "%" in param else param,)
         return None
-    try:
-        at = msgspec.convert(_SPACE_BEFORE_OFFSET.sub(r"+\1", value), datetime)
-        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    except msgspec.ValidationError:
-        raise _bad_query(name, "not an RFC 3339 time") from None
-    except OverflowError:  # in range with its offset, out of range in UTC
-        raise _bad_query(name, "out of range") from None
-
-
-def _list_query(query_string: bytes) -> OrderQuery:
-    params: dict[str, str] = {}
-    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-        if key not in _LIST_PARAMS:
-            raise _bad_query(key, f"not a parameter (use {', '.join(_LIST_PARAMS)})")
-        if key in params:
-            raise _bad_query(key, "given more than once")
-        params[key] = value
-    start, end = _time_param("from", params.get("from")), _time_param("to", params.get("to"))
-    if start is not None and end is not None and start > end:
-        raise _bad_query("from", "must not be after 'to'")
-    status = params.get("status")
-    if status is not None and status not in _STATUSES:
-        raise _bad_query("status", f"not one of {', '.join(_STATUSES)}")
-    limit = params.get("limit", str(DEFAULT_PAGE))
-    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAGE):
-        raise _bad_query("limit", f"not a whole number from 1 to {MAX_PAGE}")
-    cursor = params.get("cursor")
-    if cursor is not None and not is_order_id(cursor):
-        raise _bad_query("cursor", "not a cursor this API returned")
-    return OrderQuery(
-        start=start,
-        end=end,
-        status=None if status is None else OrderStatus(status),
-        limit=int(limit),
-        cursor=cursor,
-    )
-
-
-_LIST_PARAMS = ("from", "to", "status", "limit", "cursor")
-_STATUSES = tuple(status.value for status in OrderStatus)
 
 
 class OrderflowApp:
-    """The ASGI application over one OrderService.
-
-    Args:
-        service: the service to serve; its processor is started and stopped by the lifespan.
-        settings: when no service is given, build one from these at startup (store, shipper,
-            snapshot) and tear it down at shutdown.
+    """Args:
+    runtime: the service to serve.
+    manage_runtime: start and stop `runtime` from the ASGI lifespan (tests, uvicorn).
     """
 
     def __init__(
-        self, service: OrderService | None = None, settings: Settings | None = None
+        self,
+        runtime: Runtime,
+        settings: HttpSettings | None = None,
+        *,
+        manage_runtime: bool = False,
     ) -> None:
-        if service is None and settings is None:
-            raise ValueError("give a service or settings")
-        self.service = service
-        self.settings = settings or Settings()
-        self._owns_service = service is None
-        self._static: dict[str, Response] = {  # answers that never change
-            "/healthz": _ok(200, Health("ok")),
-            "/openapi.json": (200, _encode(openapi_document()), _JSON),
-            "/docs": (200, DOCS_HTML, [(b"content-type", b"text/html; charset=utf-8")]),
-        }
+        self.runtime = runtime
+        self.settings = settings = settings or HttpSettings()
+        self._manage_runtime = manage_runtime
+        self.router = Router(settings.routes)
+        self._hosts = settings.allowed_hosts
+        self._host_ok: dict[str | None, bool] = {}
+        self._origins = settings.allowed_origins
+        self._auth = settings.auth
+        self.openapi_json = msgspec.json.encode(
+            openapi_document(settings.routes, auth=settings.auth is not None)
+        )
+        # Bodies being read, and the watchdog tick they started at: one check a second for
+        # all of them, instead of a timer per request.
+        self._reading: dict[asyncio.Task[Any], int] = {}
+        self._timed_out: set[asyncio.Task[Any]] = set()
+        self._tick = 0
+        self._watchdog: asyncio.Task[None] | None = None
 
-    # -- lifespan ---------------------------------------------------------------------------
+    # -- the one path every request takes ----------------------------------------------------
 
-    async def startup(self) -> None:
-        if self.service is None:
-            self.service = await _build_service(self.settings)
-        await self.service.processor.start()
+    async def dispatch(self, request: Request) -> Response:
+        """The answer to `request`; never raises."""
+        method = request.method
+        try:
+            if self._hosts is not None:
+                host = request.headers.get("host")
+                known = self._host_ok.get(host)
+                if known is None:
+                    known = self._check_host(host)
+                if not known:
+                    raise HTTPProblem(
+                        "misdirected-request", f"this service does not answer for {host!r}"
+                    )
+            found = self.router.find(request.path)
+            if found is None:
+                raise HTTPProblem("not-found", f"no route for {method} {request.path}")
+            methods, request.params = found
+            route = methods.get("GET" if method == "HEAD" else method)
+            if route is None:
+                return self._not_allowed(request, methods)
+            if method in _CHANGES:
+                origin = request.headers.get("origin")
+                if origin is not None and not self._origin_allowed(origin, request):
+                    raise HTTPProblem(
+                        "forbidden", f"pages from {origin} may not change anything here"
+                    )
+            if self._auth is not None and route.role is not None:
+                request.role = self._auth.check(request.headers.get("authorization"), route.role)
+            if route.needs_service and not self.runtime.started:
+                raise HTTPProblem("shutting-down", "the service is not running")
+            response = await route.handler(self, request)
+        except HTTPProblem as exc:
+            response = problem_response(exc)
+        except OrderflowError as exc:
+            response = problem_response(problem_from_error(exc))
+        except Exception:
+            log.exception("unhandled error on %s %s", method, request.path)
+            response = problem_response(problem_from_error(OrderflowError()))
+        if self._origins and (origin := request.headers.get("origin")) in self._origins:
+            response.headers = [*response.headers, ("access-control-allow-origin", origin),
+                                ("vary", "origin")]  # fmt: skip
+        return response
 
-    async def shutdown(self) -> None:
-        service = self.service
-        if service is None:
+    def _check_host(self, host: str | None) -> bool:
+        allowed = host is not None and self._hosts is not None and _hostname(host) in self._hosts
+        if len(self._host_ok) < 1024:  # the Host headers seen, a few; never grows past that
+            self._host_ok[host] = allowed
+        return allowed
+
+    def _not_allowed(self, request: Request, methods: dict[str, Route]) -> Response:
+        allow = self.router.allow[id(methods)]
+        origin = request.headers.get("origin")
+        if (
+            request.method == "OPTIONS"
+            and origin in self._origins
+            and request.headers.get("access-control-request-method") is not None
+        ):  # a CORS preflight from an allowed origin
+            return Response(204, b"", [
+                ("access-control-allow-origin", origin),
+                ("access-control-allow-methods", allow),
+                ("access-control-allow-headers",
+                 "authorization, content-type, idempotency-key, last-event-id"),
+                ("access-control-max-age", "600"),
+                ("vary", "origin"),
+            ])  # fmt: skip
+        problem = HTTPProblem(
+            "method-not-allowed", f"this route takes {allow}", headers=[("allow", allow)]
+        )
+        return problem_response(problem)
+
+    def _origin_allowed(self, origin: str, request: Request) -> bool:
+        if origin in self._origins:
+            return True
+        host = request.headers.get("host")  # a page of our own (the dashboard) is no stranger
+        return host is not None and origin.partition("://")[2] == host
+
+    # -- bodies ------------------------------------------------------------------------------
+
+    async def read(self, request: Request) -> bytes:
+        """Read a body with the rules of `Request.body` (the app is every request's reader)."""
+        announced = content_length(request.headers)
+        if announced is not None and announced > MAX_BODY_BYTES:
+            raise too_large()
+        task = asyncio.current_task()
+        assert task is not None
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="orderflow-body-watchdog")
+        self._reading[task] = self._tick
+        try:
+            body = await request.read_all()
+        except asyncio.CancelledError:
+            if task not in self._timed_out:
+                raise
+            self._timed_out.discard(task)
+            task.uncancel()
+            raise timed_out(self.settings.idle_timeout_s) from None
+        except RuntimeError:  # RSGIProtocolClosed: the client went away mid-body
+            raise cut_short(0, announced or 0) from None
+        finally:
+            del self._reading[task]
+        if announced is not None and len(body) != announced:
+            raise cut_short(len(body), announced)
+        if len(body) > MAX_BODY_BYTES:
+            raise too_large()
+        return body
+
+    async def _watch(self) -> None:
+        limit = max(1, round(self.settings.idle_timeout_s))
+        while True:
+            await asyncio.sleep(1)
+            self._tick += 1
+            for task, started in list(self._reading.items()):
+                if self._tick - started >= limit and task not in self._timed_out:
+                    self._timed_out.add(task)
+                    task.cancel("the body did not arrive in time")
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    # -- RSGI (granian) ----------------------------------------------------------------------
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        began = time.perf_counter() if self.settings.access_log else 0.0
+        request = Request(
+            scope.method, scope.path, scope.query_string, scope.headers, protocol, self
+        )
+        response = await self.dispatch(request)
+        if response.stream is not None:
+            transport = protocol.response_stream(response.status, response.headers)
+            await _pump(response, transport.send_bytes, protocol.client_disconnect)
+        elif request.method == "HEAD":
+            protocol.response_bytes(
+                response.status,
+                [*response.headers, ("content-length", str(len(response.body)))],
+                b"",
+            )
+        else:
+            protocol.response_bytes(response.status, response.headers, response.body)
+        if began:
+            self._log_access(request, response, began)
+
+    def _log_access(self, request: Request, response: Response, began: float) -> None:
+        access_log.info(
+            "%s %s %d %.2fms", request.method, request.path, response.status,
+            (time.perf_counter() - began) * 1000,
+        )  # fmt: skip
+
+    # -- ASGI --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
             return
-        await service.processor.stop(self.settings.shutdown_grace)
-        if self._owns_service:
-            if self.settings.snapshot:
-                await save_snapshot(service.store, Path(self.settings.snapshot))
-            await service.store.close()
+        if scope["type"] != "http":
+            return
+        began = time.perf_counter() if self.settings.access_log else 0.0
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+        async def read_all() -> bytes:
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    announced = content_length(headers)
+                    raise cut_short(size, announced or size)
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise too_large()
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    return b"".join(chunks)
+
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else scope["path"]
+        query = scope["query_string"].decode("latin-1")
+        request = Request(scope["method"], path, query, headers, read_all, self)
+        response = await self.dispatch(request)
+        raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        if request.method == "HEAD" and response.stream is None:
+            raw_headers.append((b"content-length", str(len(response.body)).encode()))
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": raw_headers}
+        )
+        if response.stream is not None:
+
+            async def send_chunk(chunk: bytes) -> None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+            async def disconnected() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+
+            await _pump(response, send_chunk, disconnected)
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            body = b"" if request.method == "HEAD" else response.body
+            await send({"type": "http.response.body", "body": body})
+        if began:
+            self._log_access(request, response, began)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             kind = message["type"]
             try:
-                if kind == "lifespan.startup":
-                    await self.startup()
+                if kind == "lifespan.startup" and self._manage_runtime:
+                    await self.runtime.start()
                 elif kind == "lifespan.shutdown":
-                    await self.shutdown()
+                    self.close()
+                    if self._manage_runtime:
+                        await self.runtime.stop()
             except Exception as exc:
                 log.exception("%s failed", kind)
                 await send({"type": f"{kind}.failed", "message": repr(exc)})
-                if kind == "lifespan.shutdown":
-                    return
-                continue
-            await send({"type": f"{kind}.complete"})
+            else:
+                await send({"type": f"{kind}.complete"})
             if kind == "lifespan.shutdown":
                 return
 
-    # -- requests ---------------------------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await self._lifespan(receive, send)
-            return
-        method: str = scope["method"]
-        try:
-            # HEAD is GET without the body (RFC 9110).
-            status, body, headers = await self._route(
-                scope, receive, "GET" if method == "HEAD" else method
-            )
-        except OrderflowError as exc:
-            status, body, headers = _problem(problem_from_error(exc))
-        except HTTPProblem as exc:
-            status, body, headers = _problem(
-                exc.problem, [(b"allow", exc.allow)] if exc.allow else None
-            )
-        except Exception:
-            log.exception("unhandled error on %s %s", method, scope["path"])
-            status, body, headers = _problem(INTERNAL_ERROR)
-        if method == "HEAD":
-            headers = [*headers, (b"content-length", str(len(body)).encode())]
-            body = b""
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _route(self, scope: Scope, receive: Receive, method: str) -> Response:
-        path: str = scope["path"]
-        service = self.service
-        if service is None:
-            raise HTTPProblem(503, "Starting up", "the service is not ready yet")
-        if path == "/orders":
-            if method == "POST":
-                return await self._create_order(scope, receive)
-            if method == "GET":
-                page = await service.list_orders(_list_query(scope["query_string"]))
-                return _ok(200, OrderPage(page.orders, len(page.orders), page.next_cursor))
-            raise _method_not_allowed(b"GET, HEAD, POST")
-        parts = path.split("/")  # "/orders/x/cancel" → ["", "orders", "x", "cancel"]
-        if len(parts) >= 3 and parts[1] == "orders" and parts[2]:
-            if len(parts) == 3:
-                if parts[2] == "process":
-                    if method != "POST":
-                        raise _method_not_allowed(b"POST")
-                    count = await service.trigger_processing()
-                    return _ok(202, ProcessingStarted("Processing started", count))
-                order_id = parts[2]
-                if method == "GET":
-                    return _ok(200, await service.get_order(order_id))
-                if method == "DELETE":
-                    await service.delete_order(order_id)
-                    return _ok(200, Message("Order deleted"))
-                raise _method_not_allowed(b"DELETE, GET, HEAD")
-            if len(parts) == 4 and parts[2] == "status" and parts[3]:
-                if method != "GET":
-                    raise _method_not_allowed(b"GET, HEAD")
-                order = await service.get_order(parts[3])
-                return _ok(200, OrderRef(order.id, order.status))
-            if len(parts) == 4 and parts[3] == "cancel":
-                if method != "POST":
-                    raise _method_not_allowed(b"POST")
-                order = await service.cancel_order(parts[2])
-                return _ok(200, OrderRef(order.id, OrderStatus.CANCELLED))
-        static = self._static.get(path)
-        if static is not None:
-            if method != "GET":
-                raise _method_not_allowed(b"GET, HEAD")
-            return static
-        raise HTTPProblem(404, "Not found", f"no route for {method} {path}")
-
-    async def _create_order(self, scope: Scope, receive: Receive) -> Response:
-        body = await _read_json(scope, receive)
-        try:
-            create = _decode_order_create(body)
-        except msgspec.ValidationError as exc:
-            raise problem_from_validation(exc, 422, "Invalid order") from None
-        except msgspec.DecodeError as exc:
-            raise HTTPProblem(400, "Malformed JSON", str(exc)) from None
-        except UnicodeDecodeError:
-            raise HTTPProblem(400, "Malformed JSON", "the body is not UTF-8") from None
-        assert self.service is not None
-        order = await self.service.submit(create.customer, create.items)
-        return (
-            201,
-            _encode(OrderRef(order.id, order.status)),
-            [*_JSON, (b"location", f"/orders/{order.id}".encode())],
-        )
+async def _pump(
+    response: Response,
+    send: Callable[[bytes], Awaitable[None]],
+    disconnected: Callable[[], Awaitable[None]],
+) -> None:
+    """Send a streamed response until it ends or the client goes away."""
+    assert response.stream is not None
+    gone = asyncio.ensure_future(disconnected())
+    try:
+        async for chunk in response.stream:
+            if gone.done():
+                break
+            await send(chunk)
+    except (OSError, RuntimeError):  # the client went away mid-send
+        pass
+    finally:
+        gone.cancel()
+        aclose = getattr(response.stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
-def _method_not_allowed(allow: bytes) -> HTTPProblem:
-    return HTTPProblem(405, "Method not allowed", f"this route takes {allow.decode()}", allow=allow)
-
-
-async def _build_service(settings: Settings) -> OrderService:
-    clock = SystemClock()
-    store = await open_store(settings.database_url, migrate=settings.migrate)
-    if settings.snapshot:
-        await load_snapshot(store, Path(settings.snapshot), clock)
-    shipper = SimulatedShipper(
-        settings.ship_delay, settings.ship_jitter, settings.ship_failure_rate
-    )
-    processor = Processor(
-        store,
-        shipper,
-        clock,
-        concurrency=settings.concurrency,
-        timeout_s=settings.process_timeout,
-        poll_interval_s=settings.poll_interval,
-        max_attempts=settings.max_attempts,
-        retry_backoff_s=settings.retry_backoff,
-        heartbeat_s=settings.heartbeat_interval,
-        lease_s=settings.lease_timeout,
-    )
-    return OrderService(store, processor, clock, auto_process=settings.auto_process)
-
-
-def create_app(
-    service: OrderService | None = None, settings: Settings | None = None
-) -> OrderflowApp:
-    """The ASGI app; see `OrderflowApp`."""
-    return OrderflowApp(service, settings)
-
-
-def app_from_env() -> OrderflowApp:
-    """Factory for the server process: settings from the ORDERFLOW_* environment."""
-    settings = load_settings(os.environ)
-    configure_logging(settings.log_level)
-    return OrderflowApp(settings=settings)
-
-
-def configure_logging(level: str) -> None:
-    """One line per event: time, level, logger, message (order events carry order_id=…)."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        force=True,
-    )
+def _hostname(host: str) -> str:
+    """The host part of a Host header (no port); IPv6 literals keep their brackets."""
+    host = host.lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if host.count(":") == 1 else host

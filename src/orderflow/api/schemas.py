@@ -1,22 +1,113 @@
-"""Wire formats only. A full order goes out as `domain.Order` itself: no copy per response."""
+"""Wire formats only. A full order goes out as `domain.Order` itself: no copy per response.
+
+Request types validate with the domain's rules (`domain.clean_name`, the limits); their JSON
+Schema, which the OpenAPI document shows, is generated from the same constants, so what the
+document allows is what the service accepts.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 import msgspec
 
-from orderflow.domain import Items, Order, OrderStatus, clean_customer
+from orderflow.domain import (
+    MAX_ITEMS,
+    MAX_NAME_LENGTH,
+    MAX_QUANTITY,
+    MAX_REASON_LENGTH,
+    NAME_PATTERN,
+    Item,
+    Order,
+    OrderEvent,
+    OrderStatus,
+    clean_name,
+)
+
+_Name = Annotated[
+    str,
+    msgspec.Meta(
+        description=(
+            f"1 to {MAX_NAME_LENGTH} characters, no control characters, something visible;"
+            " stored trimmed"
+        ),
+        extra_json_schema={
+            "minLength": 1,
+            "maxLength": MAX_NAME_LENGTH,
+            "pattern": NAME_PATTERN,
+            "examples": ["John Doe"],
+        },
+    ),
+]
+# A whole number, sent as a JSON integer or as a number with no fraction (2 and 2.0 alike, as
+# JSON Schema's "integer" means): an int is range-checked by msgspec, a float by __post_init__.
+_Quantity = Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)] | float
+QUANTITY_SCHEMA = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_QUANTITY,
+    "description": f"a whole number from 1 to {MAX_QUANTITY:,}",
+}
+
+
+class ItemCreate(Item, frozen=True, gc=False, forbid_unknown_fields=True):
+    """An item as a client sends it; it is an `Item`, so an order stores it as it is."""
+
+    name: _Name
+    quantity: _Quantity  # type: ignore[assignment]  # an int once __post_init__ ran
+
+    def __post_init__(self) -> None:
+        quantity = self.quantity
+        if type(quantity) is float:
+            if not (1 <= quantity <= MAX_QUANTITY and quantity == int(quantity)):
+                raise ValueError(f"quantity: must be a whole number from 1 to {MAX_QUANTITY}")
+            msgspec.structs.force_setattr(self, "quantity", int(quantity))
+        name = clean_name(self.name, "name")
+        if name is not self.name:  # trimmed: strip() returns the very string when it is clean
+            msgspec.structs.force_setattr(self, "name", name)
 
 
 class OrderCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    customer: Annotated[str, msgspec.Meta(min_length=1, description="1 to 200 characters, trimmed")]
-    items: Items
+    customer: _Name
+    items: Annotated[
+        tuple[ItemCreate, ...],
+        msgspec.Meta(min_length=1, max_length=MAX_ITEMS, description=f"1 to {MAX_ITEMS} items"),
+    ]
 
     def __post_init__(self) -> None:
-        customer = clean_customer(self.customer)
+        customer = clean_name(self.customer, "customer")
         if customer is not self.customer:
             msgspec.structs.force_setattr(self, "customer", customer)
+
+
+_Reason = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_REASON_LENGTH,
+        description="why, for the order's history",
+        examples=["the carrier is back"],
+    ),
+]
+
+
+class ActionRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An operator's retry or cancel of one order."""
+
+    reason: _Reason | None = None
+
+
+class BulkRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"start": "from", "end": "to"}
+):
+    """Which orders a bulk action takes; each condition optional (`{}` means all)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    reason_contains: (
+        Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REASON_LENGTH)] | None
+    ) = None
+    reason: _Reason | None = None
 
 
 class OrderRef(msgspec.Struct, frozen=True):
@@ -30,6 +121,12 @@ class OrderPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
+class EventPage(msgspec.Struct, frozen=True):
+    events: list[OrderEvent]
+    count: int
+    next_cursor: int | None
+
+
 class Message(msgspec.Struct, frozen=True):
     message: str
 
@@ -37,6 +134,10 @@ class Message(msgspec.Struct, frozen=True):
 class ProcessingStarted(msgspec.Struct, frozen=True):
     message: str
     orders: int
+
+
+class BulkResult(msgspec.Struct, frozen=True):
+    count: int
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -56,3 +157,9 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     status: int
     detail: str
     errors: list[FieldError] | None = None
+
+
+def schema_types() -> list[Any]:
+    """Every type the OpenAPI document names."""
+    return [OrderCreate, ActionRequest, BulkRequest, Order, OrderRef, OrderPage, Message,
+            ProcessingStarted, BulkResult, Health, Problem, EventPage]  # fmt: skip

@@ -8,19 +8,22 @@ from orderflow.store.memory import InMemoryOrderStore
 __all__ = ["InMemoryOrderStore", "OrderStore", "open_store"]
 
 
-async def open_store(url: str, *, migrate: bool = True) -> OrderStore:
+async def open_store(
+    url: str, *, migrate: bool = True, event_retention: int = 100_000
+) -> OrderStore:
     """A ready store for `url`: ``memory://`` (the default) or ``postgresql://…`` (schema
-    migrations applied first unless `migrate` is false).
+    migrations applied first unless `migrate` is false). `event_retention` bounds the event log
+    of the in-memory store, in events.
 
     Raises:
         ValueError: the scheme is not one we know.
-        StoreUnavailable: the database cannot be reached.
+        StoreUnavailable: the database cannot be reached (the message says why).
     """
     scheme = url.partition("://")[0]
     if scheme == "memory":
-        return InMemoryOrderStore()
+        return InMemoryOrderStore(event_retention=event_retention)
     if scheme in ("postgresql", "postgres"):
         from orderflow.store.postgres import PostgresOrderStore  # only then import the driver
 
         return await PostgresOrderStore.connect(url, apply_migrations=migrate)
-    raise ValueError(f"unsupported store URL scheme {scheme!r} (use memory:// or postgresql://)")
+    raise ValueError(f"unsupported scheme {scheme!r} (use memory:// or postgresql://)")

@@ -1,17 +1,63 @@
 """OrderStore: the contract every backend keeps; the conformance suite checks it.
 
 Each method is atomic on its own. Shared rules (the state machine, ids, validation) live in the
-domain and the service, so a backend only stores and finds.
+domain and the service, so a backend only stores and finds. Every change to an order appends
+its event to the store's event log in the same atomic step.
+
+Holding orders. A trigger *claims* pending orders (pending → processing): they are then *ready*,
+processing and held by nobody. A processor *acquires* ready orders: each becomes held by it under
+a `Hold` (owner, token), the token growing with every acquisition. Only the holder, under its
+current token, can write the order's outcome. Four words say how a hold ends without one:
+
+- release:  a one-process store at shutdown puts unfinished orders back to pending;
+- handback: the holder lets go of an order (shutdown of a shared store, or an order it did not
+            know it held): ready again at once, for any processor;
+- rescue:   the store takes back the orders of a holder whose lease ran out (it stopped
+            renewing): ready again, and the old holder's writes are refused;
+- retire:   a stopping holder hands back whatever it still holds (the safety net of a stop).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from orderflow.domain import Event, Order, OrderQuery, OrderStatus, Page
-from orderflow.errors import OrderConflict, OrderNotFound
+import msgspec
+
+from orderflow.domain import (
+    Event,
+    Held,
+    Hold,
+    Order,
+    OrderFilter,
+    OrderQuery,
+    OrderStatus,
+    Outcome,
+    Page,
+)
+from orderflow.errors import OrderNotFound
+
+
+class IdempotencyRecord(msgspec.Struct, frozen=True, gc=False):
+    """A submit made with an Idempotency-Key: which order it created, for which request."""
+
+    key: str
+    fingerprint: str
+    order_id: str
+    created_at: datetime
+
+
+class ReasonCount(msgspec.Struct, frozen=True):
+    reason: str
+    count: int
+
+
+class Stats(msgspec.Struct, frozen=True):
+    """Orders by status (every status), and the most frequent reasons of failed orders."""
+
+    by_status: dict[OrderStatus, int]
+    failed_reasons: list[ReasonCount]
 
 
 class OrderStore(abc.ABC):
@@ -19,11 +65,18 @@ class OrderStore(abc.ABC):
     #: back for them (handback) instead of putting them back to pending (release).
     shared = False
 
+    # -- orders ------------------------------------------------------------------------------
+
     @abc.abstractmethod
-    async def add(self, order: Order) -> None:
+    async def add(
+        self, order: Order, idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
         """Store a new order, in whatever status it is. Its id must encode its timestamp, as
-        `domain.new_order_id` makes it (stores answer time ranges with id ranges); orders from
-        outside (a snapshot) are checked where they come in.
+        `domain.new_order_id` makes it (stores answer time ranges with id ranges).
+
+        With `idempotency`, the record is kept with the order, atomically: if a record with
+        that key exists already, nothing is stored and the existing record is returned.
+        Returns None when the order was stored.
 
         Raises:
             OrderConflict: an order with that id exists (ids are never reused).
@@ -50,12 +103,12 @@ class OrderStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def delete_pending(self, order_id: str) -> None:
+    async def delete_pending(self, order_id: str, at: datetime) -> None:
         """Delete the order if, and only if, it is pending, in one atomic step.
 
         Raises:
             OrderNotFound: no such order.
-            OrderConflict: the order is not pending.
+            IllegalTransition: the order is not pending.
         """
 
     @abc.abstractmethod
@@ -66,37 +119,29 @@ class OrderStore(abc.ABC):
         at: datetime,
         reason: str | None = None,
         *,
-        owner: str | None = None,
+        hold: Hold | None = None,
     ) -> Order:
         """Apply `event` to the order as it is now (compare-and-set against its current
-        status), append the history entry, and return the new order. With `owner`, the order
-        must also still be held by that owner (see `acquire`), so a late finisher can never
-        overwrite a cancel or someone else's work. Leaving processing, or a handback, ends the
-        hold; a handback makes the order ready again.
+        status), append the history entry, and return the new order. With `hold`, the order
+        must still be held under that very hold, so a late or stale holder can never overwrite
+        a cancel, a rescue or someone else's work. Every event but a reattempt ends the hold; a
+        handback makes the order ready again.
 
         Raises:
             OrderNotFound: no such order.
             IllegalTransition: the state machine refuses `event` from the current status.
-            OrderConflict: `owner` no longer holds the order.
+            NotHeld: `hold` is not (or no longer) the order's hold.
         """
 
-    async def transition_many(
-        self, owner: str, changes: list[tuple[str, Event, datetime, str | None]]
-    ) -> list[Order | None]:
-        """`transition(order_id, event, at, reason, owner=owner)` for each change, in one round
-        trip where the backend can; None where the order was not (or no longer) the owner's to
-        move. Each change is atomic on its own.
+    @abc.abstractmethod
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
+        """Apply each outcome of orders `owner` holds (each checked against (owner, its
+        token)), in one round trip where the backend can; the order as written, or None where
+        it was not (or no longer) held so. Each is atomic on its own.
 
         Raises:
-            StoreUnavailable: the store cannot be reached (then nothing is known to be written).
+            StoreUnavailable: nothing is known to be written (OutcomeUnknown: some may be).
         """
-        results: list[Order | None] = []
-        for order_id, event, at, reason in changes:
-            try:
-                results.append(await self.transition(order_id, event, at, reason, owner=owner))
-            except (OrderNotFound, OrderConflict):
-                results.append(None)
-        return results
 
     @abc.abstractmethod
     async def claim_pending(
@@ -108,29 +153,69 @@ class OrderStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def acquire(self, owner: str, limit: int) -> list[Order]:
-        """Hand up to `limit` ready orders (roughly the oldest first) to `owner` to ship.
+    async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:
+        """Hand up to `limit` ready orders (roughly the oldest first) to `owner`, each under a
+        new token, with a lease of `lease_s` seconds.
 
         Atomic: no order is ever held by two owners, nor handed out twice while held.
         """
 
     @abc.abstractmethod
+    async def renew(
+        self, owner: str, holds: Mapping[str, int], lease_s: float, at: datetime
+    ) -> set[str]:
+        """Extend to `lease_s` seconds from now the lease of each order `owner` holds under
+        the token `holds` gives for it, and hand back (ready again, at `at`) every order held
+        by `owner` that is not in `holds` under its token: `owner` does not know it holds it
+        (an acquire whose answer was lost). Returns the ids in `holds` that `owner` no longer
+        holds under that token (finished, cancelled, rescued or taken by another)."""
+
+    @abc.abstractmethod
     async def count_by_status(self) -> dict[OrderStatus, int]:
-        """How many orders are in each status (statuses with none may be left out)."""
+        """How many orders are in each status (every status, zeros included); cheap: kept by
+        the store as orders move, never counted by a scan."""
+
+    @abc.abstractmethod
+    async def stats(self, top: int = 20) -> Stats:
+        """Orders by status, and the `top` most frequent reasons among failed orders (the most
+        frequent first); as cheap as `count_by_status`."""
+
+    @abc.abstractmethod
+    async def transition_matching(
+        self,
+        event: Event,
+        source: OrderStatus,
+        where: OrderFilter,
+        at: datetime,
+        reason: str | None,
+        *,
+        limit: int,
+        after: str | None = None,
+    ) -> tuple[list[str], str | None]:
+        """Apply `event` (an operator's retry or cancel) to up to `limit` orders in `source`
+        status that match `where`, oldest first, after the id `after`, each atomically (an
+        order moved meanwhile by someone else is skipped; a cancel ends any hold). Returns the
+        ids moved, and where to go on (None: nothing left). A batch looks at a bounded stretch
+        of orders, so it may move none and still say to go on."""
+
+    # -- idempotency keys --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def find_idempotency(self, key: str) -> IdempotencyRecord | None:
+        """The record of a submit made with `key`, if it is still kept."""
+
+    @abc.abstractmethod
+    async def prune_idempotency(self, created_before: datetime) -> int:
+        """Forget the keys recorded before `created_before`; returns how many."""
 
     # -- sharing work between processes ------------------------------------------------------
-    # A store that several processes share overrides these; in one process they have nothing
-    # to do. The processor calls `heartbeat` every heartbeat interval and `rescue_orphans` as
-    # often; see the README for how the timers relate.
+    # A store that several processes share overrides these; in one process they have little
+    # to do. See the README for how the timers relate.
 
-    async def heartbeat(self, owner: str, lease_s: float) -> None:  # noqa: B027 - optional
-        """Record that `owner` is alive, and extend the hold on every order it holds to
-        `lease_s` seconds from now."""
-
-    async def rescue_orphans(self, at: datetime) -> int:
-        """Make ready again every processing order whose holder's lease ran out (it stopped
-        heartbeating), with a history entry at `at` saying so; returns how many. Safe to call
-        from many processes at once: each order is rescued once."""
+    async def rescue_expired(self, at: datetime) -> int:
+        """Make ready again every processing order whose holder's lease ran out, with a
+        history entry at `at` saying so; returns how many. Safe to call from many processes at
+        once: each order is rescued once."""
         return 0
 
     async def release_unshared(self, at: datetime, reason: str) -> int:
@@ -138,17 +223,21 @@ class OrderStore(abc.ABC):
         could ship it; returns how many. A shared store keeps them ready for the others."""
         return 0
 
-    async def retire(self, owner: str, at: datetime) -> None:  # noqa: B027 - optional
+    @abc.abstractmethod
+    async def retire(self, owner: str, at: datetime) -> int:
         """`owner` is stopping for good at `at`: whatever it still holds is handed back (a
-        clean stop handed everything back already)."""
+        clean stop handed everything back already); returns how many."""
 
     async def subscribe(  # noqa: B027 - optional
         self, on_ready: Callable[[], object], on_cancel: Callable[[str], object]
     ) -> None:
         """Call `on_ready()` when another process may have made orders ready, and
-        `on_cancel(order_id)` when an order may have been cancelled by another process, or
-        taken from this one (its lease ran out), so that its shipment here stops; until `close`.
-        Either may come more than once, or for an order this process does not hold."""
+        `on_cancel(order_id)` when another process cancelled an order, so that its shipment
+        here stops; until `close`. Either may come more than once, or for an order this
+        process does not hold."""
+
+    async def ping(self) -> None:  # noqa: B027 - a store in memory always answers
+        """Return once the store answers; raises StoreUnavailable."""
 
     async def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release connections and the like; the store is unusable afterwards."""

@@ -1,19 +1,21 @@
 """PostgresOrderStore: orders in PostgreSQL, shared by any number of orderflow processes.
 
-The only module that imports the driver: every driver or network error leaves as
-StoreUnavailable (503), a duplicate id as OrderConflict. Each method is one statement (or one
-short transaction), so it is atomic on its own:
+The only module that imports the driver. Every statement is in `postgres_sql`; each method is
+one statement, so atomic on its own:
 
 - claims and acquires take rows with ``FOR UPDATE SKIP LOCKED``: no row goes to two callers;
-- completion is a conditional UPDATE naming the allowed source statuses and the holder, so a
-  late finisher can never overwrite a cancel, a rescue or another process's work;
+- a holder's write names the hold (owner, token) it must still be under, so a late or stale
+  holder can never overwrite a cancel, a rescue or anyone's later work;
 - NOTIFY wakes the other processes (``orderflow_ready``) and tells a holder that its order was
   cancelled (``orderflow_cancel``); polling covers a lost notification;
-- holders renew the lease on their orders with every heartbeat; `rescue_orphans` makes ready
-  again what a dead holder's lease left behind, one instance at a time (an advisory lock),
-  each row once (row locks, SKIP LOCKED);
-- the heartbeat is also the polling fallback for cancels: an order this process held that was
-  cancelled, or taken from it, while a notification was lost is reported to `on_cancel` then.
+- holders renew the lease on what they hold with every heartbeat; `rescue_expired` makes ready
+  again what a silent holder's lease left behind, one instance at a time (an advisory lock).
+
+Errors leave as ours: a duplicate id as OrderConflict; anything from the driver or the network
+as StoreUnavailable when the statement cannot have run (no connection, or the server refused
+it), and as OutcomeUnknown when the connection broke while a change was in flight. A connection
+that breaks after its statement's answer arrived (while going back to the pool) changes
+nothing about that answer.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -29,77 +31,48 @@ import asyncpg
 import msgspec
 
 from orderflow.domain import (
+    EVENT_TYPE,
     Event,
+    Held,
     HistoryEntry,
+    Hold,
     Item,
     Order,
+    OrderFilter,
     OrderQuery,
     OrderStatus,
+    Outcome,
     Page,
+    ends_hold,
     next_status,
     order_id_floor,
     sources_of,
     target_of,
 )
 from orderflow.errors import (
+    IllegalTransition,
+    NotHeld,
     OrderConflict,
     OrderflowError,
     OrderNotFound,
+    OutcomeUnknown,
     StoreUnavailable,
 )
-from orderflow.store.base import OrderStore
+from orderflow.store import postgres_sql as sql
+from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount, Stats
 from orderflow.store.migrations import migrate
 
 log = logging.getLogger("orderflow.store.postgres")
 
-READY_CHANNEL = "orderflow_ready"
-CANCEL_CHANNEL = "orderflow_cancel"
-_RESCUE_LOCK = 0x726573637565  # an advisory lock: one instance rescues at a time
-_ABOVE_ALL_IDS = "order_g"  # sorts after every id ("g" follows the hex digits)
-_COLUMNS = "id, customer, items, created_at, status, history"
-_UPDATED_COLUMNS = ", ".join("o." + column for column in _COLUMNS.split(", "))
-
-# The statements whose plans matter most, kept as data so a test can EXPLAIN them.
-# Claim: the oldest pending orders, through the partial index orders_pending.
-CLAIM_SQL = (
-    "WITH picked AS (SELECT id FROM orders WHERE status = 'pending' AND id < $3"
-    "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
-    " UPDATE orders o SET status = 'processing', updated_at = $1,"
-    "  history = o.history || $4::jsonb"
-    " FROM picked WHERE o.id = picked.id"
-)
-# Outcomes of many shipments: only the owner's rows, found through its small index (only
-# processing orders have an owner). A status condition here let the planner, its statistics
-# taken before a burst of claims, scan every processing order for each batch.
-WRITE_OUTCOMES_SQL = (
-    "UPDATE orders o SET status = c.target, updated_at = c.at,"
-    "  history = o.history || c.entry,"
-    "  owner = CASE WHEN c.keep THEN o.owner END,"
-    "  lease_expires_at = CASE WHEN c.keep THEN o.lease_expires_at END"
-    " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[],"
-    "  $5::bool[]) AS c(id, target, at, entry, keep)"
-    f" WHERE o.id = c.id AND o.owner = $6 RETURNING {_UPDATED_COLUMNS}"
-)
-
 _encode = msgspec.json.Encoder().encode
 _decode_items = msgspec.json.Decoder(tuple[Item, ...]).decode
 _decode_history = msgspec.json.Decoder(tuple[HistoryEntry, ...]).decode
-
-
-_no_transaction = contextlib.nullcontext()
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+_MAX_WALK = 10_000  # orders a bulk action's batch looks at
 
 
 def _entry(status: OrderStatus, at: datetime, reason: str | None = None) -> str:
     return _encode([HistoryEntry(status, at, reason)]).decode()
-
-
-def _ready_again_entry(reason_sql: str) -> str:
-    """SQL for a one-entry history array shaped as `HistoryEntry` encodes: processing (ready
-    again) at the time in parameter $1 (`timestamp`), with `reason_sql` as the reason."""
-    return (
-        "jsonb_build_array(jsonb_build_object("
-        f"'status', 'processing', 'at', $1::text, 'reason', {reason_sql}))"
-    )
 
 
 def _timestamp(at: datetime) -> str:
@@ -107,8 +80,13 @@ def _timestamp(at: datetime) -> str:
     return _encode(at)[1:-1].decode()
 
 
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else _encode(value).decode()
+
+
 def _to_order(row: Any) -> Order:
     history = _decode_history(row["history"])
+    shipment = row["shipment"]
     return Order(
         row["id"],
         row["customer"],
@@ -117,14 +95,16 @@ def _to_order(row: Any) -> Order:
         OrderStatus(row["status"]),
         history[-1].at,
         history,
+        None if shipment is None else _decode_object(shipment),
     )
 
 
-# Everything the driver raises: server errors, misuse of a closed or broken connection
-# (InterfaceError), and its own internal states after a connection was cut (InternalClientError:
-# "cannot switch to state …"), besides the network's own.
-_DRIVER_ERRORS = (
-    asyncpg.PostgresError,
+# What the driver raises when the server refused the statement: it did not run (or was
+# rolled back). A broken connection (the server's FATAL shutdown messages included: they can
+# arrive after a commit) leaves the outcome of a change unknown.
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
     OSError,
@@ -133,16 +113,22 @@ _DRIVER_ERRORS = (
 
 
 @contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """Driver and network errors become StoreUnavailable; ours pass through."""
+def _translated(*, changing: bool = False) -> Iterator[None]:
+    """Driver and network errors become ours; see the module docstring."""
     try:
         yield
     except OrderflowError:
         raise
     except asyncpg.UniqueViolationError as exc:
         raise OrderConflict("an order with that id exists") from exc
-    except _DRIVER_ERRORS as exc:
+    except _CONNECTION_LOST as exc:
+        if changing:
+            raise OutcomeUnknown(
+                f"the database connection was lost during a change: {type(exc).__name__}"
+            ) from exc
         raise StoreUnavailable(f"the database is unavailable: {type(exc).__name__}") from exc
+    except asyncpg.PostgresError as exc:
+        raise StoreUnavailable(f"the database refused: {type(exc).__name__}") from exc
 
 
 class PostgresOrderStore(OrderStore):
@@ -156,14 +142,10 @@ class PostgresOrderStore(OrderStore):
     def __init__(self, pool: Any, dsn: str, *, server_settings: dict[str, str] | None = None):
         self._pool = pool
         self._dsn = dsn
-        self._server_settings = server_settings or {}
+        self.server_settings = server_settings or {}
         self._listener: Any = None
         self._callbacks: tuple[Callable[[], object], Callable[[str], object]] | None = None
-        self._lease_s = 15.0
         self._closing = False
-        # Orders each owner in this process acquired and has not let go of yet: what the
-        # heartbeat checks against, to catch a cancel whose notification was lost.
-        self._holding: dict[str, set[str]] = {}
 
     @classmethod
     async def connect(
@@ -176,12 +158,12 @@ class PostgresOrderStore(OrderStore):
         command_timeout_s: float = 10.0,
     ) -> PostgresOrderStore:
         """A store over a new pool to `dsn`; applies migrations first unless told not to.
-        A statement that gets no answer within `command_timeout_s` fails as StoreUnavailable.
+        A statement that gets no answer within `command_timeout_s` fails.
 
         Raises:
-            StoreUnavailable: the database cannot be reached.
+            StoreUnavailable: the database cannot be reached (the message says why).
         """
-        with _translated():
+        try:
             pool = await asyncpg.create_pool(
                 dsn,
                 min_size=1,
@@ -190,30 +172,55 @@ class PostgresOrderStore(OrderStore):
                 timeout=10,
                 server_settings=server_settings or {},
             )
+        except asyncpg.PostgresError as exc:  # the server's own words: no such database, …
+            raise StoreUnavailable(f"the database refused the connection: {exc}") from exc
+        except (*_CONNECTION_LOST, ValueError) as exc:
+            raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
         store = cls(pool, dsn, server_settings=server_settings)
         if apply_migrations:
-            await store.migrate()
+            try:
+                await store.migrate()
+            except BaseException:
+                await store.close()
+                raise
         return store
 
     async def migrate(self) -> list[str]:
         """Apply the schema migrations not applied yet; returns their names, in order."""
-        async with self._connection() as connection:
+        async with self._connection(changing=True) as connection:
             applied = await migrate(connection)
         for version in applied:
             log.info("applied migration %s", version)
         return applied
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
+    async def _connection(self, *, changing: bool = False) -> AsyncIterator[Any]:
+        """A pooled connection. Errors while getting it mean nothing ran; errors while giving it
+        back (the connection broke after the answer) are logged, never raised: the statement's
+        answer stands."""
         with _translated():
-            async with self._pool.acquire(timeout=5) as connection:
+            connection = await self._pool.acquire(timeout=5)
+        try:
+            with _translated(changing=changing):
                 yield connection
+        finally:
+            try:
+                await self._pool.release(connection)
+            except Exception as exc:  # the pool replaces a broken connection by itself
+                log.debug("a connection broke on its way back to the pool: %r", exc)
 
-    async def add(self, order: Order) -> None:
+    async def ping(self) -> None:
         async with self._connection() as db:
-            status = await db.execute(
-                "INSERT INTO orders (id, customer, items, created_at, status, updated_at, history)"
-                " VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7::jsonb) ON CONFLICT (id) DO NOTHING",
+            await db.fetchval("SELECT 1", timeout=2)
+
+    # -- orders ------------------------------------------------------------------------------
+
+    async def add(
+        self, order: Order, idempotency: IdempotencyRecord | None = None
+    ) -> IdempotencyRecord | None:
+        async with self._connection(changing=True) as db:
+            inserted = await db.fetchval(
+                sql.INSERT_ORDER,
                 order.id,
                 order.customer,
                 _encode(order.items).decode(),
@@ -221,48 +228,47 @@ class PostgresOrderStore(OrderStore):
                 order.status.value,
                 order.updated_at,
                 _encode(order.history).decode(),
+                _json(order.shipment),
+                None if idempotency is None else idempotency.key,
+                None if idempotency is None else idempotency.fingerprint,
             )
-            if status == "INSERT 0 0":
-                raise OrderConflict(f"an order with id {order.id!r} exists")
+            if not inserted:
+                assert idempotency is not None  # without a key the INSERT raised or inserted
+                row = await db.fetchrow(sql.FIND_IDEMPOTENCY, idempotency.key)
+                return IdempotencyRecord(*row)
             if order.status is OrderStatus.PROCESSING:
-                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+                await db.execute("SELECT pg_notify($1, '')", sql.READY_CHANNEL)
+        return None
 
     async def find_order(self, order_id: str) -> Order | None:
         async with self._connection() as db:
-            row = await db.fetchrow(f"SELECT {_COLUMNS} FROM orders WHERE id = $1", order_id)
+            row = await db.fetchrow(sql.FIND_ORDER, order_id)
         return None if row is None else _to_order(row)
 
     async def list_orders(self, query: OrderQuery) -> Page:
-        sql, args = self._list_sql(query)
+        statement, args = self.list_statement(query)
         async with self._connection() as db:
-            rows = await db.fetch(sql, *args)
+            rows = await db.fetch(statement, *args)
         orders = [_to_order(row) for row in rows[: query.limit]]
         return Page(orders, orders[-1].id if len(rows) > query.limit else None)
 
     @staticmethod
-    def _list_sql(query: OrderQuery) -> tuple[str, list[Any]]:
-        """The listing's statement and arguments: an id range, so a primary key range scan (or
-        one on (status, id)), one row more than the page to know whether more follow."""
+    def list_statement(query: OrderQuery) -> tuple[str, list[Any]]:
+        """The listing's statement and its arguments."""
         low = "" if query.start is None else order_id_floor(query.start)
-        high = _ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
-        where = "id >= $1 AND id > $2 AND id < $3"
+        high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
         args: list[Any] = [low, query.cursor or "", high, query.limit + 1]
-        if query.status is not None:
-            where += " AND status = $5"
-            args.append(query.status.value)
-        return f"SELECT {_COLUMNS} FROM orders WHERE {where} ORDER BY id LIMIT $4", args
+        if query.status is None:
+            return sql.LIST_ORDERS, args
+        return sql.LIST_ORDERS_BY_STATUS, [*args, query.status.value]
 
-    async def delete_pending(self, order_id: str) -> None:
-        async with self._connection() as db:
-            status = await db.execute(
-                "DELETE FROM orders WHERE id = $1 AND status = 'pending'", order_id
-            )
-            if status == "DELETE 1":
-                return
-            current = await db.fetchval("SELECT status FROM orders WHERE id = $1", order_id)
-        if current is None:
+    async def delete_pending(self, order_id: str, at: datetime) -> None:
+        async with self._connection(changing=True) as db:
+            row = await db.fetchrow(sql.DELETE_PENDING, order_id, at)
+        if row is None:
             raise OrderNotFound(f"no order with id {order_id!r}")
-        raise OrderConflict(f"only pending orders can be deleted; this one is {current}")
+        if not row["deleted"]:
+            raise IllegalTransition(f"only pending orders can be deleted; this one is {row[0]}")
 
     async def transition(
         self,
@@ -271,201 +277,166 @@ class PostgresOrderStore(OrderStore):
         at: datetime,
         reason: str | None = None,
         *,
-        owner: str | None = None,
+        hold: Hold | None = None,
     ) -> Order:
         target = target_of(event)
-        # Leaving processing, or handing back, ends the hold.
-        keeps_hold = target is OrderStatus.PROCESSING and event is not Event.HANDBACK
-        notify = event is Event.CANCEL or event is Event.HANDBACK
-        # One statement, one round trip; a transaction only where a notification goes with it.
-        async with self._connection() as db, db.transaction() if notify else _no_transaction:
+        async with self._connection(changing=True) as db:
             row = await db.fetchrow(
-                "WITH old AS (SELECT id, owner, status FROM orders WHERE id = $1 FOR UPDATE)"
-                " UPDATE orders o SET status = $2, updated_at = $3,"
-                "  history = o.history || $4::jsonb,"
-                "  owner = CASE WHEN $5 THEN o.owner END,"
-                "  lease_expires_at = CASE WHEN $5 THEN o.lease_expires_at END"
-                " FROM old WHERE o.id = old.id AND old.status = ANY($6::text[])"
-                "  AND ($7::text IS NULL OR old.owner = $7)"
-                f" RETURNING {_UPDATED_COLUMNS},"
-                "  old.owner AS previous_owner",
+                sql.TRANSITION,
                 order_id,
                 target.value,
                 at,
                 _entry(target, at, reason),
-                keeps_hold,
+                not ends_hold(event),
                 [s.value for s in sources_of(event)],
-                owner,
+                None if hold is None else hold.owner,
+                None if hold is None else hold.token,
+                EVENT_TYPE[event].value,
+                reason,
+                event is Event.CANCEL,
+                event is Event.HANDBACK,
             )
-            if row is None:
-                current = await db.fetchrow(
-                    "SELECT status, owner FROM orders WHERE id = $1", order_id
-                )
-            elif event is Event.CANCEL and row["previous_owner"] is not None:
-                await db.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, order_id)
-            elif event is Event.HANDBACK:
-                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
-        if owner is not None and (row is None or not keeps_hold):
-            self._let_go(owner, order_id)
-        elif event is Event.CANCEL:
-            for held in self._holding.values():
-                held.discard(order_id)
-        if row is not None:
-            return _to_order(row)
-        if current is None:
+        if row is None:
             raise OrderNotFound(f"no order with id {order_id!r}")
-        next_status(OrderStatus(current["status"]), event)  # raises IllegalTransition
-        raise OrderConflict(f"order {order_id} is no longer held by {owner}")
+        if row["id"] is not None:
+            return _to_order(row)
+        next_status(OrderStatus(row["old_status"]), event)  # raises IllegalTransition
+        assert hold is not None
+        raise NotHeld(f"order {order_id} is not held by {hold.owner} under {hold.token}")
 
-    async def transition_many(
-        self, owner: str, changes: list[tuple[str, Event, datetime, str | None]]
-    ) -> list[Order | None]:
-        if any(sources_of(event) != (OrderStatus.PROCESSING,) for _, event, _, _ in changes):
-            return await super().transition_many(owner, changes)  # not an outcome batch
-        targets = [target_of(event) for _, event, _, _ in changes]
-        keeps = [
-            target is OrderStatus.PROCESSING and event is not Event.HANDBACK
-            for target, (_, event, _, _) in zip(targets, changes, strict=True)
-        ]
-        async with self._connection() as db:
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
+        targets = [target_of(o.event) for o in outcomes]
+        async with self._connection(changing=True) as db:
             rows = await db.fetch(
-                WRITE_OUTCOMES_SQL,
-                [order_id for order_id, _, _, _ in changes],
+                sql.WRITE_OUTCOMES,
+                [o.order_id for o in outcomes],
+                [o.token for o in outcomes],
                 [target.value for target in targets],
-                [at for _, _, at, _ in changes],
-                [
-                    _entry(t, at, reason)
-                    for t, (_, _, at, reason) in zip(targets, changes, strict=True)
-                ],
-                keeps,
+                [o.at for o in outcomes],
+                [_entry(t, o.at, o.reason) for t, o in zip(targets, outcomes, strict=True)],
+                [not ends_hold(o.event) for o in outcomes],
+                [EVENT_TYPE[o.event].value for o in outcomes],
+                [o.reason for o in outcomes],
+                [_json(o.shipment) for o in outcomes],
                 owner,
             )
-            if any(event is Event.HANDBACK for _, event, _, _ in changes):
-                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
         written = {row["id"]: _to_order(row) for row in rows}
-        for (order_id, _, _, _), keep in zip(changes, keeps, strict=True):
-            if not keep or order_id not in written:
-                self._let_go(owner, order_id)
-        return [written.get(order_id) for order_id, _, _, _ in changes]
-
-    def _let_go(self, owner: str, order_id: str) -> None:
-        held = self._holding.get(owner)
-        if held is not None:
-            held.discard(order_id)
+        return [written.get(o.order_id) for o in outcomes]
 
     async def claim_pending(
         self, at: datetime, limit: int, created_before: datetime | None = None
     ) -> int:
-        below = _ABOVE_ALL_IDS if created_before is None else order_id_floor(created_before)
-        async with self._connection() as db, db.transaction():
-            status = await db.execute(
-                CLAIM_SQL,
-                at,
-                limit,
-                below,
-                _entry(OrderStatus.PROCESSING, at),
+        below = sql.ABOVE_ALL_IDS if created_before is None else order_id_floor(created_before)
+        async with self._connection(changing=True) as db:
+            claimed: int = await db.fetchval(
+                sql.CLAIM, at, limit, below, _entry(OrderStatus.PROCESSING, at)
             )
-            count = int(status.split()[-1])
-            if count:
-                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
-        return count
+        return claimed
 
-    async def acquire(self, owner: str, limit: int) -> list[Order]:
-        async with self._connection() as db:
+    async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:
+        async with self._connection(changing=True) as db:
+            rows = await db.fetch(sql.ACQUIRE, owner, limit, lease_s)
+        held = [Held(_to_order(row), row["attempt"]) for row in rows]
+        held.sort(key=lambda h: h.order.id)
+        return held
+
+    async def renew(
+        self, owner: str, holds: Mapping[str, int], lease_s: float, at: datetime
+    ) -> set[str]:
+        ids = list(holds)
+        async with self._connection(changing=True) as db:
             rows = await db.fetch(
-                "WITH picked AS (SELECT id FROM orders"
-                "  WHERE status = 'processing' AND owner IS NULL"
-                "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
-                " UPDATE orders o SET owner = $1, attempt = o.attempt + 1,"
-                "  lease_expires_at = now() + make_interval(secs => $3)"
-                f" FROM picked WHERE o.id = picked.id"
-                f" RETURNING {_UPDATED_COLUMNS}",
-                owner,
-                limit,
-                self._lease_s,
+                sql.RENEW, owner, ids, [holds[i] for i in ids], lease_s, at, _timestamp(at)
             )
-        if rows:
-            self._holding.setdefault(owner, set()).update(row["id"] for row in rows)
-        return sorted((_to_order(row) for row in rows), key=lambda order: order.id)
+        renewed = {row["id"] for row in rows if row["renewed"]}
+        handed_back = sum(1 for row in rows if row["renewed"] is False)
+        if handed_back:
+            log.warning("handed back %d orders %s held without knowing", handed_back, owner)
+        return set(ids) - renewed
+
+    async def rescue_expired(self, at: datetime) -> int:
+        async with self._connection(changing=True) as db, db.transaction():
+            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", sql.RESCUE_LOCK):
+                return 0  # another instance is rescuing right now
+            rescued: int = await db.fetchval(sql.RESCUE, at, _timestamp(at))
+        if rescued:
+            log.warning("rescued %d orders whose holder stopped renewing its lease", rescued)
+        return rescued
+
+    async def retire(self, owner: str, at: datetime) -> int:
+        async with self._connection(changing=True) as db:
+            retired: int = await db.fetchval(sql.RETIRE, at, _timestamp(at), owner)
+        return retired
+
+    # -- operators ---------------------------------------------------------------------------
 
     async def count_by_status(self) -> dict[OrderStatus, int]:
         async with self._connection() as db:
-            rows = await db.fetch("SELECT status, count(*) AS n FROM orders GROUP BY status")
-        return {OrderStatus(row["status"]): row["n"] for row in rows}
+            rows = await db.fetch(sql.STATUS_COUNTS)
+        counts = {OrderStatus(row["status"]): row["count"] for row in rows}
+        return {status: counts.get(status, 0) for status in OrderStatus}
 
-    async def heartbeat(self, owner: str, lease_s: float) -> None:
-        """Also the polling fallback for cancels: an order `owner` acquired here that is no
-        longer its own, because it was cancelled or rescued meanwhile, goes to `on_cancel`."""
-        self._lease_s = lease_s
-        known = set(self._holding.get(owner, ()))  # before the UPDATE: acquired and committed
+    async def stats(self, top: int = 20) -> Stats:
         async with self._connection() as db:
+            rows = await db.fetch(sql.STATUS_COUNTS)
+            reasons = await db.fetch(sql.FAILED_REASONS, top)
+        counts = {OrderStatus(row["status"]): row["count"] for row in rows}
+        return Stats(
+            {status: counts.get(status, 0) for status in OrderStatus},
+            [ReasonCount(row["reason"], row["count"]) for row in reasons],
+        )
+
+    async def transition_matching(
+        self,
+        event: Event,
+        source: OrderStatus,
+        where: OrderFilter,
+        at: datetime,
+        reason: str | None,
+        *,
+        limit: int,
+        after: str | None = None,
+    ) -> tuple[list[str], str | None]:
+        target = next_status(source, event)
+        async with self._connection(changing=True) as db:
             rows = await db.fetch(
-                "UPDATE orders SET lease_expires_at = now() + make_interval(secs => $2)"
-                " WHERE owner = $1 RETURNING id",
-                owner,
-                lease_s,
-            )
-            gone = known.difference(row["id"] for row in rows)
-            taken: list[str] = []
-            if gone:
-                # Gone also when we finished it ourselves a moment ago: only a cancel or another
-                # holder (or none: rescued) means a shipment of ours should stop.
-                taken = [
-                    row["id"]
-                    for row in await db.fetch(
-                        "SELECT id FROM orders WHERE id = ANY($1::text[]) AND (status = 'cancelled'"
-                        " OR (status = 'processing' AND owner IS DISTINCT FROM $2))",
-                        sorted(gone),
-                        owner,
-                    )
-                ]
-                self._holding.get(owner, set()).difference_update(taken)
-        if self._callbacks is not None:
-            for order_id in taken:
-                self._callbacks[1](order_id)
-            if self._listener is None or self._listener.is_closed():
-                await self._listen()  # the listening connection was lost: listen again
-                self._callbacks[0]()  # and whatever it missed may be ready now
-
-    async def rescue_orphans(self, at: datetime) -> int:
-        # Leases are measured on the database's clock alone; `at` only dates the history. Row
-        # locks would keep two rescuers from taking one order; the lock keeps them from racing.
-        async with self._connection() as db, db.transaction():
-            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RESCUE_LOCK):
-                return 0  # another instance is rescuing right now
-            status = await db.execute(
-                "WITH lost AS (SELECT id, owner FROM orders"
-                "  WHERE owner IS NOT NULL AND lease_expires_at < now()"
-                "  FOR UPDATE SKIP LOCKED)"
-                " UPDATE orders o SET owner = NULL, lease_expires_at = NULL, updated_at = $2,"
-                "  history = o.history || "
-                + _ready_again_entry("'rescued: the lease of ' || lost.owner || ' ran out'")
-                + " FROM lost WHERE o.id = lost.id",
-                _timestamp(at),
+                sql.TRANSITION_MATCHING,
+                source.value,
+                "" if where.start is None else order_id_floor(where.start),
+                sql.ABOVE_ALL_IDS if where.end is None else order_id_floor(where.end),
+                after or "",
+                limit,
+                where.reason_contains,
+                target.value,
+                _entry(target, at, reason),
+                _MAX_WALK,
                 at,
+                EVENT_TYPE[event].value,
+                reason,
+                event is Event.CANCEL,
             )
+        moved = [row["id"] for row in rows if row["id"] is not None]
+        resume = next((row["walked_to"] for row in rows if row["id"] is None), None)
+        return moved, resume
+
+    # -- idempotency keys --------------------------------------------------------------------
+
+    async def find_idempotency(self, key: str) -> IdempotencyRecord | None:
+        async with self._connection() as db:
+            row = await db.fetchrow(sql.FIND_IDEMPOTENCY, key)
+        return None if row is None else IdempotencyRecord(*row)
+
+    async def prune_idempotency(self, created_before: datetime) -> int:
+        pruned = 0
+        while True:  # in batches: never one long statement holding many row locks
+            async with self._connection(changing=True) as db:
+                status = await db.execute(sql.PRUNE_IDEMPOTENCY, created_before, 10_000)
             count = int(status.split()[-1])
-            if count:
-                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
-        if count:
-            log.warning("rescued %d orders whose holder stopped heartbeating", count)
-        return count
+            pruned += count
+            if count < 10_000:
+                return pruned
 
-    async def retire(self, owner: str, at: datetime) -> None:
-        # A clean stop handed everything back already; this is the safety net.
-        self._holding.pop(owner, None)
-        async with self._connection() as db, db.transaction():
-            status = await db.execute(
-                "UPDATE orders SET owner = NULL, lease_expires_at = NULL, updated_at = $2,"
-                "  history = history || "
-                + _ready_again_entry("'handed back: ' || $3::text || ' stopped'")
-                + " WHERE owner = $3",
-                _timestamp(at),
-                at,
-                owner,
-            )
-            if status != "UPDATE 0":
-                await db.execute("SELECT pg_notify($1, '')", READY_CHANNEL)
+    # -- notifications -----------------------------------------------------------------------
 
     async def subscribe(
         self, on_ready: Callable[[], object], on_cancel: Callable[[str], object]
@@ -473,23 +444,32 @@ class PostgresOrderStore(OrderStore):
         self._callbacks = (on_ready, on_cancel)
         await self._listen()
 
+    async def listen_again(self) -> None:
+        """Open the listening connection again if it was lost (the heartbeat calls this), and
+        wake the processor, since whatever the lost connection missed may be ready now."""
+        if self._callbacks is None or self._closing:
+            return
+        if self._listener is None or self._listener.is_closed():
+            await self._listen()
+            self._callbacks[0]()
+
     async def _listen(self) -> None:
         assert self._callbacks is not None
         on_ready, on_cancel = self._callbacks
         with _translated():
             listener = await asyncpg.connect(
-                self._dsn, timeout=10, server_settings=self._server_settings
+                self._dsn, timeout=10, server_settings=self.server_settings
             )
-            await listener.add_listener(READY_CHANNEL, lambda *_: on_ready())
+            await listener.add_listener(sql.READY_CHANNEL, lambda *_: on_ready())
             await listener.add_listener(
-                CANCEL_CHANNEL, lambda _conn, _pid, _channel, order_id: on_cancel(order_id)
+                sql.CANCEL_CHANNEL, lambda _conn, _pid, _channel, order_id: on_cancel(order_id)
             )
         listener.add_termination_listener(self._on_listener_lost)
         self._listener = listener
 
     def _on_listener_lost(self, _connection: Any) -> None:
         if not self._closing:
-            log.warning("lost the notification connection; polling until back")
+            log.warning("lost the notification connection; polling until it is back")
 
     async def close(self) -> None:
         self._closing = True

@@ -1,0 +1,320 @@
+"""The one route table: each endpoint is one `Route` (method, path, handler, request and answer
+types, parameters, statuses, role). Routing, ``405 Allow``, HEAD and the OpenAPI document all
+come from it; the handlers below see only our `Request` and answer a `Response`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from orderflow.api.errors import PROBLEMS, HTTPProblem, bad_query
+from orderflow.api.http import JSON, Request, Response, json_response
+from orderflow.api.schemas import (
+    ActionRequest,
+    BulkRequest,
+    BulkResult,
+    Health,
+    Message,
+    OrderCreate,
+    OrderPage,
+    OrderRef,
+    ProcessingStarted,
+)
+from orderflow.domain import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    Event,
+    Order,
+    OrderFilter,
+    OrderQuery,
+    OrderStatus,
+)
+from orderflow.errors import ShuttingDown
+from orderflow.store.base import Stats
+
+if TYPE_CHECKING:
+    from orderflow.api.app import OrderflowApp
+
+Handler = Callable[["OrderflowApp", Request], Awaitable[Response]]
+
+ORDER_ID_PATTERN = "^order_[0-9a-f]{30}$"
+IDEMPOTENCY_KEY_PATTERN = "^[\\x21-\\x7e]{1,255}$"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_STATUSES = tuple(status.value for status in OrderStatus)
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query, path or header parameter, as the OpenAPI document shows it."""
+
+    name: str
+    schema: dict[str, Any]
+    description: str = ""
+    where: str = "query"
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint.
+
+    Attributes:
+        statuses: what it may answer besides `ok`, beyond what every route may (the app adds
+            405, 421, 401 and 403 where auth applies, and 400/408/413/415 where a body is read).
+        role: who may call it when auth is on (None: anyone, even then).
+        media: the answer's content type, when not JSON.
+        needs_service: answered 503 while the service is not running.
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    ok: int = 200
+    answer: Any = None
+    body: Any = None
+    params: tuple[Param, ...] = ()
+    statuses: tuple[int, ...] = ()
+    role: str | None = "read"
+    media: str = "application/json"
+    description: str = ""
+    example: Any = None
+    body_required: bool = True
+    needs_service: bool = True
+
+
+# -- orders -------------------------------------------------------------------------------------
+
+_decode_create = msgspec.json.Decoder(OrderCreate).decode
+_decode_action = msgspec.json.Decoder(ActionRequest).decode
+_decode_bulk = msgspec.json.Decoder(BulkRequest).decode
+
+
+async def create_order(app: OrderflowApp, request: Request) -> Response:
+    key = request.headers.get("idempotency-key")
+    if key is not None and _IDEMPOTENCY_KEY.match(key) is None:
+        raise HTTPProblem("bad-request", "Idempotency-Key: 1 to 255 printable ASCII characters")
+    create: OrderCreate = await request.json(_decode_create)
+    done = await app.runtime.service.submit(create.customer, create.items, key)
+    headers = [JSON, ("location", f"/orders/{done.order_id}")]
+    if done.replayed:
+        headers.append(("idempotent-replayed", "true"))
+    return Response(201, _encode(OrderRef(done.order_id, done.status)), headers)
+
+
+async def list_orders(app: OrderflowApp, request: Request) -> Response:
+    params = request.query_params(("from", "to", "status", "limit", "cursor"))
+    start, end = _time(params, "from"), _time(params, "to")
+    if start is not None and end is not None and start > end:
+        raise bad_query("from", "must not be after 'to'")
+    status = params.get("status")
+    if status is not None and status not in _STATUSES:
+        raise bad_query("status", f"not one of {', '.join(_STATUSES)}")
+    limit = params.get("limit", str(DEFAULT_PAGE))
+    if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAGE):
+        raise bad_query("limit", f"not a whole number from 1 to {MAX_PAGE}")
+    cursor = params.get("cursor")
+    if cursor is not None and _ORDER_ID.match(cursor) is None:
+        raise bad_query("cursor", "not a cursor this API returned")
+    query = OrderQuery(
+        start=start,
+        end=end,
+        status=None if status is None else OrderStatus(status),
+        limit=int(limit),
+        cursor=cursor,
+    )
+    page = await app.runtime.service.list_orders(query)
+    return json_response(200, OrderPage(page.orders, len(page.orders), page.next_cursor))
+
+
+_ORDER_ID = re.compile(ORDER_ID_PATTERN)
+# An unescaped '+' before an offset arrives as a space (form encoding).
+_SPACE_BEFORE_OFFSET = re.compile(r" (\d\d:?\d\d)$")
+
+
+def _time(params: dict[str, str], name: str) -> datetime | None:
+    """An RFC 3339 time from the query, in UTC (no offset means UTC)."""
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        at = msgspec.convert(_SPACE_BEFORE_OFFSET.sub(r"+\1", value), datetime)
+        return _utc(at)
+    except msgspec.ValidationError:
+        raise bad_query(name, "not an RFC 3339 time") from None
+    except OverflowError:  # in range with its offset, out of range in UTC
+        raise bad_query(name, "out of range") from None
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+async def get_order(app: OrderflowApp, request: Request) -> Response:
+    return json_response(200, await app.runtime.service.get_order(request.params[0]))
+
+
+async def get_status(app: OrderflowApp, request: Request) -> Response:
+    order = await app.runtime.service.get_order(request.params[0])
+    return json_response(200, OrderRef(order.id, order.status))
+
+
+async def delete_order(app: OrderflowApp, request: Request) -> Response:
+    await app.runtime.service.delete_order(request.params[0])
+    return json_response(200, Message("Order deleted"))
+
+
+async def cancel_order(app: OrderflowApp, request: Request) -> Response:
+    action = await _optional_body(request)
+    order = await app.runtime.service.cancel_order(request.params[0], action.reason)
+    return json_response(200, OrderRef(order.id, order.status))
+
+
+async def retry_order(app: OrderflowApp, request: Request) -> Response:
+    action = await _optional_body(request)
+    order = await app.runtime.service.retry_order(request.params[0], action.reason)
+    return json_response(200, OrderRef(order.id, order.status))
+
+
+async def _optional_body(request: Request) -> ActionRequest:
+    if request.headers.get("content-type") is None and request.headers.get("content-length") in (
+        None,
+        "0",
+    ):
+        return ActionRequest()
+    action: ActionRequest = await request.json(_decode_action)
+    return action
+
+
+async def trigger(app: OrderflowApp, request: Request) -> Response:
+    count = await app.runtime.service.trigger_processing()
+    return json_response(202, ProcessingStarted("Processing started", count))
+
+
+async def bulk_retry(app: OrderflowApp, request: Request) -> Response:
+    return await _bulk(app, request, Event.RETRY, "retried in bulk by an operator")
+
+
+async def bulk_cancel(app: OrderflowApp, request: Request) -> Response:
+    return await _bulk(app, request, Event.CANCEL, "cancelled in bulk by an operator")
+
+
+async def _bulk(app: OrderflowApp, request: Request, event: Event, default: str) -> Response:
+    bulk: BulkRequest = await request.json(_decode_bulk)
+    start = None if bulk.start is None else _utc(bulk.start)
+    end = None if bulk.end is None else _utc(bulk.end)
+    if start is not None and end is not None and start > end:
+        raise HTTPProblem("invalid-request", "from: must not be after 'to'")
+    where = OrderFilter(start=start, end=end, reason_contains=bulk.reason_contains)
+    count = await app.runtime.service.act_in_bulk(event, where, bulk.reason or default)
+    return json_response(200, BulkResult(count))
+
+
+async def stats(app: OrderflowApp, request: Request) -> Response:
+    return json_response(200, await app.runtime.service.stats())
+
+
+# -- operations ---------------------------------------------------------------------------------
+
+_encode = msgspec.json.Encoder().encode
+_HEALTHY = _encode(Health("ok"))
+
+
+async def healthz(app: OrderflowApp, request: Request) -> Response:
+    return Response(200, _HEALTHY)
+
+
+async def readyz(app: OrderflowApp, request: Request) -> Response:
+    if not app.runtime.started:
+        raise ShuttingDown("the service is not running")
+    await app.runtime.service.ready()
+    return Response(200, _encode(Health("ready")))
+
+
+async def openapi(app: OrderflowApp, request: Request) -> Response:
+    return Response(200, app.openapi_json)
+
+
+async def docs(app: OrderflowApp, request: Request) -> Response:
+    from orderflow.api.openapi import DOCS_HTML
+
+    return Response(200, DOCS_HTML, [("content-type", "text/html; charset=utf-8")])
+
+
+async def problem_page(app: OrderflowApp, request: Request) -> Response:
+    from orderflow.api.openapi import problem_html
+
+    page = problem_html(request.params[0])
+    if page is None:
+        raise HTTPProblem("not-found", f"no problem type {request.params[0]!r}")
+    return Response(200, page, [("content-type", "text/html; charset=utf-8")])
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+_ID = Param("id", {"type": "string", "pattern": ORDER_ID_PATTERN}, "an order id", "path", True)
+_TIME = {"type": "string", "format": "date-time"}
+_REASON_BODY = 'An optional JSON body `{"reason": "…"}` says why, for the order\'s history.'
+_BULK = (
+    "Takes every order that matches: created in [`from`, `to`), and whose latest history entry's"
+    " reason contains `reason_contains` (any case); each condition is optional, `{}` takes all."
+    " Atomic per order, in batches; safe to run alongside anything else."
+)
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/orders", create_order, "Submit an order", 201, OrderRef, OrderCreate,
+          params=(Param("Idempotency-Key", {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+                        "Repeat a submit safely: the same key and body answer the first answer"
+                        " (with Idempotent-Replayed: true); another body is 422; a key still"
+                        " in flight is 409. Keys are kept --idempotency-ttl seconds.", "header"),),
+          statuses=(409, 422, 503), role="submit",
+          example={"customer": "John Doe", "items": [{"name": "Monster Energy", "quantity": 2}]}),
+    Route("GET", "/orders", list_orders, "List orders by time, oldest first", 200, OrderPage,
+          params=(
+              Param("from", _TIME, "inclusive; RFC 3339 (without an offset: UTC)"),
+              Param("to", _TIME, "exclusive; RFC 3339 (without an offset: UTC)"),
+              Param("status", {"type": "string", "enum": list(_STATUSES)}),
+              Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                              "default": DEFAULT_PAGE}),
+              Param("cursor", {"type": "string", "pattern": ORDER_ID_PATTERN},
+                    "next_cursor of the previous page"),
+          ), statuses=(400, 503)),
+    Route("POST", "/orders/process", trigger, "Start shipping every order pending now", 202,
+          ProcessingStarted, statuses=(503,), role="operate"),
+    Route("POST", "/orders/retry", bulk_retry, "Retry failed orders in bulk", 200, BulkResult,
+          BulkRequest, statuses=(422, 503), role="operate", description=_BULK,
+          example={"reason_contains": "timeout"}),
+    Route("POST", "/orders/cancel", bulk_cancel, "Cancel pending and processing orders in bulk",
+          200, BulkResult, BulkRequest, statuses=(422, 503), role="operate", description=_BULK,
+          example={"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"}),
+    Route("GET", "/orders/stats", stats, "Orders by status, and the top failure reasons", 200,
+          Stats, statuses=(503,)),
+    Route("GET", "/orders/{id}", get_order, "One order", 200, Order, params=(_ID,),
+          statuses=(404, 503)),
+    Route("DELETE", "/orders/{id}", delete_order, "Delete a pending order", 200, Message,
+          params=(_ID,), statuses=(404, 409, 503), role="operate"),
+    Route("GET", "/orders/status/{id}", get_status, "The status of one order", 200, OrderRef,
+          params=(_ID,), statuses=(404, 503)),
+    Route("POST", "/orders/{id}/cancel", cancel_order, "Cancel a pending or processing order",
+          200, OrderRef, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503),
+          role="operate", description=_REASON_BODY, body_required=False),
+    Route("POST", "/orders/{id}/retry", retry_order, "Send a failed order back to pending", 200,
+          OrderRef, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503), role="operate",
+          description=_REASON_BODY, body_required=False),
+    Route("GET", "/healthz", healthz, "Liveness: the process answers", 200, Health, role=None,
+          needs_service=False),
+    Route("GET", "/readyz", readyz, "Readiness: the store answers and the service is not"
+          " stopping", 200, Health, statuses=(503,), role=None, needs_service=False),
+    Route("GET", "/openapi.json", openapi, "This document", 200, role=None, needs_service=False),
+    Route("GET", "/docs", docs, "The API, readable", 200, role=None, media="text/html",
+          needs_service=False),
+    Route("GET", "/problems/{name}", problem_page, "What a problem type means", 200,
+          params=(Param("name", {"type": "string", "enum": list(PROBLEMS)}, "", "path", True),),
+          statuses=(404,), role=None, media="text/html", needs_service=False),
+)  # fmt: skip

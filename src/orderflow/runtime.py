@@ -1,0 +1,198 @@
+"""Runtime: the start and stop of the whole service, whoever serves its HTTP API.
+
+Start: open the store, load the snapshot, build the shipper and the processor, start them.
+Stop: stop processing, close the shipper, save the snapshot, close the store; each step runs
+even when the one before it failed. A start that fails closes what it opened, and says why in
+the user's terms (`StartupError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from orderflow.clock import Clock, SystemClock
+from orderflow.domain import Event, Order, OrderStatus, advance, id_matches_timestamp, is_order_id
+from orderflow.errors import StoreUnavailable
+from orderflow.processor import Processor, ProcessorSettings
+from orderflow.service import OrderService
+from orderflow.settings import Settings
+from orderflow.shipping import Shipper, SimulatedShipper
+from orderflow.snapshot import SnapshotError, SnapshotFile
+from orderflow.store import open_store
+from orderflow.store.base import OrderStore
+from orderflow.store.memory import InMemoryOrderStore, MemoryState
+from orderflow.supervise import OutageLog, supervised
+
+log = logging.getLogger("orderflow.runtime")
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says why, naming the flag or file at fault."""
+
+
+class Runtime:
+    """Args:
+    store, shipper, clock: given instead of built from `settings` (tests).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: OrderStore | None = None,
+        shipper: Shipper | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.clock = clock or SystemClock()
+        self._given_store = store
+        self._given_shipper = shipper
+        self.started = False
+        self._snapshot: SnapshotFile | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self.store: OrderStore
+        self.shipper: Shipper
+        self.processor: Processor
+        self.service: OrderService
+
+    async def start(self) -> None:
+        """Open, load, build and start everything. Raises StartupError."""
+        settings = self.settings
+        if settings.snapshot and not settings.database_url.startswith("memory:"):
+            raise StartupError(
+                "--snapshot: only for the in-memory store; PostgreSQL keeps the orders itself"
+            )
+        self.store = self._given_store or await _open_store(settings)
+        try:
+            if settings.snapshot:
+                self._load_snapshot(Path(settings.snapshot))
+            self.shipper = self._given_shipper or load_shipper(settings)
+            self.processor = Processor(
+                self.store, self.shipper, self.clock, processor_settings(settings)
+            )
+            self.service = OrderService(
+                self.store, self.processor, self.clock, idempotency_ttl_s=settings.idempotency_ttl
+            )
+            await self.processor.start()
+        except BaseException:
+            if self._snapshot is not None:
+                self._snapshot.unmark()
+            await self.store.close()
+            raise
+        self._loops.append(
+            asyncio.create_task(
+                supervised(
+                    self.service.prune_idempotency,
+                    every_s=min(600.0, settings.idempotency_ttl / 10),
+                    log=OutageLog(log, "pruning idempotency keys"),
+                ),
+                name="orderflow-idempotency-pruner",
+            )
+        )
+        self.started = True
+
+    def _load_snapshot(self, path: Path) -> None:
+        store = self.store
+        assert isinstance(store, InMemoryOrderStore)
+        snapshot = SnapshotFile(path, recover=self.settings.snapshot_recover)
+        try:
+            state = snapshot.read()
+        except SnapshotError as exc:
+            raise StartupError(f"--snapshot: {exc}") from None
+        if state is not None:
+            now = self.clock.now()
+
+            def arrived(order: Order) -> Order:
+                if not (is_order_id(order.id) and id_matches_timestamp(order.id, order.timestamp)):
+                    raise StartupError(
+                        f"--snapshot: {path} holds an order whose id is not its time ({order.id})"
+                    )
+                if order.status is OrderStatus.PROCESSING:
+                    return advance(order, Event.RELEASE, now, "restart: was processing")
+                return order
+
+            store.load(state, arrived)
+        snapshot.mark_loaded()
+        self._snapshot = snapshot
+
+    async def stop(self) -> None:
+        """Stop everything, each step even if the one before failed; the snapshot is saved
+        whatever happened to the processor."""
+        if not self.started:
+            return
+        self.started = False
+        self.service.stopping = True
+        try:
+            try:
+                await self.processor.stop(self.settings.shutdown_grace)
+            finally:
+                for task in self._loops:
+                    task.cancel()
+                await asyncio.gather(*self._loops, return_exceptions=True)
+                await self.shipper.close()
+        finally:
+            try:
+                if self._snapshot is not None:
+                    store = self.store
+                    assert isinstance(store, InMemoryOrderStore)
+                    self._snapshot.save(store.dump())
+            finally:
+                await self.store.close()
+        log.info("stopped")
+
+
+async def _open_store(settings: Settings) -> OrderStore:
+    try:
+        return await open_store(
+            settings.database_url, migrate=settings.migrate, event_retention=100_000
+        )
+    except ValueError as exc:
+        raise StartupError(f"--database-url: {exc}") from None
+    except StoreUnavailable as exc:
+        raise StartupError(f"--database-url: {exc}") from None
+
+
+def processor_settings(settings: Settings) -> ProcessorSettings:
+    return ProcessorSettings(
+        concurrency=settings.concurrency,
+        timeout_s=settings.process_timeout,
+        max_attempts=settings.max_attempts,
+        retry_backoff_s=settings.retry_backoff,
+        poll_interval_s=settings.poll_interval,
+        heartbeat_s=settings.heartbeat_interval,
+        lease_s=settings.lease_timeout,
+        auto_process=settings.auto_process,
+    )
+
+
+def load_shipper(settings: Settings) -> Shipper:
+    """The shipper `--shipper` names. Raises StartupError."""
+    spec = settings.shipper
+    if spec == "simulated":
+        return SimulatedShipper(
+            settings.ship_delay, settings.ship_jitter, settings.ship_failure_rate
+        )
+    try:
+        if spec.startswith("python:"):
+            from orderflow.shippers.python import load_python_shipper
+
+            return load_python_shipper(spec.removeprefix("python:"))
+        if spec.startswith(("http://", "https://")):
+            from orderflow.shippers.http import HttpShipper
+
+            if not settings.shipper_secret:
+                raise ValueError("--shipper-secret (a whsec_ key) is needed to sign the calls")
+            return HttpShipper(spec, settings.shipper_secret, timeout_s=settings.process_timeout)
+    except ValueError as exc:
+        message = str(exc)
+        raise StartupError(
+            message if message.startswith("--") else f"--shipper: {message}"
+        ) from None
+    raise StartupError(
+        f"--shipper: {spec!r} is not simulated, python:module:function or an http(s):// URL"
+    )
+
+
+__all__ = ["MemoryState", "Runtime", "StartupError"]

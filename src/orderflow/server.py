@@ -1,0 +1,141 @@
+"""Serving: the runtime and the app in one process, over granian's RSGI (its native protocol)
+or uvicorn's ASGI, until SIGINT or SIGTERM.
+
+The order of a start makes every failure show before anyone can connect: the listening socket
+is bound (a busy port fails here), the runtime starts (store, snapshot, shipper), and only then
+does the socket listen. Granian runs embedded in this process's event loop: one process, so
+there is no worker to orphan and nothing to hand settings to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+import socket
+import sys
+from typing import Any
+
+from orderflow.api.app import OrderflowApp
+from orderflow.runtime import Runtime, StartupError
+
+log = logging.getLogger("orderflow.server")
+
+BACKLOG = 4096
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A bound (not yet listening) TCP socket; raises StartupError naming the port.
+
+    No SO_REUSEPORT: a second server on a busy port must fail, not share the port (and, in
+    memory, split the orders between two stores)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"--port: cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def raise_open_files_limit() -> int:
+    """Let this process hold as many connections as the system allows it; returns the limit."""
+    if sys.platform == "win32":  # pragma: no cover
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+    return soft
+
+
+async def serve(
+    runtime: Runtime,
+    app: OrderflowApp,
+    sock: socket.socket,
+    *,
+    server: str = "granian",
+    max_connections: int = 10_000,
+    idle_timeout_s: float = 30.0,
+    granian_logging: dict[str, Any] | None = None,
+    on_ready: Any = None,
+) -> None:
+    """Start `runtime`, serve `app` on `sock` until SIGINT/SIGTERM, then stop `runtime`.
+    `on_ready(port)` is called once the socket listens. Raises StartupError."""
+    await runtime.start()
+    try:
+        # Linux: a connection is handed over only once it sent something (or after the idle
+        # timeout), so silent connections do not take the server's connection slots.
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, round(idle_timeout_s))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+        if on_ready is not None:
+            on_ready(sock.getsockname()[1])
+        if server == "uvicorn":
+            await _serve_uvicorn(app, sock)
+        else:
+            await _serve_granian(app, sock, max_connections, idle_timeout_s, granian_logging)
+    finally:
+        try:
+            await runtime.stop()
+        finally:
+            app.close()
+            sock.close()
+
+
+async def _serve_granian(
+    app: OrderflowApp,
+    sock: socket.socket,
+    max_connections: int,
+    idle_timeout_s: float,
+    logging_config: dict[str, Any] | None,
+) -> None:
+    from granian._granian import SocketHolder
+    from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+    from granian.server.embed import Server
+
+    holder = SocketHolder(sock.fileno(), False, BACKLOG)  # type: ignore[call-arg]
+
+    class _Server(Server):
+        def _init_shared_socket(self) -> None:  # serve on our socket: bound and listening
+            self._ssp, self._shd, self._sfd = None, holder, holder.get_fd()  # type: ignore[assignment]
+
+    granian = _Server(
+        app,
+        address=sock.getsockname()[0],
+        port=sock.getsockname()[1],
+        interface=Interfaces.RSGI,
+        runtime_threads=1,
+        backlog=BACKLOG,
+        backpressure=max_connections,
+        http1_settings=HTTP1Settings(header_read_timeout=round(idle_timeout_s * 1000)),
+        log_dictconfig=logging_config,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _stopping, granian.stop, app)
+    try:
+        await granian.serve()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _stopping(stop: Any, app: OrderflowApp) -> None:
+    log.info("stopping: no new connections; shipments in flight get the shutdown grace")
+    app.runtime.service.stopping = True
+    stop()
+
+
+async def _serve_uvicorn(app: OrderflowApp, sock: socket.socket) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
+    await uvicorn.Server(config).serve(sockets=[sock])

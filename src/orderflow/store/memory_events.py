@@ -1,0 +1,125 @@
+"""EventLog: the in-memory store's event log, a list with a moving start.
+
+The store appends under its own lock, in the same step as the change, so an event exists if and
+only if its change was made, and seq order is the order of the changes. An entry's seq is not
+stored: it is the log's base plus the entry's position, so an entry costs 64 bytes. The oldest
+entries go when there are more than `retention` (and, by `prune`, when older than an age).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from orderflow.domain import EventType, OrderEvent, OrderStatus
+
+_COMPACT_EVERY = 4096  # dropped entries are deleted from the list in chunks, not one by one
+
+
+class _Entry(msgspec.Struct, frozen=True, gc=False):
+    type: EventType
+    order_id: str
+    status: OrderStatus | None
+    at: datetime
+    reason: str | None
+    data: dict[str, Any] | None
+
+
+class EventLog:
+    """Args:
+    retention: the most entries kept.
+    lock: the store's lock; appends are made holding it, reads take it.
+    """
+
+    def __init__(self, retention: int, lock: threading.Lock) -> None:
+        if retention < 1:
+            raise ValueError("event retention must be at least 1")
+        self._retention = retention
+        self._lock = lock
+        self._entries: list[_Entry] = []
+        self._start = 0  # entries before this index are dropped
+        self._first_seq = 1  # the seq of self._entries[self._start]
+        #: Called (holding the lock) after each append: wakes whoever waits for events.
+        self.listener: Callable[[], None] | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest event (0 when none was ever appended)."""
+        return self._first_seq + len(self._entries) - self._start - 1
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of the oldest event kept (`last_seq` + 1 when none is kept)."""
+        return self._first_seq
+
+    def append(
+        self,
+        type: EventType,
+        order_id: str,
+        status: OrderStatus | None,
+        at: datetime,
+        reason: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one event; the caller holds the lock."""
+        self._entries.append(_Entry(type, order_id, status, at, reason, data))
+        self._trim()
+
+    def extend(
+        self, type: EventType, order_ids: Iterable[str], status: OrderStatus, at: datetime
+    ) -> None:
+        """Append one event per order, all alike but for the order; the caller holds the lock."""
+        self._entries.extend(_Entry(type, i, status, at, None, None) for i in order_ids)
+        self._trim()
+
+    def _trim(self) -> None:
+        excess = len(self._entries) - self._start - self._retention
+        if excess > 0:
+            self._drop(excess)
+        if self.listener is not None:
+            self.listener()
+
+    def _drop(self, count: int) -> None:
+        self._start += count
+        self._first_seq += count
+        if self._start >= _COMPACT_EVERY and self._start * 2 >= len(self._entries):
+            del self._entries[: self._start]
+            self._start = 0
+
+    def prune(self, before: datetime, limit: int) -> int:
+        """Drop up to `limit` of the oldest events dated before `before`; returns how many."""
+        with self._lock:
+            entries, start = self._entries, self._start
+            end = min(len(entries), start + limit)
+            count = 0
+            while start + count < end and entries[start + count].at < before:
+                count += 1
+            if count:
+                self._drop(count)
+        return count
+
+    def read(self, after: int, limit: int | None) -> Iterator[OrderEvent]:
+        """Events with seq > `after`, oldest first, at most `limit` (None: all kept)."""
+        with self._lock:
+            begin = self._start + max(0, after + 1 - self._first_seq)
+            stop = len(self._entries) if limit is None else begin + limit
+            seq = self._first_seq + begin - self._start
+            picked = self._entries[begin:stop]
+        for n, e in enumerate(picked):
+            yield OrderEvent(seq + n, e.type, e.order_id, e.status, e.at, e.reason, e.data)
+
+    def restore(self, events: list[OrderEvent], last_seq: int) -> None:
+        """Start from `events` (from a snapshot: consecutive seqs, the newest `last_seq`, so
+        seqs go on from there); the caller holds the lock."""
+        self._entries = [
+            _Entry(e.type, e.order_id, e.status, e.at, e.reason, e.data) for e in events
+        ]
+        self._start = 0
+        self._first_seq = last_seq - len(events) + 1
+        excess = len(self._entries) - self._retention
+        if excess > 0:
+            self._drop(excess)

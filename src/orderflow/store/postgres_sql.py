@@ -1,0 +1,241 @@
+"""Every statement PostgresOrderStore runs, as named data (a test EXPLAINs each one).
+
+Each changes what it changes in one statement, and appends the event of each change to the
+``events`` table in that same statement (a transactional outbox: an event exists if and only
+if its change committed). Data-modifying CTEs run exactly once whether or not the final SELECT
+reads them; `pg_notify` is called from a CTE the final SELECT does read.
+"""
+
+from __future__ import annotations
+
+COLUMNS = "id, customer, items, created_at, status, history, shipment"
+O_COLUMNS = ", ".join("o." + column for column in COLUMNS.split(", "))
+READY_CHANNEL = "orderflow_ready"
+CANCEL_CHANNEL = "orderflow_cancel"
+EVENTS_CHANNEL = "orderflow_events"
+ABOVE_ALL_IDS = "order_g"  # sorts after every id ("g" follows the hex digits)
+RESCUE_LOCK = 0x726573637565  # advisory locks: one instance rescues at a time,
+SEQUENCE_LOCK = 0x73657175656E  # and one numbers the events
+
+
+def _history_entry(status: str, at: str, reason: str) -> str:
+    """SQL for a one-entry history array shaped as `HistoryEntry` encodes."""
+    return (
+        f"jsonb_build_array(jsonb_build_object('status', {status}, 'at', {at}, 'reason', {reason}))"
+    )
+
+
+# -- orders -------------------------------------------------------------------------------------
+
+# $1..$7 the order; $8 the shipment; $9, $10 the idempotency key and fingerprint (or NULL).
+INSERT_ORDER = (
+    "WITH k AS (INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at)"
+    "  SELECT $9::text, $10::text, $1, $4 WHERE $9::text IS NOT NULL"
+    "  ON CONFLICT (key) DO NOTHING RETURNING key),"
+    " o AS (INSERT INTO orders (id, customer, items, created_at, status, updated_at, history,"
+    "   shipment)"
+    "  SELECT $1, $2, $3::jsonb, $4, $5, $6, $7::jsonb, $8::jsonb"
+    "  WHERE $9::text IS NULL OR EXISTS (SELECT FROM k) RETURNING id, status, updated_at),"
+    " e AS (INSERT INTO events (type, order_id, status, at)"
+    "  SELECT 'order.submitted', id, status, updated_at FROM o)"
+    " SELECT count(*) FROM o"
+)
+FIND_IDEMPOTENCY = (
+    "SELECT key, fingerprint, order_id, created_at FROM idempotency_keys WHERE key = $1"
+)
+PRUNE_IDEMPOTENCY = (
+    "DELETE FROM idempotency_keys WHERE key IN (SELECT key FROM idempotency_keys"
+    "  WHERE created_at < $1 ORDER BY created_at LIMIT $2)"
+)
+FIND_ORDER = f"SELECT {COLUMNS} FROM orders WHERE id = $1"
+# Listing: an id range, so a primary key range scan (or one on (status, id)), one row more
+# than the page to know whether more follow.
+LIST_ORDERS = (
+    f"SELECT {COLUMNS} FROM orders WHERE id >= $1 AND id > $2 AND id < $3 ORDER BY id LIMIT $4"
+)
+LIST_ORDERS_BY_STATUS = (
+    f"SELECT {COLUMNS} FROM orders WHERE id >= $1 AND id > $2 AND id < $3 AND status = $5"
+    " ORDER BY id LIMIT $4"
+)
+# $1 id, $2 at. Answers the status it found when nothing was deleted.
+DELETE_PENDING = (
+    "WITH old AS (SELECT id, status FROM orders WHERE id = $1),"
+    " d AS (DELETE FROM orders o USING old WHERE o.id = old.id AND old.status = 'pending'"
+    "  RETURNING o.id),"
+    " e AS (INSERT INTO events (type, order_id, status, previous_status, at)"
+    "  SELECT 'order.deleted', id, NULL, 'pending', $2 FROM d)"
+    " SELECT old.status, (SELECT count(*) FROM d) AS deleted FROM old"
+)
+# One checked transition. $1 id, $2 target, $3 at, $4 history entry, $5 whether the hold goes
+# on, $6 the statuses it may leave, $7/$8 the hold it must be under (or NULL), $9 event type,
+# $10 reason, $11 whether to tell the holder (a cancel), $12 whether the order becomes ready.
+# Answers the order before (old_*), and after when it moved.
+TRANSITION = (
+    "WITH old AS (SELECT id, owner, attempt, status, history->-1->>'reason' AS reason"
+    "  FROM orders WHERE id = $1 FOR UPDATE),"
+    " upd AS (UPDATE orders o SET status = $2, updated_at = $3, history = o.history || $4::jsonb,"
+    "   owner = CASE WHEN $5 THEN o.owner END,"
+    "   lease_expires_at = CASE WHEN $5 THEN o.lease_expires_at END"
+    "  FROM old WHERE o.id = old.id AND old.status = ANY($6::text[])"
+    "   AND ($7::text IS NULL OR (old.owner = $7 AND old.attempt = $8))"
+    f"  RETURNING {O_COLUMNS}),"
+    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason,"
+    "   previous_reason)"
+    "  SELECT $9, upd.id, upd.status, old.status, $3, $10,"
+    "   CASE WHEN old.status = 'failed' THEN old.reason END FROM upd, old),"
+    " n AS (SELECT pg_notify(CASE WHEN $11 THEN 'orderflow_cancel' ELSE 'orderflow_ready' END,"
+    "   CASE WHEN $11 THEN old.id ELSE '' END) FROM upd, old"
+    "  WHERE ($11 AND old.owner IS NOT NULL) OR $12)"
+    " SELECT old.status AS old_status, old.owner AS old_owner, old.attempt AS old_attempt,"
+    f"  {', '.join('upd.' + c for c in COLUMNS.split(', '))}, (SELECT count(*) FROM n) AS notified"
+    " FROM old LEFT JOIN upd ON true"
+)
+# Outcomes of many shipments, each checked against (owner $10, its token). Only the owner's
+# rows, found through its small index (only processing orders have an owner): a status
+# condition here let the planner, its statistics taken before a burst of claims, scan every
+# processing order for each batch.
+WRITE_OUTCOMES = (
+    "WITH c AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[],"
+    "   $5::jsonb[], $6::bool[], $7::text[], $8::text[], $9::jsonb[])"
+    "  AS c(id, token, target, at, entry, keep, type, reason, shipment)),"
+    " upd AS (UPDATE orders o SET status = c.target, updated_at = c.at,"
+    "   history = o.history || c.entry, shipment = coalesce(c.shipment, o.shipment),"
+    "   owner = CASE WHEN c.keep THEN o.owner END,"
+    "   lease_expires_at = CASE WHEN c.keep THEN o.lease_expires_at END"
+    "  FROM c WHERE o.id = c.id AND o.owner = $10 AND o.attempt = c.token"
+    f"  RETURNING {O_COLUMNS}, c.type, c.at, c.reason, c.keep),"
+    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason, data)"
+    "  SELECT type, id, status, 'processing', at, reason, shipment FROM upd),"
+    " n AS (SELECT pg_notify('orderflow_ready', '')"
+    "  WHERE EXISTS (SELECT FROM upd WHERE type = 'order.released' AND status = 'processing'))"
+    f" SELECT {COLUMNS}, (SELECT count(*) FROM n) AS notified FROM upd"
+)
+# Claim: the oldest pending orders, through the partial index orders_pending. $1 at, $2 limit,
+# $3 the id bound, $4 history entry.
+CLAIM = (
+    "WITH picked AS (SELECT id FROM orders WHERE status = 'pending' AND id < $3"
+    "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),"
+    " upd AS (UPDATE orders o SET status = 'processing', updated_at = $1,"
+    "   history = o.history || $4::jsonb FROM picked WHERE o.id = picked.id RETURNING o.id),"
+    " e AS (INSERT INTO events (type, order_id, status, previous_status, at)"
+    "  SELECT 'order.processing', id, 'processing', 'pending', $1 FROM upd),"
+    " n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM upd))"
+    " SELECT (SELECT count(*) FROM upd) AS claimed, (SELECT count(*) FROM n) AS notified"
+)
+# Hand ready orders to owner $1 under new tokens, with a lease of $3 seconds.
+ACQUIRE = (
+    "WITH picked AS (SELECT id FROM orders WHERE status = 'processing' AND owner IS NULL"
+    "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    " UPDATE orders o SET owner = $1, attempt = o.attempt + 1,"
+    "  lease_expires_at = now() + make_interval(secs => $3)"
+    f" FROM picked WHERE o.id = picked.id RETURNING {O_COLUMNS}, o.attempt"
+)
+# Renew what owner $1 holds under the tokens it gives ($2 ids, $3 tokens) for $4 seconds, and
+# hand back, at $5 (text $6), what it holds without knowing. Answers renewed ids (true) and
+# handed back ones (false).
+RENEW = (
+    "WITH mine AS (SELECT * FROM unnest($2::text[], $3::int[]) AS m(id, token)),"
+    " renewed AS (UPDATE orders o SET lease_expires_at = now() + make_interval(secs => $4)"
+    "  FROM mine WHERE o.id = mine.id AND o.owner = $1 AND o.attempt = mine.token"
+    "  RETURNING o.id),"
+    " stray AS (UPDATE orders o SET owner = NULL, lease_expires_at = NULL, updated_at = $5,"
+    "   history = o.history || "
+    + _history_entry("'processing'", "$6::text", "'handed back: ' || $1 || ' lost track of it'")
+    + "  WHERE o.owner = $1"
+    "   AND NOT EXISTS (SELECT FROM mine WHERE mine.id = o.id AND mine.token = o.attempt)"
+    "  RETURNING o.id),"
+    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason)"
+    "  SELECT 'order.released', id, 'processing', 'processing', $5,"
+    "   'handed back: ' || $1 || ' lost track of it' FROM stray),"
+    " n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM stray))"
+    " SELECT id, true AS renewed FROM renewed UNION ALL SELECT id, false FROM stray"
+    " UNION ALL SELECT NULL, NULL FROM n"
+)
+# Make ready again what holders whose lease ran out held; $1 at, $2 at as text. Leases are
+# measured on the database's clock alone: `at` only dates the history.
+RESCUE = (
+    "WITH lost AS (SELECT id, owner FROM orders"
+    "  WHERE owner IS NOT NULL AND lease_expires_at < now() FOR UPDATE SKIP LOCKED),"
+    " upd AS (UPDATE orders o SET owner = NULL, lease_expires_at = NULL, updated_at = $1,"
+    "   history = o.history || "
+    + _history_entry(
+        "'processing'", "$2::text", "'rescued: the lease of ' || lost.owner || ' ran out'"
+    )
+    + "  FROM lost WHERE o.id = lost.id RETURNING o.id, lost.owner),"
+    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason)"
+    "  SELECT 'order.rescued', id, 'processing', 'processing', $1,"
+    "   'rescued: the lease of ' || owner || ' ran out' FROM upd),"
+    " n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM upd))"
+    " SELECT (SELECT count(*) FROM upd) AS rescued, (SELECT count(*) FROM n) AS notified"
+)
+# Hand back all that owner $3 holds, at $1 ($2 as text).
+RETIRE = (
+    "WITH upd AS (UPDATE orders o SET owner = NULL, lease_expires_at = NULL, updated_at = $1,"
+    "   history = o.history || "
+    + _history_entry("'processing'", "$2::text", "'handed back: ' || $3::text || ' stopped'")
+    + "  WHERE owner = $3 RETURNING o.id),"
+    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason)"
+    "  SELECT 'order.released', id, 'processing', 'processing', $1,"
+    "   'handed back: ' || $3::text || ' stopped' FROM upd),"
+    " n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM upd))"
+    " SELECT (SELECT count(*) FROM upd) AS retired, (SELECT count(*) FROM n) AS notified"
+)
+# An operator's bulk action, one source status ($1) at a time: walk at most $9 orders in
+# [$2, $3) after $4 through (status, id), move up to $5 of those whose latest reason contains
+# $6 (or all when NULL) to $7, with history entry $8 at $10; $11 event type, $12 reason,
+# $13 whether it ends a hold (cancel: the holder is told). Answers the ids moved and where the
+# walk stopped.
+TRANSITION_MATCHING = (
+    "WITH stretch AS (SELECT id, history->-1->>'reason' AS reason FROM orders"
+    "  WHERE status = $1 AND id >= $2 AND id < $3 AND id > $4 ORDER BY id LIMIT $9),"
+    " wanted AS (SELECT id FROM stretch"
+    "  WHERE $6::text IS NULL OR strpos(lower(reason), lower($6::text)) > 0"
+    "  ORDER BY id LIMIT $5),"
+    " picked AS (SELECT o.id, o.owner, s.reason FROM orders o JOIN wanted w ON o.id = w.id"
+    "  JOIN stretch s ON s.id = o.id WHERE o.status = $1 FOR UPDATE OF o SKIP LOCKED),"
+    " upd AS (UPDATE orders o SET status = $7, updated_at = $10,"
+    "   history = o.history || $8::jsonb, owner = NULL, lease_expires_at = NULL"
+    "  FROM picked WHERE o.id = picked.id RETURNING o.id, picked.owner, picked.reason),"
+    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason,"
+    "   previous_reason)"
+    "  SELECT $11, id, $7, $1, $10, $12, CASE WHEN $1 = 'failed' THEN reason END FROM upd),"
+    " n AS (SELECT pg_notify('orderflow_cancel', id) FROM upd"
+    "  WHERE $13 AND owner IS NOT NULL)"
+    " SELECT id, NULL AS walked_to FROM upd"
+    " UNION ALL SELECT NULL, CASE WHEN (SELECT count(*) FROM wanted) = $5"
+    "   THEN (SELECT max(id) FROM wanted) WHEN (SELECT count(*) FROM stretch) = $9"
+    "   THEN (SELECT max(id) FROM stretch) END FROM (SELECT count(*) FROM n) AS told"
+)
+
+# -- counts and the event log -------------------------------------------------------------------
+
+STATUS_COUNTS = "SELECT status, count FROM status_counts"
+FAILED_REASONS = (
+    "SELECT reason, count FROM failure_counts WHERE count > 0 ORDER BY count DESC, reason LIMIT $1"
+)
+# Number the events of finished transactions, oldest transaction first ($1 at most), and fold
+# their changes into the counts; one instance at a time (the caller holds SEQUENCE_LOCK).
+# Transactions that began before the oldest one still running are all finished, and any
+# transaction still to commit has a larger xid: so numbering in (xid, id) order never puts a
+# later commit's event before a number already handed out.
+SEQUENCE_EVENTS = (
+    "WITH todo AS (SELECT id, xid, status, previous_status, reason, previous_reason"
+    "  FROM events WHERE seq IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot())"
+    "  ORDER BY xid, id LIMIT $1 FOR UPDATE),"
+    " numbered AS (SELECT id, (SELECT coalesce(max(seq), 0) FROM events)"
+    "   + row_number() OVER (ORDER BY xid, id) AS seq FROM todo),"
+    " upd AS (UPDATE events e SET seq = n.seq FROM numbered n WHERE e.id = n.id"
+    "  RETURNING e.seq),"
+    " moves AS (SELECT status AS s, 1 AS d FROM todo WHERE status IS NOT NULL"
+    "  UNION ALL SELECT previous_status, -1 FROM todo WHERE previous_status IS NOT NULL),"
+    " counted AS (INSERT INTO status_counts AS c (status, count)"
+    "  SELECT s, sum(d) FROM moves GROUP BY s HAVING sum(d) <> 0"
+    "  ON CONFLICT (status) DO UPDATE SET count = c.count + EXCLUDED.count),"
+    " failures AS (SELECT coalesce(reason, '') AS r, 1 AS d FROM todo WHERE status = 'failed'"
+    "  UNION ALL SELECT coalesce(previous_reason, ''), -1 FROM todo"
+    "  WHERE previous_status = 'failed'),"
+    " failed AS (INSERT INTO failure_counts AS f (reason, count)"
+    "  SELECT r, sum(d) FROM failures GROUP BY r HAVING sum(d) <> 0"
+    "  ON CONFLICT (reason) DO UPDATE SET count = f.count + EXCLUDED.count)"
+    " SELECT count(*) AS numbered, max(seq) AS last FROM upd"
+)

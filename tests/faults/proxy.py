@@ -1,0 +1,347 @@
+"""FaultProxy: a TCP proxy that tests put between orderflow and PostgreSQL to inject faults.
+
+Tests cut connections with a reset, refuse new ones, partition the network, or cut a
+connection as a byte pattern goes by. The proxy runs its own event loop in a daemon thread,
+so sync and async tests drive it the same way, through blocking, thread-safe calls.
+Patterns are matched against raw bytes, so they see only plaintext (asyncpg: `ssl=False`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import struct
+import threading
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Literal, TypeVar, get_args
+from urllib.parse import urlsplit, urlunsplit
+
+T = TypeVar("T")
+Direction = Literal["client_to_server", "server_to_client"]
+
+CONTROL_TIMEOUT_S = 5.0  # the longest a control call, start or stop may block its caller
+_CONNECT_TIMEOUT_S = 3.0
+_CLOSE_TIMEOUT_S = 2.0
+_CHUNK_BYTES = 64 * 1024
+_TAIL_BYTES = 1024  # kept of each direction's last chunk, so also the longest pattern allowed
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+class Hook:
+    """An armed `cut_after`/`cut_before`: cuts the connection of the next `count` matching chunks.
+
+    `wait`/`is_set` work like a `threading.Event`, set once the hook has fired `count` times.
+    A firing is recorded as its connection is reset, before the peer can notice the reset, so
+    an async test checks `is_set()` after its client failed rather than block its loop in `wait`.
+    """
+
+    def __init__(self, pattern: bytes, direction: Direction, count: int, *, before: bool) -> None:
+        if direction not in get_args(Direction):
+            raise ValueError(f"unknown direction {direction!r}")
+        if not 0 < len(pattern) <= _TAIL_BYTES or count < 1:
+            raise ValueError(f"need 1..{_TAIL_BYTES} pattern bytes and count >= 1")
+        self.pattern, self.direction, self.count, self.before = pattern, direction, count, before
+        self.fired = 0
+        self._armed = count  # matches left to take; touched on the proxy's loop only
+        self._done = threading.Event()
+
+    def is_set(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout_s: float = CONTROL_TIMEOUT_S) -> bool:
+        """Block until the hook has fired `count` times; False if `timeout_s` passed first."""
+        return self._done.wait(timeout_s)
+
+    def _take(self, direction: Direction, window: bytes, new_from: int) -> bool:
+        # Only an occurrence that ends in the new chunk counts: the tail was searched before.
+        start = max(0, new_from - len(self.pattern) + 1)
+        if direction != self.direction or window.find(self.pattern, start) < 0:
+            return False
+        self._armed -= 1
+        return True
+
+    def _record(self) -> None:
+        self.fired += 1
+        if self.fired == self.count:
+            self._done.set()
+
+
+class _Link:
+    """One proxied connection: the client's side, and the server's once connected."""
+
+    def __init__(self, client: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.server: asyncio.StreamWriter | None = None
+        self.tails: dict[Direction, bytes] = {"client_to_server": b"", "server_to_client": b""}
+
+    def writers(self) -> list[asyncio.StreamWriter]:
+        return [self.client] if self.server is None else [self.client, self.server]
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close at once with SO_LINGER 0, so the peer sees a reset (RST) rather than a FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    writer.transport.abort()
+
+
+async def _closed(writers: list[asyncio.StreamWriter]) -> None:
+    """Wait until the sockets of `writers` are closed; reset those a clean close holds up."""
+    try:
+        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+            await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+    except TimeoutError:  # a peer that never reads what a clean close must flush first
+        for writer in writers:
+            _reset(writer)
+
+
+class FaultProxy:
+    """Forwards TCP from 127.0.0.1:`port` (0: a free one) to `target`, faults on demand.
+
+    A blackhole drops bytes both ways and accepts new connections without telling the server.
+    When it ends, every open connection is cut: bytes were lost, so the two ends no longer
+    agree on the protocol state, as after a real partition. Connections opened later forward.
+    """
+
+    def __init__(self, target: tuple[str, int], *, port: int = 0) -> None:
+        self.target = target
+        self.port = port
+        self._accepted = 0
+        self._links: dict[_Link, None] = {}  # open connections in accept order (cut_one's rng)
+        self._hooks: list[Hook] = []
+        self._refusing = False
+        self._blackholed = False
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (refused ones never count)."""
+        return len(self._links)
+
+    @property
+    def total_connections(self) -> int:
+        """Connections ever accepted, refused ones included."""
+        return self._accepted
+
+    def url_for(self, dsn: str) -> str:
+        """`dsn` (a postgresql:// URL) pointed at the proxy: same user, database and options."""
+        parts = urlsplit(dsn)
+        user, at, _ = parts.netloc.rpartition("@")
+        return urlunsplit(parts._replace(netloc=f"{user}{at}127.0.0.1:{self.port}"))
+
+    def start(self) -> FaultProxy:
+        """Start the loop thread; returns once listening (then `port` is the real port)."""
+        if self._loop is not None:
+            raise RuntimeError("FaultProxy already started")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"FaultProxy->{self.target}", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._call(self._listen())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, cut every connection, and join the thread (idempotent)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            self._call(self._shutdown())
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(CONTROL_TIMEOUT_S)
+            self._loop = self._thread = None
+        if thread.is_alive():
+            raise RuntimeError("FaultProxy thread did not stop")
+        loop.close()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def cut_all(self) -> int:
+        """Reset every open connection, both sides; returns how many there were."""
+        return self._call(self._cut_all())
+
+    def cut_one(self, rng: random.Random | None = None) -> bool:
+        """Reset one open connection picked by `rng`; returns whether there was one."""
+
+        async def cut_one() -> bool:
+            if not self._links:
+                return False
+            await self._close((rng or random.Random()).choice(list(self._links)), reset=True)
+            return True
+
+        return self._call(cut_one())
+
+    def blackhole(self, on: bool) -> None:
+        """Partition (on) or heal (off) the network; healing cuts every open connection."""
+
+        async def blackhole() -> None:
+            healed, self._blackholed = self._blackholed and not on, on
+            if healed:
+                await self._cut_all()
+
+        self._call(blackhole())
+
+    def refuse(self, on: bool) -> None:
+        """While on, reset each new connection at once; open ones go on."""
+
+        async def refuse() -> None:
+            self._refusing = on
+
+        self._call(refuse())
+
+    def cut_after(
+        self, pattern: bytes, *, direction: Direction = "client_to_server", count: int = 1
+    ) -> Hook:
+        """Reset the connection right after forwarding a chunk that contains `pattern`."""
+        return self._arm(Hook(pattern, direction, count, before=False))
+
+    def cut_before(
+        self, pattern: bytes, *, direction: Direction = "client_to_server", count: int = 1
+    ) -> Hook:
+        """Reset the connection instead of forwarding a chunk that contains `pattern`.
+
+        A pattern split across chunks is found in the second one; the first has gone through.
+        """
+        return self._arm(Hook(pattern, direction, count, before=True))
+
+    def _arm(self, hook: Hook) -> Hook:
+        async def arm() -> None:
+            self._hooks.append(hook)
+
+        self._call(arm())
+        return hook
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the proxy's loop and wait for its result, at most CONTROL_TIMEOUT_S."""
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("FaultProxy is not started")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(CONTROL_TIMEOUT_S)
+        finally:
+            future.cancel()  # a no-op once done; stops a timed-out call
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self._cut_all()
+        if self._handlers:  # they end once their sockets are closed
+            _, stuck = await asyncio.wait(self._handlers, timeout=_CLOSE_TIMEOUT_S)
+            for task in stuck:
+                task.cancel()  # still connecting to a target that does not answer
+
+    async def _cut_all(self) -> int:
+        links = list(self._links)
+        await asyncio.gather(*(self._close(link, reset=True) for link in links))
+        return len(links)
+
+    async def _close(self, link: _Link, *, reset: bool) -> None:
+        """Close both sides of `link` (idempotent); returns once the sockets are closed."""
+        await _closed(self._drop(link, reset=reset))
+
+    def _drop(self, link: _Link, *, reset: bool) -> list[asyncio.StreamWriter]:
+        """Forget `link` and start closing it; its sockets close on the loop's next turn."""
+        self._links.pop(link, None)
+        for writer in link.writers():
+            if reset:
+                _reset(writer)
+            else:
+                writer.close()
+        return link.writers()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._accepted += 1
+        link = _Link(writer)
+        try:
+            if self._refusing:
+                await self._close(link, reset=True)
+                return
+            self._links[link] = None
+            if self._blackholed:  # partitioned: the server never hears of this connection
+                while await reader.read(_CHUNK_BYTES):
+                    pass
+                return
+            server_reader, server_writer = await asyncio.wait_for(
+                asyncio.open_connection(*self.target), _CONNECT_TIMEOUT_S
+            )
+            link.server = server_writer
+            if link not in self._links:  # cut while connecting
+                return
+            for side in link.writers():
+                # No buffer in the proxy: drain() returns once the kernel has every byte,
+                # so a cut right after it cannot swallow what was forwarded.
+                side.transport.set_write_buffer_limits(high=0)
+            async with asyncio.TaskGroup() as pumps:
+                pumps.create_task(self._pump(link, reader, server_writer, "client_to_server"))
+                pumps.create_task(self._pump(link, server_reader, writer, "server_to_client"))
+        except OSError:  # TimeoutError too: the target is down or slow; the client sees a reset
+            await self._close(link, reset=True)
+        finally:
+            await self._close(link, reset=False)
+            self._handlers.discard(task)
+
+    async def _pump(
+        self,
+        link: _Link,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        direction: Direction,
+    ) -> None:
+        """Copy one direction until EOF or a cut; either side's end ends the whole link."""
+        try:
+            while chunk := await reader.read(_CHUNK_BYTES):
+                if self._blackholed:
+                    continue  # dropped; the link is cut when the blackhole ends
+                hits = self._hits(link, direction, chunk)
+                if not any(hook.before for hook in hits):
+                    writer.write(chunk)
+                    await writer.drain()
+                if hits:
+                    closing = self._drop(link, reset=True)
+                    # Before the reset goes out: whoever sees it finds the hook fired.
+                    for hook in hits:
+                        hook._record()
+                    await _closed(closing)
+                    return
+        except OSError:  # a peer reset its side: pass the reset on to the other
+            await self._close(link, reset=True)
+        else:
+            await self._close(link, reset=False)
+
+    def _hits(self, link: _Link, direction: Direction, chunk: bytes) -> list[Hook]:
+        """The hooks `chunk` fires; keeps a tail so a pattern split across chunks is found."""
+        tail = link.tails[direction]
+        window = tail + chunk
+        link.tails[direction] = window[-_TAIL_BYTES:]
+        hits = [hook for hook in self._hooks if hook._take(direction, window, len(tail))]
+        if hits:
+            self._hooks = [hook for hook in self._hooks if hook._armed]
+        return hits

@@ -1,0 +1,373 @@
+"""HttpShipper against a real receiver: an aiohttp server on 127.0.0.1 in the test's own loop."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import web
+from standardwebhooks import Webhook
+
+from orderflow import __version__
+from orderflow.domain import Item
+from orderflow.shippers.http import HttpShipper
+from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure, ShipContext
+from tests.conftest import make_order
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+ORDER = make_order(items=(Item("Widget", 2), Item("Gadget", 1)))
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Receiver:
+    """Answers every POST with `handler`; keeps what it was sent."""
+
+    url: str
+    handler: Handler
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def answer(
+        self, status: int = 200, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return web.Response(status=status, body=body, headers=headers)
+
+        self.handler = handler
+
+    def hang(self) -> None:
+        """Never answer: wait until released, noting a disconnect (handler cancelled)."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            self.waiting.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.disconnected.set()
+                raise
+            return web.Response()
+
+        self.handler = handler
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((dict(request.headers), await request.read()))
+        return await self.handler(request)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.Response()
+
+    app = web.Application()
+    receiver = Receiver("", ok)
+    app.router.add_route("*", "/{tail:.*}", receiver._serve)
+    # handler_cancellation: the handler is cancelled when the client goes away, so a test can
+    # observe the disconnect.
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    receiver.url = f"http://{host}:{port}/hooks/orders"
+    try:
+        yield receiver
+    finally:
+        receiver.release.set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def shipper(receiver: Receiver) -> AsyncIterator[HttpShipper]:
+    shipper = HttpShipper(receiver.url, SECRET, timeout_s=5)
+    try:
+        yield shipper
+    finally:
+        await shipper.close()
+
+
+def context(attempt: int = 1, deadline_s: float = 5) -> ShipContext:
+    deadline = datetime.now(UTC) + timedelta(seconds=deadline_s)
+    return ShipContext(attempt=attempt, deadline=deadline, log=logging.getLogger("test"))
+
+
+async def test_every_request_is_signed_and_carries_the_attempt_and_deadline(
+    receiver: Receiver, shipper: HttpShipper
+) -> None:
+    first, second = context(attempt=1), context(attempt=2)
+    receiver.answer(503)
+    with pytest.raises(RetryableFailure):
+        await shipper.ship(ORDER, first)
+    receiver.answer(200)
+    await shipper.ship(ORDER, second)
+
+    assert len(receiver.requests) == 2
+    for (headers, body), sent in zip(receiver.requests, (first, second), strict=True):
+        assert Webhook(SECRET).verify(body, headers) == msgspec.json.decode(
+            msgspec.json.encode(ORDER)
+        )
+        assert headers["webhook-id"] == ORDER.id  # the same on every attempt
+        assert headers["orderflow-attempt"] == str(sent.attempt)
+        assert datetime.fromisoformat(headers["orderflow-deadline"]) == sent.deadline
+        assert headers["Content-Type"] == "application/json"
+        assert headers["User-Agent"] == f"orderflow/{__version__}"
+        assert b" " not in body  # compact JSON
+
+
+async def test_a_signature_with_another_secret_does_not_verify(
+    receiver: Receiver, shipper: HttpShipper
+) -> None:
+    await shipper.ship(ORDER, context())
+    headers, body = receiver.requests[0]
+    other = "whsec_" + "A" * 32
+    with pytest.raises(Exception, match="signature"):
+        Webhook(other).verify(body, headers)
+
+
+async def test_2xx_with_a_json_object_is_the_result(
+    receiver: Receiver, shipper: HttpShipper
+) -> None:
+    receiver.answer(201, b'{"carrier": "acme", "tracking": "T1"}')
+    assert await shipper.ship(ORDER, context()) == {"carrier": "acme", "tracking": "T1"}
+
+
+@pytest.mark.parametrize("body", [b"", b"OK", b"<html>thanks</html>", b"null"])
+async def test_2xx_without_a_json_object_is_shipped_with_no_result(
+    receiver: Receiver, shipper: HttpShipper, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.answer(200, body)
+    assert await shipper.ship(ORDER, context()) is None
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("body", "warning"),
+    [
+        (b"[1, 2]", "with a JSON array, not an object"),
+        (b'"tracking"', "with a JSON string, not an object"),
+        (
+            b'{"tracking": "' + b"x" * MAX_RESULT_BYTES + b'"}',
+            f"with over {MAX_RESULT_BYTES} bytes",
+        ),
+    ],
+    ids=["array", "string", "oversized"],
+)
+async def test_2xx_with_json_not_a_small_object_is_shipped_with_a_warning(
+    receiver: Receiver,
+    shipper: HttpShipper,
+    body: bytes,
+    warning: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver.answer(200, body)
+    with caplog.at_level(logging.WARNING, logger="test"):
+        assert await shipper.ship(ORDER, context()) is None
+    assert f"receiver answered HTTP 200 {warning}: shipped, no result stored" in caplog.text
+
+
+async def test_2xx_whose_body_breaks_off_is_shipped_with_a_warning(
+    receiver: Receiver, shipper: HttpShipper, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def break_off(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        response.content_length = 100
+        await response.prepare(request)
+        await response.write(b'{"tracking"')
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    receiver.handler = break_off
+    with caplog.at_level(logging.WARNING, logger="test"):
+        assert await shipper.ship(ORDER, context()) is None
+    assert "then its body failed" in caplog.text
+
+
+@pytest.mark.parametrize("status", [400, 404, 410, 422])
+async def test_4xx_is_a_permanent_failure_with_the_status_and_body_start(
+    receiver: Receiver, shipper: HttpShipper, status: int
+) -> None:
+    receiver.answer(status, b'{"error": "bad address"}\n' + b"z" * 1000)
+    with pytest.raises(PermanentFailure) as caught:
+        await shipper.ship(ORDER, context())
+    reason = str(caught.value)
+    assert reason.startswith(f'HTTP {status} from receiver: {{"error": "bad address"}} zzz')
+    assert "\n" not in reason
+    assert len(reason) < 300
+
+
+@pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 502, 503])
+async def test_busy_statuses_and_5xx_are_retryable(
+    receiver: Receiver, shipper: HttpShipper, status: int
+) -> None:
+    receiver.answer(status, b"try later")
+    with pytest.raises(RetryableFailure) as caught:
+        await shipper.ship(ORDER, context())
+    assert str(caught.value) == f"HTTP {status} from receiver: try later"
+    assert caught.value.retry_after_s is None
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_in_seconds_is_honoured(
+    receiver: Receiver, shipper: HttpShipper, status: int
+) -> None:
+    receiver.answer(status, headers={"Retry-After": "2"})
+    with pytest.raises(RetryableFailure) as caught:
+        await shipper.ship(ORDER, context())
+    assert caught.value.retry_after_s == 2
+
+
+async def test_retry_after_as_an_http_date_is_honoured(
+    receiver: Receiver, shipper: HttpShipper
+) -> None:
+    when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    receiver.answer(503, headers={"Retry-After": when})
+    with pytest.raises(RetryableFailure) as caught:
+        await shipper.ship(ORDER, context())
+    assert caught.value.retry_after_s is not None
+    assert 20 <= caught.value.retry_after_s <= 31
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("100000", 300), ("Wed, 01 Jan 2100 00:00:00 GMT", 300), ("0", 0), ("soon", None)],
+)
+async def test_retry_after_is_capped_and_a_bad_one_ignored(
+    receiver: Receiver, shipper: HttpShipper, value: str, expected: float | None
+) -> None:
+    receiver.answer(429, headers={"Retry-After": value})
+    with pytest.raises(RetryableFailure) as caught:
+        await shipper.ship(ORDER, context())
+    assert caught.value.retry_after_s == expected
+
+
+async def test_a_redirect_is_not_followed(receiver: Receiver, shipper: HttpShipper) -> None:
+    receiver.answer(302, headers={"Location": "/elsewhere"})
+    with pytest.raises(PermanentFailure, match=r"^HTTP 302 from receiver: redirects are not"):
+        await shipper.ship(ORDER, context())
+    assert len(receiver.requests) == 1
+
+
+async def test_a_receiver_that_hangs_past_the_timeout_fails_the_attempt(
+    receiver: Receiver,
+) -> None:
+    receiver.hang()
+    shipper = HttpShipper(receiver.url, SECRET, timeout_s=0.2)
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(RetryableFailure, match=r"^timeout after 0\.2s$"):
+                await shipper.ship(ORDER, context())
+            await receiver.disconnected.wait()
+    finally:
+        await shipper.close()
+
+
+async def test_the_attempts_deadline_bounds_the_timeout(
+    receiver: Receiver, shipper: HttpShipper
+) -> None:
+    receiver.hang()
+    async with asyncio.timeout(5):
+        with pytest.raises(RetryableFailure, match=r"^timeout after 0\.[0-3]"):
+            await shipper.ship(ORDER, context(deadline_s=0.3))
+
+
+async def test_a_passed_deadline_sends_nothing(receiver: Receiver, shipper: HttpShipper) -> None:
+    with pytest.raises(RetryableFailure, match="deadline passed"):
+        await shipper.ship(ORDER, context(deadline_s=-1))
+    assert receiver.requests == []
+
+
+async def test_cancelling_the_call_closes_the_connection(
+    receiver: Receiver, shipper: HttpShipper
+) -> None:
+    receiver.hang()
+    call = asyncio.create_task(shipper.ship(ORDER, context()))
+    async with asyncio.timeout(5):
+        await receiver.waiting.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await receiver.disconnected.wait()
+
+
+async def test_connections_are_reused(receiver: Receiver, shipper: HttpShipper) -> None:
+    peers: set[Any] = set()
+
+    async def note_peer(request: web.Request) -> web.StreamResponse:
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.Response()
+
+    receiver.handler = note_peer
+    for _ in range(5):
+        await shipper.ship(ORDER, context())
+    assert len(peers) == 1
+
+
+async def test_a_refused_connection_is_retryable() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    shipper = HttpShipper(f"http://127.0.0.1:{port}/", SECRET, timeout_s=5)
+    try:
+        with pytest.raises(RetryableFailure, match="connection refused"):
+            await shipper.ship(ORDER, context())
+    finally:
+        await shipper.close()
+
+
+async def test_the_receiver_closing_without_an_answer_is_retryable(
+    receiver: Receiver, shipper: HttpShipper
+) -> None:
+    async def drop(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()
+        raise asyncio.CancelledError
+
+    receiver.handler = drop
+    with pytest.raises(RetryableFailure, match="closed the connection"):
+        await shipper.ship(ORDER, context())
+
+
+async def test_a_given_client_is_used_and_left_open(receiver: Receiver) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as client:
+        shipper = HttpShipper(receiver.url, SECRET, timeout_s=5, client=client)
+        await shipper.ship(ORDER, context())
+        await shipper.close()
+        assert not client.closed
+    assert len(receiver.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "expected 'whsec_'"),
+        ("whsec_", "empty"),
+        ("whsec_not base64!", "not valid base64"),
+        ("whsec_MfKQ9", "not valid base64"),
+    ],
+)
+def test_a_bad_secret_is_refused_without_being_echoed(secret: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem) as caught:
+        HttpShipper("https://example.test/", secret, timeout_s=5)
+    if key := secret.removeprefix("whsec_"):
+        assert key not in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["ftp://example.test/", "example.test/hooks", "http:///x"])
+def test_a_bad_url_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="expected http://"):
+        HttpShipper(url, SECRET, timeout_s=5)
