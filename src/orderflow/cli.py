@@ -138,8 +138,7 @@ def serve(server: str, **options: Any) -> None:
     granian_logging = configure_logging(settings.log_level, settings.log_format)
     from orderflow.api.app import OrderflowApp
     from orderflow.runtime import Runtime, StartupError
-    from orderflow.server import bind, raise_open_files_limit
-    from orderflow.server import serve as run
+    from orderflow.server import bind, raise_open_files_limit, run, serve
 
     try:
         http = http_settings(settings)
@@ -167,8 +166,8 @@ def serve(server: str, **options: Any) -> None:
         )
 
     try:
-        asyncio.run(
-            run(
+        run(
+            serve(
                 runtime,
                 app,
                 sock,

@@ -82,7 +82,7 @@ class ProcessorSettings:
             raise ValueError("timeouts and intervals must be > 0")
         if self.retry_backoff_s < 0:
             raise ValueError("the retry backoff must be >= 0")
-        if self.lease_s < 3 * self.heartbeat_s:
+        if self.lease_s < 3 * self.heartbeat_s - 1e-9:
             raise ValueError("the lease must be at least three heartbeats long")
 
 

@@ -64,11 +64,17 @@ class Runtime:
             raise StartupError(
                 "--snapshot: only for the in-memory store; PostgreSQL keeps the orders itself"
             )
-        self.store = self._given_store or await _open_store(settings)
+        self.store = (
+            self._given_store if self._given_store is not None else await _open_store(settings)
+        )
         try:
             if settings.snapshot:
                 self._load_snapshot(Path(settings.snapshot))
-            self.shipper = self._given_shipper or load_shipper(settings)
+            self.shipper = (
+                self._given_shipper
+                if self._given_shipper is not None
+                else load_shipper(settings)
+            )
             self.processor = Processor(
                 self.store, self.shipper, self.clock, processor_settings(settings)
             )

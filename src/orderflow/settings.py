@@ -95,7 +95,7 @@ def load_settings(environ: Mapping[str, str], **overrides: object) -> Settings:
                 message = words.format(bound.group(1))
                 break
         raise SettingError(flag_of(name) if name else "settings", message) from None
-    if settings.lease_timeout < 3 * settings.heartbeat_interval:
+    if settings.lease_timeout < 3 * settings.heartbeat_interval - 1e-9:  # 0.6 vs 3 x 0.2
         raise SettingError("--lease-timeout", "must be at least 3 heartbeat intervals")
     return settings
 

@@ -30,6 +30,7 @@ from orderflow.domain import (
     Held,
     Hold,
     Order,
+    OrderEvent,
     OrderFilter,
     OrderQuery,
     OrderStatus,
@@ -207,6 +208,31 @@ class OrderStore(abc.ABC):
     @abc.abstractmethod
     async def prune_idempotency(self, created_before: datetime) -> int:
         """Forget the keys recorded before `created_before`; returns how many."""
+
+    # -- the event log -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
+        """Events with seq > `after`, oldest first, at most `limit`: every event of a change
+        that was made, none of one that was not, each once, in seq order.
+
+        Raises:
+            Gone: events after `after` were pruned already.
+        """
+
+    @abc.abstractmethod
+    async def last_event_seq(self) -> int:
+        """The seq of the newest event readable now (0 when there is none)."""
+
+    @abc.abstractmethod
+    async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
+        """Drop up to `limit` of the oldest events: those dated before `before`, and those
+        beyond the newest `keep`; returns how many."""
+
+    async def sequence_events(self) -> int:
+        """Make the events of changes that completed readable (a shared store numbers them
+        once their transactions are over); returns how many. Safe to call from anywhere."""
+        return 0
 
     # -- sharing work between processes ------------------------------------------------------
     # A store that several processes share overrides these; in one process they have little

@@ -15,6 +15,7 @@ its work in one synchronous block, so the store is safe from threads and tasks a
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -44,7 +45,7 @@ from orderflow.domain import (
     next_status,
     order_id_floor,
 )
-from orderflow.errors import IllegalTransition, NotHeld, OrderConflict, OrderNotFound
+from orderflow.errors import Gone, IllegalTransition, NotHeld, OrderConflict, OrderNotFound
 from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount, Stats
 from orderflow.store.memory_events import EventLog
 
@@ -337,8 +338,10 @@ class InMemoryOrderStore(OrderStore):
 
     async def stats(self, top: int = 20) -> Stats:
         by_status = await self.count_by_status()
-        with self._lock:
-            common = self._failed_reasons.most_common(top)
+        with self._lock:  # the most frequent first; ties by reason, as PostgreSQL sorts them
+            common = heapq.nsmallest(
+                top, self._failed_reasons.items(), key=lambda pair: (-pair[1], pair[0])
+            )
         return Stats(by_status, [ReasonCount(reason, count) for reason, count in common])
 
     async def transition_matching(
@@ -388,6 +391,25 @@ class InMemoryOrderStore(OrderStore):
             for key in old:
                 del self._keys[key]
         return len(old)
+
+    # -- the event log -----------------------------------------------------------------------
+
+    async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
+        if after < self.events.first_seq - 1:
+            raise Gone(
+                f"events after {after} were pruned; the oldest kept is {self.events.first_seq}"
+            )
+        return list(self.events.read(after, limit))
+
+    async def last_event_seq(self) -> int:
+        return self.events.last_seq
+
+    async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
+        with self._lock:
+            beyond = min(limit, max(0, self.events.last_seq - self.events.first_seq + 1 - keep))
+            if beyond:
+                self.events.drop(beyond)
+        return beyond + self.events.prune(before, limit - beyond)
 
     # -- snapshots ---------------------------------------------------------------------------
 

@@ -83,6 +83,10 @@ class EventLog:
         if self.listener is not None:
             self.listener()
 
+    def drop(self, count: int) -> None:
+        """Drop the `count` oldest events; the caller holds the lock."""
+        self._drop(count)
+
     def _drop(self, count: int) -> None:
         self._start += count
         self._first_seq += count

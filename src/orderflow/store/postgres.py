@@ -33,11 +33,13 @@ import msgspec
 from orderflow.domain import (
     EVENT_TYPE,
     Event,
+    EventType,
     Held,
     HistoryEntry,
     Hold,
     Item,
     Order,
+    OrderEvent,
     OrderFilter,
     OrderQuery,
     OrderStatus,
@@ -50,6 +52,7 @@ from orderflow.domain import (
     target_of,
 )
 from orderflow.errors import (
+    Gone,
     IllegalTransition,
     NotHeld,
     OrderConflict,
@@ -371,12 +374,14 @@ class PostgresOrderStore(OrderStore):
     # -- operators ---------------------------------------------------------------------------
 
     async def count_by_status(self) -> dict[OrderStatus, int]:
+        await self.sequence_events()  # fold in what changed since the last numbering
         async with self._connection() as db:
             rows = await db.fetch(sql.STATUS_COUNTS)
         counts = {OrderStatus(row["status"]): row["count"] for row in rows}
         return {status: counts.get(status, 0) for status in OrderStatus}
 
     async def stats(self, top: int = 20) -> Stats:
+        await self.sequence_events()
         async with self._connection() as db:
             rows = await db.fetch(sql.STATUS_COUNTS)
             reasons = await db.fetch(sql.FAILED_REASONS, top)
@@ -418,6 +423,51 @@ class PostgresOrderStore(OrderStore):
         moved = [row["id"] for row in rows if row["id"] is not None]
         resume = next((row["walked_to"] for row in rows if row["id"] is None), None)
         return moved, resume
+
+    # -- the event log -----------------------------------------------------------------------
+
+    async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
+        async with self._connection() as db:
+            rows = await db.fetch(sql.READ_EVENTS, after, limit)
+            if not rows or rows[0]["seq"] != after + 1:  # a gap: pruned, or nothing yet
+                horizon = await db.fetchval("SELECT pruned_through FROM event_horizon")
+                if after < horizon:
+                    raise Gone(
+                        f"events after {after} were pruned; the oldest kept is {horizon + 1}"
+                    )
+        return [
+            OrderEvent(
+                row["seq"],
+                EventType(row["type"]),
+                row["order_id"],
+                None if row["status"] is None else OrderStatus(row["status"]),
+                row["at"],
+                row["reason"],
+                None if row["data"] is None else _decode_object(row["data"]),
+            )
+            for row in rows
+        ]
+
+    async def last_event_seq(self) -> int:
+        async with self._connection() as db:
+            row = await db.fetchrow(sql.EVENT_HORIZON)
+        last: int = row["last"]
+        return last
+
+    async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
+        async with self._connection(changing=True) as db:
+            pruned: int = await db.fetchval(sql.PRUNE_EVENTS, before, keep, limit)
+        return pruned
+
+    async def sequence_events(self, limit: int = 10_000) -> int:
+        async with self._connection(changing=True) as db, db.transaction():
+            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", sql.SEQUENCE_LOCK):
+                return 0  # another instance is numbering: ours are in its next round
+            row = await db.fetchrow(sql.SEQUENCE_EVENTS, limit)
+            numbered: int = row["numbered"]
+            if numbered:
+                await db.execute("SELECT pg_notify($1, $2)", sql.EVENTS_CHANNEL, str(row["last"]))
+        return numbered
 
     # -- idempotency keys --------------------------------------------------------------------
 

@@ -239,3 +239,21 @@ SEQUENCE_EVENTS = (
     "  ON CONFLICT (reason) DO UPDATE SET count = f.count + EXCLUDED.count)"
     " SELECT count(*) AS numbered, max(seq) AS last FROM upd"
 )
+READ_EVENTS = (
+    "SELECT seq, type, order_id, status, at, reason, data FROM events"
+    " WHERE seq > $1 ORDER BY seq LIMIT $2"
+)
+EVENT_HORIZON = (
+    "SELECT pruned_through, (SELECT coalesce(max(seq), pruned_through) FROM events) AS last"
+    " FROM event_horizon"
+)
+# Drop the oldest numbered events, at most $3 of them: those dated before $1, and those beyond
+# the newest $2.
+PRUNE_EVENTS = (
+    "WITH doomed AS (SELECT id, seq FROM events WHERE seq IS NOT NULL AND (at < $1"
+    "  OR seq <= (SELECT coalesce(max(seq), 0) FROM events) - $2) ORDER BY seq LIMIT $3),"
+    " gone AS (DELETE FROM events e USING doomed WHERE e.id = doomed.id RETURNING doomed.seq),"
+    " moved AS (UPDATE event_horizon SET pruned_through = greatest(pruned_through,"
+    "   (SELECT max(seq) FROM gone)) WHERE EXISTS (SELECT FROM gone))"
+    " SELECT count(*) FROM gone"
+)

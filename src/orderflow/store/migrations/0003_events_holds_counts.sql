@@ -44,3 +44,11 @@ INSERT INTO status_counts (status, count)
 INSERT INTO failure_counts (reason, count)
     SELECT coalesce(history->-1->>'reason', ''), count(*) FROM orders
     WHERE status = 'failed' GROUP BY 1;
+
+-- How far the event log was pruned: a reader asking for what comes after an earlier event
+-- is told it is gone, instead of silently missing events.
+CREATE TABLE event_horizon (
+    id             int PRIMARY KEY CHECK (id = 1),
+    pruned_through bigint NOT NULL
+);
+INSERT INTO event_horizon (id, pruned_through) VALUES (1, 0);
