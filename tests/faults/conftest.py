@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +31,13 @@ TIMERS = ("--heartbeat-interval", "0.2", "--lease-timeout", "0.6", "--poll-inter
 LEASE_S = 0.6
 HEARTBEAT_S = 0.2
 RECORDER = "python:tests.faults.recorder:ship"
+
+
+# The answer of a statement that committed: its CommandComplete tag, then ReadyForQuery, which
+# PostgreSQL sends only once the implicit transaction of the statement committed.
+def committed_answer(tag: bytes) -> re.Pattern[bytes]:
+    """`tag` is a regex of the tag (b"UPDATE [1-9]": an UPDATE that changed rows)."""
+    return re.compile(tag + rb"[^\x00]*\x00Z\x00\x00\x00\x05I")
 
 
 def free_port() -> int:

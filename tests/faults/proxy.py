@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import socket
 import struct
 import threading
@@ -38,10 +39,13 @@ class Hook:
     an async test checks `is_set()` after its client failed rather than block its loop in `wait`.
     """
 
-    def __init__(self, pattern: bytes, direction: Direction, count: int, *, before: bool) -> None:
+    def __init__(
+        self, pattern: bytes | re.Pattern[bytes], direction: Direction, count: int, *, before: bool
+    ) -> None:
         if direction not in get_args(Direction):
             raise ValueError(f"unknown direction {direction!r}")
-        if not 0 < len(pattern) <= _TAIL_BYTES or count < 1:
+        size = len(pattern.pattern if isinstance(pattern, re.Pattern) else pattern)
+        if not 0 < size <= _TAIL_BYTES or count < 1:
             raise ValueError(f"need 1..{_TAIL_BYTES} pattern bytes and count >= 1")
         self.pattern, self.direction, self.count, self.before = pattern, direction, count, before
         self.fired = 0
@@ -57,8 +61,12 @@ class Hook:
 
     def _take(self, direction: Direction, window: bytes, new_from: int) -> bool:
         # Only an occurrence that ends in the new chunk counts: the tail was searched before.
-        start = max(0, new_from - len(self.pattern) + 1)
-        if direction != self.direction or window.find(self.pattern, start) < 0:
+        if direction != self.direction:
+            return False
+        if isinstance(self.pattern, re.Pattern):  # a match that ends in the new chunk
+            if not any(m.end() > new_from for m in self.pattern.finditer(window)):
+                return False
+        elif window.find(self.pattern, max(0, new_from - len(self.pattern) + 1)) < 0:
             return False
         self._armed -= 1
         return True
@@ -210,13 +218,22 @@ class FaultProxy:
         self._call(refuse())
 
     def cut_after(
-        self, pattern: bytes, *, direction: Direction = "client_to_server", count: int = 1
+        self,
+        pattern: bytes | re.Pattern[bytes],
+        *,
+        direction: Direction = "client_to_server",
+        count: int = 1,
     ) -> Hook:
-        """Reset the connection right after forwarding a chunk that contains `pattern`."""
+        """Reset the connection right after forwarding a chunk that contains `pattern` (bytes,
+        or a compiled bytes regex)."""
         return self._arm(Hook(pattern, direction, count, before=False))
 
     def cut_before(
-        self, pattern: bytes, *, direction: Direction = "client_to_server", count: int = 1
+        self,
+        pattern: bytes | re.Pattern[bytes],
+        *,
+        direction: Direction = "client_to_server",
+        count: int = 1,
     ) -> Hook:
         """Reset the connection instead of forwarding a chunk that contains `pattern`.
 

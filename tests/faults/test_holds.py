@@ -19,6 +19,7 @@ from tests.faults.conftest import (
     TIMERS,
     Cluster,
     check_invariants,
+    committed_answer,
     db,
     histories,
     submit,
@@ -40,8 +41,9 @@ def test_an_acquire_whose_answer_was_lost_is_handed_back_within_a_heartbeat(
     url = proxy.url_for(database_url)
     instance = cluster.start("--database-url", url, "--shipper", RECORDER, *TIMERS)
     ids = submit(instance, 40)
-    # The acquire is the one statement whose answer is an UPDATE tag: lose that answer once.
-    lost = proxy.cut_before(b"UPDATE ", direction="server_to_client")
+    # The acquire is the one statement whose answer is an UPDATE tag: lose that answer once,
+    # after the statement committed.
+    lost = proxy.cut_before(committed_answer(rb"UPDATE [1-9]"), direction="server_to_client")
     assert instance.request("POST", "/orders/process").status_code == 202
     assert lost.wait(10)
     started = time.monotonic()
@@ -110,7 +112,9 @@ def test_a_paused_instance_cannot_overwrite_what_others_did_with_its_orders(
     ids = submit(paused, 16)
     assert paused.request("POST", "/orders/process").status_code == 202
     wait_until_held(database_url, 8)
-    held_by_paused = {row["id"] for row in db(database_url, "SELECT id FROM orders WHERE owner IS NOT NULL")}
+    held_by_paused = {
+        row["id"] for row in db(database_url, "SELECT id FROM orders WHERE owner IS NOT NULL")
+    }
     paused.signal(signal.SIGSTOP)
     survivor = cluster.start("--database-url", url, "--shipper", RECORDER, *TIMERS, delay_s=0.05)
     wait_for(lambda: all(h[-1] == "shipped" for h in histories(database_url).values()))
