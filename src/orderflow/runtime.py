@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 from orderflow.clock import Clock, SystemClock
 from orderflow.domain import Event, Order, OrderStatus, advance, id_matches_timestamp, is_order_id
 from orderflow.errors import StoreUnavailable
+from orderflow.events import EventHub
 from orderflow.processor import Processor, ProcessorSettings
 from orderflow.service import OrderService
 from orderflow.settings import Settings
@@ -56,6 +59,7 @@ class Runtime:
         self.shipper: Shipper
         self.processor: Processor
         self.service: OrderService
+        self.events: EventHub
 
     async def start(self) -> None:
         """Open, load, build and start everything. Raises StartupError."""
@@ -71,9 +75,7 @@ class Runtime:
             if settings.snapshot:
                 self._load_snapshot(Path(settings.snapshot))
             self.shipper = (
-                self._given_shipper
-                if self._given_shipper is not None
-                else load_shipper(settings)
+                self._given_shipper if self._given_shipper is not None else load_shipper(settings)
             )
             self.processor = Processor(
                 self.store, self.shipper, self.clock, processor_settings(settings)
@@ -82,22 +84,56 @@ class Runtime:
                 self.store, self.processor, self.clock, idempotency_ttl_s=settings.idempotency_ttl
             )
             await self.processor.start()
+            self.events = EventHub(self.store, poll_s=settings.poll_interval)
+            self.store.watch_events(self.events.wake)
+            await self.events.start()
         except BaseException:
             if self._snapshot is not None:
                 self._snapshot.unmark()
             await self.store.close()
             raise
+        self._loop(self.service.prune_idempotency, min(600.0, settings.idempotency_ttl / 10),
+                   "pruning idempotency keys")  # fmt: skip
+        self._loop(self._prune_events, min(60.0, settings.event_retention / 10), "pruning events")
+        if self.store.shared:
+            self._loops.append(
+                asyncio.create_task(self._number_events(), name="orderflow-event-numbering")
+            )
+        self.started = True
+
+    def _loop(self, step: Callable[[], Awaitable[object]], every_s: float, what: str) -> None:
         self._loops.append(
             asyncio.create_task(
-                supervised(
-                    self.service.prune_idempotency,
-                    every_s=min(600.0, settings.idempotency_ttl / 10),
-                    log=OutageLog(log, "pruning idempotency keys"),
-                ),
-                name="orderflow-idempotency-pruner",
+                supervised(step, every_s=every_s, log=OutageLog(log, what)), name=what
             )
         )
-        self.started = True
+
+    async def _prune_events(self) -> None:
+        settings = self.settings
+        while True:  # in batches, each its own short statement: never blocks requests
+            before = self.clock.now() - timedelta(seconds=settings.event_retention)
+            pruned = await self.store.prune_events(before, settings.event_retention_count)
+            if pruned < 10_000:
+                return
+            await asyncio.sleep(0)
+
+    async def _number_events(self) -> None:
+        """A shared store's events become readable once numbered (see `sequence_events`):
+        right after this process wrote some, and every poll interval for the others'."""
+        outage = OutageLog(log, "numbering events")
+        while True:
+            await self.store.wait_for_writes(self.settings.poll_interval)
+            await asyncio.sleep(0.002)  # a burst of writes is numbered in one round
+            try:
+                for _ in range(100):  # another instance may be at it: ours follow in a moment
+                    if await self.store.sequence_events() >= 0:
+                        break
+                    await asyncio.sleep(0.01)
+            except Exception as exc:
+                outage.failed(exc)
+                await asyncio.sleep(self.settings.poll_interval)
+            else:
+                outage.succeeded()
 
     def _load_snapshot(self, path: Path) -> None:
         store = self.store
@@ -132,6 +168,7 @@ class Runtime:
         self.service.stopping = True
         try:
             try:
+                await self.events.close()  # streams end cleanly, first
                 await self.processor.stop(self.settings.shutdown_grace)
             finally:
                 for task in self._loops:
@@ -152,7 +189,9 @@ class Runtime:
 async def _open_store(settings: Settings) -> OrderStore:
     try:
         return await open_store(
-            settings.database_url, migrate=settings.migrate, event_retention=100_000
+            settings.database_url,
+            migrate=settings.migrate,
+            event_retention=settings.event_retention_count,
         )
     except ValueError as exc:
         raise StartupError(f"--database-url: {exc}") from None

@@ -134,8 +134,14 @@ async def _serve_granian(
         log_dictconfig=logging_config,
     )
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if not stopping:  # once: a second signal changes nothing
+            stopping.append(asyncio.create_task(_stop(granian.stop, app)))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _stopping, granian.stop, app)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await granian.serve()
     finally:
@@ -143,10 +149,13 @@ async def _serve_granian(
             loop.remove_signal_handler(sig)
 
 
-def _stopping(stop: Any, app: OrderflowApp) -> None:
-    log.info("stopping: no new connections; shipments in flight get the shutdown grace")
+async def _stop(stop_server: Any, app: OrderflowApp) -> None:
+    """Refuse new work, end the event streams (the server waits for every response to end),
+    then stop serving; the runtime stops after that."""
+    log.info("stopping: no new work; shipments in flight get the shutdown grace")
     app.runtime.service.stopping = True
-    stop()
+    await app.runtime.events.close()
+    stop_server()
 
 
 async def _serve_uvicorn(app: OrderflowApp, sock: socket.socket) -> None:

@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     database_url: str = "memory://"
     migrate: bool = True
     idempotency_ttl: Annotated[float, msgspec.Meta(ge=1)] = 86_400.0
+    event_retention: Annotated[float, msgspec.Meta(ge=1)] = 259_200.0
+    event_retention_count: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     http_idle_timeout: Annotated[float, msgspec.Meta(ge=1)] = 30.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     allowed_hosts: str | None = None

@@ -279,7 +279,10 @@ class OrderflowApp:
             scope.method, scope.path, scope.query_string, scope.headers, protocol, self
         )
         response = await self.dispatch(request)
-        if response.stream is not None:
+        if response.stream is not None and request.method == "HEAD":
+            await _discard(response)
+            protocol.response_bytes(response.status, response.headers, b"")
+        elif response.stream is not None:
             transport = protocol.response_stream(response.status, response.headers)
             await _pump(response, transport.send_bytes, protocol.client_disconnect)
         elif request.method == "HEAD":
@@ -378,21 +381,38 @@ async def _pump(
     send: Callable[[bytes], Awaitable[None]],
     disconnected: Callable[[], Awaitable[None]],
 ) -> None:
-    """Send a streamed response until it ends or the client goes away."""
+    """Send a streamed response until it ends or the client goes away (then the stream is
+    stopped at once, not at its next chunk)."""
     assert response.stream is not None
+    task = asyncio.current_task()
+    assert task is not None
     gone = asyncio.ensure_future(disconnected())
+
+    def stop(_: object) -> None:
+        task.cancel("the client went away")
+
+    gone.add_done_callback(stop)
     try:
         async for chunk in response.stream:
-            if gone.done():
-                break
             await send(chunk)
+    except asyncio.CancelledError:
+        if not gone.done():
+            raise  # not the client: the server is stopping this task
+        task.uncancel()
     except (OSError, RuntimeError):  # the client went away mid-send
         pass
     finally:
+        gone.remove_done_callback(stop)
         gone.cancel()
         aclose = getattr(response.stream, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def _discard(response: Response) -> None:
+    aclose = getattr(response.stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _hostname(host: str) -> str:

@@ -19,6 +19,7 @@ from orderflow.api.schemas import (
     ActionRequest,
     BulkRequest,
     BulkResult,
+    EventPage,
     Health,
     Message,
     OrderCreate,
@@ -30,12 +31,14 @@ from orderflow.domain import (
     DEFAULT_PAGE,
     MAX_PAGE,
     Event,
+    EventType,
     Order,
     OrderFilter,
     OrderQuery,
     OrderStatus,
 )
 from orderflow.errors import ShuttingDown
+from orderflow.events import EventFilter, parse_types
 from orderflow.store.base import Stats
 
 if TYPE_CHECKING:
@@ -87,6 +90,7 @@ class Route:
     example: Any = None
     body_required: bool = True
     needs_service: bool = True
+    also_media: tuple[str, ...] = ()
 
 
 # -- orders -------------------------------------------------------------------------------------
@@ -220,6 +224,52 @@ async def stats(app: OrderflowApp, request: Request) -> Response:
     return json_response(200, await app.runtime.service.stats())
 
 
+# -- events -------------------------------------------------------------------------------------
+
+_SSE_HEADERS = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),  # proxies: do not hold the stream back
+]
+_TYPES = tuple(t.value for t in EventType)
+
+
+async def events(app: OrderflowApp, request: Request) -> Response:
+    params = request.query_params(("order_id", "status", "after", "limit"), ("type",))
+    try:
+        types = parse_types(params.get("type", ()))
+    except ValueError as exc:
+        raise bad_query("type", f"{exc} is not one of {', '.join(_TYPES)}") from None
+    status = params.get("status")
+    if status is not None and status not in _STATUSES:
+        raise bad_query("status", f"not one of {', '.join(_STATUSES)}")
+    wanted = EventFilter(
+        params.get("order_id"), types, None if status is None else OrderStatus(status)
+    )
+    after = _seq(params.get("after"), "after")
+    if after is None:
+        after = _seq(request.headers.get("last-event-id"), "Last-Event-ID")
+    hub = app.runtime.events
+    accept = request.headers.get("accept") or ""
+    if "application/json" in accept and "text/event-stream" not in accept:
+        limit = params.get("limit", str(DEFAULT_PAGE))
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAGE):
+            raise bad_query("limit", f"not a whole number from 1 to {MAX_PAGE}")
+        found, position = await hub.page(after or 0, int(limit), wanted)
+        return json_response(200, EventPage(found, len(found), position))
+    if after is not None:
+        await app.runtime.store.read_events(after, 1)  # Gone (410) before the stream starts
+    return Response(200, b"", _SSE_HEADERS, hub.stream(after, wanted))
+
+
+def _seq(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        raise bad_query(name, "not an event id (a seq) this API sent")
+    return int(value)
+
+
 # -- operations ---------------------------------------------------------------------------------
 
 _encode = msgspec.json.Encoder().encode
@@ -307,6 +357,26 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/orders/{id}/retry", retry_order, "Send a failed order back to pending", 200,
           OrderRef, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503), role="operate",
           description=_REASON_BODY, body_required=False),
+    Route("GET", "/events", events, "Order events: a live stream, or a page of past ones", 200,
+          EventPage, params=(
+              Param("after", {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999},
+                    "resume after this event's seq (or send Last-Event-ID)"),
+              Param("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                    "resume after this event (what EventSource sends)", "header"),
+              Param("order_id", {"type": "string"}, "only this order's events"),
+              Param("type", {"type": "array", "items": {"type": "string", "enum": list(_TYPES)}},
+                    "only these types (repeat the parameter)"),
+              Param("status", {"type": "string", "enum": list(_STATUSES)},
+                    "only events that left the order in this status"),
+              Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                              "default": DEFAULT_PAGE}, "with Accept: application/json"),
+          ), statuses=(400, 410, 503), also_media=("text/event-stream",),
+          description="With `Accept: text/event-stream` (what EventSource sends), a stream of"
+          " Server-Sent Events (`id:` the seq, `event:` the type, `data:` the event as JSON),"
+          " resuming after `Last-Event-ID` or `after`, with a keep-alive comment every 15 s;"
+          " a reader that falls too far behind is disconnected and resumes. With"
+          " `Accept: application/json`, a page of past events; `next_cursor` is the `after`"
+          " to poll with next. 410 when the events asked for are past --event-retention."),
     Route("GET", "/healthz", healthz, "Liveness: the process answers", 200, Health, role=None,
           needs_service=False),
     Route("GET", "/readyz", readyz, "Readiness: the store answers and the service is not"

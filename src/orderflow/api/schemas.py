@@ -122,9 +122,11 @@ class OrderPage(msgspec.Struct, frozen=True):
 
 
 class EventPage(msgspec.Struct, frozen=True):
+    """A page of past events; poll again with `after` = `next_cursor`."""
+
     events: list[OrderEvent]
     count: int
-    next_cursor: int | None
+    next_cursor: int
 
 
 class Message(msgspec.Struct, frozen=True):

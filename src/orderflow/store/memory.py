@@ -404,6 +404,9 @@ class InMemoryOrderStore(OrderStore):
     async def last_event_seq(self) -> int:
         return self.events.last_seq
 
+    def watch_events(self, on_events: Callable[[], None]) -> None:
+        self.events.listener = on_events
+
     async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
         with self._lock:
             beyond = min(limit, max(0, self.events.last_seq - self.events.first_seq + 1 - keep))

@@ -148,6 +148,8 @@ class PostgresOrderStore(OrderStore):
         self.server_settings = server_settings or {}
         self._listener: Any = None
         self._callbacks: tuple[Callable[[], object], Callable[[str], object]] | None = None
+        self._on_events: Callable[[], None] | None = None
+        self._written = asyncio.Event()  # a change left events to number
         self._closing = False
 
     @classmethod
@@ -207,6 +209,8 @@ class PostgresOrderStore(OrderStore):
             with _translated(changing=changing):
                 yield connection
         finally:
+            if changing:
+                self._written.set()
             try:
                 await self._pool.release(connection)
             except Exception as exc:  # the pool replaces a broken connection by itself
@@ -459,10 +463,21 @@ class PostgresOrderStore(OrderStore):
             pruned: int = await db.fetchval(sql.PRUNE_EVENTS, before, keep, limit)
         return pruned
 
+    def watch_events(self, on_events: Callable[[], None]) -> None:
+        self._on_events = on_events
+
+    async def wait_for_writes(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._written.wait()
+        written = self._written.is_set()
+        self._written.clear()
+        return written
+
     async def sequence_events(self, limit: int = 10_000) -> int:
-        async with self._connection(changing=True) as db, db.transaction():
+        async with self._connection() as db, db.transaction():
             if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", sql.SEQUENCE_LOCK):
-                return 0  # another instance is numbering: ours are in its next round
+                return -1  # another instance is numbering right now
             row = await db.fetchrow(sql.SEQUENCE_EVENTS, limit)
             numbered: int = row["numbered"]
             if numbered:
@@ -514,8 +529,13 @@ class PostgresOrderStore(OrderStore):
             await listener.add_listener(
                 sql.CANCEL_CHANNEL, lambda _conn, _pid, _channel, order_id: on_cancel(order_id)
             )
+            await listener.add_listener(sql.EVENTS_CHANNEL, lambda *_: self._events_numbered())
         listener.add_termination_listener(self._on_listener_lost)
         self._listener = listener
+
+    def _events_numbered(self) -> None:
+        if self._on_events is not None:
+            self._on_events()
 
     def _on_listener_lost(self, _connection: Any) -> None:
         if not self._closing:

@@ -1,0 +1,258 @@
+"""EventHub: reads the store's event log once per process and fans it out to live readers
+(Server-Sent Events streams, the dashboard), each through a bounded queue.
+
+A reader that resumes (Last-Event-ID) is caught up from the store first, then served live, with
+nothing missed and nothing repeated: it subscribes before catching up, so every event after the
+hub's position at that moment reaches its queue, and the catch-up stops at that position. A
+reader whose queue overflows (it reads slower than events come) is cut off, to come back with
+Last-Event-ID, rather than grow memory. The store says when there may be new events (in
+memory: on each append; PostgreSQL: a NOTIFY once events are numbered); the hub also polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from orderflow.domain import EventType, OrderEvent, OrderStatus
+from orderflow.errors import Gone
+from orderflow.store.base import OrderStore
+from orderflow.supervise import OutageLog, supervised
+
+log = logging.getLogger("orderflow.events")
+
+_BATCH = 1000
+_encode = msgspec.json.Encoder().encode
+KEEP_ALIVE = b": keep-alive\n\n"
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a reader wants; an empty condition takes all."""
+
+    order_id: str | None = None
+    types: frozenset[EventType] = frozenset()
+    status: OrderStatus | None = None
+
+    def __call__(self, event: OrderEvent) -> bool:
+        return (
+            (self.order_id is None or event.order_id == self.order_id)
+            and (not self.types or event.type in self.types)
+            and (self.status is None or event.status is self.status)
+        )
+
+
+class Subscription:
+    """One live reader's queue. `overflowed` once it fell `limit` events behind: its stream
+    ends, and the reader resumes from the store."""
+
+    def __init__(self, hub: EventHub, position: int, wanted: EventFilter, limit: int) -> None:
+        self.hub = hub
+        self.position = position  # events up to here are the catch-up's, after it the queue's
+        self.wanted = wanted
+        self.queue: asyncio.Queue[OrderEvent | bytes | None] = asyncio.Queue(limit)
+        self.overflowed = False
+        self.quiet = True  # nothing sent since the last keep-alive round
+
+    def offer(self, event: OrderEvent) -> None:
+        if self.overflowed or not self.wanted(event):
+            return
+        try:
+            self.queue.put_nowait(event)
+            self.quiet = False
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self._end()
+
+    def _end(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+        if self.queue.full():  # make room for the end mark: what is queued is of no use now
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self)
+
+
+class EventHub:
+    """Args:
+    poll_s: how often to look for events when nobody said there are some.
+    queue_limit: the most events a reader may fall behind before it is cut off.
+    """
+
+    def __init__(
+        self,
+        store: OrderStore,
+        *,
+        poll_s: float = 1.0,
+        queue_limit: int = 1000,
+        keep_alive_s: float = 15.0,
+    ) -> None:
+        self._store = store
+        self._keep_alive_s = keep_alive_s
+        self._poll_s = poll_s
+        self._queue_limit = queue_limit
+        self._subscriptions: set[Subscription] = set()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._keep_alive: asyncio.Task[None] | None = None
+        self.position = 0  # the seq of the last event handed out
+        self._closed = False
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self.position = await self._store.last_event_seq()
+        self._task = asyncio.create_task(
+            supervised(
+                self._pump,
+                every_s=self._poll_s,
+                log=OutageLog(log, "reading events"),
+                wake=self._wake,
+            ),
+            name="orderflow-event-hub",
+        )
+        self._keep_alive = asyncio.create_task(self._keep_alives(), name="orderflow-keep-alive")
+
+    async def _keep_alives(self) -> None:
+        """A comment line to every stream that was quiet for a round: one timer for all."""
+        while True:
+            await asyncio.sleep(self._keep_alive_s)
+            for subscription in list(self._subscriptions):
+                if subscription.quiet:
+                    with contextlib.suppress(asyncio.QueueFull):
+                        subscription.queue.put_nowait(KEEP_ALIVE)
+                subscription.quiet = True
+
+    def wake(self) -> None:
+        """There may be new events (callable from any thread, and often: it only sets a flag)."""
+        if self._loop is None or self._wake.is_set():
+            return
+        if threading.get_ident() == self._thread:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def close(self) -> None:
+        """End every stream (they end cleanly) and stop reading."""
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            subscription._end()
+        self._subscriptions.clear()
+        for task in (self._task, self._keep_alive):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._keep_alive = None
+
+    def subscribe(self, wanted: EventFilter) -> Subscription:
+        subscription = Subscription(self, self.position, wanted, self._queue_limit)
+        if self._closed:
+            subscription._end()
+        else:
+            self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    async def _pump(self) -> None:
+        while True:
+            events = await self._store.read_events(self.position, _BATCH)
+            for event in events:
+                for subscription in list(self._subscriptions):
+                    subscription.offer(event)
+            if events:
+                self.position = events[-1].seq
+            if len(events) < _BATCH:
+                return
+
+    async def stream(self, after: int | None, wanted: EventFilter) -> AsyncIterator[bytes]:
+        """Server-Sent Events: the events after seq `after` (None: from now on) that `wanted`
+        takes, then live ones (several to a chunk when they come together), with keep-alive
+        comments, until the reader falls behind or the hub closes.
+
+        Raises:
+            Gone: events after `after` are no longer kept (before anything is yielded).
+        """
+        subscription = self.subscribe(wanted)
+        try:
+            yield b"retry: 2000\n\n"
+            if after is not None and after < subscription.position:
+                async for event in self._catch_up(after, subscription.position, wanted):
+                    yield sse(event)
+            queue = subscription.queue
+            while (item := await queue.get()) is not None:
+                chunk = [item if isinstance(item, bytes) else sse(item)]
+                while not queue.empty() and len(chunk) < 256:
+                    item = queue.get_nowait()
+                    if item is None:
+                        yield b"".join(chunk)
+                        return
+                    chunk.append(item if isinstance(item, bytes) else sse(item))
+                yield b"".join(chunk)
+        finally:
+            subscription.close()
+
+    async def _catch_up(
+        self, after: int, until: int, wanted: EventFilter
+    ) -> AsyncIterator[OrderEvent]:
+        while after < until:
+            events = await self._store.read_events(after, min(_BATCH, until - after))
+            if not events:
+                return
+            for event in events:
+                if event.seq > until:
+                    return
+                if wanted(event):
+                    yield event
+            after = events[-1].seq
+
+    async def page(
+        self, after: int, limit: int, wanted: EventFilter
+    ) -> tuple[list[OrderEvent], int]:
+        """Past events after `after` that `wanted` takes, at most `limit`, and the seq to go on
+        from (it moves past events the filter skipped). Looks at no more than 10 pages' worth
+        of events, so a rare filter answers a short page rather than read the whole log."""
+        found: list[OrderEvent] = []
+        position = after
+        for _ in range(10):
+            events = await self._store.read_events(position, max(limit, _BATCH))
+            for event in events:
+                position = event.seq
+                if wanted(event):
+                    found.append(event)
+                    if len(found) == limit:
+                        return found, position
+            if len(events) < max(limit, _BATCH):
+                break
+        return found, position
+
+
+def sse(event: OrderEvent) -> bytes:
+    """One event as a Server-Sent Events message: id, event type, the event as JSON data."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), _encode(event))
+
+
+def parse_types(values: Iterable[str]) -> frozenset[EventType]:
+    """Event types from query values; ValueError naming the first unknown one."""
+    known = {t.value: t for t in EventType}
+    types = set()
+    for value in values:
+        if value not in known:
+            raise ValueError(value)
+        types.add(known[value])
+    return frozenset(types)
+
+
+__all__ = ["KEEP_ALIVE", "EventFilter", "EventHub", "Gone", "Subscription", "parse_types", "sse"]
