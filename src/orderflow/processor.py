@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -37,6 +38,7 @@ from orderflow.claimer import Claimer
 from orderflow.clock import Clock
 from orderflow.domain import Event, Order, Outcome, ends_hold
 from orderflow.errors import OrderflowError
+from orderflow.metrics import METRICS, failure_class
 from orderflow.outcomes import OutcomeWriter
 from orderflow.shipping import PermanentFailure, RetryableFailure, ShipContext, Shipper
 from orderflow.store.base import OrderStore
@@ -260,11 +262,14 @@ class Processor:
         async with self._holding:
             holds = dict(self.holdings)
             lost = await store.renew(self.owner, holds, self.settings.lease_s, now)
+        METRICS.renewals += 1
         for order_id in lost:
             if self.holdings.get(order_id) == holds[order_id]:  # not finished meanwhile
                 log.warning("order_id=%s was taken away from %s", order_id, self.owner)
                 self.abort(order_id)
-        if await store.rescue_expired(now):
+        rescued = await store.rescue_expired(now)
+        if rescued:
+            METRICS.rescues += rescued
             self.wake()
         listen_again = getattr(store, "listen_again", None)
         if listen_again is not None:
@@ -329,11 +334,14 @@ class Processor:
             deadline = self._clock.now() + timedelta(seconds=settings.timeout_s)
             context = ShipContext(attempt, deadline, order_log)
             retry_after_s: float | None = None
+            began = time.perf_counter()
             try:
                 async with asyncio.timeout(settings.timeout_s) as limit:
                     result = await self._shipper.ship(order, context)
+                METRICS.shipment_seconds.observe(time.perf_counter() - began)
                 return Event.SHIP, None, result
             except PermanentFailure as exc:
+                METRICS.failures["permanent"] += 1
                 return Event.FAIL, str(exc) or type(exc).__name__, None
             except TimeoutError as exc:
                 failure = "timeout" if limit.expired() else (str(exc) or "TimeoutError")
@@ -341,8 +349,11 @@ class Processor:
                 failure, retry_after_s = str(exc) or type(exc).__name__, exc.retry_after_s
             except Exception as exc:
                 failure = str(exc) or type(exc).__name__
+            METRICS.shipment_seconds.observe(time.perf_counter() - began)
             if attempt >= settings.max_attempts:
+                METRICS.failures[failure_class(failure, permanent=False)] += 1
                 return Event.FAIL, failure, None
+            METRICS.reattempts += 1
             delay_s = self._backoff.delay_s(attempt)
             if retry_after_s is not None:
                 delay_s = max(delay_s, min(retry_after_s, settings.max_retry_after_s))
@@ -372,6 +383,7 @@ class Processor:
                 Outcome(order_id, token, event, at, reason, shipment)
             )
             current = self.holdings.get(order_id)
+            METRICS.transitions[event.value, "refused" if written is None else "written"] += 1
             if written is None and current not in (None, token):
                 continue  # acquired again meanwhile: write under the new hold
             if current == token and (written is None or ends_hold(event)):
@@ -386,6 +398,8 @@ class Processor:
         reason: str | None,
         shipment: dict[str, Any] | None = None,
     ) -> None:
+        if event is self._give_back:
+            METRICS.handbacks += 1
         try:
             order = await self._write(order_id, event, reason, shipment)
         except OrderflowError as exc:  # only when stopping: left to retire, or to rescue
@@ -393,6 +407,10 @@ class Processor:
             return
         if order is None:
             log.debug("order_id=%s outcome %s dropped: no longer ours", order_id, event.value)
+        elif event is Event.SHIP:
+            lead = order.updated_at - order.timestamp
+            METRICS.submit_to_shipped_seconds.observe(lead.total_seconds())
+            log.debug("order_id=%s shipped", order_id)
         elif event is Event.FAIL:
             log.warning("order_id=%s failed: %s", order_id, reason)
         else:

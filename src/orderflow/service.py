@@ -37,6 +37,7 @@ from orderflow.errors import (
     OutcomeUnknown,
     ShuttingDown,
 )
+from orderflow.metrics import METRICS
 from orderflow.processor import Processor
 from orderflow.store.base import IdempotencyRecord, OrderStore, Stats
 
@@ -95,6 +96,7 @@ class OrderService:
             except OutcomeUnknown as unknown:
                 await self._confirm(unknown, self._exists(order.id))
             log.debug("order_id=%s submitted", order.id)
+            METRICS.submitted += 1
             self.processor.claimer.claim_soon()
             return Submitted(order.id, order.status)
         if idempotency_key in self._keys_in_flight:
@@ -111,6 +113,7 @@ class OrderService:
             self._keys_in_flight.discard(idempotency_key)
         if existing is None or existing.order_id == order.id:
             log.debug("order_id=%s submitted", order.id)
+            METRICS.submitted += 1
             self.processor.claimer.claim_soon()
             return Submitted(order.id, order.status)
         if existing.fingerprint != fingerprint:

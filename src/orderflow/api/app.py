@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -34,6 +35,7 @@ from orderflow.api.http import (
 from orderflow.api.openapi import openapi_document
 from orderflow.api.routes import ROUTES, Route
 from orderflow.errors import OrderflowError
+from orderflow.metrics import METRICS
 
 if TYPE_CHECKING:
     from orderflow.api.auth import Auth
@@ -151,8 +153,10 @@ class OrderflowApp:
     # -- the one path every request takes ----------------------------------------------------
 
     async def dispatch(self, request: Request) -> Response:
-        """The answer to `request`; never raises."""
+        """The answer to `request`; never raises. Counted in the metrics by route template."""
+        began = perf_counter()
         method = request.method
+        template = "unmatched"
         try:
             if self._hosts is not None:
                 host = request.headers.get("host")
@@ -169,7 +173,10 @@ class OrderflowApp:
             methods, request.params = found
             route = methods.get("GET" if method == "HEAD" else method)
             if route is None:
-                return self._not_allowed(request, methods)
+                response = self._not_allowed(request, methods)
+                METRICS.request("unmatched", method, response.status, perf_counter() - began)
+                return response
+            template = route.path
             if method in _CHANGES:
                 origin = request.headers.get("origin")
                 if origin is not None and not self._origin_allowed(origin, request):
@@ -191,6 +198,7 @@ class OrderflowApp:
         if self._origins and (origin := request.headers.get("origin")) in self._origins:
             response.headers = [*response.headers, ("access-control-allow-origin", origin),
                                 ("vary", "origin")]  # fmt: skip
+        METRICS.request(template, method, response.status, perf_counter() - began)
         return response
 
     def _check_host(self, host: str | None) -> bool:
@@ -297,9 +305,11 @@ class OrderflowApp:
             self._log_access(request, response, began)
 
     def _log_access(self, request: Request, response: Response, began: float) -> None:
+        duration_ms = round((time.perf_counter() - began) * 1000, 3)
         access_log.info(
-            "%s %s %d %.2fms", request.method, request.path, response.status,
-            (time.perf_counter() - began) * 1000,
+            "%s %s %d %.3fms", request.method, request.path, response.status, duration_ms,
+            extra={"method": request.method, "path": request.path,
+                   "status": response.status, "duration_ms": duration_ms},
         )  # fmt: skip
 
     # -- ASGI --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ come from it; the handlers below see only our `Request` and answer a `Response`.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ from orderflow.domain import (
 )
 from orderflow.errors import ShuttingDown
 from orderflow.events import EventFilter, parse_types
+from orderflow.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
+from orderflow.metrics import METRICS, exposition
+from orderflow.metrics import registry as metrics_registry
 from orderflow.store.base import Stats
 
 if TYPE_CHECKING:
@@ -287,6 +291,24 @@ async def readyz(app: OrderflowApp, request: Request) -> Response:
     return Response(200, _encode(Health("ready")))
 
 
+async def metrics(app: OrderflowApp, request: Request) -> Response:
+    runtime, gauges = app.runtime, METRICS.gauges
+    if runtime.started:  # store-wide figures, read now: the same on every instance
+        gauges["by_status"] = await runtime.store.count_by_status()
+        oldest = await runtime.store.oldest_pending()
+        age = 0.0 if oldest is None else (runtime.clock.now() - oldest).total_seconds()
+        gauges["oldest_pending_age_seconds"] = max(0.0, age)
+        gauges["shipments_in_flight"] = runtime.processor.in_flight
+        gauges["held_orders"] = len(runtime.processor.holdings)
+        gauges["event_log_last_seq"] = runtime.events.position
+    return Response(200, exposition(_registry()), [("content-type", PROMETHEUS_TEXT)])
+
+
+@functools.cache
+def _registry() -> Any:
+    return metrics_registry()
+
+
 async def openapi(app: OrderflowApp, request: Request) -> Response:
     return Response(200, app.openapi_json)
 
@@ -377,6 +399,10 @@ ROUTES: tuple[Route, ...] = (
           " a reader that falls too far behind is disconnected and resumes. With"
           " `Accept: application/json`, a page of past events; `next_cursor` is the `after`"
           " to poll with next. 410 when the events asked for are past --event-retention."),
+    Route("GET", "/metrics", metrics, "Metrics in the Prometheus text format", 200,
+          statuses=(503,), media="text/plain", needs_service=False,
+          description="Counters and histograms of this instance, and store-wide gauges (orders"
+          " by status, the oldest pending order) that every instance reports alike."),
     Route("GET", "/healthz", healthz, "Liveness: the process answers", 200, Health, role=None,
           needs_service=False),
     Route("GET", "/readyz", readyz, "Readiness: the store answers and the service is not"

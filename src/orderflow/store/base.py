@@ -178,6 +178,11 @@ class OrderStore(abc.ABC):
         the store as orders move, never counted by a scan."""
 
     @abc.abstractmethod
+    async def oldest_pending(self) -> datetime | None:
+        """When the oldest pending order was created (None: none is pending); an index
+        lookup."""
+
+    @abc.abstractmethod
     async def stats(self, top: int = 20) -> Stats:
         """Orders by status, and the `top` most frequent reasons among failed orders (the most
         frequent first); as cheap as `count_by_status`."""

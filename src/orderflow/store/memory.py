@@ -44,6 +44,7 @@ from orderflow.domain import (
     ends_hold,
     next_status,
     order_id_floor,
+    order_id_time,
 )
 from orderflow.errors import Gone, IllegalTransition, NotHeld, OrderConflict, OrderNotFound
 from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount, Stats
@@ -335,6 +336,12 @@ class InMemoryOrderStore(OrderStore):
             counts = {status: len(index) for status, index in self._by_status.items()}
             counts[OrderStatus.PROCESSING] = len(self._rows) - sum(counts.values())
         return {status: counts[status] for status in OrderStatus}
+
+    async def oldest_pending(self) -> datetime | None:
+        with self._lock:
+            pending = self._by_status[OrderStatus.PENDING]
+            oldest = pending[0] if pending else None  # the first: no positional index built
+        return None if oldest is None else order_id_time(oldest)
 
     async def stats(self, top: int = 20) -> Stats:
         by_status = await self.count_by_status()

@@ -48,6 +48,7 @@ from orderflow.domain import (
     ends_hold,
     next_status,
     order_id_floor,
+    order_id_time,
     sources_of,
     target_of,
 )
@@ -61,6 +62,7 @@ from orderflow.errors import (
     OutcomeUnknown,
     StoreUnavailable,
 )
+from orderflow.metrics import METRICS
 from orderflow.store import postgres_sql as sql
 from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount, Stats
 from orderflow.store.migrations import migrate
@@ -125,12 +127,14 @@ def _translated(*, changing: bool = False) -> Iterator[None]:
     except asyncpg.UniqueViolationError as exc:
         raise OrderConflict("an order with that id exists") from exc
     except _CONNECTION_LOST as exc:
+        METRICS.store_errors["outcome_unknown" if changing else "unavailable"] += 1
         if changing:
             raise OutcomeUnknown(
                 f"the database connection was lost during a change: {type(exc).__name__}"
             ) from exc
         raise StoreUnavailable(f"the database is unavailable: {type(exc).__name__}") from exc
     except asyncpg.PostgresError as exc:
+        METRICS.store_errors["unavailable"] += 1
         raise StoreUnavailable(f"the database refused: {type(exc).__name__}") from exc
 
 
@@ -383,6 +387,11 @@ class PostgresOrderStore(OrderStore):
             rows = await db.fetch(sql.STATUS_COUNTS)
         counts = {OrderStatus(row["status"]): row["count"] for row in rows}
         return {status: counts.get(status, 0) for status in OrderStatus}
+
+    async def oldest_pending(self) -> datetime | None:
+        async with self._connection() as db:
+            oldest = await db.fetchval(sql.OLDEST_PENDING)
+        return None if oldest is None else order_id_time(oldest)
 
     async def stats(self, top: int = 20) -> Stats:
         await self.sequence_events()

@@ -210,6 +210,7 @@ TRANSITION_MATCHING = (
 # -- counts and the event log -------------------------------------------------------------------
 
 STATUS_COUNTS = "SELECT status, count FROM status_counts"
+OLDEST_PENDING = "SELECT min(id) FROM orders WHERE status = 'pending'"  # orders_pending
 FAILED_REASONS = (
     "SELECT reason, count FROM failure_counts WHERE count > 0 ORDER BY count DESC, reason LIMIT $1"
 )
