@@ -1,23 +1,30 @@
-"""Shared fixtures: a clock tests control, an order factory, and a shipper tests steer."""
+"""Shared fixtures: a clock tests control, an order factory, a shipper tests steer, a way to wait
+for a condition, and a running service (runtime) over the in-memory store."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, overload
 
 import pytest
 from hypothesis import settings
 
-from orderflow.domain import Item, Order, new_order, new_order_id
-from orderflow.processor import Processor
-from orderflow.service import OrderService
+from orderflow.domain import Item, Order, OrderStatus, new_order, new_order_id
+from orderflow.runtime import Runtime
+from orderflow.settings import Settings
+from orderflow.shipping import ShipContext
+from orderflow.store.base import OrderStore
 from orderflow.store.memory import InMemoryOrderStore
 from tests.postgres import create_database, drop_database
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
 
 # CI runs the same examples every time, so a red build always means a change broke something;
 # locally every run explores new ones.
@@ -46,10 +53,9 @@ class ManualClock:
 
 
 class FakeShipper:
-    """Ships at once, or holds a shipment open until `release(id)`, or fails it.
-
-    Records every order it shipped, so tests can check exactly-once.
-    """
+    """Ships at once, or holds a shipment open until `release(id)`, or fails it; returns
+    `results[id]` when set. Records every order it shipped, so tests can check exactly-once,
+    and every context it was given."""
 
     def __init__(self, *, hold: bool = False) -> None:
         self.hold = hold
@@ -57,6 +63,9 @@ class FakeShipper:
         self.started: dict[str, asyncio.Event] = {}
         self.cancelled: set[str] = set()
         self.failures: dict[str, list[BaseException]] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.contexts: dict[str, list[ShipContext]] = {}
+        self.closed = False
         self._gates: dict[str, asyncio.Event] = {}
 
     def _gate(self, order_id: str) -> asyncio.Event:
@@ -71,7 +80,8 @@ class FakeShipper:
     def started_event(self, order_id: str) -> asyncio.Event:
         return self.started.setdefault(order_id, asyncio.Event())
 
-    async def ship(self, order: Order) -> None:
+    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
+        self.contexts.setdefault(order.id, []).append(context)
         self.started_event(order.id).set()
         try:
             if self.hold:
@@ -85,6 +95,10 @@ class FakeShipper:
         if errors:
             raise errors.pop(0)
         self.shipped[order.id] += 1
+        return self.results.get(order.id)
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 def make_order(
@@ -94,6 +108,59 @@ def make_order(
 ) -> Order:
     at = (clock or ManualClock()).now()
     return new_order(new_order_id(at, 0), customer, items, at)
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T]], *, timeout_s: float = ..., interval_s: float = ...
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T], *, timeout_s: float = ..., interval_s: float = ...
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any], *, timeout_s: float = 10.0, interval_s: float = 0.002
+) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy, and return that; fail
+    with the last value after `timeout_s`. For conditions no event announces (another process,
+    a database); within one loop, prefer awaiting an asyncio.Event."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout_s}s: last {value!r}")
+        await asyncio.sleep(interval_s)
+
+
+def eventually_sync(
+    check: Callable[[], T], *, timeout_s: float = 30.0, interval_s: float = 0.05
+) -> T:
+    """`eventually` for synchronous tests (real processes)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout_s}s: last {value!r}")
+        time.sleep(interval_s)
+
+
+async def settled(store: OrderStore) -> None:
+    """Wait until no order is processing."""
+
+    async def none_processing() -> bool:
+        return (await store.count_by_status())[OrderStatus.PROCESSING] == 0
+
+    await eventually(none_processing)
 
 
 @pytest.fixture
@@ -107,6 +174,52 @@ def shipper() -> FakeShipper:
 
 
 @pytest.fixture
+def memory_store() -> InMemoryOrderStore:
+    return InMemoryOrderStore()
+
+
+RuntimeFactory = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture
+async def start_runtime(
+    memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
+) -> AsyncIterator[RuntimeFactory]:
+    """A factory of started runtimes: `await start_runtime(concurrency=8, …)` takes Settings
+    fields (shutdown_grace defaults to 0) and `store=`, `shipper=`, `clock=` overrides; every
+    runtime it started is stopped at the end."""
+    started: list[Runtime] = []
+
+    async def start(
+        *,
+        store: Any = None,
+        shipper_: Any = None,
+        clock_: Any = None,
+        **fields: Any,
+    ) -> Runtime:
+        fields.setdefault("shutdown_grace", 0.0)
+        runtime = Runtime(
+            Settings(**fields),
+            store=memory_store if store is None else store,
+            shipper=shipper if shipper_ is None else shipper_,
+            clock=clock if clock_ is None else clock_,
+        )
+        await runtime.start()
+        started.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in started:
+        await runtime.stop()
+
+
+@pytest.fixture
+async def runtime(start_runtime: RuntimeFactory) -> Runtime:
+    """A started runtime over the in-memory store, the fake shipper and the manual clock."""
+    return await start_runtime(concurrency=4, process_timeout=5)
+
+
+@pytest.fixture
 def database_url() -> Iterator[str]:
     """The URL of a new, empty PostgreSQL database, dropped afterwards."""
     url = asyncio.run(create_database())
@@ -114,32 +227,3 @@ def database_url() -> Iterator[str]:
         yield url
     finally:
         asyncio.run(drop_database(url))
-
-
-@pytest.fixture
-def memory_store() -> InMemoryOrderStore:
-    return InMemoryOrderStore()
-
-
-@pytest.fixture
-async def running_service(
-    memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
-) -> AsyncIterator[OrderService]:
-    processor = Processor(memory_store, shipper, clock, concurrency=4, timeout_s=5)
-    await processor.start()
-    try:
-        yield OrderService(memory_store, processor, clock)
-    finally:
-        await processor.stop(grace_s=0)
-
-
-async def wait_until_settled(store: InMemoryOrderStore, *, rounds: int = 10_000) -> None:
-    """Yield to the loop until no order is processing (bounded: at most `rounds` ms)."""
-    from orderflow.domain import OrderStatus
-
-    for _ in range(rounds):
-        counts = await store.count_by_status()
-        if not counts.get(OrderStatus.PROCESSING):
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"orders still processing: {counts}")

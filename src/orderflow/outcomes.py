@@ -67,22 +67,31 @@ class OutcomeWriter:
         return await future
 
     async def _patiently(self, outcomes: list[Outcome]) -> list[Order | None]:
+        """Write `outcomes`, waiting out an outage. After an answer was lost (OutcomeUnknown),
+        what did go through is found in the orders' histories and not written twice."""
+        results: list[Order | None] = [None] * len(outcomes)
+        todo = list(range(len(outcomes)))
         unknown = False
         for attempt in range(1, 1_000_000):
             try:
-                written = await self._store.write_outcomes(self._owner, outcomes)
+                if unknown:
+                    for i in list(todo):
+                        found = await self._written_before(outcomes[i])
+                        if found is not None:
+                            results[i] = found
+                            todo.remove(i)
+                    if not todo:
+                        return results
+                written = await self._store.write_outcomes(self._owner, [outcomes[i] for i in todo])
             except StoreUnavailable as exc:
                 unknown = unknown or isinstance(exc, OutcomeUnknown)
                 if self._giving_up() and attempt >= _GIVE_UP_AFTER:
                     raise
                 await asyncio.sleep(self._backoff.delay_s(attempt))
                 continue
-            if unknown:  # a refusal may be our own earlier write, which did go through
-                written = [
-                    w or await self._written_before(o)
-                    for w, o in zip(written, outcomes, strict=True)
-                ]
-            return written
+            for i, order in zip(todo, written, strict=True):
+                results[i] = order
+            return results
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _written_before(self, outcome: Outcome) -> Order | None:

@@ -183,13 +183,15 @@ class Processor:
     def abort(self, order_id: str) -> bool:
         """Stop shipping `order_id` if this processor holds it (the store says it was cancelled,
         or taken away); True if it did. Call only after the store says so."""
-        if self.holdings.pop(order_id, None) is None and order_id not in self._inflight:
-            return False
+        held = self.holdings.pop(order_id, None) is not None
+        queued = [order for order in self._queue if order.id == order_id]
+        for order in queued:  # a queued copy must not ship, nor be queued twice later
+            self._queue.remove(order)
         task = self._inflight.get(order_id)
         if task is not None and order_id not in self._aborted:
             self._aborted.add(order_id)
             task.cancel(f"order {order_id} is no longer ours to ship")
-        return True
+        return held or bool(queued) or task is not None
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking work, let shipments in flight finish for up to `grace_s` seconds, then
@@ -288,6 +290,10 @@ class Processor:
         assert task is not None
         while (order := await self._next()) is not None:
             if order.id not in self.holdings:  # cancelled or taken away while queued
+                continue
+            if order.id in self._inflight:  # its last shipment here is still being stopped
+                self._queue.append(order)
+                await asyncio.sleep(0.01)
                 continue
             try:
                 await self._process(order, task)

@@ -168,8 +168,10 @@ class Runtime:
         self.service.stopping = True
         try:
             try:
-                await self.events.close()  # streams end cleanly, first
-                await self.processor.stop(self.settings.shutdown_grace)
+                try:
+                    await self.events.close()  # streams end cleanly, first
+                finally:
+                    await self.processor.stop(self.settings.shutdown_grace)
             finally:
                 for task in self._loops:
                     task.cancel()

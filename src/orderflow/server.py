@@ -16,7 +16,7 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from orderflow.api.app import OrderflowApp
@@ -92,7 +92,14 @@ async def serve(
         if server == "uvicorn":
             await _serve_uvicorn(app, sock)
         else:
-            await _serve_granian(app, sock, max_connections, idle_timeout_s, granian_logging)
+            await serve_granian(
+                app,
+                sock,
+                max_connections=max_connections,
+                idle_timeout_s=idle_timeout_s,
+                logging_config=granian_logging,
+                before_stop=lambda: _before_stop(app),
+            )
     finally:
         try:
             await runtime.stop()
@@ -102,20 +109,25 @@ async def serve(
                 sock.close()
 
 
-async def _serve_granian(
-    app: OrderflowApp,
+async def serve_granian(
+    app: Any,
     sock: socket.socket,
-    max_connections: int,
-    idle_timeout_s: float,
-    logging_config: dict[str, Any] | None,
+    *,
+    interface: str = "rsgi",
+    max_connections: int = 10_000,
+    idle_timeout_s: float = 30.0,
+    logging_config: dict[str, Any] | None = None,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
+    """Serve `app` (RSGI, or "asgi") with granian embedded in this event loop, on `sock`
+    (bound and listening; granian owns it from here on), until SIGINT or SIGTERM; then await
+    `before_stop()` and stop serving (granian waits for the responses under way)."""
     from granian._granian import SocketHolder
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
     from granian.server.embed import Server
 
     address, port = sock.getsockname()[:2]
-    # Granian owns the descriptor from here on, and closes it when it stops.
     holder = SocketHolder(sock.detach(), False, BACKLOG)  # type: ignore[call-arg]
 
     class _Server(Server):
@@ -126,7 +138,7 @@ async def _serve_granian(
         app,
         address=address,
         port=port,
-        interface=Interfaces.RSGI,
+        interface=Interfaces.RSGI if interface == "rsgi" else Interfaces.ASGINL,
         runtime_threads=1,
         backlog=BACKLOG,
         backpressure=max_connections,
@@ -136,9 +148,14 @@ async def _serve_granian(
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
+    async def stop() -> None:
+        if before_stop is not None:
+            await before_stop()
+        granian.stop()  # type: ignore[no-untyped-call]
+
     def on_signal() -> None:
         if not stopping:  # once: a second signal changes nothing
-            stopping.append(asyncio.create_task(_stop(granian.stop, app)))
+            stopping.append(asyncio.create_task(stop()))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
@@ -149,13 +166,12 @@ async def _serve_granian(
             loop.remove_signal_handler(sig)
 
 
-async def _stop(stop_server: Any, app: OrderflowApp) -> None:
-    """Refuse new work, end the event streams (the server waits for every response to end),
-    then stop serving; the runtime stops after that."""
+async def _before_stop(app: OrderflowApp) -> None:
+    """Refuse new work and end the event streams (granian waits for every response to end
+    before it stops); the runtime stops after that."""
     log.info("stopping: no new work; shipments in flight get the shutdown grace")
     app.runtime.service.stopping = True
     await app.runtime.events.close()
-    stop_server()
 
 
 async def _serve_uvicorn(app: OrderflowApp, sock: socket.socket) -> None:

@@ -1,316 +1,785 @@
-"""Every exit of a shipment: success, failure, timeout, retry, cancel, shutdown mid-flight."""
+"""The processor: every exit of a shipment (success, failure, retry, timeout, cancel, shutdown
+mid-flight), what a shipper is told, and what the processor holds (fencing, heartbeats)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
-from orderflow.domain import Event, Order, OrderStatus
+from orderflow.domain import Event, EventType, Held, Hold, Order, OrderStatus, Outcome
 from orderflow.errors import ShuttingDown, StoreUnavailable
-from orderflow.processor import Processor
-from orderflow.service import OrderService
-from orderflow.shipping import ShippingError, SimulatedShipper
+from orderflow.processor import ProcessorSettings
+from orderflow.shipping import (
+    PermanentFailure,
+    RetryableFailure,
+    ShipContext,
+    SimulatedShipper,
+)
 from orderflow.store.memory import InMemoryOrderStore
-from tests.conftest import FakeShipper, ManualClock, make_order, wait_until_settled
+from tests.conftest import BASE_TIME, FakeShipper, ManualClock, eventually, make_order, settled
+from tests.unit.conftest import SharedMemoryStore, StartService, submit_many
 
 
-@pytest.fixture
-def held_shipper() -> FakeShipper:
-    return FakeShipper(hold=True)
+def status_is(
+    store: InMemoryOrderStore, order_id: str, status: OrderStatus
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return (await store.get_order(order_id)).status is status
+
+    return check
 
 
-async def _service(
-    store: InMemoryOrderStore, shipper: object, clock: ManualClock, **options: object
-) -> OrderService:
-    processor = Processor(store, shipper, clock, **options)  # type: ignore[arg-type]
-    await processor.start()
-    return OrderService(store, processor, clock)
+async def events_of(store: InMemoryOrderStore, order_id: str) -> list[EventType]:
+    return [e.type for e in await store.read_events(0, 100_000) if e.order_id == order_id]
 
 
-@pytest.fixture
-async def held_service(
-    memory_store: InMemoryOrderStore, held_shipper: FakeShipper, clock: ManualClock
-) -> AsyncIterator[OrderService]:
-    service = await _service(memory_store, held_shipper, clock, concurrency=8, timeout_s=30)
-    yield service
-    await service.processor.stop(grace_s=0)
+# -- triggers -------------------------------------------------------------------------------------
 
 
 async def test_trigger_ships_every_pending_order_once(
-    running_service: OrderService, shipper: FakeShipper, memory_store: InMemoryOrderStore
+    start_service: StartService, shipper: FakeShipper, memory_store: InMemoryOrderStore
 ) -> None:
-    orders = [await running_service.submit("Ada", make_order().items) for _ in range(20)]
-    assert await running_service.trigger_processing() == 20
-    await wait_until_settled(memory_store)
-    for order in orders:
-        shipped = await memory_store.get_order(order.id)
+    """A trigger ships every pending order exactly once, and the processor holds nothing after."""
+    service = await start_service(concurrency=4)
+    ids = await submit_many(service, 20)
+    assert await service.trigger_processing() == 20
+    await settled(memory_store)
+    for order_id in ids:
+        shipped = await memory_store.get_order(order_id)
         assert shipped.status is OrderStatus.SHIPPED
         assert [h.status for h in shipped.history] == ["pending", "processing", "shipped"]
-    assert all(count == 1 for count in shipper.shipped.values())
-    assert len(shipper.shipped) == 20
+    assert shipper.shipped == dict.fromkeys(ids, 1)
     assert list(memory_store.check_invariants()) == []
+    assert service.processor.holdings == {}
 
 
 async def test_orders_submitted_after_a_trigger_wait_for_the_next(
-    running_service: OrderService, memory_store: InMemoryOrderStore
+    start_service: StartService, memory_store: InMemoryOrderStore
 ) -> None:
-    await running_service.submit("Ada", make_order().items)
-    assert await running_service.trigger_processing() == 1
-    late = await running_service.submit("Bob", make_order().items)
-    await wait_until_settled(memory_store)
-    assert (await memory_store.get_order(late.id)).status is OrderStatus.PENDING
-    assert await running_service.trigger_processing() == 1
+    """An order submitted after a trigger stays pending until the next trigger."""
+    service = await start_service()
+    await submit_many(service, 1)
+    assert await service.trigger_processing() == 1
+    [late] = await submit_many(service, 1)
+    await settled(memory_store)
+    assert (await memory_store.get_order(late)).status is OrderStatus.PENDING
+    assert await service.trigger_processing() == 1
 
 
 async def test_simultaneous_triggers_claim_each_order_once(
-    running_service: OrderService, shipper: FakeShipper, memory_store: InMemoryOrderStore
+    start_service: StartService, shipper: FakeShipper, memory_store: InMemoryOrderStore
 ) -> None:
-    for _ in range(50):
-        await running_service.submit("Ada", make_order().items)
-    counts = await asyncio.gather(*(running_service.trigger_processing() for _ in range(10)))
+    """Ten triggers at once claim each order once between them; each ships once."""
+    service = await start_service(claim_batch=7)
+    await submit_many(service, 50)
+    counts = await asyncio.gather(*(service.trigger_processing() for _ in range(10)))
     assert sum(counts) == 50
-    await wait_until_settled(memory_store)
+    await settled(memory_store)
     assert sorted(shipper.shipped.values()) == [1] * 50
 
 
-async def test_shipper_error_fails_the_order_with_the_error_as_reason(
-    running_service: OrderService, shipper: FakeShipper, memory_store: InMemoryOrderStore
+class _CountingClaims(InMemoryOrderStore):
+    """Records each claim: (limit, how many it claimed, the ticks of a task running beside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[tuple[int, int, int]] = []
+        self.ticks = 0
+
+    async def claim_pending(
+        self, at: datetime, limit: int, created_before: datetime | None = None
+    ) -> int:
+        claimed = await super().claim_pending(at, limit, created_before)
+        self.claims.append((limit, claimed, self.ticks))
+        return claimed
+
+
+async def test_a_large_trigger_is_claimed_in_batches_with_other_tasks_run_in_between(
+    start_service: StartService, shipper: FakeShipper
 ) -> None:
-    order = await running_service.submit("Ada", make_order().items)
-    shipper.fail_next(order.id, ShippingError("carrier on strike"))
-    await running_service.trigger_processing()
-    await wait_until_settled(memory_store)
-    failed = await memory_store.get_order(order.id)
-    assert failed.status is OrderStatus.FAILED
-    assert failed.history[-1].reason == "carrier on strike"
+    """Regression: the batching test only checked that everything shipped, which it did with
+    no batching at all (one claim of every pending order, blocking the loop throughout)."""
+    store = _CountingClaims()
+    service = await start_service(store=store, claim_batch=7, concurrency=3)
+    await submit_many(service, 30)
+    stop = asyncio.Event()
 
-
-async def test_error_without_message_is_named_by_its_type(
-    running_service: OrderService, shipper: FakeShipper, memory_store: InMemoryOrderStore
-) -> None:
-    order = await running_service.submit("Ada", make_order().items)
-    shipper.fail_next(order.id, RuntimeError())
-    await running_service.trigger_processing()
-    await wait_until_settled(memory_store)
-    assert (await memory_store.get_order(order.id)).history[-1].reason == "RuntimeError"
-
-
-async def test_slow_shipment_times_out_and_fails(
-    memory_store: InMemoryOrderStore, held_shipper: FakeShipper, clock: ManualClock
-) -> None:
-    service = await _service(memory_store, held_shipper, clock, timeout_s=0.001)
-    try:
-        order = await service.submit("Ada", make_order().items)
-        await service.trigger_processing()
-        for _ in range(1000):
-            if (await memory_store.get_order(order.id)).status is OrderStatus.FAILED:
-                break
-            await asyncio.sleep(0.001)
-        failed = await memory_store.get_order(order.id)
-        assert failed.status is OrderStatus.FAILED
-        assert failed.history[-1].reason == "timeout"
-        assert order.id in held_shipper.cancelled  # the shipment itself was cancelled
-    finally:
-        await service.processor.stop(grace_s=0)
-
-
-async def test_retries_record_each_attempt_then_ship(
-    memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
-) -> None:
-    service = await _service(memory_store, shipper, clock, max_attempts=3, retry_backoff_s=0)
-    try:
-        order = await service.submit("Ada", make_order().items)
-        shipper.fail_next(order.id, ShippingError("busy"), ShippingError("busy"))
-        await service.trigger_processing()
-        await wait_until_settled(memory_store)
-        done = await memory_store.get_order(order.id)
-        assert [h.status for h in done.history] == [
-            "pending",
-            "processing",
-            "processing",
-            "processing",
-            "shipped",
-        ]
-        assert done.history[2].reason is not None
-        assert "attempt 1 of 3 failed (busy)" in done.history[2].reason
-        assert shipper.shipped[order.id] == 1
-    finally:
-        await service.processor.stop(grace_s=0)
-
-
-async def test_retries_give_up_after_max_attempts(
-    memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
-) -> None:
-    service = await _service(memory_store, shipper, clock, max_attempts=2, retry_backoff_s=0)
-    try:
-        order = await service.submit("Ada", make_order().items)
-        shipper.fail_next(order.id, ShippingError("no"), ShippingError("still no"))
-        await service.trigger_processing()
-        await wait_until_settled(memory_store)
-        done = await memory_store.get_order(order.id)
-        assert done.status is OrderStatus.FAILED
-        assert done.history[-1].reason == "still no"
-        assert len(done.history) == 4
-    finally:
-        await service.processor.stop(grace_s=0)
-
-
-async def test_cancel_during_shipment_cancels_the_task_and_never_ships(
-    held_service: OrderService, held_shipper: FakeShipper, memory_store: InMemoryOrderStore
-) -> None:
-    order = await held_service.submit("Ada", make_order().items)
-    await held_service.trigger_processing()
-    await held_shipper.started_event(order.id).wait()
-    cancelled = await held_service.cancel_order(order.id)
-    assert cancelled.status is OrderStatus.CANCELLED
-    for _ in range(100):
-        if order.id in held_shipper.cancelled:
-            break
-        await asyncio.sleep(0)
-    assert order.id in held_shipper.cancelled
-    held_shipper.release(order.id)
-    assert held_service.processor.in_flight == 0
-    final = await memory_store.get_order(order.id)
-    assert final.status is OrderStatus.CANCELLED
-    assert held_shipper.shipped[order.id] == 0
-    # the worker survived its cancelled shipment and ships the next order
-    other = await held_service.submit("Bob", make_order().items)
-    held_shipper.release(other.id)
-    await held_service.trigger_processing()
-    await wait_until_settled(memory_store)
-    assert (await memory_store.get_order(other.id)).status is OrderStatus.SHIPPED
-
-
-async def test_cancel_while_held_drops_the_order_before_shipping(
-    memory_store: InMemoryOrderStore, held_shipper: FakeShipper, clock: ManualClock
-) -> None:
-    service = await _service(memory_store, held_shipper, clock, concurrency=1)
-    try:
-        first = await service.submit("Ada", make_order().items)
-        second = await service.submit("Bob", make_order().items)
-        await service.trigger_processing()
-        await held_shipper.started_event(first.id).wait()
-        for _ in range(100):  # the fetcher holds the second order for the busy worker
-            if service.processor.held:
-                break
+    async def tick() -> None:
+        while not stop.is_set():
+            store.ticks += 1
             await asyncio.sleep(0)
-        assert service.processor.held == 1
-        await service.cancel_order(second.id)
-        held_shipper.release(first.id)
-        await wait_until_settled(memory_store)
-        assert held_shipper.shipped == {first.id: 1}
-        assert second.id not in held_shipper.started
+
+    ticker = asyncio.create_task(tick())
+    try:
+        assert await service.trigger_processing() == 30
     finally:
-        await service.processor.stop(grace_s=0)
+        stop.set()
+        await ticker
+    assert [limit for limit, _, _ in store.claims] == [7] * 5
+    assert [claimed for _, claimed, _ in store.claims] == [7, 7, 7, 7, 2]
+    ticks = [ticks for _, _, ticks in store.claims]
+    assert all(later > earlier for earlier, later in itertools.pairwise(ticks)), ticks
+    await settled(store)
+    assert len(shipper.shipped) == 30
 
 
 async def test_cancel_of_a_ready_order_is_skipped_by_acquire(
     memory_store: InMemoryOrderStore, clock: ManualClock
 ) -> None:
+    """A claimed order cancelled before any processor acquired it is never handed out."""
     order = make_order(clock)
     await memory_store.add(order)
     await memory_store.claim_pending(clock.now(), 10)
     await memory_store.transition(order.id, Event.CANCEL, clock.now())
-    assert await memory_store.acquire("me", 10) == []
+    assert await memory_store.acquire("me", 10, 15.0) == []
 
 
-async def test_shutdown_releases_shipments_in_flight_with_the_reason(
-    held_service: OrderService, held_shipper: FakeShipper, memory_store: InMemoryOrderStore
+# -- every exit of a shipment ---------------------------------------------------------------------
+
+
+async def test_a_shipment_result_is_stored_on_the_order_and_in_its_event(
+    start_service: StartService, shipper: FakeShipper, memory_store: InMemoryOrderStore
 ) -> None:
-    orders = [await held_service.submit("Ada", make_order().items) for _ in range(3)]
-    await held_service.trigger_processing()
-    for order in orders:
-        await held_shipper.started_event(order.id).wait()
-    await held_service.processor.stop(grace_s=0)
-    for order in orders:
-        back = await memory_store.get_order(order.id)
-        assert back.status is OrderStatus.PENDING
-        assert back.history[-1].reason == "shutdown: shipment interrupted"
-    assert held_shipper.cancelled == {o.id for o in orders}
-    with pytest.raises(ShuttingDown):
-        await held_service.trigger_processing()
+    """The shipper's result is stored as the order's `shipment` and carried by its shipped event."""
+    service = await start_service()
+    [order_id] = await submit_many(service, 1)
+    shipper.results[order_id] = {"carrier": "ACME", "tracking": "T-1"}
+    await service.trigger_processing()
+    await settled(memory_store)
+    shipped = await memory_store.get_order(order_id)
+    assert shipped.status is OrderStatus.SHIPPED
+    assert shipped.shipment == {"carrier": "ACME", "tracking": "T-1"}
+    last = [e for e in await memory_store.read_events(0, 100) if e.order_id == order_id][-1]
+    assert last.type is EventType.SHIPPED
+    assert last.data == {"carrier": "ACME", "tracking": "T-1"}
 
 
-async def test_shutdown_lets_shipments_finish_within_the_grace(
-    held_service: OrderService, held_shipper: FakeShipper, memory_store: InMemoryOrderStore
+async def test_a_shipper_returning_none_ships_with_no_result(
+    start_service: StartService, memory_store: InMemoryOrderStore
 ) -> None:
-    order = await held_service.submit("Ada", make_order().items)
-    await held_service.trigger_processing()
-    await held_shipper.started_event(order.id).wait()
-    stopping = asyncio.create_task(held_service.processor.stop(grace_s=30))
-    await asyncio.sleep(0)
-    held_shipper.release(order.id)
-    await stopping
-    assert (await memory_store.get_order(order.id)).status is OrderStatus.SHIPPED
+    """A shipper that returns None ships the order with no shipment result."""
+    service = await start_service()
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await settled(memory_store)
+    shipped = await memory_store.get_order(order_id)
+    assert shipped.status is OrderStatus.SHIPPED
+    assert shipped.shipment is None
 
 
-async def test_shutdown_hands_back_held_orders_not_started(
-    memory_store: InMemoryOrderStore, held_shipper: FakeShipper, clock: ManualClock
+async def test_a_permanent_failure_fails_at_once_despite_attempts_left(
+    start_service: StartService, shipper: FakeShipper, memory_store: InMemoryOrderStore
 ) -> None:
-    service = await _service(memory_store, held_shipper, clock, concurrency=1)
-    orders = [await service.submit("Ada", make_order().items) for _ in range(5)]
-    await service.trigger_processing()  # one ships, one is held, three stay ready
-    await held_shipper.started_event(orders[0].id).wait()
-    for _ in range(100):
-        if service.processor.held:
-            break
-        await asyncio.sleep(0)
-    await service.processor.stop(grace_s=0)
-    reasons = [(await memory_store.get_order(o.id)).history[-1].reason for o in orders]
-    assert reasons == ["shutdown: shipment interrupted"] + ["shutdown: not started"] * 4
-    assert (await memory_store.count_by_status())[OrderStatus.PENDING] == 5
-    assert list(memory_store.check_invariants()) == []
-
-
-async def test_auto_process_ships_orders_as_they_arrive(
-    memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
-) -> None:
-    processor = Processor(memory_store, shipper, clock, concurrency=2)
-    await processor.start()
-    service = OrderService(memory_store, processor, clock, auto_process=True)
-    try:
-        orders = [await service.submit("Ada", make_order().items) for _ in range(5)]
-        for _ in range(1000):
-            if len(shipper.shipped) == 5:
-                break
-            await asyncio.sleep(0)
-        assert set(shipper.shipped) == {o.id for o in orders}
-    finally:
-        await processor.stop(grace_s=0)
-
-
-async def test_large_trigger_is_claimed_in_batches(
-    memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
-) -> None:
-    service = await _service(memory_store, shipper, clock, claim_batch=7, concurrency=3)
-    try:
-        for _ in range(30):
-            await service.submit("Ada", make_order().items)
-        assert await service.trigger_processing() == 30
-        await wait_until_settled(memory_store)
-        assert len(shipper.shipped) == 30
-    finally:
-        await service.processor.stop(grace_s=0)
-
-
-async def test_simulated_shipper_waits_and_can_fail() -> None:
-    order = make_order()
-    await SimulatedShipper(delay_s=0, jitter_s=0.001).ship(order)
-    with pytest.raises(ShippingError):
-        await SimulatedShipper(delay_s=0, failure_rate=1.0).ship(order)
-    with pytest.raises(ValueError, match="delay"):
-        SimulatedShipper(delay_s=-1)
+    """PermanentFailure fails the order on the first attempt, with no reattempt, whatever
+    max_attempts."""
+    service = await start_service(max_attempts=3, retry_backoff_s=0)
+    [order_id] = await submit_many(service, 1)
+    shipper.fail_next(order_id, PermanentFailure("address refused"))
+    await service.trigger_processing()
+    await settled(memory_store)
+    failed = await memory_store.get_order(order_id)
+    assert failed.status is OrderStatus.FAILED
+    assert [h.status for h in failed.history] == ["pending", "processing", "failed"]
+    assert failed.history[-1].reason == "address refused"
+    assert [c.attempt for c in shipper.contexts[order_id]] == [1]
+    assert EventType.ATTEMPT_FAILED not in await events_of(memory_store, order_id)
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{"concurrency": 0}, {"timeout_s": 0}, {"retry_backoff_s": -1}, {"lease_s": 1.0}],
+    ("error", "reason"),
+    [
+        (RuntimeError("carrier on strike"), "carrier on strike"),
+        (RetryableFailure("busy"), "busy"),
+        (RuntimeError(), "RuntimeError"),
+        (PermanentFailure(), "PermanentFailure"),
+    ],
 )
-def test_processor_refuses_bad_options(options: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match="must"):
-        Processor(InMemoryOrderStore(), FakeShipper(), ManualClock(), **options)  # type: ignore[arg-type]
+async def test_a_failed_last_attempt_fails_the_order_with_the_error_as_reason(
+    start_service: StartService,
+    shipper: FakeShipper,
+    memory_store: InMemoryOrderStore,
+    error: Exception,
+    reason: str,
+) -> None:
+    """The last attempt's error fails the order with its message (or its type's name) as reason."""
+    service = await start_service(max_attempts=1)
+    [order_id] = await submit_many(service, 1)
+    shipper.fail_next(order_id, error)
+    await service.trigger_processing()
+    await settled(memory_store)
+    failed = await memory_store.get_order(order_id)
+    assert failed.status is OrderStatus.FAILED
+    assert failed.history[-1].reason == reason
+
+
+async def test_retryable_errors_are_retried_up_to_max_attempts_each_noted(
+    start_service: StartService, shipper: FakeShipper, memory_store: InMemoryOrderStore
+) -> None:
+    """Retryable errors are retried up to max_attempts, each failed attempt noted (REATTEMPT) before
+    the order fails."""
+    service = await start_service(max_attempts=3, retry_backoff_s=0)
+    [order_id] = await submit_many(service, 1)
+    shipper.fail_next(order_id, RetryableFailure("busy"), RuntimeError("down"), TimeoutError())
+    await service.trigger_processing()
+    await settled(memory_store)
+    failed = await memory_store.get_order(order_id)
+    assert failed.status is OrderStatus.FAILED
+    assert [h.status for h in failed.history] == [
+        "pending",
+        "processing",
+        "processing",
+        "processing",
+        "failed",
+    ]
+    assert [h.reason for h in failed.history[2:]] == [
+        "attempt 1 of 3 failed (busy); retrying in 0.00s",
+        "attempt 2 of 3 failed (down); retrying in 0.00s",
+        "TimeoutError",
+    ]
+    assert [c.attempt for c in shipper.contexts[order_id]] == [1, 2, 3]
+    assert shipper.shipped[order_id] == 0
+    assert (await events_of(memory_store, order_id)).count(EventType.ATTEMPT_FAILED) == 2
+
+
+async def test_retries_record_each_attempt_then_ship(
+    start_service: StartService, shipper: FakeShipper, memory_store: InMemoryOrderStore
+) -> None:
+    """Failed attempts are noted in the history, then a later attempt ships the order once."""
+    service = await start_service(max_attempts=3, retry_backoff_s=0)
+    [order_id] = await submit_many(service, 1)
+    shipper.fail_next(order_id, RuntimeError("busy"), RuntimeError("busy"))
+    await service.trigger_processing()
+    await settled(memory_store)
+    done = await memory_store.get_order(order_id)
+    assert [h.status for h in done.history] == [
+        "pending",
+        "processing",
+        "processing",
+        "processing",
+        "shipped",
+    ]
+    assert done.history[2].reason is not None
+    assert "attempt 1 of 3 failed (busy)" in done.history[2].reason
+    assert shipper.shipped[order_id] == 1
+    assert service.processor.holdings == {}
+
+
+class _TimedShipper(FakeShipper):
+    """A FakeShipper that notes when (monotonic seconds) each attempt began."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
+        self.times.append(time.monotonic())
+        return await super().ship(order, context)
+
+
+async def test_a_retry_after_delays_the_next_attempt_at_least_that_long(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    """RetryableFailure(retry_after_s) delays the next attempt at least that long, and the note says
+    so."""
+    shipper = _TimedShipper()
+    service = await start_service(shipper_=shipper, max_attempts=2, retry_backoff_s=0)
+    [order_id] = await submit_many(service, 1)
+    shipper.fail_next(order_id, RetryableFailure("HTTP 429", retry_after_s=0.2))
+    await service.trigger_processing()
+    await settled(memory_store)
+    done = await memory_store.get_order(order_id)
+    assert done.status is OrderStatus.SHIPPED
+    assert done.history[2].reason == "attempt 1 of 2 failed (HTTP 429); retrying in 0.20s"
+    first, second = shipper.times
+    assert second - first >= 0.19  # the loop may wake a clock tick early, never more
+
+
+async def test_a_retry_after_is_honoured_at_most_max_retry_after(
+    start_service: StartService, shipper: FakeShipper, memory_store: InMemoryOrderStore
+) -> None:
+    """A Retry-After longer than max_retry_after_s is cut to it."""
+    service = await start_service(max_attempts=2, retry_backoff_s=0, max_retry_after_s=0.01)
+    [order_id] = await submit_many(service, 1)
+    shipper.fail_next(order_id, RetryableFailure("HTTP 503", retry_after_s=3600))
+    await service.trigger_processing()
+    await settled(memory_store)
+    done = await memory_store.get_order(order_id)
+    assert done.status is OrderStatus.SHIPPED
+    assert done.history[2].reason == "attempt 1 of 2 failed (HTTP 503); retrying in 0.01s"
+
+
+async def test_a_slow_shipment_times_out_and_fails(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    """An attempt past timeout_s is cancelled and fails the order with reason "timeout"."""
+    shipper = FakeShipper(hold=True)
+    service = await start_service(shipper_=shipper, timeout_s=0.01)
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await eventually(status_is(memory_store, order_id, OrderStatus.FAILED))
+    failed = await memory_store.get_order(order_id)
+    assert failed.history[-1].reason == "timeout"
+    assert order_id in shipper.cancelled  # the shipment itself was cancelled
+    assert shipper.shipped[order_id] == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (TimeoutError("carrier read timed out"), "carrier read timed out"),
+        (TimeoutError(), "TimeoutError"),
+    ],
+)
+async def test_a_shippers_own_timeout_error_is_not_mistaken_for_the_deadline(
+    start_service: StartService,
+    shipper: FakeShipper,
+    memory_store: InMemoryOrderStore,
+    error: TimeoutError,
+    reason: str,
+) -> None:
+    """A TimeoutError the shipper raises itself keeps its own reason; only our deadline says
+    "timeout"."""
+    service = await start_service(timeout_s=30)
+    [order_id] = await submit_many(service, 1)
+    shipper.fail_next(order_id, error)
+    await service.trigger_processing()
+    await settled(memory_store)
+    failed = await memory_store.get_order(order_id)
+    assert failed.status is OrderStatus.FAILED
+    assert failed.history[-1].reason == reason
+
+
+async def test_the_shipper_is_told_the_attempt_the_deadline_and_a_logger_with_the_order(
+    start_service: StartService,
+    shipper: FakeShipper,
+    memory_store: InMemoryOrderStore,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ShipContext: attempts 1, 2, 3; an aware UTC deadline timeout_s after a clock reading; a
+    logger whose lines carry the order id."""
+    service = await start_service(max_attempts=3, retry_backoff_s=0, timeout_s=7)
+    [order_id] = await submit_many(service, 1)
+    shipper.fail_next(order_id, RuntimeError("one"), RuntimeError("two"))
+    await service.trigger_processing()
+    await settled(memory_store)
+    contexts = shipper.contexts[order_id]
+    assert [c.attempt for c in contexts] == [1, 2, 3]
+    timeout = timedelta(seconds=7)
+    for context in contexts:
+        assert context.deadline.utcoffset() == timedelta(0)  # aware, in UTC
+        assert BASE_TIME < context.deadline - timeout <= clock.current
+    deadlines = [c.deadline for c in contexts]
+    assert deadlines == sorted(set(deadlines))  # each attempt has its own, later deadline
+    with caplog.at_level(logging.INFO):
+        contexts[0].log.info("label printed")
+    [record] = [r for r in caplog.records if r.getMessage() == "label printed"]
+    assert record.order_id == order_id  # type: ignore[attr-defined]
+
+
+async def test_cancel_during_shipment_cancels_the_task_and_never_ships(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    """A user cancel during a shipment cancels it; the order is never shipped and the worker lives
+    on."""
+    shipper = FakeShipper(hold=True)
+    service = await start_service(shipper_=shipper, concurrency=1)
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await shipper.started_event(order_id).wait()
+    cancelled = await service.cancel_order(order_id)
+    assert cancelled.status is OrderStatus.CANCELLED
+    await eventually(lambda: service.processor.in_flight == 0)
+    assert order_id in shipper.cancelled
+    shipper.release(order_id)
+    final = await memory_store.get_order(order_id)
+    assert final.status is OrderStatus.CANCELLED
+    assert shipper.shipped[order_id] == 0
+    assert service.processor.holdings == {}
+    # The only worker survived its cancelled shipment and ships the next order.
+    [other] = await submit_many(service, 1)
+    shipper.release(other)
+    await service.trigger_processing()
+    await settled(memory_store)
+    assert (await memory_store.get_order(other)).status is OrderStatus.SHIPPED
+
+
+async def test_cancel_while_queued_drops_the_order_before_shipping(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    """A user cancel of an order queued here drops it before any worker starts it."""
+    shipper = FakeShipper(hold=True)
+    service = await start_service(shipper_=shipper, concurrency=1)
+    first, second = await submit_many(service, 2)
+    await service.trigger_processing()
+    await shipper.started_event(first).wait()
+    await eventually(lambda: service.processor.queued == 1)  # held for the busy worker
+    await service.cancel_order(second)
+    assert second not in service.processor.holdings
+    shipper.release(first)
+    await settled(memory_store)
+    assert shipper.shipped == {first: 1}
+    assert second not in shipper.started
+    assert (await memory_store.get_order(second)).status is OrderStatus.CANCELLED
+
+
+async def test_cancel_during_the_wait_before_a_retry_never_ships(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    """A user cancel while the processor waits to retry stops the shipment: no second attempt."""
+    shipper = FakeShipper()
+    service = await start_service(shipper_=shipper, max_attempts=2, retry_backoff_s=30)
+    [order_id] = await submit_many(service, 1)
+    shipper.fail_next(order_id, RuntimeError("busy"))
+    await service.trigger_processing()
+
+    async def waiting_to_retry() -> bool:
+        history = (await memory_store.get_order(order_id)).history
+        return len(history) == 3  # the note of the failed attempt is written: now it waits
+
+    await eventually(waiting_to_retry)
+    assert service.processor.in_flight == 1
+    await service.cancel_order(order_id)
+    await eventually(lambda: service.processor.in_flight == 0)
+    assert len(shipper.contexts[order_id]) == 1
+    assert shipper.shipped[order_id] == 0
+    assert (await memory_store.get_order(order_id)).status is OrderStatus.CANCELLED
+    assert service.processor.holdings == {}
+
+
+async def test_a_cancel_told_twice_cancels_the_shipment_once(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    """Regression: a shared store also notifies the canceller's own process; the second
+    abort cancelled the worker task again and the worker left the pool."""
+    shipper = FakeShipper(hold=True)
+    service = await start_service(shipper_=shipper, concurrency=2)
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await shipper.started_event(order_id).wait()
+    await service.cancel_order(order_id)
+    assert service.processor.abort(order_id)  # the notification arrives too
+    await eventually(lambda: service.processor.in_flight == 0)
+    assert not service.processor.abort(order_id)  # nothing left of it here
+    # Both workers are still there: two shipments run at once.
+    both = await submit_many(service, 2)
+    await service.trigger_processing()
+    for other in both:
+        await shipper.started_event(other).wait()
+    assert service.processor.in_flight == 2
+    for other in both:
+        shipper.release(other)
+    await settled(memory_store)
+    assert all(shipper.shipped[other] == 1 for other in both)
+
+
+# -- shutdown -------------------------------------------------------------------------------------
+
+
+async def test_shutdown_releases_shipments_in_flight_with_the_reason(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    """A stop with no grace cuts off shipments in flight: back to pending, reason "shutdown:
+    shipment interrupted"."""
+    shipper = FakeShipper(hold=True)
+    service = await start_service(shipper_=shipper, concurrency=8)
+    ids = await submit_many(service, 3)
+    await service.trigger_processing()
+    for order_id in ids:
+        await shipper.started_event(order_id).wait()
+    await service.processor.stop(grace_s=0)
+    for order_id in ids:
+        back = await memory_store.get_order(order_id)
+        assert back.status is OrderStatus.PENDING
+        assert back.history[-1].reason == "shutdown: shipment interrupted"
+    assert shipper.cancelled == set(ids)
+    assert sum(shipper.shipped.values()) == 0
+    assert service.processor.holdings == {}
+    assert service.processor.in_flight == 0
+    with pytest.raises(ShuttingDown):
+        await service.trigger_processing()
+
+
+class _SignalsStop(InMemoryOrderStore):
+    """Sets `stopping` when a stopping processor puts back what it did not start: from then
+    on, the stop only waits for the shipments in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping = asyncio.Event()
+
+    async def release_unshared(self, at: datetime, reason: str) -> int:
+        self.stopping.set()
+        return await super().release_unshared(at, reason)
+
+
+async def test_shutdown_lets_shipments_finish_within_the_grace(
+    start_service: StartService,
+) -> None:
+    """A shipment that ends within the grace is written as shipped, not cut off."""
+    store = _SignalsStop()
+    shipper = FakeShipper(hold=True)
+    service = await start_service(store=store, shipper_=shipper)
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await shipper.started_event(order_id).wait()
+    stopping = asyncio.create_task(service.processor.stop(grace_s=30))
+    await store.stopping.wait()
+    assert not stopping.done()
+    shipper.release(order_id)
+    await stopping
+    assert (await store.get_order(order_id)).status is OrderStatus.SHIPPED
+    assert order_id not in shipper.cancelled
+    assert service.processor.holdings == {}
+
+
+async def test_shutdown_cuts_off_only_what_is_still_shipping_when_the_grace_is_over(
+    start_service: StartService,
+) -> None:
+    """When the grace is over, only what still ships is cut off (and released); what finished in
+    time is shipped."""
+    store = _SignalsStop()
+    shipper = FakeShipper(hold=True)
+    service = await start_service(store=store, shipper_=shipper, concurrency=2)
+    quick, slow = await submit_many(service, 2)
+    await service.trigger_processing()
+    await shipper.started_event(quick).wait()
+    await shipper.started_event(slow).wait()
+    stopping = asyncio.create_task(service.processor.stop(grace_s=0.5))
+    await store.stopping.wait()
+    shipper.release(quick)  # finishes within the grace
+    await stopping
+    assert (await store.get_order(quick)).status is OrderStatus.SHIPPED
+    cut = await store.get_order(slow)
+    assert cut.status is OrderStatus.PENDING
+    assert cut.history[-1].reason == "shutdown: shipment interrupted"
+    assert shipper.cancelled == {slow}
+    assert service.processor.holdings == {}
+
+
+async def test_shutdown_hands_back_queued_orders_and_puts_ready_ones_back(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    """A stop puts queued and ready orders back to pending ("shutdown: not started") and the one in
+    flight with its reason."""
+    shipper = FakeShipper(hold=True)
+    service = await start_service(shipper_=shipper, concurrency=1)
+    ids = await submit_many(service, 5)
+    await service.trigger_processing()  # one ships, one is queued, three stay ready
+    await shipper.started_event(ids[0]).wait()
+    await eventually(lambda: service.processor.queued == 1)
+    await service.processor.stop(grace_s=0)
+    reasons = [(await memory_store.get_order(i)).history[-1].reason for i in ids]
+    assert reasons == ["shutdown: shipment interrupted"] + ["shutdown: not started"] * 4
+    assert (await memory_store.count_by_status())[OrderStatus.PENDING] == 5
+    assert list(memory_store.check_invariants()) == []
+    assert service.processor.queued == 0
+    assert service.processor.holdings == {}
+
+
+async def test_with_a_shared_store_outcomes_are_batched_and_the_rest_handed_back(
+    start_service: StartService,
+) -> None:
+    """With a shared store, a stop hands unfinished orders back (ready for other processes), not to
+    pending."""
+    store = SharedMemoryStore()
+    shipper = FakeShipper(hold=True)
+    service = await start_service(store=store, shipper_=shipper, concurrency=2)
+    ids = await submit_many(service, 6)
+    await service.trigger_processing()
+    await shipper.started_event(ids[0]).wait()
+    await shipper.started_event(ids[1]).wait()
+    shipper.release(ids[0])
+    await eventually(status_is(store, ids[0], OrderStatus.SHIPPED))
+    await service.processor.stop(grace_s=0)
+    # Everything unfinished is ready again for the other processes, not pending.
+    for order_id in ids[1:]:
+        back = await store.get_order(order_id)
+        assert back.status is OrderStatus.PROCESSING
+    assert len(await store.acquire("another", 10, 15.0)) == 5
+    assert list(store.check_invariants()) == []
+
+
+# -- holdings and fencing -------------------------------------------------------------------------
+
+
+class _RecordingOutcomes(InMemoryOrderStore):
+    """Records every outcome written: (order id, token, event, written or refused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcomes: list[tuple[str, int, Event, bool]] = []
+
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
+        written = await super().write_outcomes(owner, outcomes)
+        self.outcomes += [
+            (o.order_id, o.token, o.event, w is not None)
+            for o, w in zip(outcomes, written, strict=True)
+        ]
+        return written
+
+
+async def test_an_order_acquired_again_while_it_ships_here_ships_once_under_the_new_token(
+    start_service: StartService, clock: ManualClock
+) -> None:
+    """The lease of an order ran out while it shipped here (an outage), and this very processor
+    acquired it again: the shipment under way carries on and writes under the new token."""
+    store = _RecordingOutcomes()
+    shipper = FakeShipper(hold=True)
+    service = await start_service(store=store, shipper_=shipper, heartbeat_s=30, lease_s=90)
+    processor = service.processor
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await shipper.started_event(order_id).wait()
+    first = processor.holdings[order_id]
+    assert await store.retire(processor.owner, clock.now()) == 1  # behind its back
+    processor.wake()
+    await eventually(lambda: processor.holdings.get(order_id, first) != first)
+    second = processor.holdings[order_id]
+    assert second > first
+    assert processor.queued == 0  # known: not queued a second time
+    assert processor.in_flight == 1
+    shipper.release(order_id)
+    await settled(store)
+    assert (await store.get_order(order_id)).status is OrderStatus.SHIPPED
+    assert shipper.shipped[order_id] == 1
+    assert len(shipper.contexts[order_id]) == 1
+    assert store.outcomes == [(order_id, second, Event.SHIP, True)]
+    assert processor.holdings == {}
+    assert await events_of(store, order_id) == [
+        EventType.SUBMITTED,
+        EventType.PROCESSING,
+        EventType.RELEASED,
+        EventType.SHIPPED,
+    ]
+
+
+async def test_a_stale_queued_copy_of_an_order_acquired_again_is_dropped(
+    start_service: StartService, memory_store: InMemoryOrderStore, clock: ManualClock
+) -> None:
+    """An order queued here was taken away (the heartbeat learns it and drops it) and acquired
+    again before a worker reached its first copy: two copies then wait in the queue, and only
+    one may ship."""
+    shipper = FakeShipper(hold=True)
+    service = await start_service(
+        shipper_=shipper, concurrency=2, heartbeat_s=0.01, lease_s=0.03, poll_interval_s=30
+    )
+    processor, store = service.processor, memory_store
+    one, two, three = await submit_many(service, 3)
+    await service.trigger_processing()
+    await shipper.started_event(one).wait()
+    await shipper.started_event(two).wait()
+    assert processor.queued == 1
+    hold = Hold(processor.owner, processor.holdings[three])
+    await store.transition(three, Event.HANDBACK, clock.now(), "taken away", hold=hold)
+    await eventually(lambda: three not in processor.holdings)  # the heartbeat dropped it
+    processor.wake()
+    await eventually(lambda: three in processor.holdings)  # acquired again, queued again
+    shipper.release(one)  # a worker takes the first copy
+    await shipper.started_event(three).wait()
+    shipper.release(two)  # the other worker comes to the second copy
+    await eventually(status_is(store, two, OrderStatus.SHIPPED))
+    await eventually(lambda: processor.queued == 0)
+    starts = len(shipper.contexts[three])
+    shipper.release(three)  # before asserting: a second shipment would hold up the stop
+    await settled(store)
+    assert starts == 1, "the order started shipping twice at once"
+    assert shipper.shipped == {one: 1, two: 1, three: 1}
+    assert (await store.get_order(three)).status is OrderStatus.SHIPPED
+
+
+class _LosesAcquireAnswers(InMemoryOrderStore):
+    """The first acquire that hands out orders is made, but its answer is lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: list[str] = []
+
+    async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:
+        held = await super().acquire(owner, limit, lease_s)
+        if held and not self.lost:
+            self.lost = [h.order.id for h in held]
+            raise StoreUnavailable("connection reset by peer")
+        return held
+
+
+async def test_orders_acquired_by_a_lost_answer_are_handed_back_by_the_heartbeat_and_ship(
+    start_service: StartService, shipper: FakeShipper
+) -> None:
+    """Orders acquired by an acquire whose answer was lost are handed back by the next heartbeat,
+    then ship once."""
+    store = _LosesAcquireAnswers()
+    service = await start_service(store=store, heartbeat_s=0.02, lease_s=0.06, poll_interval_s=0.02)
+    ids = await submit_many(service, 3)
+    await service.trigger_processing()
+    await settled(store)
+    assert sorted(store.lost) == ids  # they were held by the owner, unknown to it
+    owner = service.processor.owner
+    for order_id in ids:
+        order = await store.get_order(order_id)
+        assert order.status is OrderStatus.SHIPPED
+        assert f"handed back: {owner} lost track" in [h.reason for h in order.history]
+    assert shipper.shipped == dict.fromkeys(ids, 1)
+    assert list(store.check_invariants()) == []
+
+
+async def test_a_heartbeat_that_learns_an_order_was_taken_away_cancels_its_shipment(
+    start_service: StartService, memory_store: InMemoryOrderStore, clock: ManualClock
+) -> None:
+    """A heartbeat that learns an order was taken away cancels its shipment here; the new holder
+    ships it."""
+    shipper = FakeShipper(hold=True)
+    service = await start_service(
+        shipper_=shipper, heartbeat_s=0.02, lease_s=0.06, poll_interval_s=30
+    )
+    processor, store = service.processor, memory_store
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await shipper.started_event(order_id).wait()
+    await store.retire(processor.owner, clock.now())  # behind its back, and another takes it
+    [taken] = await store.acquire("another", 10, 15.0)
+    await eventually(lambda: order_id in shipper.cancelled)
+    await eventually(lambda: processor.in_flight == 0)
+    assert order_id not in processor.holdings
+    assert shipper.shipped[order_id] == 0
+    # The new holder is undisturbed: it ships the order.
+    hold = Hold("another", taken.token)
+    shipped = await store.transition(order_id, Event.SHIP, clock.now(), hold=hold)
+    assert shipped.status is OrderStatus.SHIPPED
+
+
+async def test_abort_of_a_queued_order_drops_it(
+    start_service: StartService, memory_store: InMemoryOrderStore, clock: ManualClock
+) -> None:
+    """`abort` of an order queued here drops it (True once, then False; False for an order never
+    held)."""
+    shipper = FakeShipper(hold=True)
+    service = await start_service(shipper_=shipper, concurrency=1)
+    processor = service.processor
+    first, second = await submit_many(service, 2)
+    await service.trigger_processing()
+    await shipper.started_event(first).wait()
+    await eventually(lambda: processor.queued == 1)
+    await memory_store.transition(second, Event.CANCEL, clock.now())  # the store says so first
+    assert processor.abort(second)
+    assert second not in processor.holdings
+    assert not processor.abort(second)
+    assert not processor.abort("order_" + "f" * 30)  # never held here
+    shipper.release(first)
+    await settled(memory_store)
+    await eventually(lambda: processor.queued == 0)
+    assert second not in shipper.started
+    assert shipper.shipped == {first: 1}
+
+
+# -- outages and bugs -----------------------------------------------------------------------------
 
 
 class _FlakyStore(InMemoryOrderStore):
@@ -318,32 +787,29 @@ class _FlakyStore(InMemoryOrderStore):
 
     failed = False
 
-    async def transition(self, order_id, event, at, reason=None, *, owner=None):  # type: ignore[no-untyped-def]
-        if event is Event.SHIP and not self.failed:
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
+        if any(o.event is Event.SHIP for o in outcomes) and not self.failed:
             self.failed = True
             raise RuntimeError("disk on fire")
-        return await super().transition(order_id, event, at, reason, owner=owner)
+        return await super().write_outcomes(owner, outcomes)
 
 
 async def test_unexpected_error_costs_the_attempt_not_the_worker(
-    shipper: FakeShipper, clock: ManualClock
+    start_service: StartService,
 ) -> None:
     """Regression: an unexpected exception (a warning turned error) killed the worker task and
     left its order stuck in processing."""
     store = _FlakyStore()
-    service = await _service(store, shipper, clock, concurrency=1)
-    try:
-        order = await service.submit("Ada", make_order().items)
-        await service.trigger_processing()
-        await wait_until_settled(store)
-        back = await store.get_order(order.id)
-        assert back.status is OrderStatus.PENDING
-        assert back.history[-1].reason == "internal error: shipment abandoned"
-        await service.trigger_processing()
-        await wait_until_settled(store)
-        assert (await store.get_order(order.id)).status is OrderStatus.SHIPPED
-    finally:
-        await service.processor.stop(grace_s=0)
+    service = await start_service(store=store, concurrency=1)
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await settled(store)
+    back = await store.get_order(order_id)
+    assert back.status is OrderStatus.PENDING
+    assert back.history[-1].reason == "internal error: abandoned"
+    await service.trigger_processing()
+    await settled(store)
+    assert (await store.get_order(order_id)).status is OrderStatus.SHIPPED
 
 
 class _OutageStore(InMemoryOrderStore):
@@ -351,97 +817,39 @@ class _OutageStore(InMemoryOrderStore):
 
     outages = 2
 
-    async def transition(self, order_id, event, at, reason=None, *, owner=None):  # type: ignore[no-untyped-def]
-        if owner is not None and self.outages:
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
+        if self.outages:
             self.outages -= 1
             raise StoreUnavailable("database restarting")
-        return await super().transition(order_id, event, at, reason, owner=owner)
+        return await super().write_outcomes(owner, outcomes)
 
 
-async def test_an_outcome_waits_out_a_store_outage(
-    shipper: FakeShipper, clock: ManualClock
-) -> None:
+async def test_an_outcome_waits_out_a_store_outage(start_service: StartService) -> None:
+    """An outcome write that meets StoreUnavailable is retried until the store is back."""
     store = _OutageStore()
-    service = await _service(store, shipper, clock, concurrency=1)
-    try:
-        order = await service.submit("Ada", make_order().items)
-        await service.trigger_processing()
-        await wait_until_settled(store)
-        assert (await store.get_order(order.id)).status is OrderStatus.SHIPPED
-        assert store.outages == 0
-    finally:
-        await service.processor.stop(grace_s=0)
-
-
-class _SharedMemoryStore(InMemoryOrderStore):
-    """The in-memory store, treated as if other processes shared it."""
-
-    shared = True
-
-
-async def test_with_a_shared_store_outcomes_are_written_in_batches_and_handed_back(
-    held_shipper: FakeShipper, clock: ManualClock
-) -> None:
-    store = _SharedMemoryStore()
-    service = await _service(store, held_shipper, clock, concurrency=2)
-    orders = [await service.submit("Ada", make_order().items) for _ in range(6)]
+    service = await start_service(store=store, concurrency=1)
+    [order_id] = await submit_many(service, 1)
     await service.trigger_processing()
-    await held_shipper.started_event(orders[0].id).wait()
-    await held_shipper.started_event(orders[1].id).wait()
-    held_shipper.release(orders[0].id)
-    for _ in range(200):
-        if (await store.get_order(orders[0].id)).status is OrderStatus.SHIPPED:
-            break
-        await asyncio.sleep(0.001)
-    assert (await store.get_order(orders[0].id)).status is OrderStatus.SHIPPED
-    await service.processor.stop(grace_s=0)
-    # everything unfinished is ready again for the other processes, not pending
-    for order in orders[1:]:
-        back = await store.get_order(order.id)
-        assert back.status is OrderStatus.PROCESSING
-    assert len(await store.acquire("another", 10)) == 5
-
-
-async def test_a_cancel_told_twice_cancels_the_shipment_once(
-    held_service: OrderService, held_shipper: FakeShipper, memory_store: InMemoryOrderStore
-) -> None:
-    """Regression: a shared store also notifies the canceller's own process; the second
-    abort cancelled the worker task again and the worker left the pool."""
-    order = await held_service.submit("Ada", make_order().items)
-    await held_service.trigger_processing()
-    await held_shipper.started_event(order.id).wait()
-    await held_service.cancel_order(order.id)
-    assert held_service.processor.abort(order.id)  # the notification arrives too
-    for _ in range(100):
-        if held_service.processor.in_flight == 0:
-            break
-        await asyncio.sleep(0)
-    nxt = await held_service.submit("Bob", make_order().items)
-    held_shipper.release(nxt.id)
-    await held_service.trigger_processing()
-    await wait_until_settled(memory_store)
-    assert (await memory_store.get_order(nxt.id)).status is OrderStatus.SHIPPED
-    assert all(not task.done() for task in held_service.processor._workers)
+    await settled(store)
+    assert (await store.get_order(order_id)).status is OrderStatus.SHIPPED
+    assert store.outages == 0
 
 
 async def test_a_retry_note_waits_out_a_store_outage(
-    shipper: FakeShipper, clock: ManualClock
+    start_service: StartService, shipper: FakeShipper
 ) -> None:
     """Regression: a retry whose history entry met an outage was dropped without a word to the
     store, and the order stayed held by a live processor, processing for good."""
     store = _OutageStore()
-    service = await _service(store, shipper, clock, max_attempts=2, retry_backoff_s=0)
-    try:
-        order = await service.submit("Ada", make_order().items)
-        shipper.fail_next(order.id, ShippingError("busy"))
-        await service.trigger_processing()
-        await wait_until_settled(store)
-        done = await store.get_order(order.id)
-        assert done.status is OrderStatus.SHIPPED
-        assert [h.status for h in done.history].count(OrderStatus.PROCESSING) == 2
-        assert store.outages == 0
-    finally:
-        await service.processor.stop(grace_s=0)
+    service = await start_service(store=store, max_attempts=2, retry_backoff_s=0)
+    [order_id] = await submit_many(service, 1)
+    shipper.fail_next(order_id, RuntimeError("busy"))
+    await service.trigger_processing()
+    await settled(store)
+    done = await store.get_order(order_id)
+    assert done.status is OrderStatus.SHIPPED
+    assert [h.status for h in done.history].count(OrderStatus.PROCESSING) == 2
+    assert store.outages == 0
 
 
 class _BrokenOnceStore(InMemoryOrderStore):
@@ -449,40 +857,73 @@ class _BrokenOnceStore(InMemoryOrderStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls = {"acquire": 0, "heartbeat": 0}
+        self.calls = {"acquire": 0, "renew": 0}
 
     def _once(self, name: str) -> None:
         self.calls[name] += 1
         if self.calls[name] == 2:
             raise RuntimeError(f"{name} broke")
 
-    async def acquire(self, owner: str, limit: int) -> list[Order]:
+    async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:
         self._once("acquire")
-        return await super().acquire(owner, limit)
+        return await super().acquire(owner, limit, lease_s)
 
-    async def heartbeat(self, owner: str, lease_s: float) -> None:
-        self._once("heartbeat")
+    async def renew(
+        self, owner: str, holds: Mapping[str, int], lease_s: float, at: datetime
+    ) -> set[str]:
+        self._once("renew")
+        return await super().renew(owner, holds, lease_s, at)
 
 
 async def test_the_fetcher_and_the_heartbeat_outlive_errors_that_are_not_ours(
-    shipper: FakeShipper, clock: ManualClock
+    start_service: StartService,
 ) -> None:
     """Regression: a driver error that was not translated ended the fetcher and the heartbeat
     tasks; the process served on but never shipped, nor renewed a lease, again."""
     store = _BrokenOnceStore()
-    options = {"poll_interval_s": 0.005, "heartbeat_s": 0.005, "lease_s": 1.0}
-    service = await _service(store, shipper, clock, **options)
-    try:
-        orders = [await service.submit("Ada", make_order().items) for _ in range(3)]
-        for order in orders:
-            await service.trigger_processing()
-            await wait_until_settled(store)
-            assert (await store.get_order(order.id)).status is OrderStatus.SHIPPED
-        for _ in range(1000):
-            if store.calls["heartbeat"] > 3:
-                break
-            await asyncio.sleep(0.001)
-        assert store.calls["heartbeat"] > 3
-        assert store.calls["acquire"] > 2
-    finally:
-        await service.processor.stop(grace_s=0)
+    service = await start_service(
+        store=store, poll_interval_s=0.005, heartbeat_s=0.005, lease_s=1.0
+    )
+    for _ in range(3):
+        [order_id] = await submit_many(service, 1)
+        await service.trigger_processing()
+        await settled(store)
+        assert (await store.get_order(order_id)).status is OrderStatus.SHIPPED
+    await eventually(lambda: store.calls["renew"] > 3)
+    assert store.calls["acquire"] > 2
+
+
+# -- settings and the simulated shipper -----------------------------------------------------------
+
+
+async def test_the_simulated_shipper_waits_and_can_fail() -> None:
+    """SimulatedShipper ships after its delay, fails retryably at failure_rate 1, refuses bad
+    arguments."""
+    order = make_order()
+    context = ShipContext(1, BASE_TIME, logging.getLogger("test"))
+    assert await SimulatedShipper(delay_s=0, jitter_s=0.001).ship(order, context) is None
+    with pytest.raises(RetryableFailure, match="simulated"):
+        await SimulatedShipper(delay_s=0, failure_rate=1.0).ship(order, context)
+    with pytest.raises(ValueError, match="delay"):
+        SimulatedShipper(delay_s=-1)
+    with pytest.raises(ValueError, match="failure_rate"):
+        SimulatedShipper(failure_rate=1.5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"concurrency": 0},
+        {"claim_batch": 0},
+        {"max_attempts": 0},
+        {"timeout_s": 0},
+        {"poll_interval_s": 0},
+        {"retry_backoff_s": -1},
+        {"lease_s": 1.0},  # fewer than three heartbeats
+    ],
+)
+def test_processor_settings_refuse_bad_values(options: dict[str, float]) -> None:
+    """ProcessorSettings refuses zero workers, batches or attempts, non-positive intervals, a
+    negative backoff, a lease under three heartbeats."""
+    with pytest.raises(ValueError, match="must"):
+        ProcessorSettings(**options)  # type: ignore[arg-type]

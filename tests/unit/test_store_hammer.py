@@ -1,5 +1,7 @@
-"""Many threads, each with its own event loop, and many tasks hammer one InMemoryOrderStore;
-afterwards nothing is lost or duplicated and every index agrees with the rows."""
+"""Many threads, each with its own event loop, and many tasks hammer one InMemoryOrderStore as
+holders and as operators; afterwards nothing is lost or duplicated, no order was handed out
+twice or shipped twice, every index agrees with the rows, and the event log holds exactly one
+event per change made."""
 
 from __future__ import annotations
 
@@ -8,75 +10,180 @@ import contextlib
 import itertools
 import random
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from orderflow.domain import Event, OrderStatus
+from orderflow.domain import (
+    Event,
+    EventType,
+    OrderEvent,
+    OrderFilter,
+    OrderQuery,
+    OrderStatus,
+    Outcome,
+)
 from orderflow.errors import IllegalTransition, OrderConflict, OrderNotFound
 from orderflow.store.memory import InMemoryOrderStore
-from tests.conftest import ManualClock, make_order
+from tests.conftest import BASE_TIME, ManualClock, make_order
 
 THREADS = 8
 TASKS = 8
 ORDERS_PER_TASK = 40
+LEASE_S = 15.0
 
 
-def test_threads_and_tasks_lose_nothing_and_never_hand_an_order_twice() -> None:
+class Acquired(NamedTuple):
+    order_id: str
+    token: int
+    owner: str
+
+
+class Written(NamedTuple):
+    order_id: str
+    token: int
+    owner: str
+    event: Event
+
+
+class Ledger:
+    """What the tasks did and saw, shared by every thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.added: list[str] = []
+        self.deleted: list[str] = []
+        self.acquired: list[Acquired] = []
+        self.written: list[Written] = []
+        self.changes: Counter[EventType] = Counter()  # changes each task saw made
+        self.retired = 0  # orders handed back by retire
+
+    def count(self, kind: EventType, n: int = 1) -> None:
+        with self.lock:
+            self.changes[kind] += n
+
+
+def test_threads_and_tasks_lose_nothing_and_never_hand_an_order_out_twice() -> None:
     store = InMemoryOrderStore()
-    clock_lock = threading.Lock()
-    clock = ManualClock()
-    added: list[str] = []
-    deleted: list[str] = []
-    acquired: Counter[str] = Counter()
-    claimed_total = 0
-    record = threading.Lock()
+    clock, clock_lock = ManualClock(), threading.Lock()
+    ledger = Ledger()
 
-    def now():  # type: ignore[no-untyped-def]
+    def now() -> datetime:
         with clock_lock:
             return clock.now()
 
+    async def write(
+        owner: str, order_id: str, token: int, event: Event, reason: str | None
+    ) -> bool:
+        [written] = await store.write_outcomes(
+            owner, [Outcome(order_id, token, event, now(), reason)]
+        )
+        if written is not None:
+            with ledger.lock:
+                ledger.written.append(Written(order_id, token, owner, event))
+        return written is not None
+
     async def worker(seed: int) -> None:
-        nonlocal claimed_total
         rng = random.Random(seed)
         owner = f"owner-{seed}"
-        mine: list[str] = []
+        mine: list[str] = []  # the orders this task submitted
+        holding: dict[str, int] = {}  # what it holds: id → token
         for n in range(ORDERS_PER_TASK):
             with clock_lock:
                 order = make_order(clock, customer=f"c{seed}-{n}")
             await store.add(order)
             mine.append(order.id)
-            with record:
-                added.append(order.id)
+            with ledger.lock:
+                ledger.added.append(order.id)
             roll = rng.random()
-            if roll < 0.2:
-                claimed = await store.claim_pending(now(), rng.randint(1, 5))
-                with record:
-                    claimed_total += claimed
+            if roll < 0.15:
+                ledger.count(
+                    EventType.PROCESSING, await store.claim_pending(now(), rng.randint(1, 5))
+                )
+            elif roll < 0.35:
+                held = await store.acquire(owner, rng.randint(1, 4), LEASE_S)
+                with ledger.lock:
+                    ledger.acquired += [Acquired(h.order.id, h.token, owner) for h in held]
+                for h in held:
+                    holding[h.order.id] = h.token
+                    action = rng.choice(["ship", "fail", "again", "handback", "release", "keep"])
+                    order_id, token = h.order.id, h.token
+                    if action == "keep":  # renewed, or retired, later
+                        continue
+                    del holding[order_id]
+                    if action == "ship":
+                        await write(owner, order_id, token, Event.SHIP, None)
+                    elif action == "fail":
+                        await write(
+                            owner, order_id, token, Event.FAIL, rng.choice(["timeout", "HTTP 500"])
+                        )
+                    elif action == "again":
+                        if await write(owner, order_id, token, Event.REATTEMPT, "attempt 1 failed"):
+                            await write(owner, order_id, token, Event.SHIP, None)
+                    elif action == "handback":
+                        await write(owner, order_id, token, Event.HANDBACK, "let go")
+                    else:
+                        await write(owner, order_id, token, Event.RELEASE, "shutdown")
             elif roll < 0.45:
-                held = await store.acquire(owner, rng.randint(1, 4))
-                with record:
-                    acquired.update(o.id for o in held)
-                for order in held:
-                    event = rng.choice([Event.SHIP, Event.FAIL, Event.RELEASE, Event.RETRY])
-                    try:  # another task may have cancelled it meanwhile
-                        await store.transition(order.id, event, now(), owner=owner)
-                        if event is Event.RETRY:
-                            await store.transition(order.id, Event.SHIP, now(), owner=owner)
-                    except IllegalTransition:
-                        assert (await store.get_order(order.id)).status is OrderStatus.CANCELLED
-            elif roll < 0.6:
-                victim = rng.choice(mine)
                 with contextlib.suppress(OrderConflict, OrderNotFound):
-                    await store.transition(victim, Event.CANCEL, now())
-            elif roll < 0.7:
+                    await store.transition(rng.choice(mine), Event.CANCEL, now(), "user")
+                    ledger.count(EventType.CANCELLED)
+            elif roll < 0.5:
                 victim = rng.choice(mine)
                 try:
-                    await store.delete_pending(victim)
-                    with record:
-                        deleted.append(victim)
+                    await store.delete_pending(victim, now())
                 except (OrderConflict, OrderNotFound):
                     pass
+                else:
+                    with ledger.lock:
+                        ledger.deleted.append(victim)
+            elif roll < 0.55:  # an operator retries one failed order
+                with contextlib.suppress(IllegalTransition, OrderNotFound):
+                    await store.transition(rng.choice(mine), Event.RETRY, now(), "operator")
+                    ledger.count(EventType.RETRIED)
+            elif roll < 0.6:  # an operator retries the timeouts of a time window, in batches
+                start = BASE_TIME + timedelta(microseconds=rng.randint(0, 20_000))
+                where = OrderFilter(
+                    start=start, end=start + timedelta(milliseconds=3), reason_contains="TIME"
+                )
+                after: str | None = None
+                while True:
+                    moved, after = await store.transition_matching(
+                        Event.RETRY,
+                        OrderStatus.FAILED,
+                        where,
+                        now(),
+                        "bulk retry",
+                        limit=3,
+                        after=after,
+                    )
+                    ledger.count(EventType.RETRIED, len(moved))
+                    if after is None:
+                        break
+            elif roll < 0.63:  # an operator cancels the processing orders of a short window
+                start = BASE_TIME + timedelta(microseconds=rng.randint(0, 20_000))
+                where = OrderFilter(start=start, end=start + timedelta(microseconds=300))
+                moved, _ = await store.transition_matching(
+                    Event.CANCEL, OrderStatus.PROCESSING, where, now(), "bulk cancel", limit=5
+                )
+                ledger.count(EventType.CANCELLED, len(moved))
+            elif roll < 0.73:  # a heartbeat that lost track of one order it holds
+                known = dict(holding)
+                if known and rng.random() < 0.5:
+                    del known[rng.choice(sorted(known))]
+                lost = await store.renew(owner, known, LEASE_S, now())
+                for order_id in set(holding) - set(known) | lost:
+                    holding.pop(order_id, None)
+            elif roll < 0.75:
+                retired = await store.retire(owner, now())
+                with ledger.lock:
+                    ledger.retired += retired
+                holding.clear()
             if n % 7 == 0:
                 await asyncio.sleep(0)
+        retired = await store.retire(owner, now())  # a clean stop hands back the rest
+        with ledger.lock:
+            ledger.retired += retired
 
     def thread_main(thread_no: int) -> None:
         async def run() -> None:
@@ -88,34 +195,86 @@ def test_threads_and_tasks_lose_nothing_and_never_hand_an_order_twice() -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=120)
+        thread.join(timeout=100)
     assert not any(thread.is_alive() for thread in threads)
 
+    asyncio.run(_check(store, ledger))
+
+
+async def _check(store: InMemoryOrderStore, ledger: Ledger) -> None:
+    added, deleted = ledger.added, set(ledger.deleted)
     assert len(added) == len(set(added)) == THREADS * TASKS * ORDERS_PER_TASK
+    assert len(deleted) == len(ledger.deleted)
     assert list(store.check_invariants()) == []
     assert len(store) == len(added) - len(deleted)
 
-    async def check() -> None:
-        counts = await store.count_by_status()
-        assert sum(counts.values()) == len(store)
-        remaining = set(added) - set(deleted)
-        for order_id in remaining:
-            order = await store.get_order(order_id)
-            statuses = [h.status for h in order.history]
-            assert statuses[0] is OrderStatus.PENDING
-            assert statuses.count(OrderStatus.SHIPPED) <= 1
-            assert order.status is statuses[-1]
-        # every order was acquired at most once per time it was claimed
-        for order_id, times in acquired.items():
-            if order_id in remaining:
-                history = (await store.get_order(order_id)).history
-                claims = sum(
-                    1
-                    for before, after in itertools.pairwise(history)
-                    if before.status is OrderStatus.PENDING
-                    and after.status is OrderStatus.PROCESSING
-                )
-                assert times <= claims
+    # Counts by status equal a recount of every order.
+    orders, cursor = [], None
+    while True:
+        page = await store.list_orders(OrderQuery(limit=1000, cursor=cursor))
+        orders += page.orders
+        if (cursor := page.next_cursor) is None:
+            break
+    assert {o.id for o in orders} == set(added) - deleted
+    recount = Counter(o.status for o in orders)
+    assert await store.count_by_status() == {s: recount[s] for s in OrderStatus}
 
-    asyncio.run(check())
-    assert claimed_total >= sum(acquired.values()) - 0  # nothing acquired that was not claimed
+    # The event log: seqs 1, 2, 3, … with no gap, one event per change made.
+    events = await store.read_events(0, 1_000_000)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert await store.last_event_seq() == len(events)
+    by_order: dict[str, list[OrderEvent]] = defaultdict(list)
+    for event in events:
+        by_order[event.order_id].append(event)
+    assert set(by_order) == set(added)
+    for order in orders:  # each history entry is one change, with its event
+        assert [(e.status, e.reason) for e in by_order[order.id]] == [
+            (h.status, h.reason) for h in order.history
+        ]
+    for order_id in deleted:
+        assert by_order[order_id][-1].type is EventType.DELETED
+        assert by_order[order_id][-2].status is OrderStatus.PENDING
+    types = Counter(e.type for e in events)
+    writes = Counter(w.event for w in ledger.written)
+    assert types[EventType.SUBMITTED] == len(added)
+    assert types[EventType.DELETED] == len(deleted)
+    assert types[EventType.PROCESSING] == ledger.changes[EventType.PROCESSING]
+    assert types[EventType.SHIPPED] == writes[Event.SHIP]
+    assert types[EventType.FAILED] == writes[Event.FAIL]
+    assert types[EventType.ATTEMPT_FAILED] == writes[Event.REATTEMPT]
+    assert types[EventType.CANCELLED] == ledger.changes[EventType.CANCELLED]
+    assert types[EventType.RETRIED] == ledger.changes[EventType.RETRIED]
+    lost_track = sum(1 for e in events if e.reason is not None and "lost track" in e.reason)
+    handed = writes[Event.HANDBACK] + writes[Event.RELEASE] + ledger.retired + lost_track
+    assert types[EventType.RELEASED] == handed
+
+    # No order shipped twice; nothing retried that was not failed.
+    for order_events in by_order.values():
+        assert sum(e.type is EventType.SHIPPED for e in order_events) <= 1
+        for before, event in itertools.pairwise(order_events):
+            if event.type is EventType.RETRIED:
+                assert before.status is OrderStatus.FAILED
+
+    # No order held by two owners: every hold has its own token; an order was acquired at most
+    # once each time it was made ready (claimed, or handed back); and every write made under
+    # a hold was made by the owner that acquired that very token.
+    tokens = {a.token: a for a in ledger.acquired}
+    assert len(tokens) == len(ledger.acquired)
+    made_ready = Counter(
+        e.order_id
+        for e in events
+        if e.type is EventType.PROCESSING
+        or (e.type is EventType.RELEASED and e.status is OrderStatus.PROCESSING)
+    )
+    acquisitions = Counter(a.order_id for a in ledger.acquired)
+    for order_id, times in acquisitions.items():
+        assert times <= made_ready[order_id], order_id
+    assert sum(acquisitions.values()) <= sum(made_ready.values())  # nothing acquired unready
+    for w in ledger.written:
+        assert tokens[w.token] == Acquired(w.order_id, w.token, w.owner)
+
+    # Every holder retired: no order is held any more, each processing one is ready once.
+    processing = {o.id for o in orders if o.status is OrderStatus.PROCESSING}
+    last = await store.acquire("last", len(processing) + 10, LEASE_S)
+    assert sorted(h.order.id for h in last) == sorted(processing)
+    assert list(store.check_invariants()) == []

@@ -414,3 +414,7 @@ ROUTES: tuple[Route, ...] = (
           params=(Param("name", {"type": "string", "enum": list(PROBLEMS)}, "", "path", True),),
           statuses=(404,), role=None, media="text/html", needs_service=False),
 )  # fmt: skip
+
+from orderflow.dashboard import DASHBOARD_ROUTES  # noqa: E402  (it builds Routes: after Route)
+
+ROUTES = (*ROUTES, *DASHBOARD_ROUTES)

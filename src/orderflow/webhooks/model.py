@@ -1,0 +1,221 @@
+"""Webhook subscriptions, their claims and delivery records, and the rules they follow: what a
+URL and a secret may be, which events a subscription wants, when a failed delivery is tried
+again (pure: no I/O).
+
+A subscription's *cursor* is the seq of the event log up to which every event was dealt with:
+delivered, skipped as not wanted, or given up. Delivery state is the cursor plus, per event
+still to be tried again, a `Retry` (an ordered subscription has at most one: the event right
+after its cursor).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import random
+import re
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+
+from orderflow.domain import EventType
+from orderflow.errors import NotFound
+
+WEBHOOK_ID_PREFIX = "wh_"
+WEBHOOK_ID_PATTERN = "^wh_[0-9a-f]{24}$"
+MAX_URL_LENGTH = 2000
+KEEP_DELIVERIES = 100  # attempts kept per subscription, the newest
+MAX_RETRY_AFTER_S = 3600.0  # a receiver's Retry-After is honoured up to this
+JITTER = 0.1  # each wait of the schedule is stretched or shrunk by up to this fraction
+#: The Standard Webhooks schedule: after the first attempt, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+DEFAULT_RETRY_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
+
+# http(s), a host name or IPv4 address (no user info, no IPv6 literal), an optional port from
+# 1 to 65535, then an optional path and query of printable ASCII (no fragment). The pattern is
+# the whole rule: what it matches is accepted, so the OpenAPI document says exactly that.
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+URL_PATTERN = (
+    r"^https?://[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*(?::" + _PORT + r")?(?:[/?][!\x22$-~]*)?$"
+)
+# "whsec_" then the standard base64 (with its padding) of a key of 24 to 64 bytes, as the
+# Standard Webhooks specification advises: 8 to 21 groups of 4 (24 to 63 bytes), or a last
+# group that holds 2 or 1 bytes after 8 to 20 or 8 to 21 full ones (26 to 64 bytes).
+_B64 = "[A-Za-z0-9+/]"
+SECRET_PATTERN = (
+    f"^whsec_(?:(?:{_B64}{{4}}){{8,21}}|(?:{_B64}{{4}}){{8,20}}{_B64}{{3}}="
+    f"|(?:{_B64}{{4}}){{8,21}}{_B64}{{2}}==)$"
+)
+_URL = re.compile(URL_PATTERN)
+_SECRET = re.compile(SECRET_PATTERN)
+_WEBHOOK_ID = re.compile(WEBHOOK_ID_PATTERN)
+
+
+class WebhookNotFound(NotFound):
+    """Webhook subscription not found."""
+
+
+class Subscription(msgspec.Struct, frozen=True, gc=False):
+    """A webhook subscription as stored.
+
+    Attributes:
+        types: the event types it wants; empty: every type.
+        ordered: deliver strictly one event at a time in seq order (a failing event holds the
+            ones after it back); false lets later events go past a failing one.
+        cursor: the seq up to which events were delivered, skipped or given up.
+        retry_at: when a failed delivery is due again (the earliest, when there are several).
+    """
+
+    id: str
+    url: str
+    types: tuple[EventType, ...]
+    secret: str
+    ordered: bool
+    created_at: datetime
+    cursor: int
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+    retry_at: datetime | None = None
+
+    def wants(self, type: EventType) -> bool:
+        return not self.types or type in self.types
+
+
+class Retry(msgspec.Struct, frozen=True, gc=False):
+    """An event of a subscription to be tried again, after `attempt` failed attempts."""
+
+    seq: int
+    attempt: int
+
+
+class Claim(msgspec.Struct, frozen=True, gc=False):
+    """A subscription handed to one deliverer: only it may deliver the subscription's events
+    until it releases the claim or its lease runs out. Every write it makes names
+    (`owner`, `token`), so a holder whose claim was lost or replayed over is refused.
+
+    Attributes:
+        retries: the subscription's retries that are due, oldest event first.
+    """
+
+    subscription: Subscription
+    owner: str
+    token: int
+    retries: tuple[Retry, ...] = ()
+
+
+class Outcome(enum.StrEnum):
+    """What became of an attempt (or of events nobody attempted)."""
+
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    RETRYING = "retrying"  # it failed; the event is tried again later
+    GIVEN_UP = "given_up"  # it failed and the schedule is spent: the event is skipped
+    DISABLED = "disabled"  # the receiver answered 410: the subscription is disabled
+    PRUNED = "pruned"  # events were pruned from the log before they could be delivered
+
+
+class DeliveryRecord(msgspec.Struct, frozen=True, gc=False):
+    """One attempt at delivering one event (the deliveries log keeps the newest 100).
+
+    Attributes:
+        webhook_id: the ``webhook-id`` header sent: ``evt_`` + the event's seq.
+        attempt: 1 for the first attempt at this event, 2 for the first retry, …
+        status_code: the receiver's HTTP status, None when there was no answer.
+        latency_ms: from sending the request to the answer's headers (or the failure).
+        error: why it failed, None when delivered.
+    """
+
+    seq: int
+    webhook_id: str
+    attempt: int
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    outcome: Outcome
+    at: datetime
+
+
+class Settlement(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a holder writes about its subscription, in one atomic step checked against its
+    claim; every settlement also extends the claim's lease.
+
+    Attributes:
+        cursor: the new cursor (the current one to leave it).
+        seq: the event whose retry is kept (`retry_attempt` set) or forgotten (None: neither).
+        retry_attempt: keep a retry of `seq` after this many failed attempts, due in
+            `retry_in_s` seconds.
+        disable: disable the subscription, saying why.
+        record: an attempt to add to the deliveries log.
+    """
+
+    cursor: int
+    seq: int | None = None
+    retry_attempt: int | None = None
+    retry_in_s: float = 0.0
+    disable: str | None = None
+    record: DeliveryRecord | None = None
+
+
+def message_id(seq: int) -> str:
+    """The ``webhook-id`` of the event `seq`: the same for every attempt and every replay."""
+    return f"evt_{seq}"
+
+
+def new_webhook_id() -> str:
+    return WEBHOOK_ID_PREFIX + secrets.token_hex(12)
+
+
+def is_webhook_id(value: str) -> bool:
+    return _WEBHOOK_ID.fullmatch(value) is not None
+
+
+def new_secret() -> str:
+    """A fresh signing secret: ``whsec_`` and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def check_url(url: str) -> str:
+    """`url`; ValueError "url: …" unless it is an http(s) URL the rule above accepts."""
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"url: must be at most {MAX_URL_LENGTH} characters")
+    if _URL.fullmatch(url) is None:
+        raise ValueError(
+            "url: expected http://host[:port][/path] or https://… (no user info, no fragment)"
+        )
+    return url
+
+
+def check_secret(secret: str) -> str:
+    """`secret`; ValueError "secret: …" (never showing it) unless it is a whsec_ key."""
+    if _SECRET.fullmatch(secret) is None:
+        raise ValueError("secret: expected 'whsec_' and the base64 of a 24 to 64 byte key")
+    return secret
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """The waits of a retry schedule, in seconds, from "5,300,1800"; ValueError if one is not a
+    number of at least 0, or there is none."""
+    waits = []
+    for item in text.split(","):
+        try:
+            wait = float(item)
+        except ValueError:
+            raise ValueError(f"{item.strip()!r} is not a number of seconds") from None
+        if not 0 <= wait < float("inf"):
+            raise ValueError(f"{item.strip()!r}: each wait must be a number of seconds >= 0")
+        waits.append(wait)
+    return tuple(waits)
+
+
+def retry_delay_s(
+    schedule: Sequence[float], attempt: int, retry_after_s: float | None, rng: random.Random
+) -> float | None:
+    """How long to wait after failed attempt number `attempt` (1 for the first) before the
+    next one: the schedule's wait for it, give or take JITTER, and at least the receiver's
+    `retry_after_s` (capped at MAX_RETRY_AFTER_S). None: the schedule is spent, give up."""
+    if attempt > len(schedule):
+        return None
+    delay_s = schedule[attempt - 1] * rng.uniform(1 - JITTER, 1 + JITTER)
+    if retry_after_s is not None:
+        delay_s = max(delay_s, min(retry_after_s, MAX_RETRY_AFTER_S))
+    return delay_s

@@ -1,0 +1,147 @@
+"""Wire formats of the webhook routes, and the body every delivery carries. The URL and secret
+rules are the model's patterns, so the OpenAPI document shows what the service accepts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from orderflow.domain import EventType
+from orderflow.webhooks.model import (
+    MAX_URL_LENGTH,
+    SECRET_PATTERN,
+    URL_PATTERN,
+    DeliveryRecord,
+    Subscription,
+    check_secret,
+    check_url,
+)
+
+_Url = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_URL_LENGTH,
+        pattern=URL_PATTERN,
+        description="where to POST: http(s)://host[:port][/path][?query] (no user info, no"
+        " fragment, no IPv6 literal); redirects are not followed",
+        examples=["https://example.com/hooks/orderflow"],
+    ),
+]
+_Secret = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=SECRET_PATTERN,
+        description="the signing key: 'whsec_' and the base64 (with its padding) of 24 to 64"
+        " bytes; generated when not given",
+    ),
+]
+_Types = Annotated[
+    tuple[EventType, ...],
+    msgspec.Meta(max_length=len(EventType), description="the event types wanted; none: all"),
+]
+
+
+class WebhookCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A new subscription."""
+
+    url: _Url
+    types: _Types = ()
+    secret: _Secret | None = None
+    ordered: bool = True
+
+    def __post_init__(self) -> None:
+        # The patterns again, whole: a JSON Schema `$` never matches before a final line
+        # break, Python's does.
+        check_url(self.url)
+        if self.secret is not None:
+            check_secret(self.secret)
+        types = tuple(dict.fromkeys(self.types))
+        if len(types) != len(self.types):
+            msgspec.structs.force_setattr(self, "types", types)
+
+
+class ReplayRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where to deliver again from."""
+
+    after_seq: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=999_999_999_999_999_999,
+                description="deliver the events after this seq (again); beyond the newest"
+                " event: from the newest on. Omitted: from where the subscription is.",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class WebhookPublic(msgspec.Struct, frozen=True, kw_only=True):
+    """A subscription as the API shows it (never its secret, once created).
+
+    Attributes:
+        cursor: the seq up to which events were delivered, skipped as not wanted, or given up.
+        next_attempt_at: when a failed delivery is due again, if one is.
+    """
+
+    id: str
+    url: str
+    types: list[EventType]
+    ordered: bool
+    created_at: datetime
+    cursor: int
+    disabled: bool
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    next_attempt_at: datetime | None
+
+
+class WebhookCreated(WebhookPublic, frozen=True, kw_only=True):
+    """A new subscription, with its secret: the only time the API shows it."""
+
+    secret: str
+
+
+class WebhookList(msgspec.Struct, frozen=True):
+    webhooks: list[WebhookPublic]
+    count: int
+
+
+class DeliveryList(msgspec.Struct, frozen=True):
+    """The newest attempts first: the last 100 of the subscription."""
+
+    deliveries: list[DeliveryRecord]
+    count: int
+
+
+class Delivery(msgspec.Struct, frozen=True, gc=False):
+    """The body of every delivery: the event's type and time, and the order as
+    ``GET /orders/{id}`` shows it when it is sent (``{"id": …}`` once it is deleted)."""
+
+    type: EventType
+    timestamp: datetime
+    data: Any
+
+
+def public(subscription: Subscription) -> WebhookPublic:
+    s = subscription
+    return WebhookPublic(
+        id=s.id,
+        url=s.url,
+        types=list(s.types),
+        ordered=s.ordered,
+        created_at=s.created_at,
+        cursor=s.cursor,
+        disabled=s.disabled_at is not None,
+        disabled_at=s.disabled_at,
+        disabled_reason=s.disabled_reason,
+        next_attempt_at=s.retry_at,
+    )
+
+
+def created(subscription: Subscription) -> WebhookCreated:
+    view = public(subscription)
+    return WebhookCreated(**msgspec.structs.asdict(view), secret=subscription.secret)
