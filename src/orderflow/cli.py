@@ -88,6 +88,27 @@ def main() -> None:
     help="Apply database migrations at start (default: yes).",
 )
 @_option("--idempotency-ttl", "Seconds an Idempotency-Key is kept, at least.", type=float)
+@_option(
+    "--webhook",
+    "POST every order event to URL, signed (repeatable; ORDERFLOW_WEBHOOK: comma-separated)."
+    " Subscribed at start unless a subscription to URL exists.",
+    multiple=True,
+    default=None,
+    show_default=False,
+    metavar="URL",
+    callback=lambda _ctx, _param, urls: ",".join(urls) or None,
+)
+@_option(
+    "--webhook-secret",
+    "The whsec_ key --webhook subscriptions sign their calls with.",
+    default=None,
+    show_default=False,
+)
+@_option(
+    "--webhook-retry-schedule",
+    "Seconds to wait before each retry of a failed webhook delivery, comma-separated.",
+)
+@_option("--webhook-timeout", "Seconds before a webhook delivery attempt fails.", type=float)
 @_option("--http-idle-timeout", "Seconds a client may take to send a request.", type=float)
 @_option("--max-connections", "Most connections served at once.", type=int)
 @_option(

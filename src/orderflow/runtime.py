@@ -27,6 +27,8 @@ from orderflow.store import open_store
 from orderflow.store.base import OrderStore
 from orderflow.store.memory import InMemoryOrderStore, MemoryState
 from orderflow.supervise import OutageLog, supervised
+from orderflow.webhooks import open_webhook_store
+from orderflow.webhooks.delivery import Deliverer
 
 log = logging.getLogger("orderflow.runtime")
 
@@ -60,6 +62,7 @@ class Runtime:
         self.processor: Processor
         self.service: OrderService
         self.events: EventHub
+        self.webhooks: Deliverer
 
     async def start(self) -> None:
         """Open, load, build and start everything. Raises StartupError."""
@@ -85,8 +88,13 @@ class Runtime:
             )
             await self.processor.start()
             self.events = EventHub(self.store, poll_s=settings.poll_interval)
-            self.store.watch_events(self.events.wake)
+            self.webhooks = _deliverer(settings, self.store)
+            self.store.watch_events(self._events_arrived)
             await self.events.start()
+            try:
+                await self.webhooks.start()
+            except StoreUnavailable as exc:
+                raise StartupError(f"--webhook: {exc}") from None
         except BaseException:
             if self._snapshot is not None:
                 self._snapshot.unmark()
@@ -100,6 +108,10 @@ class Runtime:
                 asyncio.create_task(self._number_events(), name="orderflow-event-numbering")
             )
         self.started = True
+
+    def _events_arrived(self) -> None:
+        self.events.wake()
+        self.webhooks.wake()
 
     def _loop(self, step: Callable[[], Awaitable[object]], every_s: float, what: str) -> None:
         self._loops.append(
@@ -173,6 +185,7 @@ class Runtime:
                 finally:
                     await self.processor.stop(self.settings.shutdown_grace)
             finally:
+                await self.webhooks.stop(self.settings.shutdown_grace)
                 for task in self._loops:
                     task.cancel()
                 await asyncio.gather(*self._loops, return_exceptions=True)
@@ -199,6 +212,13 @@ async def _open_store(settings: Settings) -> OrderStore:
         raise StartupError(f"--database-url: {exc}") from None
     except StoreUnavailable as exc:
         raise StartupError(f"--database-url: {exc}") from None
+
+
+def _deliverer(settings: Settings, store: OrderStore) -> Deliverer:
+    try:
+        return Deliverer.from_settings(settings, store, open_webhook_store(store))
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def processor_settings(settings: Settings) -> ProcessorSettings:

@@ -418,3 +418,7 @@ ROUTES: tuple[Route, ...] = (
 from orderflow.dashboard import DASHBOARD_ROUTES  # noqa: E402  (it builds Routes: after Route)
 
 ROUTES = (*ROUTES, *DASHBOARD_ROUTES)
+
+from orderflow.webhooks.routes import WEBHOOK_ROUTES  # noqa: E402  (it builds Routes: after Route)
+
+ROUTES = (*ROUTES, *WEBHOOK_ROUTES)

@@ -33,7 +33,7 @@ _NOSNIFF = ("x-content-type-options", "nosniff")
 _PAGE_HEADERS = (
     (
         "content-security-policy",
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
         " connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     ),
     ("referrer-policy", "no-referrer"),

@@ -54,7 +54,8 @@ function when(at) {
   return h("time", { datetime: at, title: at }, (today ? timeOnly : dateAndTime).format(date));
 }
 
-const badge = (status) => h("span", { class: `badge ${status}`, "data-testid": "status-badge" }, status);
+const badge = (status) =>
+  h("span", { class: `badge ${status}`, "data-testid": "status-badge" }, status);
 const items = (list) => list.map((item) => `${item.name} × ${item.quantity}`).join(", ");
 const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 // Ours have microseconds; a browser's have milliseconds. The same precision compares as text.
@@ -74,6 +75,14 @@ async function attempt(work) {
   }
 }
 
+function describe(error) {
+  if (error instanceof ApiError) {
+    return error.status === 403 ? `Your token may not do this: ${error.message}` : error.message;
+  }
+  if (error.message !== "Failed to fetch") console.error(error); // not the network: a bug
+  return "The service does not answer. Trying again…";
+}
+
 function showError(message) {
   $("error").hidden = message === null;
   $("error").textContent = message ?? "";
@@ -86,12 +95,6 @@ class ApiError extends Error {
     super(detail);
     this.status = status;
   }
-}
-
-function describe(error) {
-  if (!(error instanceof ApiError)) return "The service does not answer. Trying again…";
-  if (error.status === 403) return `Your token may not do this: ${error.message}`;
-  return error.message;
 }
 
 function authorize(headers) {
@@ -125,14 +128,21 @@ function askToken(message) {
     const dialog = $("token-dialog");
     $("token-error").textContent = message;
     $("token-input").value = "";
+    const done = () => {
+      dialog.close();
+      asking = null;
+      resolve();
+    };
     dialog.onsubmit = (event) => {
       event.preventDefault();
       state.token = $("token-input").value.trim();
       sessionStorage.setItem(TOKEN_KEY, state.token);
       $("change-token").hidden = false;
-      dialog.close();
-      asking = null;
-      resolve();
+      done();
+    };
+    dialog.oncancel = (event) => { // Escape: keep the token there is; without one, nothing works
+      event.preventDefault();
+      if (state.token) done();
     };
     dialog.showModal();
   });
@@ -167,7 +177,9 @@ function streamWithEventSource() {
     opened();
     if (down && state.lastSeq === null) attempt(loadOrders); // no id to resume from
   };
-  for (const type of EVENT_TYPES) source.addEventListener(type, (message) => onEvent(JSON.parse(message.data)));
+  for (const type of EVENT_TYPES) {
+    source.addEventListener(type, (message) => onEvent(JSON.parse(message.data)));
+  }
   source.onerror = () => {
     setLive(false, "");
     opened();
@@ -278,14 +290,20 @@ async function fill() {
   fillFrom = null;
   const query = new URLSearchParams({ from, limit: MAX_ROWS });
   if (state.filters.to) query.set("to", state.filters.to);
-  merge((await api("GET", `/orders?${query}`)).orders);
+  const page = await api("GET", `/orders?${query}`);
+  merge(page.orders);
+  const left = [...state.orders.values()].filter((order) => order.customer === null);
+  if (page.next_cursor && left.length) { // more came than a page holds: on from the last one
+    fillFrom = page.orders.at(-1).timestamp;
+    soon("fill", fill, 0);
+  }
 }
 
 function merge(orders) {
   for (const order of orders) {
     const known = state.orders.get(order.id);
     if (known && known.updated_at > order.updated_at) { // an event saw a later change
-      Object.assign(known, { customer: order.customer, items: order.items, shipment: order.shipment });
+      Object.assign(known, { customer: order.customer, items: order.items });
     } else {
       state.orders.set(order.id, order);
     }
@@ -321,7 +339,9 @@ async function newestPage() {
   const { status, from, to } = state.filters;
   const get = (start) => {
     const query = new URLSearchParams({ limit: MAX_ROWS });
-    for (const [name, value] of Object.entries({ status, from: start, to })) if (value) query.set(name, value);
+    for (const [name, value] of Object.entries({ status, from: start, to })) {
+      if (value) query.set(name, value);
+    }
     return api("GET", `/orders?${query}`);
   };
   let page = await get(from);
@@ -374,8 +394,8 @@ function fillRow(row, order) {
   if (row.dataset.key === key) return;
   row.dataset.key = key;
   row.dataset.status = order.status;
-  const pick = h("button", { type: "button", class: "link id", title: order.id }, `…${order.id.slice(-10)}`);
-  pick.setAttribute("aria-label", `Show order ${order.id}`);
+  const pick = h("button", { type: "button", class: "link id", title: order.id,
+    "aria-label": `Show order ${order.id}` }, `…${order.id.slice(-10)}`);
   row.replaceChildren(
     h("td", {}, when(order.timestamp)),
     h("td", {}, pick),
@@ -388,7 +408,10 @@ function fillRow(row, order) {
 
 function readFilters() {
   const form = $("filters");
-  const at = (name) => (form.elements[name].value ? micros(Date.parse(form.elements[name].value)) : "");
+  const at = (name) => {
+    const { value } = form.elements[name]; // local time, as the input shows it
+    return value ? micros(Date.parse(value)) : "";
+  };
   state.filters = { status: form.elements.status.value, from: at("from"), to: at("to") };
   if (state.filters.from && state.filters.to && state.filters.from > state.filters.to) {
     showError("'Created from' is after 'to'.");
@@ -401,10 +424,16 @@ function readFilters() {
 
 async function refreshStats() {
   const stats = await api("GET", "/orders/stats");
-  for (const status of STATUSES) $(`count-${status}`).textContent = String(stats.by_status[status] ?? 0);
+  for (const status of STATUSES) {
+    $(`count-${status}`).textContent = String(stats.by_status[status] ?? 0);
+  }
+  const pick = (reason) => () => {
+    $("reason-contains").value = reason;
+    $("reason-contains").focus();
+  };
   $("failed-reasons").replaceChildren(...stats.failed_reasons.map(({ reason, count }) => h("li", {},
-    h("button", { type: "button", class: "link", "data-testid": "failed-reason", title: "Retry these",
-      onclick: () => { $("reason-contains").value = reason; $("reason-contains").focus(); } }, reason),
+    h("button", { type: "button", class: "link", "data-testid": "failed-reason",
+      title: "Retry these", onclick: pick(reason) }, reason),
     ` × ${count}`)));
   $("no-failures").hidden = stats.failed_reasons.length > 0;
 }
@@ -416,7 +445,9 @@ function drawChart() {
   const start = end - BUCKETS * BUCKET_MS;
   state.shipped = state.shipped.filter((at) => at >= start);
   const counts = new Array(BUCKETS).fill(0);
-  for (const at of state.shipped) counts[Math.min(BUCKETS - 1, Math.floor((at - start) / BUCKET_MS))] += 1;
+  for (const at of state.shipped) {
+    counts[Math.min(BUCKETS - 1, Math.floor((at - start) / BUCKET_MS))] += 1;
+  }
   const key = `${start} ${counts}`;
   if (key === chartKey) return;
   chartKey = key;
@@ -424,7 +455,8 @@ function drawChart() {
   const bars = counts.map((count, i) => {
     const height = (count / peak) * 100;
     const from = timeOnly.format(start + i * BUCKET_MS);
-    return svg("rect", { x: 20 + i * 10, y: 110 - height, width: 8, height, class: "bar", "data-count": count },
+    return svg("rect",
+      { x: 20 + i * 10, y: 110 - height, width: 8, height, class: "bar", "data-count": count },
       svg("title", {}, `${plural(count, "order")} shipped in the 10 s from ${from}`));
   });
   $("chart").replaceChildren(
@@ -436,7 +468,8 @@ function drawChart() {
     ...bars,
   );
   const total = counts.reduce((a, b) => a + b, 0);
-  $("throughput-total").textContent = `${total} shipped in the last 5 minutes (since this page opened)`;
+  $("throughput-total").textContent =
+    `${total} shipped in the last 5 minutes (since this page opened)`;
 }
 
 // -- one order -------------------------------------------------------------------------------
@@ -468,9 +501,11 @@ async function refreshDetail() {
   $("detail-customer").textContent = order.customer;
   $("detail-items").textContent = items(order.items);
   $("detail-created").replaceChildren(when(order.timestamp));
-  $("detail-history").replaceChildren(...order.history.map((entry) => h("li", { "data-testid": "history-entry" },
-    when(entry.at), " ", badge(entry.status), entry.reason ? ` ${entry.reason}` : "")));
-  $("detail-shipment").textContent = order.shipment ? JSON.stringify(order.shipment, null, 2) : "none yet";
+  $("detail-history").replaceChildren(...order.history.map((entry) =>
+    h("li", { "data-testid": "history-entry" },
+      when(entry.at), " ", badge(entry.status), entry.reason ? ` ${entry.reason}` : "")));
+  $("detail-shipment").textContent = order.shipment ? JSON.stringify(order.shipment, null, 2)
+    : order.status === "shipped" ? "The shipper said nothing more." : "Not shipped.";
   $("detail-cancel").disabled = !["pending", "processing"].includes(order.status);
   $("detail-retry").disabled = order.status !== "failed";
 }
@@ -528,21 +563,25 @@ function wire() {
     event.preventDefault();
     const contains = $("reason-contains").value.trim();
     act($("bulk-retry"), $("action-result"), async () => {
-      const done = await api("POST", "/orders/retry", contains ? { reason_contains: contains } : {});
+      const which = contains ? { reason_contains: contains } : {};
+      const done = await api("POST", "/orders/retry", which);
       return `${plural(done.count, "failed order")} sent back to pending.`;
     });
   });
-  $("detail-cancel").addEventListener("click", () => onOrder("cancel", "cancelled from the dashboard"));
+  $("detail-cancel").addEventListener("click",
+    () => onOrder("cancel", "cancelled from the dashboard"));
   $("detail-retry").addEventListener("click", () => onOrder("retry", "retried from the dashboard"));
   $("filters").addEventListener("submit", (event) => {
     event.preventDefault();
     if (readFilters()) attempt(loadOrders);
   });
-  $("filters").addEventListener("reset", () => setTimeout(() => { readFilters(); attempt(loadOrders); }));
+  $("filters").addEventListener("reset", () => setTimeout(() => { // once the form is cleared
+    readFilters();
+    attempt(loadOrders);
+  }));
   $("filter-status").addEventListener("change", () => { if (readFilters()) attempt(loadOrders); });
   $("change-token").hidden = !state.token;
   $("change-token").addEventListener("click", () => askToken("").then(() => attempt(connect)));
-  $("token-dialog").addEventListener("cancel", (event) => event.preventDefault()); // nothing works without
 }
 
 wire();

@@ -214,16 +214,16 @@ OLDEST_PENDING = "SELECT min(id) FROM orders WHERE status = 'pending'"  # orders
 FAILED_REASONS = (
     "SELECT reason, count FROM failure_counts WHERE count > 0 ORDER BY count DESC, reason LIMIT $1"
 )
-# Number the events of finished transactions, oldest transaction first ($1 at most), and fold
-# their changes into the counts; one instance at a time (the caller holds SEQUENCE_LOCK).
-# Transactions that began before the oldest one still running are all finished, and any
-# transaction still to commit has a larger xid: so numbering in (xid, id) order never puts a
-# later commit's event before a number already handed out.
+# Number the events of committed transactions ($1 at most), oldest transaction first, and fold
+# their changes into the counts; one instance at a time (the caller holds SEQUENCE_LOCK). Only
+# committed events are visible here, and numbers only grow: an event that commits later is
+# numbered later, after every number handed out before, so a reader following seq misses none.
+# Within a round, (xid, id) order keeps an order's events in the order they happened.
 SEQUENCE_EVENTS = (
     "WITH todo AS (SELECT id, xid, status, previous_status, reason, previous_reason"
-    "  FROM events WHERE seq IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot())"
-    "  ORDER BY xid, id LIMIT $1 FOR UPDATE),"
-    " numbered AS (SELECT id, (SELECT coalesce(max(seq), 0) FROM events)"
+    "  FROM events WHERE seq IS NULL ORDER BY xid, id LIMIT $1 FOR UPDATE),"
+    " numbered AS (SELECT id, (SELECT greatest(max(seq), (SELECT pruned_through"
+    "   FROM event_horizon)) FROM events)"
     "   + row_number() OVER (ORDER BY xid, id) AS seq FROM todo),"
     " upd AS (UPDATE events e SET seq = n.seq FROM numbered n WHERE e.id = n.id"
     "  RETURNING e.seq),"

@@ -29,8 +29,6 @@ MAX_URL_LENGTH = 2000
 KEEP_DELIVERIES = 100  # attempts kept per subscription, the newest
 MAX_RETRY_AFTER_S = 3600.0  # a receiver's Retry-After is honoured up to this
 JITTER = 0.1  # each wait of the schedule is stretched or shrunk by up to this fraction
-#: The Standard Webhooks schedule: after the first attempt, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
-DEFAULT_RETRY_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
 
 # http(s), a host name or IPv4 address (no user info, no IPv6 literal), an optional port from
 # 1 to 65535, then an optional path and query of printable ASCII (no fragment). The pattern is

@@ -69,8 +69,7 @@ class PostgresWebhookStore(WebhookStore):
                     isinstance(exc, (OSError, TimeoutError)) or connection.is_closed()
                 ):
                     raise OutcomeUnknown(
-                        "the database connection was lost during a change:"
-                        f" {type(exc).__name__}"
+                        f"the database connection was lost during a change: {type(exc).__name__}"
                     ) from exc
                 raise
 
@@ -157,9 +156,7 @@ class PostgresWebhookStore(WebhookStore):
 
     async def release(self, claim: Claim, cursor: int) -> None:
         async with self._connection(changing=True) as db:
-            await db.execute(
-                sql.RELEASE, claim.subscription.id, claim.owner, claim.token, cursor
-            )
+            await db.execute(sql.RELEASE, claim.subscription.id, claim.owner, claim.token, cursor)
 
     async def deliveries(self, webhook_id: str) -> list[DeliveryRecord]:
         async with self._connection() as db:

@@ -12,8 +12,8 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
 
 -- The event log (a transactional outbox): every statement that changes an order appends its
--- events in the same statement. `seq`, the public order, is given once the writing transaction
--- is known to be over (see SEQUENCE_EVENTS), so readers never see a gap filled in later.
+-- events in the same statement. `seq`, the public order, is given once the event committed
+-- (see SEQUENCE_EVENTS), so readers never see a gap filled in later.
 CREATE TABLE events (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     xid             xid8        NOT NULL DEFAULT pg_current_xact_id(),

@@ -1,0 +1,131 @@
+"""The webhook routes, as `Route` entries (`WEBHOOK_ROUTES`) that `api/routes.py` appends to
+the route table: subscriptions (create, list, show, delete), their deliveries log, and replay.
+
+`api/routes.py` imports this module at its very end, once `Route` and `Param` exist; so import
+the route table (or the app), never this module first.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from orderflow.api.http import JSON, Request, Response, json_response
+from orderflow.api.routes import Param, Route
+from orderflow.api.schemas import Message
+from orderflow.webhooks.model import WEBHOOK_ID_PATTERN, WebhookNotFound, is_webhook_id
+from orderflow.webhooks.schemas import (
+    DeliveryList,
+    ReplayRequest,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookList,
+    WebhookPublic,
+    created,
+    public,
+)
+
+if TYPE_CHECKING:
+    from orderflow.api.app import OrderflowApp
+    from orderflow.webhooks.delivery import Deliverer
+
+_encode = msgspec.json.Encoder().encode
+_decode_create = msgspec.json.Decoder(WebhookCreate).decode
+_decode_replay = msgspec.json.Decoder(ReplayRequest).decode
+
+
+def _webhooks(app: OrderflowApp) -> Deliverer:
+    return app.runtime.webhooks
+
+
+def _id(request: Request) -> str:
+    """The path's webhook id; a malformed one is a webhook that does not exist (404)."""
+    webhook_id = request.params[0]
+    if not is_webhook_id(webhook_id):
+        raise WebhookNotFound(f"no webhook with id {webhook_id!r}")
+    return webhook_id
+
+
+async def create_webhook(app: OrderflowApp, request: Request) -> Response:
+    create: WebhookCreate = await request.json(_decode_create)
+    subscription = await _webhooks(app).subscribe(
+        create.url, create.types, create.secret, create.ordered
+    )
+    headers = [JSON, ("location", f"/webhooks/{subscription.id}")]
+    return Response(201, _encode(created(subscription)), headers)
+
+
+async def list_webhooks(app: OrderflowApp, request: Request) -> Response:
+    request.query_params(())
+    subscriptions = await _webhooks(app).store.list_subscriptions()
+    return json_response(200, WebhookList([public(s) for s in subscriptions], len(subscriptions)))
+
+
+async def get_webhook(app: OrderflowApp, request: Request) -> Response:
+    return json_response(200, public(await _webhooks(app).store.get(_id(request))))
+
+
+async def delete_webhook(app: OrderflowApp, request: Request) -> Response:
+    await _webhooks(app).store.delete(_id(request))
+    return json_response(200, Message("Webhook deleted"))
+
+
+async def list_deliveries(app: OrderflowApp, request: Request) -> Response:
+    request.query_params(())
+    deliveries = await _webhooks(app).store.deliveries(_id(request))
+    return json_response(200, DeliveryList(deliveries, len(deliveries)))
+
+
+async def replay_webhook(app: OrderflowApp, request: Request) -> Response:
+    webhook_id = _id(request)
+    replay = ReplayRequest()
+    if request.headers.get("content-type") is not None or request.headers.get(
+        "content-length"
+    ) not in (None, "0"):
+        replay = await request.json(_decode_replay)
+    subscription = await _webhooks(app).replay(webhook_id, replay.after_seq)
+    return json_response(200, public(subscription))
+
+
+_WEBHOOK_ID = Param(
+    "webhook_id", {"type": "string", "pattern": WEBHOOK_ID_PATTERN}, "a webhook id", "path", True
+)
+_DELIVERY = (
+    "Each event is POSTed as `{type, timestamp, data}` (`data`: the order as `GET /orders/{id}`"
+    " shows it when sent, `{id}` once deleted), signed per the Standard Webhooks specification"
+    " (`webhook-id` = `evt_` + the event's seq, the same on every attempt; `webhook-timestamp`;"
+    " `webhook-signature`). 2xx is delivered; 410 disables the subscription; anything else, a"
+    " timeout or no answer is tried again per --webhook-retry-schedule (honouring Retry-After),"
+    " then given up. Redirects are not followed. `ordered` (the default) delivers strictly in"
+    " seq order, one at a time; `ordered: false` lets later events go past a failing one."
+)
+
+WEBHOOK_ROUTES: tuple[Route, ...] = (
+    Route("POST", "/webhooks", create_webhook, "Subscribe a URL to order events", 201,
+          WebhookCreated, WebhookCreate, statuses=(422, 503), role="operate",
+          description=_DELIVERY + " Events from now on are delivered; the answer is the only"
+          " one that shows the secret.",
+          example={"url": "https://example.com/hooks/orderflow",
+                   "types": ["order.shipped", "order.failed"]}),
+    Route("GET", "/webhooks", list_webhooks, "Webhook subscriptions, the oldest first", 200,
+          WebhookList, statuses=(503,), role="operate"),
+    Route("GET", "/webhooks/{webhook_id}", get_webhook, "One webhook subscription", 200,
+          WebhookPublic, params=(_WEBHOOK_ID,), statuses=(404, 503), role="operate"),
+    Route("DELETE", "/webhooks/{webhook_id}", delete_webhook, "Delete a webhook subscription",
+          200, Message, params=(_WEBHOOK_ID,), statuses=(404, 503), role="operate"),
+    Route("GET", "/webhooks/{webhook_id}/deliveries", list_deliveries,
+          "The subscription's latest delivery attempts, the newest first", 200, DeliveryList,
+          params=(_WEBHOOK_ID,), statuses=(404, 503), role="operate",
+          description="The last 100 attempts: the event's seq and webhook-id, the attempt"
+          " number, the receiver's status code (null: no answer), the latency, the error, and"
+          " what became of it (delivered, retrying, given_up, disabled, pruned)."),
+    Route("POST", "/webhooks/{webhook_id}/replay", replay_webhook,
+          "Deliver again after a seq; clears backoff and enables the subscription again", 200,
+          WebhookPublic, ReplayRequest, params=(_WEBHOOK_ID,), statuses=(404, 410, 422, 503),
+          role="operate", body_required=False, example={"after_seq": 0},
+          description="Sets the subscription's cursor to `after_seq` (omitted: leaves it),"
+          " forgets pending retries, and enables the subscription if it was disabled. An"
+          " attempt in flight finishes first. 410 when the events after `after_seq` were"
+          " pruned from the log (--event-retention)."),
+)  # fmt: skip

@@ -1,0 +1,171 @@
+"""Sender: one signed POST of one webhook message, and what the receiver answered. One aiohttp
+client per process (pooled connections, no cookies), redirects never followed, every attempt
+bounded by a timeout; it never raises for what the network or the receiver did.
+
+    2xx                        delivered (the body is read, but changes nothing)
+    3xx                        not followed: a failure saying so
+    other statuses             a failure "HTTP <status>: <start of the body>", with Retry-After
+    timeout, connection error  a failure without a status
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import time
+from datetime import UTC, datetime
+
+import aiohttp
+import msgspec
+from standardwebhooks import Webhook
+
+from orderflow import __version__
+
+_BODY_START_BYTES = 4096
+_BODY_START_CHARS = 200
+
+
+class Answer(msgspec.Struct, frozen=True, gc=False):
+    """What became of one POST: the status (None: no answer), why it failed (None: 2xx), the
+    latency to the answer's headers (or the failure), and the receiver's Retry-After."""
+
+    status_code: int | None
+    error: str | None
+    latency_ms: float
+    retry_after_s: float | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class Sender:
+    """Args:
+    timeout_s: the most one attempt may take, connecting included.
+    client: an aiohttp session to send through (it stays the caller's); by default one of
+        its own, opened on the first call (a session needs a running loop), closed by `close`.
+    """
+
+    def __init__(self, *, timeout_s: float, client: aiohttp.ClientSession | None = None) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"the webhook timeout must be more than 0 s, not {timeout_s}")
+        self.timeout_s = timeout_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session = client
+        self._owns_session = client is None
+        self._headers = {
+            "content-type": "application/json",
+            "user-agent": f"orderflow/{__version__}",
+        }
+
+    async def send(
+        self,
+        url: str,
+        signer: Webhook,
+        webhook_id: str,
+        body: bytes,
+        at: datetime,
+        attempt: int,
+    ) -> Answer:
+        """POST `body` to `url`, signed by `signer` as message `webhook_id` sent at `at`
+        (``webhook-timestamp``); ``orderflow-attempt`` says which attempt this is."""
+        headers = {
+            **self._headers,
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(int(at.timestamp())),
+            "webhook-signature": signer.sign(webhook_id, at, body.decode()),
+            "orderflow-attempt": str(attempt),
+        }
+        session = self._session if self._session is not None else self._open_session()
+        began = time.perf_counter()
+        try:
+            # A cancellation here closes the connection: the receiver sees the call go away.
+            async with session.post(
+                url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
+            ) as response:
+                latency_ms = _ms(began)
+                status = response.status
+                retry_after = response.headers.get("retry-after")
+                try:
+                    start = await _read_start(response)
+                except (aiohttp.ClientError, TimeoutError):
+                    start = b""  # the status is the answer; a body that breaks off changes nothing
+        except TimeoutError:  # before ClientError: aiohttp's timeouts are both
+            return Answer(None, f"timeout after {self.timeout_s:g}s", _ms(began))
+        except aiohttp.ClientConnectorError as exc:
+            return Answer(None, _connect_failure(exc), _ms(began))
+        except aiohttp.ServerDisconnectedError:
+            return Answer(None, "the receiver closed the connection without answering", _ms(began))
+        except aiohttp.ClientError as exc:
+            return Answer(None, f"HTTP request failed: {exc or type(exc).__name__}", _ms(began))
+        if 200 <= status < 300:
+            return Answer(status, None, latency_ms)
+        if 300 <= status < 400:
+            return Answer(status, f"HTTP {status}: redirects are not followed", latency_ms)
+        return Answer(
+            status, f"HTTP {status}{_body_start(start)}", latency_ms, _retry_after_s(retry_after)
+        )
+
+    async def close(self) -> None:
+        """Close the connection pool, if this sender opened it."""
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        self._session = aiohttp.ClientSession(
+            # No cap of its own: the deliverer's concurrency bounds the calls in flight.
+            connector=aiohttp.TCPConnector(limit=0),
+            # Each delivery is its own message: no cookie rides along with the next.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return self._session
+
+
+def _ms(began: float) -> float:
+    return (time.perf_counter() - began) * 1000
+
+
+async def _read_start(response: aiohttp.ClientResponse) -> bytes:
+    """The body's first bytes; a longer body is left unread (the connection is then closed
+    rather than reused)."""
+    data = bytearray()
+    while len(data) < _BODY_START_BYTES and (
+        chunk := await response.content.read(_BODY_START_BYTES - len(data))
+    ):
+        data += chunk
+    return bytes(data)
+
+
+def _body_start(body: bytes) -> str:
+    """The start of `body` on one line, after a colon; nothing for an empty body."""
+    text = " ".join(body.decode("utf-8", "replace").split())
+    text = "".join(c if c.isprintable() else "?" for c in text[: _BODY_START_CHARS + 1])
+    if len(text) > _BODY_START_CHARS:
+        return f": {text[:_BODY_START_CHARS]}…"
+    return f": {text}" if text else ""
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait per a ``Retry-After`` of seconds or an HTTP date (at least 0); None when
+    absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        at = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if at.tzinfo is None:  # "-0000": UTC, per RFC 5322
+        at = at.replace(tzinfo=UTC)
+    return max((at - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _connect_failure(exc: aiohttp.ClientConnectorError) -> str:
+    where = f"{exc.host}:{exc.port}"
+    if exc.os_error.errno == errno.ECONNREFUSED:
+        return f"connection refused by {where}"
+    detail = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+    return f"cannot connect to {where}: {detail}"
