@@ -8,17 +8,22 @@ import pytest
 
 from orderflow.domain import (
     Event,
+    EventType,
+    Hold,
     Item,
     Order,
+    OrderFilter,
     OrderQuery,
     OrderStatus,
+    Outcome,
     new_order,
     new_order_id,
 )
-from orderflow.errors import IllegalTransition, OrderConflict, OrderNotFound
-from orderflow.store.base import OrderStore
+from orderflow.errors import Gone, IllegalTransition, NotHeld, OrderConflict, OrderNotFound
+from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
+LEASE_S = 15.0
 
 
 def at(seconds: float) -> datetime:
@@ -34,8 +39,23 @@ def order_at(seconds: float, entropy: int = 0, customer: str = "Ada") -> Order:
 async def add_many(store: OrderStore, count: int) -> list[Order]:
     orders = [order_at(n, entropy=n, customer=f"c{n}") for n in range(count)]
     for order in orders:
-        await store.add(order)
+        assert await store.add(order) is None
     return orders
+
+
+async def held_orders(store: OrderStore, count: int, owner: str = "a") -> dict[str, int]:
+    """`count` orders claimed and acquired by `owner`: id → token."""
+    await add_many(store, count)
+    await store.claim_pending(at(100), count)
+    return {held.order.id: held.token for held in await store.acquire(owner, count, LEASE_S)}
+
+
+async def events_of(store: OrderStore) -> list[tuple[EventType, str, OrderStatus | None]]:
+    await store.sequence_events()
+    return [(e.type, e.order_id, e.status) for e in await store.read_events(0, 10_000)]
+
+
+# -- orders ---------------------------------------------------------------------------------------
 
 
 async def test_added_order_reads_back_equal(store: OrderStore) -> None:
@@ -48,7 +68,7 @@ async def test_added_order_reads_back_equal(store: OrderStore) -> None:
 async def test_unknown_id_is_not_found(store: OrderStore) -> None:
     assert await store.find_order("order_" + "0" * 30) is None
     with pytest.raises(OrderNotFound):
-        await store.get_order("nope")
+        await store.get_order("order_" + "1" * 30)
 
 
 async def test_ids_are_never_reused(store: OrderStore) -> None:
@@ -56,6 +76,7 @@ async def test_ids_are_never_reused(store: OrderStore) -> None:
     await store.add(order)
     with pytest.raises(OrderConflict):
         await store.add(order_at(1))
+    assert len((await store.list_orders(OrderQuery())).orders) == 1
 
 
 async def test_list_is_sorted_and_bounded(store: OrderStore) -> None:
@@ -121,12 +142,12 @@ async def test_delete_only_pending(store: OrderStore) -> None:
     await store.add(pending)
     await store.add(cancelled)
     await store.transition(cancelled.id, Event.CANCEL, at(3))
-    await store.delete_pending(pending.id)
+    await store.delete_pending(pending.id, at(4))
     assert await store.find_order(pending.id) is None
-    with pytest.raises(OrderConflict):
-        await store.delete_pending(cancelled.id)
+    with pytest.raises(IllegalTransition):
+        await store.delete_pending(cancelled.id, at(5))
     with pytest.raises(OrderNotFound):
-        await store.delete_pending(pending.id)
+        await store.delete_pending(pending.id, at(5))
     assert (await store.list_orders(OrderQuery())).orders == [await store.get_order(cancelled.id)]
 
 
@@ -160,87 +181,86 @@ async def test_claim_moves_the_oldest_pending_first(store: OrderStore) -> None:
     assert await store.claim_pending(at(52), 10, created_before=at(4)) == 0
 
 
-async def test_acquire_hands_each_ready_order_to_one_owner(store: OrderStore) -> None:
+# -- holds ----------------------------------------------------------------------------------------
+
+
+async def test_acquire_hands_each_ready_order_to_one_owner_under_a_new_token(
+    store: OrderStore,
+) -> None:
     orders = await add_many(store, 4)
     await store.claim_pending(at(10), 10)
-    first = await store.acquire("a", 3)
-    second = await store.acquire("b", 3)
-    assert [o.id for o in first] == [o.id for o in orders[:3]]
-    assert [o.id for o in second] == [orders[3].id]
-    assert await store.acquire("c", 3) == []
-    assert all(o.status is OrderStatus.PROCESSING for o in first + second)
+    first = await store.acquire("a", 3, LEASE_S)
+    second = await store.acquire("b", 3, LEASE_S)
+    assert [h.order.id for h in first] == [o.id for o in orders[:3]]
+    assert [h.order.id for h in second] == [orders[3].id]
+    assert await store.acquire("c", 3, LEASE_S) == []
+    assert all(h.order.status is OrderStatus.PROCESSING for h in first + second)
+    assert all(h.token > 0 for h in first + second)  # a token grows per order, per acquisition
 
 
-async def test_completion_is_owner_checked(store: OrderStore) -> None:
-    order = order_at(1)
-    await store.add(order)
-    await store.claim_pending(at(2), 1)
-    [held] = await store.acquire("a", 1)
-    with pytest.raises(OrderConflict):
-        await store.transition(held.id, Event.SHIP, at(3), owner="b")
-    retried = await store.transition(held.id, Event.RETRY, at(3), "try again", owner="a")
-    assert retried.status is OrderStatus.PROCESSING
-    shipped = await store.transition(held.id, Event.SHIP, at(4), owner="a")
+async def test_outcomes_are_checked_against_owner_and_token(store: OrderStore) -> None:
+    holds = await held_orders(store, 1)
+    [(order_id, token)] = holds.items()
+    with pytest.raises(NotHeld):
+        await store.transition(order_id, Event.SHIP, at(3), hold=Hold("b", token))
+    with pytest.raises(NotHeld):
+        await store.transition(order_id, Event.SHIP, at(3), hold=Hold("a", token + 1))
+    again = await store.transition(order_id, Event.REATTEMPT, at(3), "again", hold=Hold("a", token))
+    assert again.status is OrderStatus.PROCESSING  # a reattempt keeps the hold
+    shipped = await store.transition(order_id, Event.SHIP, at(4), hold=Hold("a", token))
     assert shipped.status is OrderStatus.SHIPPED
     with pytest.raises(IllegalTransition):
-        await store.transition(held.id, Event.SHIP, at(5), owner="a")
+        await store.transition(order_id, Event.SHIP, at(5), hold=Hold("a", token))
+
+
+async def test_a_stale_token_is_refused_even_for_the_same_owner(store: OrderStore) -> None:
+    """A hold that was handed back and acquired again by the same owner has a new token: a
+    worker still holding the old one cannot write the order's outcome."""
+    holds = await held_orders(store, 1)
+    [(order_id, old)] = holds.items()
+    await store.transition(order_id, Event.HANDBACK, at(5), "let go", hold=Hold("a", old))
+    [again] = await store.acquire("a", 1, LEASE_S)
+    assert again.token > old
+    [refused] = await store.write_outcomes("a", [Outcome(order_id, old, Event.SHIP, at(6))])
+    assert refused is None
+    [written] = await store.write_outcomes("a", [Outcome(order_id, again.token, Event.SHIP, at(6))])
+    assert written is not None
+    assert written.status is OrderStatus.SHIPPED
 
 
 async def test_a_cancel_beats_a_late_finisher(store: OrderStore) -> None:
-    order = order_at(1)
-    await store.add(order)
-    await store.claim_pending(at(2), 1)
-    await store.acquire("a", 1)
-    await store.transition(order.id, Event.CANCEL, at(3))
+    holds = await held_orders(store, 1)
+    [(order_id, token)] = holds.items()
+    await store.transition(order_id, Event.CANCEL, at(3))
     with pytest.raises(IllegalTransition):
-        await store.transition(order.id, Event.SHIP, at(4), owner="a")
-    assert (await store.get_order(order.id)).status is OrderStatus.CANCELLED
+        await store.transition(order_id, Event.SHIP, at(4), hold=Hold("a", token))
+    assert (await store.get_order(order_id)).status is OrderStatus.CANCELLED
 
 
 async def test_released_order_can_be_claimed_and_acquired_again(store: OrderStore) -> None:
-    order = order_at(1)
-    await store.add(order)
-    await store.claim_pending(at(2), 1)
-    await store.acquire("a", 1)
-    back = await store.transition(order.id, Event.RELEASE, at(3), "shutdown", owner="a")
+    holds = await held_orders(store, 1)
+    [(order_id, token)] = holds.items()
+    back = await store.transition(order_id, Event.RELEASE, at(3), "shutdown", hold=Hold("a", token))
     assert back.status is OrderStatus.PENDING
-    assert await store.acquire("b", 1) == []
+    assert await store.acquire("b", 1, LEASE_S) == []
     assert await store.claim_pending(at(4), 1) == 1
-    [again] = await store.acquire("b", 1)
-    assert again.id == order.id
-    assert await store.acquire("c", 1) == []
+    [again] = await store.acquire("b", 1, LEASE_S)
+    assert again.order.id == order_id
+    assert await store.acquire("c", 1, LEASE_S) == []
 
 
-async def test_count_by_status(store: OrderStore) -> None:
-    orders = await add_many(store, 5)
-    await store.transition(orders[0].id, Event.CANCEL, at(9))
-    await store.claim_pending(at(9), 2)
-    counts = await store.count_by_status()
-    assert counts.get(OrderStatus.PENDING) == 2
-    assert counts.get(OrderStatus.PROCESSING) == 2
-    assert counts.get(OrderStatus.CANCELLED) == 1
-    assert not counts.get(OrderStatus.SHIPPED)
-
-
-async def test_sharing_hooks_are_safe_to_call(store: OrderStore) -> None:
-    await store.subscribe(lambda: None, lambda order_id: None)
-    await store.heartbeat("a", 15.0)
-    assert await store.rescue_orphans(at(1)) == 0
-    await store.retire("a", at(2))
-
-
-async def test_transition_many_writes_what_the_owner_still_holds(store: OrderStore) -> None:
+async def test_write_outcomes_writes_what_the_owner_still_holds(store: OrderStore) -> None:
     orders = await add_many(store, 4)
     await store.claim_pending(at(10), 4)
-    await store.acquire("a", 3)  # orders[3] stays ready, held by nobody
+    tokens = {h.order.id: h.token for h in await store.acquire("a", 3, LEASE_S)}
     await store.transition(orders[1].id, Event.CANCEL, at(11))
-    results = await store.transition_many(
+    results = await store.write_outcomes(
         "a",
         [
-            (orders[0].id, Event.SHIP, at(12), None),
-            (orders[1].id, Event.SHIP, at(12), None),
-            (orders[2].id, Event.RETRY, at(12), "again"),
-            (orders[3].id, Event.FAIL, at(12), "x"),
+            Outcome(orders[0].id, tokens[orders[0].id], Event.SHIP, at(12), None, {"t": "X1"}),
+            Outcome(orders[1].id, tokens[orders[1].id], Event.SHIP, at(12)),
+            Outcome(orders[2].id, tokens[orders[2].id], Event.REATTEMPT, at(12), "again"),
+            Outcome(orders[3].id, 999_999, Event.FAIL, at(12), "x"),  # ready: nobody's
         ],
     )
     assert [None if r is None else r.status for r in results] == [
@@ -249,8 +269,222 @@ async def test_transition_many_writes_what_the_owner_still_holds(store: OrderSto
         OrderStatus.PROCESSING,
         None,
     ]
+    shipped = await store.get_order(orders[0].id)
+    assert shipped.shipment == {"t": "X1"}
     assert (await store.get_order(orders[1].id)).status is OrderStatus.CANCELLED
-    shipped = await store.transition(orders[2].id, Event.SHIP, at(13), owner="a")
-    assert shipped.history[-2].reason == "again"
-    handed = await store.transition_many("a", [])
-    assert handed == []
+    hold = Hold("a", tokens[orders[2].id])
+    final = await store.transition(orders[2].id, Event.SHIP, at(13), hold=hold)
+    assert final.history[-2].reason == "again"
+    assert await store.write_outcomes("a", []) == []
+
+
+async def test_renew_reports_what_was_lost_and_hands_back_what_the_owner_forgot(
+    store: OrderStore,
+) -> None:
+    holds = await held_orders(store, 3)
+    kept, cancelled, forgotten = sorted(holds)
+    await store.transition(cancelled, Event.CANCEL, at(200))
+    known = {kept: holds[kept], cancelled: holds[cancelled]}
+    lost = await store.renew("a", known, LEASE_S, at(201))
+    assert lost == {cancelled}
+    # The forgotten order (an acquire whose answer never arrived) is ready again, for anyone.
+    [again] = await store.acquire("b", 5, LEASE_S)
+    assert again.order.id == forgotten
+    assert again.order.history[-1].reason is not None
+    assert "handed back" in again.order.history[-1].reason
+    # What is held under the token known is kept.
+    done = await store.transition(kept, Event.SHIP, at(202), hold=Hold("a", holds[kept]))
+    assert done.status is OrderStatus.SHIPPED
+    assert await store.renew("a", {kept: holds[kept]}, LEASE_S, at(203)) == {kept}
+
+
+async def test_retire_hands_back_everything_the_owner_holds(store: OrderStore) -> None:
+    holds = await held_orders(store, 2)
+    assert await store.retire("a", at(300)) == 2
+    again = await store.acquire("b", 5, LEASE_S)
+    assert sorted(h.order.id for h in again) == sorted(holds)
+    assert await store.retire("a", at(301)) == 0
+
+
+async def test_sharing_hooks_are_safe_to_call(store: OrderStore) -> None:
+    await store.subscribe(lambda: None, lambda order_id: None)
+    assert await store.renew("a", {}, LEASE_S, at(1)) == set()
+    assert await store.rescue_expired(at(1)) == 0
+    assert await store.retire("a", at(2)) == 0
+    await store.ping()
+
+
+# -- operators ------------------------------------------------------------------------------------
+
+
+async def test_counts_and_failure_reasons_follow_every_move(store: OrderStore) -> None:
+    orders = await add_many(store, 6)
+    await store.transition(orders[0].id, Event.CANCEL, at(9))
+    await store.delete_pending(orders[5].id, at(9))
+    await store.claim_pending(at(9), 4)
+    tokens = {h.order.id: h.token for h in await store.acquire("a", 4, LEASE_S)}
+    outcomes = [
+        Outcome(orders[1].id, tokens[orders[1].id], Event.FAIL, at(10), "timeout"),
+        Outcome(orders[2].id, tokens[orders[2].id], Event.FAIL, at(10), "timeout"),
+        Outcome(orders[3].id, tokens[orders[3].id], Event.FAIL, at(10), "HTTP 500"),
+    ]
+    await store.write_outcomes("a", outcomes)
+    await store.transition(orders[2].id, Event.RETRY, at(11), "operator")
+    stats = await store.stats()
+    assert stats.by_status == {
+        OrderStatus.PENDING: 1,
+        OrderStatus.PROCESSING: 1,
+        OrderStatus.SHIPPED: 0,
+        OrderStatus.CANCELLED: 1,
+        OrderStatus.FAILED: 2,
+    }
+    assert stats.failed_reasons == [ReasonCount("HTTP 500", 1), ReasonCount("timeout", 1)]
+    assert await store.count_by_status() == stats.by_status
+
+
+async def test_bulk_retry_takes_failed_orders_by_reason_and_time(store: OrderStore) -> None:
+    orders = await add_many(store, 6)
+    await store.claim_pending(at(20), 6)
+    tokens = {h.order.id: h.token for h in await store.acquire("a", 6, LEASE_S)}
+    reasons = ["timeout", "HTTP 503", "Timeout reached", "timeout", "refused", "timeout"]
+    await store.write_outcomes(
+        "a",
+        [
+            Outcome(o.id, tokens[o.id], Event.FAIL, at(21), reason)
+            for o, reason in zip(orders, reasons, strict=True)
+        ],
+    )
+    where = OrderFilter(start=at(1), end=at(5), reason_contains="TIMEOUT")
+    moved, after = await store.transition_matching(
+        Event.RETRY, OrderStatus.FAILED, where, at(22), "retry", limit=1
+    )
+    assert moved == [orders[2].id]
+    assert after is not None
+    rest, after = await store.transition_matching(
+        Event.RETRY, OrderStatus.FAILED, where, at(22), "retry", limit=10, after=after
+    )
+    assert rest == [orders[3].id]
+    assert after is None
+    statuses = [(await store.get_order(o.id)).status for o in orders]
+    assert statuses == [OrderStatus.FAILED] * 2 + [OrderStatus.PENDING] * 2 + [
+        OrderStatus.FAILED
+    ] * 2
+    assert (await store.get_order(orders[2].id)).history[-1].reason == "retry"
+
+
+async def test_bulk_cancel_ends_holds(store: OrderStore) -> None:
+    holds = await held_orders(store, 3)
+    pending = order_at(50, entropy=99)
+    await store.add(pending)
+    everything = OrderFilter()
+    moved, _ = await store.transition_matching(
+        Event.CANCEL, OrderStatus.PROCESSING, everything, at(400), "bulk", limit=100
+    )
+    assert sorted(moved) == sorted(holds)
+    moved, after = await store.transition_matching(
+        Event.CANCEL, OrderStatus.PENDING, everything, at(400), "bulk", limit=100
+    )
+    assert moved == [pending.id]
+    assert after is None
+    for order_id, token in holds.items():
+        with pytest.raises(IllegalTransition):
+            await store.transition(order_id, Event.SHIP, at(401), hold=Hold("a", token))
+    assert await store.renew("a", holds, LEASE_S, at(402)) == set(holds)
+
+
+# -- idempotency keys -----------------------------------------------------------------------------
+
+
+async def test_an_idempotency_key_is_kept_with_its_order_once(store: OrderStore) -> None:
+    first, second = order_at(1), order_at(2)
+    record = IdempotencyRecord("key-1", "fp", first.id, at(1))
+    assert await store.add(first, record) is None
+    existing = await store.add(second, IdempotencyRecord("key-1", "other", second.id, at(2)))
+    assert existing == record
+    assert await store.find_order(second.id) is None  # nothing stored for the second try
+    assert await store.find_idempotency("key-1") == record
+    assert await store.find_idempotency("key-2") is None
+    assert await store.prune_idempotency(at(1)) == 0
+    assert await store.prune_idempotency(at(2)) == 1
+    assert await store.find_idempotency("key-1") is None
+    assert await store.add(second, IdempotencyRecord("key-1", "other", second.id, at(2))) is None
+
+
+# -- the event log --------------------------------------------------------------------------------
+
+
+async def test_every_change_appends_its_event_in_order(store: OrderStore) -> None:
+    orders = await add_many(store, 3)
+    await store.transition(orders[0].id, Event.CANCEL, at(10), "no")
+    await store.delete_pending(orders[1].id, at(11))
+    await store.claim_pending(at(12), 5)
+    [held] = await store.acquire("a", 1, LEASE_S)
+    await store.write_outcomes(
+        "a", [Outcome(held.order.id, held.token, Event.SHIP, at(13), None, {"t": 1})]
+    )
+    a, b, c = (o.id for o in orders)
+    assert await events_of(store) == [
+        (EventType.SUBMITTED, a, OrderStatus.PENDING),
+        (EventType.SUBMITTED, b, OrderStatus.PENDING),
+        (EventType.SUBMITTED, c, OrderStatus.PENDING),
+        (EventType.CANCELLED, a, OrderStatus.CANCELLED),
+        (EventType.DELETED, b, None),
+        (EventType.PROCESSING, c, OrderStatus.PROCESSING),
+        (EventType.SHIPPED, c, OrderStatus.SHIPPED),
+    ]
+    events = await store.read_events(0, 100)
+    assert [e.seq for e in events] == list(range(events[0].seq, events[0].seq + 7))
+    assert events[3].reason == "no"
+    assert events[6].data == {"t": 1}
+    assert await store.last_event_seq() == events[-1].seq
+
+
+async def test_a_refused_change_appends_no_event(store: OrderStore) -> None:
+    holds = await held_orders(store, 1)
+    [(order_id, token)] = holds.items()
+    before = await events_of(store)
+    with pytest.raises(NotHeld):
+        await store.transition(order_id, Event.SHIP, at(3), hold=Hold("b", token))
+    with pytest.raises(IllegalTransition):
+        await store.transition(order_id, Event.RETRY, at(3))
+    with pytest.raises(OrderConflict):
+        await store.add((await store.get_order(order_id)))
+    assert await store.write_outcomes("a", [Outcome(order_id, token + 7, Event.SHIP, at(4))]) == [
+        None
+    ]
+    assert await events_of(store) == before
+
+
+async def test_events_resume_after_any_seq_and_pruned_ones_are_gone(store: OrderStore) -> None:
+    await add_many(store, 10)
+    await store.sequence_events()
+    everything = await store.read_events(0, 100)
+    assert len(everything) == 10
+    first = everything[0].seq
+    for n in range(10):
+        resumed = await store.read_events(first - 1 + n, 3)
+        assert [e.seq for e in resumed] == [first + n + k for k in range(min(3, 10 - n))]
+    assert await store.prune_events(at(-1), keep=100) == 0  # nothing that old, nor that many
+    assert await store.prune_events(at(-1), keep=6) == 4  # beyond the newest 6
+    remaining = await store.read_events(first + 3, 100)
+    assert [e.seq for e in remaining] == [first + 4 + k for k in range(6)]
+    with pytest.raises(Gone):
+        await store.read_events(first - 1, 100)
+    assert await store.prune_events(at(7), keep=100) == 3  # dated before at(7): at(4) to at(6)
+    assert [e.seq for e in await store.read_events(first + 6, 100)] == [first + 7, first + 8, first + 9]
+    assert await store.last_event_seq() == first + 9
+
+
+async def test_seqs_go_on_after_every_event_was_pruned(store: OrderStore) -> None:
+    await add_many(store, 3)
+    await store.sequence_events()
+    last = await store.last_event_seq()
+    assert await store.prune_events(at(1000), keep=0) == 3
+    order = order_at(50, entropy=9)
+    await store.add(order)
+    await store.sequence_events()
+    [event] = await store.read_events(last, 10)
+    assert event.seq == last + 1
+    assert event.order_id == order.id
+    with pytest.raises(Gone):
+        await store.read_events(last - 1, 10)
