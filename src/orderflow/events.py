@@ -56,15 +56,15 @@ class Subscription:
         self.hub = hub
         self.position = position  # events up to here are the catch-up's, after it the queue's
         self.wanted = wanted
-        self.queue: asyncio.Queue[OrderEvent | bytes | None] = asyncio.Queue(limit)
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(limit)  # SSE messages
         self.overflowed = False
         self.quiet = True  # nothing sent since the last keep-alive round
 
-    def offer(self, event: OrderEvent) -> None:
+    def offer(self, event: OrderEvent, message: bytes) -> None:
         if self.overflowed or not self.wanted(event):
             return
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait(message)
             self.quiet = False
         except asyncio.QueueFull:
             self.overflowed = True
@@ -168,10 +168,15 @@ class EventHub:
 
     async def _pump(self) -> None:
         while True:
+            if not self._subscriptions:  # nobody reads: skip ahead, read nothing
+                self.position = await self._store.last_event_seq()
+                return
             events = await self._store.read_events(self.position, _BATCH)
+            subscriptions = list(self._subscriptions)
             for event in events:
-                for subscription in list(self._subscriptions):
-                    subscription.offer(event)
+                message = sse(event)  # encoded once, however many readers take it
+                for subscription in subscriptions:
+                    subscription.offer(event, message)
             if events:
                 self.position = events[-1].seq
             if len(events) < _BATCH:
@@ -192,14 +197,14 @@ class EventHub:
                 async for event in self._catch_up(after, subscription.position, wanted):
                     yield sse(event)
             queue = subscription.queue
-            while (item := await queue.get()) is not None:
-                chunk = [item if isinstance(item, bytes) else sse(item)]
+            while (message := await queue.get()) is not None:
+                chunk = [message]
                 while not queue.empty() and len(chunk) < 256:
-                    item = queue.get_nowait()
-                    if item is None:
+                    message = queue.get_nowait()
+                    if message is None:
                         yield b"".join(chunk)
                         return
-                    chunk.append(item if isinstance(item, bytes) else sse(item))
+                    chunk.append(message)
                 yield b"".join(chunk)
         finally:
             subscription.close()

@@ -139,6 +139,10 @@ class _Row:
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
+def _age(subscription: Subscription) -> tuple[datetime, str]:
+    return subscription.created_at, subscription.id
+
+
 class InMemoryWebhookStore(WebhookStore):
     """Subscriptions in a dict behind one lock (never held across an await); they last as long
     as the process. `clock` times leases and retries."""
@@ -146,7 +150,7 @@ class InMemoryWebhookStore(WebhookStore):
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
         self._lock = threading.Lock()
-        self._rows: dict[str, _Row] = {}  # in the order added: the oldest first
+        self._rows: dict[str, _Row] = {}
 
     async def add(self, subscription: Subscription) -> None:
         with self._lock:
@@ -154,19 +158,24 @@ class InMemoryWebhookStore(WebhookStore):
 
     async def ensure(self, subscription: Subscription) -> tuple[Subscription, bool]:
         with self._lock:
-            for row in self._rows.values():
-                if row.subscription.url == subscription.url:
-                    return row.subscription, False
+            same = [
+                r.subscription
+                for r in self._rows.values()
+                if r.subscription.url == subscription.url
+            ]
+            if same:
+                return min(same, key=_age), False
             self._rows[subscription.id] = _Row(subscription)
         return subscription, True
 
     async def find(self, webhook_id: str) -> Subscription | None:
-        row = self._rows.get(webhook_id)
-        return None if row is None else row.subscription
+        with self._lock:
+            row = self._rows.get(webhook_id)
+            return None if row is None else row.subscription
 
     async def list_subscriptions(self) -> list[Subscription]:
         with self._lock:
-            return [row.subscription for row in self._rows.values()]
+            return sorted((row.subscription for row in self._rows.values()), key=_age)
 
     async def delete(self, webhook_id: str) -> None:
         with self._lock:
