@@ -169,8 +169,10 @@ class EventHub:
     async def _pump(self) -> None:
         while True:
             if not self._subscriptions:  # nobody reads: skip ahead, read nothing
-                self.position = await self._store.last_event_seq()
-                return
+                last = await self._store.last_event_seq()
+                if not self._subscriptions:  # (a reader that came meanwhile starts before)
+                    self.position = last
+                    return
             events = await self._store.read_events(self.position, _BATCH)
             subscriptions = list(self._subscriptions)
             for event in events:
