@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -128,11 +128,13 @@ EVENT_TYPE = {
 # Names (customers, items): at most MAX_NAME_LENGTH characters as sent, no control character
 # (nor a lone surrogate, which no database can store), and at least one character that shows;
 # stored trimmed. NAME_PATTERN is that rule for the OpenAPI document; `clean_name` applies it.
-_CONTROL = r"\x00-\x1f\x7f-\x9f\ud800-\udfff"
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
 _INVISIBLE = r"\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff"  # spaces, zero-width marks
 NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_INVISIBLE}][^{_CONTROL}]*$"
 _SHOWS = re.compile(NAME_PATTERN)
-_HAS_CONTROL = re.compile(f"[{_CONTROL}]")
+# Lone surrogates are refused too: a JSON text can carry one, no database can store it (and no
+# JSON Schema pattern can name them: ECMA-262 refuses the range, so the document leaves it out).
+_HAS_CONTROL = re.compile(f"[{_CONTROL}\ud800-\udfff]")
 
 
 def clean_name(value: str, what: str) -> str:
@@ -152,6 +154,10 @@ def clean_name(value: str, what: str) -> str:
     return trimmed
 
 
+# A time as the API writes it: RFC 3339, in UTC, with microseconds (JSON Schema: date-time).
+Timestamp = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+
+
 class Item(msgspec.Struct, frozen=True, gc=False):
     """An item as stored; `api.schemas.ItemCreate` is what a client may send."""
 
@@ -161,7 +167,7 @@ class Item(msgspec.Struct, frozen=True, gc=False):
 
 class HistoryEntry(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     status: OrderStatus
-    at: datetime
+    at: Timestamp
     reason: str | None = None
 
 
@@ -172,9 +178,9 @@ class Order(msgspec.Struct, frozen=True, gc=False):
     id: str
     customer: str
     items: tuple[Item, ...]
-    timestamp: datetime
+    timestamp: Timestamp
     status: OrderStatus
-    updated_at: datetime
+    updated_at: Timestamp
     history: tuple[HistoryEntry, ...]
     shipment: dict[str, Any] | None = None
 
@@ -332,6 +338,6 @@ class OrderEvent(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     type: EventType
     order_id: str
     status: OrderStatus | None
-    at: datetime
+    at: Timestamp
     reason: str | None = None
     data: dict[str, Any] | None = None

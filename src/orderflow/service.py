@@ -31,7 +31,6 @@ from orderflow.domain import (
 from orderflow.errors import (
     IdempotencyInFlight,
     IdempotencyMismatch,
-    InvalidOrder,
     OrderflowError,
     OrderNotFound,
     OutcomeUnknown,
@@ -129,9 +128,9 @@ class OrderService:
         return order
 
     async def list_orders(self, query: OrderQuery) -> Page:
-        """A page of orders; raises InvalidOrder for a reversed range."""
+        """A page of orders (a reversed range [from, to) holds none)."""
         if query.start is not None and query.end is not None and query.start > query.end:
-            raise InvalidOrder("'from' must not be after 'to'")
+            return Page([], None)
         return await self.store.list_orders(query)
 
     async def delete_order(self, order_id: str) -> None:
@@ -181,6 +180,8 @@ class OrderService:
         if self.stopping:
             raise ShuttingDown()
         total = 0
+        if where.start is not None and where.end is not None and where.start >= where.end:
+            return 0  # an empty range
         for source in sources_of(event):
             after: str | None = None
             while True:

@@ -34,7 +34,7 @@ from orderflow.api.http import (
 )
 from orderflow.api.openapi import openapi_document
 from orderflow.api.routes import ROUTES, Route
-from orderflow.errors import OrderflowError
+from orderflow.errors import OrderflowError, ShuttingDown
 from orderflow.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class OrderflowApp:
             if self._auth is not None and route.role is not None:
                 request.role = self._auth.check(request.headers.get("authorization"), route.role)
             if route.needs_service and not self.runtime.started:
-                raise HTTPProblem("shutting-down", "the service is not running")
+                raise ShuttingDown("the service is not running")
             response = await route.handler(self, request)
         except HTTPProblem as exc:
             response = problem_response(exc)
@@ -349,7 +349,10 @@ class OrderflowApp:
         await send(
             {"type": "http.response.start", "status": response.status, "headers": raw_headers}
         )
-        if response.stream is not None:
+        if response.stream is not None and request.method == "HEAD":
+            await _discard(response)
+            await send({"type": "http.response.body", "body": b""})
+        elif response.stream is not None:
 
             async def send_chunk(chunk: bytes) -> None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -98,6 +98,8 @@ def _operation(route: Route, *, auth: bool, head: bool = False) -> dict[str, Any
             }
         else:
             ok["content"] = {route.media: {"schema": {}}}
+        for media in route.also_media:  # a stream: its events are strings of lines
+            ok["content"][media] = {"schema": {"type": "string"}}
     if route.ok == 201:
         ok["headers"] = {
             "Location": {"schema": {"type": "string"}, "description": "the new order"},
@@ -107,8 +109,11 @@ def _operation(route: Route, *, auth: bool, head: bool = False) -> dict[str, Any
     responses = {str(route.ok): ok}
     for status in sorted(statuses):
         responses[str(status)] = _problem(status)
-        if head:
-            responses[str(status)] = {"description": _WHY.get(status, "Problem")}
+        if head:  # no body, the same headers
+            responses[str(status)] = {
+                "description": _WHY.get(status, "Problem"),
+                **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
+            }
     operation["responses"] = responses
     return operation
 

@@ -7,7 +7,6 @@ document allows is what the service accepts.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -22,6 +21,7 @@ from orderflow.domain import (
     Order,
     OrderEvent,
     OrderStatus,
+    Timestamp,
     clean_name,
 )
 
@@ -102,8 +102,8 @@ class BulkRequest(
 ):
     """Which orders a bulk action takes; each condition optional (`{}` means all)."""
 
-    start: datetime | None = None
-    end: datetime | None = None
+    start: Timestamp | None = None
+    end: Timestamp | None = None
     reason_contains: (
         Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REASON_LENGTH)] | None
     ) = None
