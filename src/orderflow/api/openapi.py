@@ -92,14 +92,11 @@ def _operation(route: Route, *, auth: bool, head: bool = False) -> dict[str, Any
         statuses |= {401, 403}
     ok: dict[str, Any] = {"description": route.summary}
     if not head:
-        if route.answer is not None:
-            ok["content"] = {
-                route.media: {"schema": {"$ref": _REF.format(name=_name(route.answer))}}
-            }
-        else:
-            ok["content"] = {route.media: {"schema": {}}}
-        for media in route.also_media:  # a stream: its events are strings of lines
-            ok["content"][media] = {"schema": {"type": "string"}}
+        schema = {} if route.answer is None else {"$ref": _REF.format(name=_name(route.answer))}
+        content: dict[str, Any] = {route.media: {"schema": schema}}
+        for other in route.also_media:  # a stream: its events are strings of lines
+            content[other] = {"schema": {"type": "string"}}
+        ok["content"] = content
     if route.ok == 201:
         ok["headers"] = {
             "Location": {"schema": {"type": "string"}, "description": "the new order"},
