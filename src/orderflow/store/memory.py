@@ -18,12 +18,11 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from itertools import islice
 from typing import Any
 
-import msgspec
 from sortedcontainers import SortedList
 
 from orderflow.domain import (
@@ -33,9 +32,7 @@ from orderflow.domain import (
     Held,
     HistoryEntry,
     Hold,
-    Item,
     Order,
-    OrderEvent,
     OrderFilter,
     OrderQuery,
     OrderStatus,
@@ -46,35 +43,23 @@ from orderflow.domain import (
     order_id_floor,
     order_id_time,
 )
-from orderflow.errors import Gone, IllegalTransition, NotHeld, OrderConflict, OrderNotFound
+from orderflow.errors import IllegalTransition, NotHeld, OrderConflict, OrderNotFound
 from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount, Stats
-from orderflow.store.memory_events import EventLog
+from orderflow.store.memory_events import EventLog, EventLogMixin
+from orderflow.store.memory_state import (
+    MemoryStateMixin,
+    _decode_head,
+    _encode_head,
+    _Row,
+)
 
 _INDEXED = (OrderStatus.PENDING, OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED)
 # Processing has no index: it is short-lived and entered in bulk, and a trigger of a million
 # orders would pay an index insert for each. A page of it walks at most this many orders.
 _MAX_WALK = 10_000
 
-_encode_head = msgspec.msgpack.Encoder().encode
-_decode_head = msgspec.msgpack.Decoder(tuple[str, tuple[Item, ...]]).decode
 
-
-class _Row(msgspec.Struct, frozen=True, gc=False):
-    head: bytes  # msgpack of (customer, items)
-    status: OrderStatus
-    history: tuple[HistoryEntry, ...]  # history[0].at is the order's timestamp
-
-
-class MemoryState(msgspec.Struct, frozen=True):
-    """Everything the store keeps, as a snapshot writes it and loads it back."""
-
-    orders: list[Order]
-    idempotency: list[IdempotencyRecord]
-    events: list[OrderEvent]
-    last_event_seq: int
-
-
-class InMemoryOrderStore(OrderStore):
+class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
     """Args:
     event_retention: how many events the log keeps (the oldest go first); see `prune_events`
         for the age limit.
@@ -398,79 +383,3 @@ class InMemoryOrderStore(OrderStore):
             for key in old:
                 del self._keys[key]
         return len(old)
-
-    # -- the event log -----------------------------------------------------------------------
-
-    async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
-        if after < self.events.first_seq - 1:
-            raise Gone(
-                f"events after {after} were pruned; the oldest kept is {self.events.first_seq}"
-            )
-        return list(self.events.read(after, limit))
-
-    async def last_event_seq(self) -> int:
-        return self.events.last_seq
-
-    def watch_events(self, on_events: Callable[[], None]) -> None:
-        self.events.listener = on_events
-
-    async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
-        with self._lock:
-            beyond = min(limit, max(0, self.events.last_seq - self.events.first_seq + 1 - keep))
-            if beyond:
-                self.events.drop(beyond)
-        return beyond + self.events.prune(before, limit - beyond)
-
-    # -- snapshots ---------------------------------------------------------------------------
-
-    def dump(self) -> MemoryState:
-        """Everything, for a snapshot; call when nothing is being written."""
-        with self._lock:
-            items = list(self._rows.items())
-            keys = list(self._keys.values())
-        orders = [self._to_order(order_id, row) for order_id, row in sorted(items)]
-        return MemoryState(orders, keys, list(self.events.read(0, None)), self.events.last_seq)
-
-    def load(self, state: MemoryState, on_order: Callable[[Order], Order] | None = None) -> None:
-        """Add everything in `state` (from `dump`) to this empty store; `on_order` may change
-        each order on the way in (a processing order goes back to pending, say)."""
-        with self._lock:
-            if self._rows:
-                raise OrderConflict("snapshots load into an empty store")
-            for order in state.orders:
-                if on_order is not None:
-                    order = on_order(order)
-                row = _Row(_encode_head((order.customer, order.items)), order.status, order.history)
-                self._insert(order.id, row, order.shipment)
-            self._keys.update((record.key, record) for record in state.idempotency)
-            self.events.restore(state.events, state.last_event_seq)
-
-    # -- for tests ---------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def check_invariants(self) -> Iterable[str]:
-        """Every disagreement between the map and the indexes (for tests); empty when sound."""
-        with self._lock:
-            ids = set(self._rows)
-            if set(self._by_time) != ids or len(self._by_time) != len(ids):
-                yield "time index and rows disagree"
-            for status, index in self._by_status.items():
-                expected = {i for i, row in self._rows.items() if row.status is status}
-                if set(index) != expected or len(index) != len(expected):
-                    yield f"{status} index and rows disagree"
-            processing = {
-                i for i, row in self._rows.items() if row.status is OrderStatus.PROCESSING
-            }
-            if not set(self._holds) <= processing:
-                yield "an order that is not processing is held"
-            if not processing <= set(self._holds) | set(self._ready):
-                yield "a processing order is neither held nor ready"
-            failed = Counter(
-                row.history[-1].reason or ""
-                for row in self._rows.values()
-                if row.status is OrderStatus.FAILED
-            )
-            if failed != self._failed_reasons:
-                yield "failure reasons and rows disagree"

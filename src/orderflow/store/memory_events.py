@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from orderflow.domain import EventType, OrderEvent, OrderStatus
+from orderflow.errors import Gone
 
 _COMPACT_EVERY = 4096  # dropped entries are deleted from the list in chunks, not one by one
 
@@ -127,3 +128,30 @@ class EventLog:
         excess = len(self._entries) - self._retention
         if excess > 0:
             self._drop(excess)
+
+
+class EventLogMixin:
+    """The event log's part of the store contract, mixed into InMemoryOrderStore."""
+
+    _lock: threading.Lock
+    events: EventLog
+
+    async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
+        if after < self.events.first_seq - 1:
+            raise Gone(
+                f"events after {after} were pruned; the oldest kept is {self.events.first_seq}"
+            )
+        return list(self.events.read(after, limit))
+
+    async def last_event_seq(self) -> int:
+        return self.events.last_seq
+
+    def watch_events(self, on_events: Callable[[], None]) -> None:
+        self.events.listener = on_events
+
+    async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
+        with self._lock:
+            beyond = min(limit, max(0, self.events.last_seq - self.events.first_seq + 1 - keep))
+            if beyond:
+                self.events.drop(beyond)
+        return beyond + self.events.prune(before, limit - beyond)
