@@ -23,23 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from orderflow.domain import (
     EVENT_TYPE,
     Event,
-    EventType,
     Held,
-    HistoryEntry,
     Hold,
-    Item,
     Order,
-    OrderEvent,
     OrderFilter,
     OrderQuery,
     OrderStatus,
@@ -53,92 +48,32 @@ from orderflow.domain import (
     target_of,
 )
 from orderflow.errors import (
-    Gone,
     IllegalTransition,
     NotHeld,
-    OrderConflict,
-    OrderflowError,
     OrderNotFound,
-    OutcomeUnknown,
     StoreUnavailable,
 )
-from orderflow.metrics import METRICS
 from orderflow.store import postgres_sql as sql
 from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount, Stats
 from orderflow.store.migrations import migrate
+from orderflow.store.postgres_events import PostgresEventLogMixin
+from orderflow.store.postgres_rows import (
+    CONNECTION_LOST,
+    encode,
+    entry,
+    json_or_none,
+    timestamp,
+    to_order,
+    translated,
+)
 
 log = logging.getLogger("orderflow.store.postgres")
 
-_encode = msgspec.json.Encoder().encode
-_decode_items = msgspec.json.Decoder(tuple[Item, ...]).decode
-_decode_history = msgspec.json.Decoder(tuple[HistoryEntry, ...]).decode
-_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 _MAX_WALK = 10_000  # orders a bulk action's batch looks at
+_translated = translated  # the old name, for the tests that import it
 
 
-def _entry(status: OrderStatus, at: datetime, reason: str | None = None) -> str:
-    return _encode([HistoryEntry(status, at, reason)]).decode()
-
-
-def _timestamp(at: datetime) -> str:
-    """`at` as a history entry writes it."""
-    return _encode(at)[1:-1].decode()
-
-
-def _json(value: dict[str, Any] | None) -> str | None:
-    return None if value is None else _encode(value).decode()
-
-
-def _to_order(row: Any) -> Order:
-    history = _decode_history(row["history"])
-    shipment = row["shipment"]
-    return Order(
-        row["id"],
-        row["customer"],
-        _decode_items(row["items"]),
-        row["created_at"],
-        OrderStatus(row["status"]),
-        history[-1].at,
-        history,
-        None if shipment is None else _decode_object(shipment),
-    )
-
-
-# What the driver raises when the server refused the statement: it did not run (or was
-# rolled back). A broken connection (the server's FATAL shutdown messages included: they can
-# arrive after a commit) leaves the outcome of a change unknown.
-_CONNECTION_LOST = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-    TimeoutError,
-)
-
-
-@contextlib.contextmanager
-def _translated(*, changing: bool = False) -> Iterator[None]:
-    """Driver and network errors become ours; see the module docstring."""
-    try:
-        yield
-    except OrderflowError:
-        raise
-    except asyncpg.UniqueViolationError as exc:
-        raise OrderConflict("an order with that id exists") from exc
-    except _CONNECTION_LOST as exc:
-        METRICS.store_errors["outcome_unknown" if changing else "unavailable"] += 1
-        if changing:
-            raise OutcomeUnknown(
-                f"the database connection was lost during a change: {type(exc).__name__}"
-            ) from exc
-        raise StoreUnavailable(f"the database is unavailable: {type(exc).__name__}") from exc
-    except asyncpg.PostgresError as exc:
-        METRICS.store_errors["unavailable"] += 1
-        raise StoreUnavailable(f"the database refused: {type(exc).__name__}") from exc
-
-
-class PostgresOrderStore(OrderStore):
+class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
     """Args:
     pool: an asyncpg pool; `connect` makes one.
     dsn: where to open the listening connection for `subscribe`.
@@ -183,7 +118,7 @@ class PostgresOrderStore(OrderStore):
             )
         except asyncpg.PostgresError as exc:  # the server's own words: no such database, …
             raise StoreUnavailable(f"the database refused the connection: {exc}") from exc
-        except (*_CONNECTION_LOST, ValueError) as exc:
+        except (*CONNECTION_LOST, ValueError) as exc:
             raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
         store = cls(pool, dsn, server_settings=server_settings)
         if apply_migrations:
@@ -207,10 +142,10 @@ class PostgresOrderStore(OrderStore):
         """A pooled connection. Errors while getting it mean nothing ran; errors while giving it
         back (the connection broke after the answer) are logged, never raised: the statement's
         answer stands."""
-        with _translated():
+        with translated():
             connection = await self._pool.acquire(timeout=5)
         try:
-            with _translated(changing=changing):
+            with translated(changing=changing):
                 yield connection
         finally:
             if changing:
@@ -234,12 +169,12 @@ class PostgresOrderStore(OrderStore):
                 sql.INSERT_ORDER,
                 order.id,
                 order.customer,
-                _encode(order.items).decode(),
+                encode(order.items).decode(),
                 order.timestamp,
                 order.status.value,
                 order.updated_at,
-                _encode(order.history).decode(),
-                _json(order.shipment),
+                encode(order.history).decode(),
+                json_or_none(order.shipment),
                 None if idempotency is None else idempotency.key,
                 None if idempotency is None else idempotency.fingerprint,
             )
@@ -254,13 +189,13 @@ class PostgresOrderStore(OrderStore):
     async def find_order(self, order_id: str) -> Order | None:
         async with self._connection() as db:
             row = await db.fetchrow(sql.FIND_ORDER, order_id)
-        return None if row is None else _to_order(row)
+        return None if row is None else to_order(row)
 
     async def list_orders(self, query: OrderQuery) -> Page:
         statement, args = self.list_statement(query)
         async with self._connection() as db:
             rows = await db.fetch(statement, *args)
-        orders = [_to_order(row) for row in rows[: query.limit]]
+        orders = [to_order(row) for row in rows[: query.limit]]
         return Page(orders, orders[-1].id if len(rows) > query.limit else None)
 
     @staticmethod
@@ -297,7 +232,7 @@ class PostgresOrderStore(OrderStore):
                 order_id,
                 target.value,
                 at,
-                _entry(target, at, reason),
+                entry(target, at, reason),
                 not ends_hold(event),
                 [s.value for s in sources_of(event)],
                 None if hold is None else hold.owner,
@@ -310,7 +245,7 @@ class PostgresOrderStore(OrderStore):
         if row is None:
             raise OrderNotFound(f"no order with id {order_id!r}")
         if row["id"] is not None:
-            return _to_order(row)
+            return to_order(row)
         next_status(OrderStatus(row["old_status"]), event)  # raises IllegalTransition
         assert hold is not None
         raise NotHeld(f"order {order_id} is not held by {hold.owner} under {hold.token}")
@@ -324,14 +259,14 @@ class PostgresOrderStore(OrderStore):
                 [o.token for o in outcomes],
                 [target.value for target in targets],
                 [o.at for o in outcomes],
-                [_entry(t, o.at, o.reason) for t, o in zip(targets, outcomes, strict=True)],
+                [entry(t, o.at, o.reason) for t, o in zip(targets, outcomes, strict=True)],
                 [not ends_hold(o.event) for o in outcomes],
                 [EVENT_TYPE[o.event].value for o in outcomes],
                 [o.reason for o in outcomes],
-                [_json(o.shipment) for o in outcomes],
+                [json_or_none(o.shipment) for o in outcomes],
                 owner,
             )
-        written = {row["id"]: _to_order(row) for row in rows}
+        written = {row["id"]: to_order(row) for row in rows}
         return [written.get(o.order_id) for o in outcomes]
 
     async def claim_pending(
@@ -340,14 +275,14 @@ class PostgresOrderStore(OrderStore):
         below = sql.ABOVE_ALL_IDS if created_before is None else order_id_floor(created_before)
         async with self._connection(changing=True) as db:
             claimed: int = await db.fetchval(
-                sql.CLAIM, at, limit, below, _entry(OrderStatus.PROCESSING, at)
+                sql.CLAIM, at, limit, below, entry(OrderStatus.PROCESSING, at)
             )
         return claimed
 
     async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:
         async with self._connection(changing=True) as db:
             rows = await db.fetch(sql.ACQUIRE, owner, limit, lease_s)
-        held = [Held(_to_order(row), row["attempt"]) for row in rows]
+        held = [Held(to_order(row), row["attempt"]) for row in rows]
         held.sort(key=lambda h: h.order.id)
         return held
 
@@ -357,7 +292,7 @@ class PostgresOrderStore(OrderStore):
         ids = list(holds)
         async with self._connection(changing=True) as db:
             rows = await db.fetch(
-                sql.RENEW, owner, ids, [holds[i] for i in ids], lease_s, at, _timestamp(at)
+                sql.RENEW, owner, ids, [holds[i] for i in ids], lease_s, at, timestamp(at)
             )
         renewed = {row["id"] for row in rows if row["renewed"]}
         handed_back = sum(1 for row in rows if row["renewed"] is False)
@@ -369,14 +304,14 @@ class PostgresOrderStore(OrderStore):
         async with self._connection(changing=True) as db, db.transaction():
             if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", sql.RESCUE_LOCK):
                 return 0  # another instance is rescuing right now
-            rescued: int = await db.fetchval(sql.RESCUE, at, _timestamp(at))
+            rescued: int = await db.fetchval(sql.RESCUE, at, timestamp(at))
         if rescued:
             log.warning("rescued %d orders whose holder stopped renewing its lease", rescued)
         return rescued
 
     async def retire(self, owner: str, at: datetime) -> int:
         async with self._connection(changing=True) as db:
-            retired: int = await db.fetchval(sql.RETIRE, at, _timestamp(at), owner)
+            retired: int = await db.fetchval(sql.RETIRE, at, timestamp(at), owner)
         return retired
 
     # -- operators ---------------------------------------------------------------------------
@@ -426,7 +361,7 @@ class PostgresOrderStore(OrderStore):
                 limit,
                 where.reason_contains,
                 target.value,
-                _entry(target, at, reason),
+                entry(target, at, reason),
                 _MAX_WALK,
                 at,
                 EVENT_TYPE[event].value,
@@ -436,62 +371,6 @@ class PostgresOrderStore(OrderStore):
         moved = [row["id"] for row in rows if row["id"] is not None]
         resume = next((row["walked_to"] for row in rows if row["id"] is None), None)
         return moved, resume
-
-    # -- the event log -----------------------------------------------------------------------
-
-    async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
-        async with self._connection() as db:
-            rows = await db.fetch(sql.READ_EVENTS, after, limit)
-            if not rows or rows[0]["seq"] != after + 1:  # a gap: pruned, or nothing yet
-                horizon = await db.fetchval("SELECT pruned_through FROM event_horizon")
-                if after < horizon:
-                    raise Gone(
-                        f"events after {after} were pruned; the oldest kept is {horizon + 1}"
-                    )
-        return [
-            OrderEvent(
-                row["seq"],
-                EventType(row["type"]),
-                row["order_id"],
-                None if row["status"] is None else OrderStatus(row["status"]),
-                row["at"],
-                row["reason"],
-                None if row["data"] is None else _decode_object(row["data"]),
-            )
-            for row in rows
-        ]
-
-    async def last_event_seq(self) -> int:
-        async with self._connection() as db:
-            row = await db.fetchrow(sql.EVENT_HORIZON)
-        last: int = row["last"]
-        return last
-
-    async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
-        async with self._connection(changing=True) as db:
-            pruned: int = await db.fetchval(sql.PRUNE_EVENTS, before, keep, limit)
-        return pruned
-
-    def watch_events(self, on_events: Callable[[], None]) -> None:
-        self._on_events = on_events
-
-    async def wait_for_writes(self, timeout_s: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._written.wait()
-        written = self._written.is_set()
-        self._written.clear()
-        return written
-
-    async def sequence_events(self, limit: int = 10_000) -> int:
-        async with self._connection() as db, db.transaction():
-            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", sql.SEQUENCE_LOCK):
-                return -1  # another instance is numbering right now
-            row = await db.fetchrow(sql.SEQUENCE_EVENTS, limit)
-            numbered: int = row["numbered"]
-            if numbered:
-                await db.execute("SELECT pg_notify($1, $2)", sql.EVENTS_CHANNEL, str(row["last"]))
-        return numbered
 
     # -- idempotency keys --------------------------------------------------------------------
 
@@ -530,7 +409,7 @@ class PostgresOrderStore(OrderStore):
     async def _listen(self) -> None:
         assert self._callbacks is not None
         on_ready, on_cancel = self._callbacks
-        with _translated():
+        with translated():
             listener = await asyncpg.connect(
                 self._dsn, timeout=10, server_settings=self.server_settings
             )
@@ -541,10 +420,6 @@ class PostgresOrderStore(OrderStore):
             await listener.add_listener(sql.EVENTS_CHANNEL, lambda *_: self._events_numbered())
         listener.add_termination_listener(self._on_listener_lost)
         self._listener = listener
-
-    def _events_numbered(self) -> None:
-        if self._on_events is not None:
-            self._on_events()
 
     def _on_listener_lost(self, _connection: Any) -> None:
         if not self._closing:

@@ -1,0 +1,83 @@
+"""The event log's part of PostgresOrderStore: reading, numbering and pruning the events every
+statement appends, and hearing that new ones are numbered. Mixed into PostgresOrderStore."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from orderflow.domain import EventType, OrderEvent, OrderStatus
+from orderflow.errors import Gone
+from orderflow.store import postgres_sql as sql
+from orderflow.store.postgres_rows import decode_object
+
+
+class PostgresEventLogMixin:
+    """Needs the store's `_connection`; sets up `_written` and `_on_events`."""
+
+    _written: asyncio.Event  # a change of this process left events to number
+    _on_events: Callable[[], None] | None
+
+    def _connection(self, *, changing: bool = False) -> contextlib.AbstractAsyncContextManager[Any]:
+        raise NotImplementedError
+
+    async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
+        async with self._connection() as db:
+            rows = await db.fetch(sql.READ_EVENTS, after, limit)
+            if not rows or rows[0]["seq"] != after + 1:  # a gap: pruned, or nothing yet
+                horizon = await db.fetchval("SELECT pruned_through FROM event_horizon")
+                if after < horizon:
+                    raise Gone(
+                        f"events after {after} were pruned; the oldest kept is {horizon + 1}"
+                    )
+        return [
+            OrderEvent(
+                row["seq"],
+                EventType(row["type"]),
+                row["order_id"],
+                None if row["status"] is None else OrderStatus(row["status"]),
+                row["at"],
+                row["reason"],
+                None if row["data"] is None else decode_object(row["data"]),
+            )
+            for row in rows
+        ]
+
+    async def last_event_seq(self) -> int:
+        async with self._connection() as db:
+            row = await db.fetchrow(sql.EVENT_HORIZON)
+        last: int = row["last"]
+        return last
+
+    async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
+        async with self._connection(changing=True) as db:
+            pruned: int = await db.fetchval(sql.PRUNE_EVENTS, before, keep, limit)
+        return pruned
+
+    def watch_events(self, on_events: Callable[[], None]) -> None:
+        self._on_events = on_events
+
+    async def wait_for_writes(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._written.wait()
+        written = self._written.is_set()
+        self._written.clear()
+        return written
+
+    async def sequence_events(self, limit: int = 10_000) -> int:
+        async with self._connection() as db, db.transaction():
+            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", sql.SEQUENCE_LOCK):
+                return -1  # another instance is numbering right now
+            row = await db.fetchrow(sql.SEQUENCE_EVENTS, limit)
+            numbered: int = row["numbered"]
+            if numbered:
+                await db.execute("SELECT pg_notify($1, $2)", sql.EVENTS_CHANNEL, str(row["last"]))
+        return numbered
+
+    def _events_numbered(self) -> None:
+        if self._on_events is not None:
+            self._on_events()
