@@ -29,18 +29,17 @@ import logging
 import os
 import secrets
 import socket
-import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
+from orderflow.attempts import Attempts, Dropped
 from orderflow.claimer import Claimer
 from orderflow.clock import Clock
 from orderflow.domain import Event, Order, Outcome, ends_hold
 from orderflow.errors import OrderflowError
-from orderflow.metrics import METRICS, failure_class
+from orderflow.metrics import METRICS
 from orderflow.outcomes import OutcomeWriter
-from orderflow.shipping import PermanentFailure, RetryableFailure, ShipContext, Shipper
+from orderflow.shipping import Shipper
 from orderflow.store.base import OrderStore
 from orderflow.supervise import Backoff, OutageLog, supervised
 
@@ -93,10 +92,6 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-class _Dropped(Exception):
-    """The order was cancelled or taken away while we were retrying it."""
-
-
 class Processor:
     """Ships the orders it acquires, at most `settings.concurrency` at once.
 
@@ -121,7 +116,14 @@ class Processor:
         # What an unfinished order becomes when we let go of it: pending here, or ready again
         # for the other processes sharing the store.
         self._give_back = Event.HANDBACK if store.shared else Event.RELEASE
-        self._backoff = Backoff(settings.retry_backoff_s, max_s=settings.max_backoff_s)
+        self._attempts = Attempts(
+            shipper,
+            clock,
+            timeout_s=settings.timeout_s,
+            max_attempts=settings.max_attempts,
+            backoff=Backoff(settings.retry_backoff_s, max_s=settings.max_backoff_s),
+            max_retry_after_s=settings.max_retry_after_s,
+        )
         self.claimer = Claimer(store, clock, self.wake, batch=settings.claim_batch)
         self.holdings: dict[str, int] = {}  # order id → token: what this processor holds
         self._holding = asyncio.Lock()  # an acquire and a renewal never overlap
@@ -310,8 +312,8 @@ class Processor:
         order_id = order.id
         self._inflight[order_id] = task
         try:
-            event, reason, shipment = await self._attempts(order)
-        except _Dropped:
+            event, reason, shipment = await self._attempts.ship(order, self._note_retry)
+        except Dropped:
             self._inflight.pop(order_id, None)
             return
         except asyncio.CancelledError:
@@ -331,47 +333,9 @@ class Processor:
             return
         await self._finish(order_id, event, reason, shipment)
 
-    async def _attempts(self, order: Order) -> tuple[Event, str | None, dict[str, Any] | None]:
-        """Ship `order`, retrying under the settings; (ship or fail, reason, result)."""
-        settings = self.settings
-        order_log = logging.LoggerAdapter(log, {"order_id": order.id})
-        attempt = 1
-        while True:
-            deadline = self._clock.now() + timedelta(seconds=settings.timeout_s)
-            context = ShipContext(attempt, deadline, order_log)
-            retry_after_s: float | None = None
-            began = time.perf_counter()
-            try:
-                async with asyncio.timeout(settings.timeout_s) as limit:
-                    result = await self._shipper.ship(order, context)
-                METRICS.shipment_seconds.observe(time.perf_counter() - began)
-                return Event.SHIP, None, result
-            except PermanentFailure as exc:
-                METRICS.failures["permanent"] += 1
-                return Event.FAIL, str(exc) or type(exc).__name__, None
-            except TimeoutError as exc:
-                failure = "timeout" if limit.expired() else (str(exc) or "TimeoutError")
-            except RetryableFailure as exc:
-                failure, retry_after_s = str(exc) or type(exc).__name__, exc.retry_after_s
-            except Exception as exc:
-                failure = str(exc) or type(exc).__name__
-            METRICS.shipment_seconds.observe(time.perf_counter() - began)
-            if attempt >= settings.max_attempts:
-                METRICS.failures[failure_class(failure, permanent=False)] += 1
-                return Event.FAIL, failure, None
-            METRICS.reattempts += 1
-            delay_s = self._backoff.delay_s(attempt)
-            if retry_after_s is not None:
-                delay_s = max(delay_s, min(retry_after_s, settings.max_retry_after_s))
-            note = (
-                f"attempt {attempt} of {settings.max_attempts} failed ({failure});"
-                f" retrying in {delay_s:.2f}s"
-            )
-            if await self._write(order.id, Event.REATTEMPT, note) is None:
-                raise _Dropped
-            log.debug("order_id=%s %s", order.id, note)
-            await asyncio.sleep(delay_s)
-            attempt += 1
+    async def _note_retry(self, order_id: str, note: str) -> None:
+        if await self._write(order_id, Event.REATTEMPT, note) is None:
+            raise Dropped  # cancelled or taken away while we waited to retry
 
     async def _write(
         self,

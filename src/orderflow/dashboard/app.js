@@ -333,8 +333,10 @@ async function loadOrders() {
   }
 }
 
-// Listing is oldest first. When the range holds more than a table, ask again for a shorter
-// range ending where it ends, until its orders fit: those are the newest.
+// Listing is oldest first. When the range holds more than a table, look for a start time
+// whose page holds the rest of the range and at least half a table (those are the newest).
+// Starts are searched as distances back from the range's end: by fours until one overflows
+// and a nearer one fits, then halving the gap between the two (by ratio while it is wide).
 async function newestPage() {
   const { status, from, to } = state.filters;
   const get = (start) => {
@@ -345,15 +347,28 @@ async function newestPage() {
     return api("GET", `/orders?${query}`);
   };
   let page = await get(from);
+  if (!page.next_cursor) return { page, since: null };
   const end = to ? Date.parse(to) : Date.now();
-  let span = from ? (end - Date.parse(from)) / 4 : 86_400_000;
-  let since = null;
-  while (page.next_cursor && span >= 10_000) {
-    since = end - span;
-    page = await get(micros(since));
-    span /= 4;
+  let full = from ? end - Date.parse(from) : Infinity; // a start this far back overflows
+  let fit = 0; // and one this far back fits
+  let found = null;
+  for (let step = 0; step < 24 && full - fit > 1; step += 1) {
+    if (found && found.orders.length >= MAX_ROWS / 2) break;
+    let back;
+    if (full === Infinity) back = fit ? fit * 4 : 10_000;
+    else if (fit === 0) back = Math.min(full / 4, 10_000);
+    else back = full / fit > 2 ? Math.sqrt(full * fit) : (full + fit) / 2;
+    const probe = await get(micros(end - back));
+    if (probe.next_cursor) {
+      full = back;
+      page = probe; // should nothing fit, the oldest of the narrowest range that overflows
+    } else {
+      fit = back;
+      found = probe;
+    }
   }
-  return { page, since };
+  if (found?.orders.length) return { page: found, since: end - fit };
+  return { page, since: end - full };
 }
 
 const rows = new Map(); // id → its <tr>, kept so an update does not rebuild the table

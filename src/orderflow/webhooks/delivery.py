@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -83,6 +84,7 @@ class _Round:
         self.lease_until = lease_until
         self.ends_at = ends_at
         self.signer: Webhook | None = None
+        self.progressed = False  # something written: another round may follow at once
 
 
 class Deliverer:
@@ -208,7 +210,7 @@ class Deliverer:
             head,
         )
         await self.store.add(subscription)
-        log.info("webhook %s subscribed: %s", subscription.id, url)
+        log.info("webhook %s subscribed: %s", subscription.id, _where(url))
         return subscription
 
     async def replay(self, webhook_id: str, after_seq: int | None) -> Subscription:
@@ -250,12 +252,12 @@ class Deliverer:
         )
         subscription, added = await self.store.ensure(wanted)
         if added:
-            log.info("webhook %s subscribed at start: %s", subscription.id, url)
+            log.info("webhook %s subscribed at start: %s", subscription.id, _where(url))
         elif subscription.secret != self._secret:
             log.warning(
                 "webhook %s to %s exists with another secret; it keeps its own",
                 subscription.id,
-                url,
+                _where(url),
             )
 
     def wake(self) -> None:
@@ -334,7 +336,8 @@ class Deliverer:
     # -- one round ---------------------------------------------------------------------------
 
     async def _round(self, claim: Claim, began: float) -> bool:
-        """Deliver what is due of one subscription; True unless something failed."""
+        """Deliver what is due of one subscription; True if it got anywhere (then there may be
+        more to do at once; else the next poll will do)."""
         state = _Round(claim, began + self.lease_s, time.monotonic() + _ROUND_S)
         try:
             state.signer = Webhook(claim.subscription.secret)
@@ -346,7 +349,7 @@ class Deliverer:
             return False
         else:
             self._round_log.succeeded()
-            return True
+            return state.progressed or state.cursor != claim.subscription.cursor
         finally:
             release = asyncio.create_task(self._release(state))
             self._releases.add(release)
@@ -392,7 +395,7 @@ class Deliverer:
             try:
                 events = await self._orders.read_events(state.cursor, _BATCH)
             except Gone:
-                if not await self._skip_pruned(state):
+                if not await self._skip_pruned(state, retries):
                     return
                 continue
             if not events:
@@ -407,9 +410,10 @@ class Deliverer:
                 if not await self._deliver(state, event, attempt, new=True):
                     return
 
-    async def _skip_pruned(self, state: _Round) -> bool:
-        """The cursor fell behind what the log keeps: move it to the oldest event kept, and
-        record the gap. Binary search, as the log says only whether `after` is too old."""
+    async def _skip_pruned(self, state: _Round, retries: dict[int, int]) -> bool:
+        """The cursor fell behind what the log keeps: move it to the oldest event kept, record
+        the gap, and forget the retry of a pruned event (an ordered one's). Binary search, as
+        the log says only whether `after` is too old."""
         low, high = state.cursor, await self._orders.last_event_seq()
         while high - low > 1:
             middle = (low + high) // 2
@@ -426,9 +430,12 @@ class Deliverer:
         )
         error = f"events {state.cursor + 1} to {high} were pruned before they were delivered"
         record = self._record(high, 0, Outcome.PRUNED, error)
-        if not await self._settle(state, Settlement(cursor=high, record=record)):
+        pruned = min((seq for seq in retries if seq <= high), default=None)
+        if not await self._settle(state, Settlement(cursor=high, seq=pruned, record=record)):
             return False
         state.cursor = high
+        for seq in [seq for seq in retries if seq <= high]:
+            del retries[seq]
         return True
 
     async def _deliver(self, state: _Round, event: OrderEvent, attempt: int, *, new: bool) -> bool:
@@ -495,6 +502,7 @@ class Deliverer:
         sent = time.monotonic()
         if await self.store.settle(state.claim, settlement, self.lease_s):
             state.lease_until = sent + self.lease_s
+            state.progressed |= settlement.record is not None
             return True
         log.info("webhook %s: claim lost (replayed, deleted or taken over)", state.subscription.id)
         return False
@@ -516,3 +524,9 @@ class Deliverer:
         return await self.sender.send(
             state.subscription.url, state.signer, message_id(event.seq), body, at, attempt
         )
+
+
+def _where(url: str) -> str:
+    """`url` for a log line: its scheme and host only (a query may carry a token)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/…"

@@ -84,7 +84,8 @@ async def replay_webhook(app: OrderflowApp, request: Request) -> Response:
         "content-length"
     ) not in (None, "0"):
         replay = await request.json(_decode_replay)
-    subscription = await _webhooks(app).replay(webhook_id, replay.after_seq)
+    after_seq = None if replay.after_seq is None else int(replay.after_seq)
+    subscription = await _webhooks(app).replay(webhook_id, after_seq)
     return json_response(200, public(subscription))
 
 

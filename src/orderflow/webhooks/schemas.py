@@ -62,21 +62,35 @@ class WebhookCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             msgspec.structs.force_setattr(self, "types", types)
 
 
+MAX_SEQ = 999_999_999_999_999_999
+# A whole number, as JSON Schema's "integer" means: 2 and 2.0 alike (checked in __post_init__).
+_Seq = Annotated[
+    int | float,
+    msgspec.Meta(
+        extra_json_schema={
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_SEQ,
+            "description": "deliver the events after this seq (again); beyond the newest"
+            " event: from the newest on. Omitted: from where the subscription is.",
+        }
+    ),
+]
+
+
 class ReplayRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Where to deliver again from."""
 
-    after_seq: (
-        Annotated[
-            int,
-            msgspec.Meta(
-                ge=0,
-                le=999_999_999_999_999_999,
-                description="deliver the events after this seq (again); beyond the newest"
-                " event: from the newest on. Omitted: from where the subscription is.",
-            ),
-        ]
-        | None
-    ) = None
+    after_seq: _Seq | None = None
+
+    def __post_init__(self) -> None:
+        seq = self.after_seq
+        if seq is None:
+            return
+        if not (0 <= seq <= MAX_SEQ and seq == int(seq)):
+            raise ValueError(f"after_seq: must be a whole number from 0 to {MAX_SEQ}")
+        if type(seq) is float:
+            msgspec.structs.force_setattr(self, "after_seq", int(seq))
 
 
 class WebhookPublic(msgspec.Struct, frozen=True, kw_only=True):
