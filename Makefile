@@ -1,20 +1,23 @@
-# Every target bootstraps .venv itself; stamps make re-runs cheap.
+# Every target bootstraps .venv itself; stamps make re-runs cheap. Creating and installing into
+# .venv hold a lock, so `make run` and `make test` started at once on a fresh clone do not
+# install over each other.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
+LOCKED := flock $(VENV).lock
 
 .PHONY: install dev run test lint typecheck format bench clean
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	$(LOCKED) sh -c 'test -x $(PY) || $(PYTHON) -m venv $(VENV)'
 
 $(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install --quiet -c constraints.txt -e .
+	$(LOCKED) $(PY) -m pip install --quiet -c constraints.txt -e .
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(LOCKED) $(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
@@ -25,15 +28,15 @@ run: install
 	$(BIN)/orderflow serve
 
 lint: dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: dev
 	$(BIN)/mypy
 
 format: dev
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks examples
+	$(BIN)/ruff check --fix src tests benchmarks examples
 
 test: lint typecheck
 	$(BIN)/pytest --cov=orderflow --cov-report=term-missing
@@ -42,4 +45,4 @@ bench: dev
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) $(VENV).lock .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*

@@ -10,7 +10,7 @@ from benchmarks.fill import fill
 from benchmarks.report import Row
 from orderflow.clock import SystemClock
 from orderflow.domain import OrderStatus
-from orderflow.processor import Processor
+from orderflow.processor import Processor, ProcessorSettings
 from orderflow.service import OrderService
 from orderflow.shipping import SimulatedShipper
 from orderflow.store.memory import InMemoryOrderStore
@@ -23,7 +23,8 @@ async def _ship_all(delay_s: float, concurrency: int) -> tuple[float, float]:
     store = InMemoryOrderStore()
     await fill(store, 0, COUNT)
     clock = SystemClock()
-    processor = Processor(store, SimulatedShipper(delay_s), clock, concurrency=concurrency)
+    settings = ProcessorSettings(concurrency=concurrency)
+    processor = Processor(store, SimulatedShipper(delay_s), clock, settings)
     await processor.start()
     service = OrderService(store, processor, clock)
     wall, cpu = time.perf_counter(), time.process_time()

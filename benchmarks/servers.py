@@ -37,7 +37,7 @@ def server(
         command if core is None else pinned(core, command),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "ORDERFLOW_LOG_LEVEL": "warning"},
+        env=os.environ.copy(),
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -65,5 +65,5 @@ def orderflow_command(port: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "orderflow", "serve", "--port", str(port), *args]
 
 
-def nullapp_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.nullapp", str(port)]
+def nullapp_command(port: int, interface: str = "rsgi") -> list[str]:
+    return [sys.executable, "-m", "benchmarks.nullapp", str(port), interface]

@@ -1,4 +1,4 @@
-"""Triggers at scale: POST /orders/process with 1M pending orders, through the ASGI app, while a
+"""Triggers at scale: POST /orders/process with 1M pending orders, through the app (ASGI), while a
 probe on the same event loop sends GET /healthz every millisecond and records its latency."""
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from typing import Any
 
 from benchmarks.fill import fill
 from benchmarks.report import Row
-from orderflow.api.app import create_app
-from orderflow.clock import SystemClock
-from orderflow.processor import Processor
-from orderflow.service import OrderService
+from orderflow.api.app import OrderflowApp
+from orderflow.runtime import Runtime
 from orderflow.settings import Settings
 from orderflow.shipping import SimulatedShipper
 from orderflow.store.memory import InMemoryOrderStore
@@ -21,7 +19,13 @@ COUNT = 1_000_000
 
 
 async def _call(app: Any, method: str, path: str) -> tuple[int, bytes]:
-    scope = {"type": "http", "method": method, "path": path, "query_string": b"", "headers": []}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1")],
+    }
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -37,10 +41,9 @@ async def _call(app: Any, method: str, path: str) -> tuple[int, bytes]:
 async def _measure() -> tuple[float, float, int]:
     store = InMemoryOrderStore()
     await fill(store, 0, COUNT)
-    clock = SystemClock()
-    processor = Processor(store, SimulatedShipper(delay_s=1.0), clock, concurrency=64)
-    app = create_app(OrderService(store, processor, clock), Settings(shutdown_grace=0))
-    await app.startup()
+    runtime = Runtime(Settings(shutdown_grace=0), store=store, shipper=SimulatedShipper(1.0))
+    app = OrderflowApp(runtime)
+    await runtime.start()
     worst = 0.0
     done = asyncio.Event()
 
@@ -60,7 +63,7 @@ async def _measure() -> tuple[float, float, int]:
     answered = time.perf_counter() - began
     done.set()
     await prober
-    await app.shutdown()
+    await runtime.stop()
     assert status == 202, body
     return answered, worst, int(body.split(b'"orders":')[1].rstrip(b"}"))
 

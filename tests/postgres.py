@@ -51,7 +51,7 @@ async def schema_store(command_timeout_s: float = 10.0) -> AsyncIterator[Postgre
 async def same_schema(store: PostgresOrderStore) -> PostgresOrderStore:
     """Another store (another pool, as another process would have) on `store`'s schema."""
     return await PostgresOrderStore.connect(
-        DATABASE_URL, server_settings=store._server_settings, apply_migrations=False, max_size=2
+        DATABASE_URL, server_settings=store.server_settings, apply_migrations=False, max_size=2
     )
 
 

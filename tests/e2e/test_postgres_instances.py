@@ -1,26 +1,54 @@
-"""Several real `orderflow serve` processes on one PostgreSQL database."""
+"""Several real `orderflow serve` processes on one PostgreSQL database. What a test waits for
+it observes (in the database, or over HTTP), never a sleep that hopes."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
+import asyncpg
+import pytest
 
-from tests.e2e.conftest import Server, wait_for
+from tests.conftest import eventually_sync
+from tests.e2e.conftest import Server, http_client
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 ORDER = {"customer": "Ada", "items": [{"name": "Widget", "quantity": 1}]}
 TIMERS = ("--heartbeat-interval", "0.3", "--lease-timeout", "1.0", "--poll-interval", "0.5")
 
 
+def query(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        db = await asyncpg.connect(url)
+        try:
+            rows: list[asyncpg.Record] = await db.fetch(sql, *args)
+            return rows
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def held_by(url: str, *servers: Server) -> dict[int, int]:
+    """How many orders each server's processor holds now (its owner name holds its PID)."""
+    rows = query(url, "SELECT owner FROM orders WHERE owner IS NOT NULL")
+    return {
+        server.process.pid: sum(f"-{server.process.pid}-" in row["owner"] for row in rows)
+        for server in servers
+    }
+
+
 def orders_of(server: Server) -> list[dict[str, Any]]:
     with server.client() as client:
         page = client.get("/orders", params={"limit": 1000}).json()
-        assert page["next_cursor"] is None
-        orders: list[dict[str, Any]] = page["orders"]
-        return orders
+    assert page["next_cursor"] is None
+    orders: list[dict[str, Any]] = page["orders"]
+    return orders
 
 
 def all_shipped(server: Server, count: int) -> bool:
@@ -29,19 +57,31 @@ def all_shipped(server: Server, count: int) -> bool:
 
 
 def submit(servers: list[Server], count: int) -> list[str]:
-    def one(n: int) -> str:
-        with httpx.Client(base_url=servers[n % len(servers)].url, timeout=30) as client:
-            response = client.post("/orders", json=ORDER)
-            assert response.status_code == 201
-            order_id: str = response.json()["id"]
-            return order_id
+    """`count` orders, POSTed round robin to `servers` from a thread per server."""
 
-    with ThreadPoolExecutor(max_workers=12) as pool:
-        return list(pool.map(one, range(count)))
+    def some(n: int) -> list[str]:
+        with http_client(servers[n].url) as client:
+            ids = []
+            for _ in range(n, count, len(servers)):
+                response = client.post("/orders", json=ORDER)
+                assert response.status_code == 201, response.text
+                ids.append(response.json()["id"])
+            return ids
+
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        return [i for ids in pool.map(some, range(len(servers))) for i in ids]
 
 
-def shipped_once(order: dict[str, Any]) -> bool:
-    return [h["status"] for h in order["history"]].count("shipped") == 1
+def shipped_once_in_the_database(url: str, ids: list[str]) -> None:
+    """Every order shipped, once by its history and once by the event log; none held."""
+    rows = query(url, "SELECT id, status, owner, history FROM orders")
+    assert sorted(row["id"] for row in rows) == sorted(ids)
+    for row in rows:
+        assert row["status"] == "shipped", row
+        assert row["owner"] is None, row
+        assert row["history"].count('"shipped"') == 1, row["history"]
+    events = query(url, "SELECT order_id FROM events WHERE type = 'order.shipped'")
+    assert Counter(row["order_id"] for row in events) == dict.fromkeys(ids, 1)
 
 
 def test_three_instances_ship_every_order_exactly_once(
@@ -54,13 +94,11 @@ def test_three_instances_ship_every_order_exactly_once(
     ids = submit(servers, 150)
     with servers[1].client() as client:
         assert client.post("/orders/process").json()["orders"] == 150
-    assert wait_for(lambda: all_shipped(servers[2], 150), 60)
-    orders = orders_of(servers[0])
-    assert sorted(o["id"] for o in orders) == sorted(ids)
-    for order in orders:
-        assert shipped_once(order)
+    eventually_sync(lambda: all_shipped(servers[2], 150), timeout_s=60)
+    for order in orders_of(servers[0]):
         assert [h["status"] for h in order["history"]] == ["pending", "processing", "shipped"]
-    # a cancel through one instance is seen by all
+    shipped_once_in_the_database(database_url, ids)
+    # A cancel through one instance is seen by all.
     [late] = submit(servers[:1], 1)
     with servers[2].client() as client:
         assert client.post(f"/orders/{late}/cancel").status_code == 200
@@ -79,18 +117,25 @@ def test_a_killed_instance_loses_nothing_and_ships_nothing_twice(
     ids = submit([victim, survivor], 60)
     with victim.client() as client:
         assert client.post("/orders/process").json()["orders"] == 60
-    time.sleep(0.3)  # shipments are in flight on both
+    # Both hold orders: shipments are in flight on each.
+    eventually_sync(lambda: all(held_by(database_url, victim, survivor).values()))
     victim.kill()  # SIGKILL: no handback, its leases must run out
     killed_at = time.monotonic()
-    assert wait_for(lambda: all_shipped(survivor, 60), 60)
-    recovered_in = time.monotonic() - killed_at
-    orders = orders_of(survivor)
-    assert sorted(o["id"] for o in orders) == sorted(ids)
-    assert all(shipped_once(o) for o in orders)
-    rescued = [o for o in orders if any("rescued" in (h.get("reason") or "") for h in o["history"])]
-    assert rescued, "the killed instance held orders; they should have been rescued"
-    # lease 1.0 s + one heartbeat 0.3 s, then the shipments themselves (60 x 0.8 s / 8)
-    assert recovered_in < 30
+    # What it held when it died, as the database has it (a lease outlives the read).
+    orphans = {
+        row["id"]
+        for row in query(database_url, "SELECT id, owner FROM orders WHERE owner IS NOT NULL")
+        if f"-{victim.process.pid}-" in row["owner"]
+    }
+    assert orphans
+    eventually_sync(lambda: all_shipped(survivor, 60), timeout_s=60)
+    # A lease (1 s) and a heartbeat (0.3 s), then the shipments themselves (60 x 0.8 s / 8).
+    assert time.monotonic() - killed_at < 30
+    shipped_once_in_the_database(database_url, ids)
+    for order in orders_of(survivor):
+        reasons = [h.get("reason") or "" for h in order["history"]]
+        rescued = any(r.startswith("rescued: the lease of ") for r in reasons)
+        assert rescued == (order["id"] in orphans), (order["id"], reasons)
     assert survivor.terminate() == 0
 
 
@@ -102,13 +147,25 @@ def test_sigterm_everything_mid_processing_then_start_again(
     ids = submit(servers, 30)
     with servers[0].client() as client:
         assert client.post("/orders/process").json()["orders"] == 30
-    assert wait_for(lambda: any(o["status"] == "processing" for o in orders_of(servers[0])), 10)
+    eventually_sync(lambda: all(held_by(database_url, *servers).values()))
+    in_flight = {
+        row["id"] for row in query(database_url, "SELECT id FROM orders WHERE owner IS NOT NULL")
+    }
     for server in servers:
         assert server.terminate(signal.SIGTERM) == 0
+    # Each handed back what it held: ready for whoever comes next, held by nobody.
+    rows = query(database_url, "SELECT status, owner FROM orders")
+    assert len(rows) == 30
+    assert all(row["status"] == "processing" and row["owner"] is None for row in rows), rows
 
     again = serve(*options, "--ship-delay", "0", *TIMERS)
-    assert wait_for(lambda: all_shipped(again, 30), 60)
-    orders = orders_of(again)
-    assert sorted(o["id"] for o in orders) == sorted(ids)
-    assert all(shipped_once(o) for o in orders)
+    eventually_sync(lambda: all_shipped(again, 30), timeout_s=60)
+    shipped_once_in_the_database(database_url, ids)
+    handed_back: dict[str, list[str]] = {}
+    for order in orders_of(again):
+        reasons = [h["reason"] for h in order["history"] if h.get("reason", "").startswith("shut")]
+        if reasons:
+            handed_back[order["id"]] = reasons
+    assert in_flight <= handed_back.keys()  # each was handed back at the stop, saying why
+    assert "shutdown: shipment interrupted" in {r for rs in handed_back.values() for r in rs}
     assert again.terminate() == 0

@@ -1,21 +1,30 @@
 """The versioned schema: `orderflow db migrate` applies each migration once, in order, even
-when several processes start together."""
+when several processes start together; and 0003 takes over a database that 0002 left holding
+orders, its counts taken from the orders already there."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from importlib import resources
+from pathlib import Path
 
 import asyncpg
+import pytest
 from click.testing import CliRunner
 
 from orderflow.cli import main
-from orderflow.store.migrations import migrate
+from orderflow.domain import OrderStatus
+from orderflow.store.postgres import PostgresOrderStore
+from tests.postgres_store.conftest import add_orders
 
+pytestmark = pytest.mark.postgres
+
+ROOT = Path(__file__).resolve().parents[2]
+MIGRATIONS = resources.files("orderflow.store.migrations")
 VERSIONS = sorted(
-    f.name.removesuffix(".sql")
-    for f in resources.files("orderflow.store.migrations").iterdir()
-    if f.name.endswith(".sql")
+    f.name.removesuffix(".sql") for f in MIGRATIONS.iterdir() if f.name.endswith(".sql")
 )
 
 
@@ -29,7 +38,7 @@ async def applied(url: str) -> list[str]:
 
 
 def test_db_migrate_applies_every_migration_once_in_order(database_url: str) -> None:
-    assert VERSIONS[:2] == ["0001_orders", "0002_pending_index"]
+    assert VERSIONS[:3] == ["0001_orders", "0002_pending_index", "0003_events_holds_counts"]
     runner = CliRunner()
     outputs = []
     for _ in range(2):  # the second run finds nothing to do
@@ -38,23 +47,94 @@ def test_db_migrate_applies_every_migration_once_in_order(database_url: str) -> 
         outputs.append(result.output.splitlines())
     done = "database schema is up to date"
     assert outputs == [[*(f"applied {version}" for version in VERSIONS), done], [done]]
+
+
+def test_three_processes_migrating_at_once_apply_each_migration_once(database_url: str) -> None:
+    command = [sys.executable, "-m", "orderflow", "db", "migrate", "--database-url", database_url]
+    processes = [
+        subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], outputs
+    lines = [line for stdout, _ in outputs for line in stdout.splitlines()]
+    assert lines.count("database schema is up to date") == 3
+    said = [line.removeprefix("applied ") for line in lines if line.startswith("applied ")]
+    assert sorted(said) == VERSIONS  # each once, by one process or another
+    for stdout, _ in outputs:  # and each process applied its share in order
+        mine = [line.removeprefix("applied ") for line in stdout.splitlines() if "applied" in line]
+        assert mine == sorted(mine)
     assert asyncio.run(applied(database_url)) == VERSIONS
 
 
-async def test_processes_migrating_at_once_apply_each_migration_once(database_url: str) -> None:
-    connections = [await asyncpg.connect(database_url) for _ in range(3)]
-    try:
-        results = await asyncio.gather(*(migrate(db) for db in connections))
-    finally:
-        for db in connections:
-            await db.close()
-    assert sorted(v for versions in results for v in versions) == VERSIONS
-    assert await applied(database_url) == VERSIONS
-
-
-def test_db_migrate_without_a_database_fails_clearly() -> None:
+def test_db_migrate_without_a_database_fails_in_one_line() -> None:
     result = CliRunner().invoke(
         main, ["db", "migrate", "--database-url", "postgresql://postgres@127.0.0.1:1/nowhere"]
     )
-    assert result.exit_code == 1
-    assert "the database is unavailable" in result.output
+    assert result.exit_code == 2
+    assert result.output.startswith("orderflow: --database-url: cannot connect to the database")
+    assert len(result.output.splitlines()) == 1
+
+
+async def migrate_to_0002(url: str) -> None:
+    """The schema as a service of the 0002 days left it."""
+    db = await asyncpg.connect(url)
+    try:
+        await db.execute(
+            "CREATE TABLE schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version in VERSIONS[:2]:
+            await db.execute(MIGRATIONS.joinpath(f"{version}.sql").read_text())
+            await db.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+    finally:
+        await db.close()
+
+
+async def test_0003_takes_over_a_database_of_0002_and_counts_its_orders(
+    database_url: str,
+) -> None:
+    await migrate_to_0002(database_url)
+    db = await asyncpg.connect(database_url)
+    try:
+        # Orders as 0002's service wrote them: no shipment column, no events, no counts.
+        await db.execute(
+            "INSERT INTO orders (id, customer, items, created_at, status, updated_at, history,"
+            " owner, attempt, lease_expires_at)"
+            " SELECT 'order_' || lpad(to_hex(1700000000000000 + n), 14, '0')"
+            "  || lpad(to_hex(n), 16, '0'), 'c' || n, '[{\"name\": \"w\", \"quantity\": 1}]',"
+            "  now(), s, now(),"
+            "  jsonb_build_array("
+            "   jsonb_build_object('status', 'pending', 'at', '2023-11-14T22:13:20Z'),"
+            "   jsonb_build_object('status', s, 'at', '2023-11-14T22:13:21Z', 'reason',"
+            "    CASE WHEN s = 'failed' THEN (ARRAY['timeout', 'carrier down'])[n % 2 + 1] END)),"
+            "  CASE WHEN s = 'processing' AND n % 2 = 0 THEN 'old-worker' END, 1,"
+            "  CASE WHEN s = 'processing' AND n % 2 = 0 THEN now() + interval '1 hour' END"
+            " FROM generate_series(0, 99) AS n,"
+            " LATERAL (SELECT (ARRAY['pending', 'processing', 'shipped', 'failed', 'cancelled'])"
+            "  [n % 5 + 1] AS s) AS t"
+        )
+        before = dict(await db.fetch("SELECT status, count(*) FROM orders GROUP BY status"))
+    finally:
+        await db.close()
+
+    store = await PostgresOrderStore.connect(database_url)  # migrates: 0003 only
+    try:
+        assert await applied(database_url) == VERSIONS
+        stats = await store.stats()
+        assert stats.by_status == {s: before.get(s.value, 0) for s in OrderStatus}
+        assert {r.reason: r.count for r in stats.failed_reasons} == {
+            "timeout": 10,
+            "carrier down": 10,
+        }
+        assert await store.read_events(0, 10) == []  # no history invented
+        order = await store.get_order("order_" + f"{1700000000000000 + 2:014x}{2:016x}")
+        assert order.shipment is None
+        # And the counts go on from there.
+        [new] = await add_orders(store, 1)
+        assert (await store.count_by_status())[OrderStatus.PENDING] == before["pending"] + 1
+        assert [e.order_id for e in await store.read_events(0, 10)] == [new]
+    finally:
+        await store.close()

@@ -1,139 +1,152 @@
-"""What only a store shared by several processes does: leases, rescue, notifications, the
-indexes behind the queries, and driver errors turned into ours."""
+"""What only a store shared by several processes does: holds with fencing tokens, leases that
+are renewed or run out, rescue, retire, notifications, and driver errors turned into ours."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import asyncpg
 import pytest
 
-from orderflow.domain import (
-    Event,
-    Item,
-    OrderQuery,
-    OrderStatus,
-    micros_since_epoch,
-    new_order,
-    new_order_id,
-)
-from orderflow.errors import OrderConflict, StoreUnavailable
+from orderflow.domain import Event, Hold, OrderStatus, Outcome
+from orderflow.errors import NotHeld, OutcomeUnknown, StoreUnavailable
 from orderflow.store import open_store
-from orderflow.store.postgres import (
-    _RESCUE_LOCK,
-    CLAIM_SQL,
-    WRITE_OUTCOMES_SQL,
-    PostgresOrderStore,
-    _translated,
-)
+from orderflow.store import postgres_sql as sql
+from orderflow.store.postgres import PostgresOrderStore, _translated
+from tests.conftest import eventually
 from tests.postgres import same_schema, schema_store
+from tests.postgres_store.conftest import LATER, T0, add_ready
 
-T0 = datetime(2026, 3, 1, tzinfo=UTC)
-LATER = T0 + timedelta(seconds=5, microseconds=7)
-
-
-async def add_ready(store: PostgresOrderStore, count: int) -> list[str]:
-    ids = []
-    for n in range(count):
-        at = T0 + timedelta(microseconds=n)
-        order = new_order(new_order_id(at, n), f"c{n}", (Item("w", 1),), at)
-        await store.add(order)
-        ids.append(order.id)
-    await store.claim_pending(T0 + timedelta(seconds=1), count)
-    return ids
+pytestmark = pytest.mark.postgres
 
 
-async def eventually(predicate, rounds: int = 500) -> bool:  # type: ignore[no-untyped-def]
-    for _ in range(rounds):
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return False
+async def test_an_expired_lease_is_rescued_once_and_the_old_holder_locked_out(
+    store: PostgresOrderStore,
+) -> None:
+    [order_id] = await add_ready(store, 1)
+    [held] = await store.acquire("dead", 1, lease_s=0)  # a lease that ends at once
+    async with store._connection() as other_rescuer, other_rescuer.transaction():
+        await other_rescuer.execute("SELECT pg_advisory_xact_lock($1)", sql.RESCUE_LOCK)
+        assert await store.rescue_expired(LATER) == 0  # one rescuer at a time
+    assert await store.rescue_expired(LATER) == 1
+    assert await store.rescue_expired(LATER) == 0
+    rescued = await store.get_order(order_id)
+    assert rescued.status is OrderStatus.PROCESSING
+    assert rescued.history[-1].reason == "rescued: the lease of dead ran out"
+    assert rescued.history[-1].at == rescued.updated_at == LATER
+    [again] = await store.acquire("alive", 1, lease_s=60)
+    assert again.order.id == held.order.id
+    assert again.token > held.token
+    with pytest.raises(NotHeld):
+        await store.transition(order_id, Event.SHIP, LATER, hold=Hold("dead", held.token))
+    shipped = await store.transition(order_id, Event.SHIP, LATER, hold=Hold("alive", again.token))
+    assert [h.status for h in shipped.history].count(OrderStatus.SHIPPED) == 1
 
 
-async def test_an_expired_lease_is_rescued_once_and_the_old_holder_locked_out() -> None:
-    async with schema_store() as store:
-        [order_id] = await add_ready(store, 1)
-        await store.heartbeat("dead", lease_s=0)  # every lease "dead" takes ends at once
-        [held] = await store.acquire("dead", 1)
-        async with store._connection() as other_rescuer, other_rescuer.transaction():
-            await other_rescuer.execute("SELECT pg_advisory_xact_lock($1)", _RESCUE_LOCK)
-            assert await store.rescue_orphans(LATER) == 0  # one rescuer at a time
-        assert await store.rescue_orphans(LATER) == 1
-        assert await store.rescue_orphans(LATER) == 0
-        rescued = await store.get_order(order_id)
-        assert rescued.status is OrderStatus.PROCESSING
-        assert rescued.history[-1].reason == "rescued: the lease of dead ran out"
-        assert rescued.history[-1].at == rescued.updated_at == LATER
-        [again] = await store.acquire("alive", 1)
-        assert again.id == held.id
-        with pytest.raises(OrderConflict):
-            await store.transition(order_id, Event.SHIP, T0, owner="dead")
-        shipped = await store.transition(order_id, Event.SHIP, T0, owner="alive")
-        assert [h.status for h in shipped.history].count(OrderStatus.SHIPPED) == 1
+async def test_a_stale_token_is_refused_even_for_the_same_owner(store: PostgresOrderStore) -> None:
+    """The token, not the owner's name, is the hold: an owner whose order was rescued and that
+    acquired it again must not finish it under the first hold."""
+    [order_id] = await add_ready(store, 1)
+    [first] = await store.acquire("same", 1, lease_s=0)
+    assert await store.rescue_expired(LATER) == 1
+    [second] = await store.acquire("same", 1, lease_s=60)
+    assert second.token > first.token
+    stale = Outcome(order_id, first.token, Event.SHIP, LATER, shipment={"by": "first"})
+    assert await store.write_outcomes("same", [stale]) == [None]
+    with pytest.raises(NotHeld):
+        await store.transition(order_id, Event.FAIL, LATER, "late", hold=Hold("same", first.token))
+    fresh = Outcome(order_id, second.token, Event.SHIP, LATER, shipment={"by": "second"})
+    [written] = await store.write_outcomes("same", [fresh])
+    assert written is not None
+    assert (written.status, written.shipment) == (OrderStatus.SHIPPED, {"by": "second"})
 
 
-async def test_a_heartbeat_keeps_the_lease_alive() -> None:
-    async with schema_store() as store:
-        await add_ready(store, 2)
-        await store.heartbeat("alive", lease_s=60)
-        await store.acquire("alive", 2)
-        await store.heartbeat("alive", lease_s=60)
-        assert await store.rescue_orphans(LATER) == 0
+async def test_a_renewed_lease_is_not_rescued_and_renew_says_what_is_no_longer_held(
+    store: PostgresOrderStore,
+) -> None:
+    first, second, third, fourth = await add_ready(store, 4)
+    [dead] = await store.acquire("dead", 1, lease_s=0)  # leases that end at once...
+    held = {h.order.id: h.token for h in await store.acquire("alive", 3, lease_s=0)}
+    assert dead.order.id == first
+    assert await store.renew("alive", held, lease_s=60, at=LATER) == set()  # ...unless renewed
+    assert await store.rescue_expired(LATER) == 1
+    assert (await store.get_order(first)).history[-1].reason == "rescued: the lease of dead ran out"
+    await store.write_outcomes("alive", [Outcome(second, held[second], Event.SHIP, LATER)])
+    await store.transition(third, Event.CANCEL, LATER)
+    assert await store.renew("alive", held, lease_s=60, at=LATER) == {second, third}
+    assert await store.renew("alive", {fourth: held[fourth]}, lease_s=60, at=LATER) == set()
+    assert (await store.get_order(fourth)).history[-1].status is OrderStatus.PROCESSING
+    assert await store.rescue_expired(LATER) == 0
 
 
-async def test_handback_makes_an_order_ready_for_others_and_retire_lets_go() -> None:
-    async with schema_store() as store:
-        first, second = await add_ready(store, 2)
-        await store.acquire("a", 2)
-        handed = await store.transition(first, Event.HANDBACK, T0, "shutdown", owner="a")
-        assert handed.status is OrderStatus.PROCESSING
-        assert [o.id for o in await store.acquire("b", 5)] == [first]
-        await store.retire("a", LATER)
-        [again] = await store.acquire("b", 5)
-        assert again.id == second
-        assert again.history[-1].reason == "handed back: a stopped"
-        assert again.history[-1].at == LATER
+async def test_renew_hands_back_what_its_owner_holds_without_knowing(
+    store: PostgresOrderStore,
+) -> None:
+    """An acquire whose answer was lost: the owner holds orders it does not know of. Its next
+    renewal names only what it knows, and the rest is ready again at once."""
+    await add_ready(store, 2)
+    known, unknown = await store.acquire("forgetful", 2, lease_s=60)
+    lost = await store.renew("forgetful", {known.order.id: known.token}, lease_s=60, at=LATER)
+    assert lost == set()
+    handed_back = await store.get_order(unknown.order.id)
+    assert handed_back.status is OrderStatus.PROCESSING
+    assert handed_back.history[-1].reason == "handed back: forgetful lost track of it"
+    [taken] = await store.acquire("other", 5, lease_s=60)
+    assert taken.order.id == unknown.order.id
 
 
-async def test_notifications_reach_other_processes() -> None:
-    async with schema_store() as holder:
-        ready: list[int] = []
-        cancelled: list[str] = []
-        await holder.subscribe(lambda: ready.append(1), cancelled.append)
-        other = await same_schema(holder)
-        try:
-            [order_id] = await add_ready(other, 1)
-            assert await eventually(lambda: bool(ready))
-            await holder.acquire("holder", 1)
-            await other.transition(order_id, Event.CANCEL, T0)
-            assert await eventually(lambda: cancelled == [order_id])
-        finally:
-            await other.close()
+async def test_handback_makes_an_order_ready_for_others_and_retire_lets_go(
+    store: PostgresOrderStore,
+) -> None:
+    first, second = await add_ready(store, 2)
+    holds = {h.order.id: h.token for h in await store.acquire("a", 2, lease_s=60)}
+    handed = await store.transition(
+        first, Event.HANDBACK, T0, "shutdown", hold=Hold("a", holds[first])
+    )
+    assert handed.status is OrderStatus.PROCESSING
+    assert [h.order.id for h in await store.acquire("b", 5, lease_s=60)] == [first]
+    assert await store.retire("a", LATER) == 1
+    assert await store.retire("a", LATER) == 0
+    [again] = await store.acquire("b", 5, lease_s=60)
+    assert again.order.id == second
+    assert again.order.history[-1].reason == "handed back: a stopped"
+    assert again.order.history[-1].at == LATER
 
 
-async def test_a_holder_whose_order_was_rescued_is_told_to_stop_shipping_it() -> None:
-    async with schema_store() as holder:
-        told: list[str] = []
-        await holder.subscribe(lambda: None, told.append)
-        await holder.heartbeat("slow", lease_s=0)  # its leases lapse at once
-        [order_id] = await add_ready(holder, 1)
-        await holder.acquire("slow", 1)
-        other = await same_schema(holder)
-        try:
-            assert await other.rescue_orphans(LATER) == 1
-            [again] = await other.acquire("other", 1)
-        finally:
-            await other.close()
-        await holder.heartbeat("slow", lease_s=60)  # the polling path: no notification for this
-        assert told == [order_id]
-        assert again.id == order_id
-        await holder.heartbeat("slow", lease_s=60)
-        assert told == [order_id]  # said once
+async def test_notifications_reach_other_processes(store: PostgresOrderStore) -> None:
+    ready: list[int] = []
+    cancelled: list[str] = []
+    await store.subscribe(lambda: ready.append(1), cancelled.append)
+    other = await same_schema(store)
+    try:
+        [order_id] = await add_ready(other, 1)
+        await eventually(lambda: ready)
+        await store.acquire("holder", 1, lease_s=60)
+        await other.transition(order_id, Event.CANCEL, T0)
+        await eventually(lambda: cancelled == [order_id])
+    finally:
+        await other.close()
+
+
+async def test_a_holder_whose_order_was_rescued_learns_it_at_its_next_renewal(
+    store: PostgresOrderStore,
+) -> None:
+    [order_id] = await add_ready(store, 1)
+    [held] = await store.acquire("slow", 1, lease_s=0)  # its lease lapses at once
+    other = await same_schema(store)
+    try:
+        assert await other.rescue_expired(LATER) == 1
+        [again] = await other.acquire("other", 1, lease_s=60)
+    finally:
+        await other.close()
+    assert again.order.id == order_id
+    holds = {order_id: held.token}
+    assert await store.renew("slow", holds, lease_s=60, at=LATER) == {order_id}
+    later = LATER + timedelta(seconds=1)
+    assert await store.renew("slow", {}, lease_s=60, at=later) == set()  # said once
+    assert (await store.get_order(order_id)).history[-1].reason == (
+        "rescued: the lease of slow ran out"
+    )
 
 
 async def test_a_statement_that_gets_no_answer_is_unavailable_not_a_hang() -> None:
@@ -146,110 +159,44 @@ async def test_a_statement_that_gets_no_answer_is_unavailable_not_a_hang() -> No
         assert (await store.get_order(order_id)).status is OrderStatus.PROCESSING
 
 
-async def test_the_time_range_query_is_an_index_scan() -> None:
-    rows = 200_000
-    async with schema_store() as store, store._connection() as db:
-        await db.execute(
-            "INSERT INTO orders (id, customer, items, created_at, status, updated_at, history)"
-            " SELECT $1::text || lpad(to_hex($2::bigint + n * 1000), 14, '0')"
-            "  || lpad(to_hex(n), 16, '0'), 'c' || n, '[]', now(),"
-            "  CASE WHEN n % 2 = 0 THEN 'pending' ELSE 'shipped' END, now(), $4::jsonb"
-            " FROM generate_series(0, $3 - 1) AS n",
-            "order_",
-            micros_since_epoch(T0),
-            rows,
-            '[{"status": "pending", "at": "2026-01-01T00:00:00Z"}]',
-        )
-        await db.execute("ANALYZE orders")
-
-        async def plan(sql: str, *args: object) -> str:
-            return "\n".join(r[0] for r in await db.fetch("EXPLAIN " + sql, *args))
-
-        # Big enough that the planner scans the table when no index helps...
-        assert "Seq Scan" in await plan("SELECT * FROM orders WHERE customer = $1", "c7")
-        # ...and yet every listing is an index lookup: a narrow range, the whole table, a status.
-        middle = T0 + timedelta(milliseconds=rows // 2)
-        ranges = [(middle, middle + timedelta(milliseconds=200)), (None, None), (T0, middle)]
-        for start, end in ranges:
-            for status in (None, OrderStatus.PENDING):
-                query = OrderQuery(start=start, end=end, status=status)
-                sql, args = store._list_sql(query)
-                text = await plan(sql, *args)
-                assert "Index" in text, text
-                assert "Seq Scan" not in text, text
-                assert "Sort" not in text, text
-                page = await store.list_orders(query)
-                assert len(page.orders) == 100
-                assert all(o.status is (status or o.status) for o in page.orders)
-
-
-def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", ()):
-        yield from _plan_nodes(child)
-
-
-async def test_claims_and_outcomes_read_only_their_rows_when_statistics_lag() -> None:
-    """Regression: statistics taken while every order was pending made each claim batch walk
-    every order claimed before it, and each outcome batch every processing order: a trigger of
-    100k orders shipped at a third of the speed of 20k."""
-    rows, claimed = 20_000, 18_000
-    async with schema_store() as store, store._connection() as db:
-        await db.execute(
-            "INSERT INTO orders (id, customer, items, created_at, status, updated_at, history)"
-            " SELECT $1::text || lpad(to_hex($2::bigint + n), 14, '0')"
-            "  || lpad(to_hex(n), 16, '0'), 'c' || n, '[]', now(), 'pending', now(), '[]'"
-            " FROM generate_series(0, $3 - 1) AS n",
-            "order_",
-            micros_since_epoch(T0),
-            rows,
-        )
-        await db.execute("ANALYZE orders")
-        # A burst of claims that the statistics have not seen yet, and a worker holding some.
-        assert await store.claim_pending(T0, claimed) == claimed
-        held = await store.acquire("worker", 100)
-
-        async def wasted(sql: str, *args: object) -> int:
-            """Rows the statement's scans read and threw away; its writes rolled back."""
-            transaction = db.transaction()
-            await transaction.start()
-            try:
-                [[plan]] = await db.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
-            finally:
-                await transaction.rollback()
-            nodes = list(_plan_nodes(json.loads(plan)[0]["Plan"]))
-            assert all(n.get("Actual Rows", 0) <= 1000 for n in nodes if "Index" in n["Node Type"])
-            return sum(n.get("Rows Removed by Filter", 0) for n in nodes)
-
-        entry = '[{"status": "processing", "at": "2026-03-01T00:00:00.000001Z"}]'
-        assert await wasted(CLAIM_SQL, T0, 1000, "order_g", entry) == 0
-        outcomes = [[o.id for o in held], ["shipped"] * 100, [T0] * 100, [entry] * 100]
-        assert await wasted(WRITE_OUTCOMES_SQL, *outcomes, [False] * 100, "worker") == 0
-
-
 async def test_an_unreachable_database_is_unavailable_not_a_crash() -> None:
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailable) as caught:
         await open_store("postgresql://postgres@127.0.0.1:1/nowhere")
+    assert not isinstance(caught.value, OutcomeUnknown)
 
 
-async def test_a_lost_pool_is_unavailable() -> None:
-    async with schema_store() as store:
-        await store._pool.close()
-        with pytest.raises(StoreUnavailable):
-            await store.find_order("order_x")
+async def test_a_lost_pool_is_unavailable(store: PostgresOrderStore) -> None:
+    await store._pool.close()
+    with pytest.raises(StoreUnavailable):
+        await store.find_order("order_x")
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress"),
-        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
-        asyncpg.InterfaceError("connection is closed"),
-        ConnectionResetError(),
-    ],
-)
+CONNECTION_LOST = [
+    asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress"),
+    asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    asyncpg.InterfaceError("connection is closed"),
+    ConnectionResetError(),
+    TimeoutError(),
+]
+
+
+@pytest.mark.parametrize("error", CONNECTION_LOST, ids=lambda e: type(e).__name__)
 def test_every_driver_error_is_unavailable(error: Exception) -> None:
     """Regression: a connection cut mid-statement surfaced as asyncpg's InternalClientError,
     which was not translated: a 500 for the request, and the end of the task that met it."""
-    with pytest.raises(StoreUnavailable), _translated():
+    with pytest.raises(StoreUnavailable) as caught, _translated():
         raise error
+    assert not isinstance(caught.value, OutcomeUnknown)
+
+
+@pytest.mark.parametrize("error", CONNECTION_LOST, ids=lambda e: type(e).__name__)
+def test_a_connection_lost_during_a_change_leaves_its_outcome_unknown(error: Exception) -> None:
+    with pytest.raises(OutcomeUnknown), _translated(changing=True):
+        raise error
+
+
+def test_a_refusal_by_the_server_is_unavailable_even_during_a_change() -> None:
+    """The server refused the statement: it did not run, so the outcome is known."""
+    with pytest.raises(StoreUnavailable) as caught, _translated(changing=True):
+        raise asyncpg.exceptions.SerializationError("could not serialize access")
+    assert not isinstance(caught.value, OutcomeUnknown)

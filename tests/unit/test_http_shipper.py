@@ -6,9 +6,11 @@ import asyncio
 import email.utils
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,6 +23,7 @@ from orderflow.domain import Item
 from orderflow.shippers.http import HttpShipper
 from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure, ShipContext
 from tests.conftest import make_order
+from tests.unit.test_httpclient import self_signed
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ORDER = make_order(items=(Item("Widget", 2), Item("Gadget", 1)))
@@ -66,13 +69,14 @@ class Receiver:
         return await self.handler(request)
 
 
+async def _ok(request: web.Request) -> web.StreamResponse:
+    return web.Response()
+
+
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    async def ok(request: web.Request) -> web.StreamResponse:
-        return web.Response()
-
     app = web.Application()
-    receiver = Receiver("", ok)
+    receiver = Receiver("", _ok)
     app.router.add_route("*", "/{tail:.*}", receiver._serve)
     # handler_cancellation: the handler is cancelled when the client goes away, so a test can
     # observe the disconnect.
@@ -339,15 +343,70 @@ async def test_the_receiver_closing_without_an_answer_is_retryable(
         await shipper.ship(ORDER, context())
 
 
-async def test_a_given_client_is_used_and_left_open(receiver: Receiver) -> None:
-    import aiohttp
+async def test_an_https_receiver_is_verified_against_the_given_ssl_context(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    receiver = Receiver("", _ok)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", receiver._serve)
+    runner = web.AppRunner(app, shutdown_timeout=1, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_side).start()
+    url = "https://127.0.0.1:{}/hooks".format(*runner.addresses[0][1:2])
+    trusting = HttpShipper(
+        url, SECRET, timeout_s=5, ssl_context=ssl.create_default_context(cafile=cert)
+    )
+    default = HttpShipper(url, SECRET, timeout_s=5)
+    try:
+        assert await trusting.ship(ORDER, context()) is None
+        with pytest.raises(RetryableFailure, match="certificate"):
+            await default.ship(ORDER, context())
+        assert len(receiver.requests) == 1
+    finally:
+        await trusting.close()
+        await default.close()
+        await runner.cleanup()
 
-    async with aiohttp.ClientSession() as client:
-        shipper = HttpShipper(receiver.url, SECRET, timeout_s=5, client=client)
-        await shipper.ship(ORDER, context())
+
+async def test_2xx_whose_body_times_out_is_shipped_with_a_warning(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def stall(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        response.content_length = 100
+        await response.prepare(request)
+        await response.write(b'{"tracking"')
+        await receiver.release.wait()
+        return response
+
+    receiver.handler = stall
+    shipper = HttpShipper(receiver.url, SECRET, timeout_s=0.2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="test"):
+            assert await shipper.ship(ORDER, context()) is None
+        assert "receiver answered HTTP 200, then its body failed (Timeout)" in caplog.text
+    finally:
         await shipper.close()
-        assert not client.closed
-    assert len(receiver.requests) == 1
+
+
+async def test_a_non_2xx_whose_body_breaks_off_is_retryable(
+    receiver: Receiver, shipper: HttpShipper
+) -> None:
+    async def break_off(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=404)
+        response.content_length = 100
+        await response.prepare(request)
+        await response.write(b"not fo")
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    receiver.handler = break_off
+    with pytest.raises(RetryableFailure, match=r"closed the connection .*\(after HTTP 404\)$"):
+        await shipper.ship(ORDER, context())
 
 
 @pytest.mark.parametrize(
@@ -371,3 +430,25 @@ def test_a_bad_secret_is_refused_without_being_echoed(secret: str, problem: str)
 def test_a_bad_url_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="expected http://"):
         HttpShipper(url, SECRET, timeout_s=5)
+
+
+def test_a_url_with_credentials_is_refused_without_being_echoed() -> None:
+    with pytest.raises(ValueError, match="user:password@ is not supported") as caught:
+        HttpShipper("https://ada:hunter2@example.test/", SECRET, timeout_s=5)
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_the_path_and_query_are_sent_escaped(receiver: Receiver) -> None:
+    targets: list[str] = []
+
+    async def note_target(request: web.Request) -> web.StreamResponse:
+        targets.append(request.raw_path)
+        return web.Response()
+
+    receiver.handler = note_target
+    shipper = HttpShipper(receiver.url + "/é x?shop=a b&n=1%2F2#frag", SECRET, timeout_s=5)
+    try:
+        await shipper.ship(ORDER, context())
+    finally:
+        await shipper.close()
+    assert targets == ["/hooks/orders/%C3%A9%20x?shop=a%20b&n=1%2F2"]

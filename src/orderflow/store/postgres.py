@@ -157,7 +157,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
 
     async def ping(self) -> None:
         async with self._connection() as db:
-            await db.fetchval("SELECT 1", timeout=2)
+            await db.fetchval(sql.PING, timeout=2)
 
     # -- orders ------------------------------------------------------------------------------
 
@@ -177,13 +177,14 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
                 json_or_none(order.shipment),
                 None if idempotency is None else idempotency.key,
                 None if idempotency is None else idempotency.fingerprint,
+                None if idempotency is None else idempotency.created_at,
             )
             if not inserted:
                 assert idempotency is not None  # without a key the INSERT raised or inserted
                 row = await db.fetchrow(sql.FIND_IDEMPOTENCY, idempotency.key)
                 return IdempotencyRecord(*row)
             if order.status is OrderStatus.PROCESSING:
-                await db.execute("SELECT pg_notify($1, '')", sql.READY_CHANNEL)
+                await db.execute(sql.NOTIFY, sql.READY_CHANNEL, "")
         return None
 
     async def find_order(self, order_id: str) -> Order | None:
@@ -302,7 +303,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
 
     async def rescue_expired(self, at: datetime) -> int:
         async with self._connection(changing=True) as db, db.transaction():
-            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", sql.RESCUE_LOCK):
+            if not await db.fetchval(sql.TRY_LOCK, sql.RESCUE_LOCK):
                 return 0  # another instance is rescuing right now
             rescued: int = await db.fetchval(sql.RESCUE, at, timestamp(at))
         if rescued:

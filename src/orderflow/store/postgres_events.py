@@ -28,7 +28,7 @@ class PostgresEventLogMixin:
         async with self._connection() as db:
             rows = await db.fetch(sql.READ_EVENTS, after, limit)
             if not rows or rows[0]["seq"] != after + 1:  # a gap: pruned, or nothing yet
-                horizon = await db.fetchval("SELECT pruned_through FROM event_horizon")
+                horizon = await db.fetchval(sql.PRUNED_THROUGH)
                 if after < horizon:
                     raise Gone(
                         f"events after {after} were pruned; the oldest kept is {horizon + 1}"
@@ -70,12 +70,12 @@ class PostgresEventLogMixin:
 
     async def sequence_events(self, limit: int = 10_000) -> int:
         async with self._connection() as db, db.transaction():
-            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", sql.SEQUENCE_LOCK):
+            if not await db.fetchval(sql.TRY_LOCK, sql.SEQUENCE_LOCK):
                 return -1  # another instance is numbering right now
             row = await db.fetchrow(sql.SEQUENCE_EVENTS, limit)
             numbered: int = row["numbered"]
             if numbered:
-                await db.execute("SELECT pg_notify($1, $2)", sql.EVENTS_CHANNEL, str(row["last"]))
+                await db.execute(sql.NOTIFY, sql.EVENTS_CHANNEL, str(row["last"]))
         return numbered
 
     def _events_numbered(self) -> None:

@@ -25,12 +25,17 @@ def _history_entry(status: str, at: str, reason: str) -> str:
     )
 
 
+PING = "SELECT 1"
+NOTIFY = "SELECT pg_notify($1, $2)"
+TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"  # for this transaction, if free
+
 # -- orders -------------------------------------------------------------------------------------
 
-# $1..$7 the order; $8 the shipment; $9, $10 the idempotency key and fingerprint (or NULL).
+# $1..$7 the order; $8 the shipment; $9, $10, $11 the idempotency key, fingerprint and time
+# (or NULL).
 INSERT_ORDER = (
     "WITH k AS (INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at)"
-    "  SELECT $9::text, $10::text, $1, $4 WHERE $9::text IS NOT NULL"
+    "  SELECT $9::text, $10::text, $1, $11::timestamptz WHERE $9::text IS NOT NULL"
     "  ON CONFLICT (key) DO NOTHING RETURNING key),"
     " o AS (INSERT INTO orders (id, customer, items, created_at, status, updated_at, history,"
     "   shipment)"
@@ -91,9 +96,9 @@ TRANSITION = (
     " FROM old LEFT JOIN upd ON true"
 )
 # Outcomes of many shipments, each checked against (owner $10, its token). Only the owner's
-# rows, found through its small index (only processing orders have an owner): a status
-# condition here let the planner, its statistics taken before a burst of claims, scan every
-# processing order for each batch.
+# rows, found through the index of held orders (only processing orders have an owner): a
+# status condition here let the planner, its statistics taken before a burst of claims, scan
+# every processing order for each batch.
 WRITE_OUTCOMES = (
     "WITH c AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[],"
     "   $5::jsonb[], $6::bool[], $7::text[], $8::text[], $9::jsonb[])"
@@ -218,13 +223,14 @@ FAILED_REASONS = (
 # their changes into the counts; one instance at a time (the caller holds SEQUENCE_LOCK). Only
 # committed events are visible here, and numbers only grow: an event that commits later is
 # numbered later, after every number handed out before, so a reader following seq misses none.
-# Within a round, (xid, id) order keeps an order's events in the order they happened.
+# Within a round, id order (the order of insertion) keeps an order's events in the order they
+# happened: a change is made after the one before it committed.
 SEQUENCE_EVENTS = (
-    "WITH todo AS (SELECT id, xid, status, previous_status, reason, previous_reason"
-    "  FROM events WHERE seq IS NULL ORDER BY xid, id LIMIT $1 FOR UPDATE),"
+    "WITH todo AS (SELECT id, status, previous_status, reason, previous_reason"
+    "  FROM events WHERE seq IS NULL ORDER BY id LIMIT $1 FOR UPDATE),"
     " numbered AS (SELECT id, (SELECT greatest(max(seq), (SELECT pruned_through"
     "   FROM event_horizon)) FROM events)"
-    "   + row_number() OVER (ORDER BY xid, id) AS seq FROM todo),"
+    "   + row_number() OVER (ORDER BY id) AS seq FROM todo),"
     " upd AS (UPDATE events e SET seq = n.seq FROM numbered n WHERE e.id = n.id"
     "  RETURNING e.seq),"
     " moves AS (SELECT status AS s, 1 AS d FROM todo WHERE status IS NOT NULL"
@@ -244,16 +250,17 @@ READ_EVENTS = (
     "SELECT seq, type, order_id, status, at, reason, data FROM events"
     " WHERE seq > $1 ORDER BY seq LIMIT $2"
 )
+PRUNED_THROUGH = "SELECT pruned_through FROM event_horizon"
 EVENT_HORIZON = (
     "SELECT pruned_through, (SELECT coalesce(max(seq), pruned_through) FROM events) AS last"
     " FROM event_horizon"
 )
 # Drop the oldest numbered events, at most $3 of them: those dated before $1, and those beyond
-# the newest $2.
+# the newest $2 (found in seq order through its index, deleted through the primary key).
 PRUNE_EVENTS = (
     "WITH doomed AS (SELECT id, seq FROM events WHERE seq IS NOT NULL AND (at < $1"
     "  OR seq <= (SELECT coalesce(max(seq), 0) FROM events) - $2) ORDER BY seq LIMIT $3),"
-    " gone AS (DELETE FROM events e USING doomed WHERE e.id = doomed.id RETURNING doomed.seq),"
+    " gone AS (DELETE FROM events WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING seq),"
     " moved AS (UPDATE event_horizon SET pruned_through = greatest(pruned_through,"
     "   (SELECT max(seq) FROM gone)) WHERE EXISTS (SELECT FROM gone))"
     " SELECT count(*) FROM gone"

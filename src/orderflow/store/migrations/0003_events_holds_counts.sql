@@ -2,6 +2,11 @@
 
 ALTER TABLE orders ADD COLUMN shipment jsonb;
 
+-- Held orders are found by holder alone (orders_owner): they are few (each instance holds at most
+-- two per worker), and a second partial index with the same predicate let the planner, with
+-- statistics taken before a burst of claims, take the wrong one for a holder's writes.
+DROP INDEX orders_lease;
+
 -- A submit made with an Idempotency-Key: written in the same statement as its order.
 CREATE TABLE idempotency_keys (
     key         text COLLATE "C" PRIMARY KEY,
@@ -16,7 +21,6 @@ CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
 -- (see SEQUENCE_EVENTS), so readers never see a gap filled in later.
 CREATE TABLE events (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    xid             xid8        NOT NULL DEFAULT pg_current_xact_id(),
     seq             bigint UNIQUE,
     type            text        NOT NULL,
     order_id        text        NOT NULL,
@@ -27,7 +31,7 @@ CREATE TABLE events (
     previous_reason text,
     data            jsonb
 );
-CREATE INDEX events_unsequenced ON events (xid, id) WHERE seq IS NULL;
+CREATE INDEX events_unsequenced ON events (id) WHERE seq IS NULL;
 
 -- Orders by status and failed orders by reason, folded in from the events as they are
 -- numbered: reading them is a few rows, never a count over the orders.

@@ -1,0 +1,121 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright's Python
+package (which downloads no browser here: it launches /usr/bin/chromium, which
+`.ci/install-browser` installs), against a real `orderflow serve` in a subprocess.
+
+Without Chromium the browser tests skip, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Locator,
+    Page,
+    expect,
+    sync_playwright,
+)
+
+from tests.e2e.conftest import Server
+
+CHROMIUM = os.environ.get("ORDERFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # root in CI, where Chromium's sandbox will not start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# What the page does takes a few hundred milliseconds (a shipment takes 0.3 s); this is the most
+# any expectation waits, not a pause.
+expect.set_options(timeout=10_000)
+
+ServerFactory = Callable[..., Server]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the module; `launch` gives it a fresh, temporary profile."""
+    if not Path(CHROMIUM).exists():
+        message = f"no Chromium at {CHROMIUM} (install it with .ci/install-browser)"
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"Chromium is required under CI: {message}")
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A tab 1280 by 800 in a context of its own (empty storage); a script error or a refused
+    resource (Content-Security-Policy) fails the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        # A refused request (a 401 before the token, say) is logged too: the page handles it.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            errors.append(message.text)
+
+    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    page.on("console", on_console)
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServerFactory]:
+    """`serve(*flags)` starts `orderflow serve --ship-delay 0.3` in memory on a free port;
+    each is stopped with SIGTERM at the end (so coverage is written), killed if it hangs."""
+    started: list[Server] = []
+
+    class Tracked(Server):
+        def __init__(self, *flags: str) -> None:
+            started.append(self)  # first: a server that never got ready is stopped too
+            log_path = tmp_path / f"server-{len(started)}.log"
+            flags = ("--database-url", "memory://", "--ship-delay", "0.3", *flags)
+            super().__init__(*flags, log_path=log_path)
+
+    yield Tracked
+    for server in started:
+        if not hasattr(server, "process"):
+            continue
+        try:
+            server.terminate(timeout_s=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def submit(client: httpx.Client, customer: str, **headers: str) -> str:
+    """Submit an order for `customer` through the API; its id."""
+    order = {"customer": customer, "items": [{"name": "Monster Energy", "quantity": 2}]}
+    response = client.post("/orders", json=order, headers=headers)
+    assert response.status_code == 201, response.text
+    order_id: str = response.json()["id"]
+    return order_id
+
+
+def row(page: Page, order_id: str) -> Locator:
+    """The table row of an order."""
+    return page.locator(f'[data-testid="order-row"][data-order-id="{order_id}"]')
+
+
+def open_dashboard(page: Page, server: Server) -> None:
+    page.goto(server.url + "/")
+    expect(page.get_by_test_id("live")).to_have_attribute("data-state", "live")

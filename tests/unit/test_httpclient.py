@@ -1,0 +1,629 @@
+"""HttpClient against real servers on 127.0.0.1: asyncio servers that answer in raw bytes, so
+that each test says exactly what goes over the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from orderflow.shippers.httpclient import (
+    CannotConnect,
+    ConnectionClosed,
+    HttpClient,
+    ProtocolViolation,
+    Timeout,
+)
+
+# (request head, request body, reader, writer) -> whether to keep the connection open
+Responder = Callable[[bytes, bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+HEADERS = {"content-type": "application/json"}
+
+
+def answer(raw: bytes, *, keep: bool = True) -> Responder:
+    """Answer every request with `raw`; close the connection after it unless `keep`."""
+
+    async def respond(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        writer.write(raw)
+        await writer.drain()
+        return keep
+
+    return respond
+
+
+@dataclass
+class Server:
+    """Reads requests (Content-Length bodies) and hands each to `respond`; counts what it saw."""
+
+    respond: Responder
+    port: int = 0
+    scheme: str = "http"
+    connections: int = 0
+    requests: list[tuple[bytes, bytes]] = field(default_factory=list)
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    eofs: asyncio.Queue[None] = field(default_factory=asyncio.Queue)  # one per client close
+    handlers: dict[asyncio.StreamWriter, asyncio.Task[None]] = field(default_factory=dict)
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    async def hang(
+        self, head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Never answer; note when the client goes away."""
+        self.waiting.set()
+        if await reader.read() == b"":
+            self.eofs.put_nowait(None)
+        return False
+
+    async def closed_by_client(self, connections: int = 1) -> None:
+        """Wait until the client has closed this many connections (more)."""
+        async with asyncio.timeout(5):
+            for _ in range(connections):
+                await self.eofs.get()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers[writer] = task
+        self.connections += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    self.eofs.put_nowait(None)
+                    break
+                length = re.search(rb"(?im)^content-length: *(\d+)", head)
+                body = await reader.readexactly(int(length[1]) if length else 0)
+                self.requests.append((head, body))
+                if not await self.respond(head, body, reader, writer):
+                    break
+        finally:
+            writer.close()
+
+
+def self_signed(where: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, made in `where`: (cert, key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+            *("-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key)),
+            *("-out", str(cert), "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def _start(server: Server, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+    listening = await asyncio.start_server(server.serve, "127.0.0.1", 0, ssl=tls)
+    server.port = listening.sockets[0].getsockname()[1]
+    return listening
+
+
+async def _stop(server: Server, listening: asyncio.Server) -> None:
+    # Ends every handler with its connection; cancelling them instead makes Python 3.11's
+    # streams log an error.
+    listening.close()
+    for writer in server.handlers:
+        writer.transport.abort()
+    if server.handlers:
+        await asyncio.wait(server.handlers.values(), timeout=5)
+    await listening.wait_closed()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    server = Server(answer(OK))
+    listening = await _start(server)
+    try:
+        yield server
+    finally:
+        await _stop(server, listening)
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[HttpClient]:
+    client = HttpClient(server.origin)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def post(client: HttpClient, timeout_s: float = 5, max_body: int = 1000) -> bytes:
+    response = await client.post("/hook", HEADERS, b"{}", timeout_s=timeout_s, max_body=max_body)
+    return response.body
+
+
+# Framing
+
+
+async def test_a_request_is_framed_as_http_1_1_with_its_headers_and_body(
+    server: Server, client: HttpClient
+) -> None:
+    headers = {"Content-Type": "application/json", "webhook-id": "order_1"}
+    response = await client.post(
+        "/hooks/orders?shop=1", headers, b'{"id":1}', timeout_s=5, max_body=100
+    )
+    assert (response.status, response.body, response.truncated) == (200, b"ok", False)
+    head, body = server.requests[0]
+    assert head == (
+        b"POST /hooks/orders?shop=1 HTTP/1.1\r\n"
+        + f"host: 127.0.0.1:{server.port}\r\n".encode()
+        + b"content-length: 8\r\nconnection: keep-alive\r\n"
+        b"Content-Type: application/json\r\nwebhook-id: order_1\r\n\r\n"
+    )
+    assert body == b'{"id":1}'
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-a": "1\r\nx-b: 2"},
+        {"x-a": "1\nx-b: 2"},
+        {"x-a": "1\0"},
+        {"x-a\r\nx-b": "2"},
+        {"x-a: 1\r\nx-b": "2"},
+        {"x a": "1"},
+        {"": "1"},
+        {"Host": "elsewhere"},
+        {"content-length": "1"},
+        {"Transfer-Encoding": "chunked"},
+        {"connection": "close"},
+    ],
+)
+async def test_header_injection_and_framing_headers_are_refused(
+    server: Server, client: HttpClient, headers: dict[str, str]
+) -> None:
+    with pytest.raises(ValueError, match="header"):
+        await client.post("/", headers, b"", timeout_s=5, max_body=10)
+    assert server.connections == 0
+
+
+@pytest.mark.parametrize("target", ["", "hook", "/a b", "/a\r\nx-b: 1", "/é", "/a\0"])
+async def test_a_target_that_is_not_a_printable_path_is_refused(
+    server: Server, client: HttpClient, target: str
+) -> None:
+    with pytest.raises(ValueError, match="target"):
+        await client.post(target, {}, b"", timeout_s=5, max_body=10)
+    assert server.connections == 0
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "port", "authority"),
+    [
+        ("http://example.test", "example.test", 80, "example.test"),
+        ("http://Example.TEST:80/", "example.test", 80, "example.test"),
+        ("https://example.test", "example.test", 443, "example.test"),
+        ("https://example.test:8443", "example.test", 8443, "example.test:8443"),
+        ("http://[::1]:8080", "::1", 8080, "[::1]:8080"),
+        ("http://bücher.test", "xn--bcher-kva.test", 80, "xn--bcher-kva.test"),
+    ],
+)
+def test_an_origin_gives_the_host_port_and_host_header(
+    origin: str, host: str, port: int, authority: str
+) -> None:
+    client = HttpClient(origin)
+    assert (client.host, client.port) == (host, port)
+    assert client._frame("/", {}, b"").split(b"\r\n")[1] == f"host: {authority}".encode()
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "ftp://example.test",
+        "example.test",
+        "http://",
+        "http://example.test/hooks",
+        "http://example.test?x=1",
+        "http://user:secret@example.test",
+        "http://example.test:99999",
+    ],
+)
+def test_an_origin_that_is_not_scheme_host_port_is_refused(origin: str) -> None:
+    with pytest.raises(ValueError, match="origin"):
+        HttpClient(origin)
+
+
+# Answers
+
+
+async def test_headers_are_case_insensitive_and_repeats_are_joined(
+    server: Server, client: HttpClient
+) -> None:
+    server.respond = answer(
+        b"HTTP/1.1 503 Busy\r\nRetry-After: 2\r\nX-Tag: a\r\nx-tag: b\r\nContent-Length: 0\r\n\r\n"
+    )
+    response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
+    assert response.status == 503
+    assert response.headers.get("retry-after") == response.headers["RETRY-AFTER"] == "2"
+    assert response.headers["X-Tag"] == "a, b"
+    assert "x-tag" in response.headers
+    assert response.headers.get("missing") is None
+
+
+async def test_a_chunked_answer_is_read_whole_and_the_connection_reused(
+    server: Server, client: HttpClient
+) -> None:
+    server.respond = answer(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    assert await post(client) == b"hello world"
+    assert await post(client) == b"hello world"
+    assert server.connections == 1
+
+
+async def test_a_body_that_ends_at_close_is_read_and_its_connection_not_reused(
+    server: Server, client: HttpClient
+) -> None:
+    server.respond = answer(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", keep=False)
+    assert await post(client) == b"until the end"
+    assert await post(client) == b"until the end"
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+async def test_an_answer_that_ends_the_connection_is_honoured(
+    server: Server, client: HttpClient, raw: bytes
+) -> None:
+    """The server keeps the socket open: the client must close it, not reuse it."""
+    server.respond = answer(raw)
+    assert await post(client) == b"ok"
+    assert await post(client) == b"ok"
+    assert server.connections == 2
+    await server.closed_by_client()
+
+
+async def test_interim_1xx_answers_are_skipped(server: Server, client: HttpClient) -> None:
+    server.respond = answer(
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone"
+    )
+    response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
+    assert (response.status, response.body) == (201, b"done")
+    assert "link" not in response.headers
+    assert await post(client) == b"done"
+    assert server.connections == 1
+
+
+async def test_a_switch_of_protocols_is_a_protocol_violation(
+    server: Server, client: HttpClient
+) -> None:
+    server.respond = answer(
+        b"HTTP/1.1 101 Switching\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n"
+    )
+    with pytest.raises(ProtocolViolation, match="switched protocols"):
+        await post(client)
+
+
+async def test_an_answer_that_is_not_http_is_a_protocol_violation_and_closes(
+    server: Server, client: HttpClient
+) -> None:
+    server.respond = answer(b"SSH-2.0-OpenSSH_9.6\r\n")
+    with pytest.raises(ProtocolViolation, match=r"not HTTP/1\.1"):
+        await post(client)
+    await server.closed_by_client()
+
+
+@pytest.mark.parametrize(
+    ("size", "truncated"), [(9, False), (10, False), (11, True), (100_000, True)]
+)
+async def test_a_body_is_kept_up_to_max_body(
+    server: Server, client: HttpClient, size: int, truncated: bool
+) -> None:
+    server.respond = answer(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+    response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
+    assert response.body == b"x" * min(size, 10)
+    assert response.truncated is truncated
+
+
+async def test_a_truncated_answer_closes_its_connection(server: Server, client: HttpClient) -> None:
+    server.respond = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100)
+    response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
+    assert response.truncated
+    await server.closed_by_client()
+    await post(client)
+    assert server.connections == 2
+
+
+# Connections
+
+
+async def test_one_connection_serves_many_calls_in_turn(server: Server, client: HttpClient) -> None:
+    for _ in range(20):
+        assert await post(client) == b"ok"
+    assert server.connections == 1
+    assert len(server.requests) == 20
+
+
+async def test_calls_at_once_open_one_connection_each_then_reuse_them(
+    server: Server, client: HttpClient
+) -> None:
+    await asyncio.gather(*(post(client) for _ in range(5)))
+    assert server.connections <= 5
+    opened = server.connections
+    await asyncio.gather(*(post(client) for _ in range(5)))
+    assert server.connections == opened
+
+
+async def test_a_connection_the_server_closed_is_not_reused(
+    server: Server, client: HttpClient
+) -> None:
+    server.respond = answer(OK, keep=False)
+    await post(client)
+    await asyncio.sleep(0.05)  # the client reads the EOF while the connection is idle
+    await post(client)
+    assert server.connections == 2
+    assert len(server.requests) == 2
+
+
+async def test_a_reused_connection_closed_before_answering_is_retried_once_on_a_new_one(
+    server: Server, client: HttpClient
+) -> None:
+    """The server closes an idle connection just as the next request goes out on it."""
+    calls = 0
+
+    async def first_then_drop(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            return False  # read the request, close without a byte
+        writer.write(OK)
+        return True
+
+    server.respond = first_then_drop
+    await post(client)
+    assert await post(client) == b"ok"
+    assert (server.connections, calls) == (2, 3)
+
+
+async def test_a_new_connection_closed_before_answering_is_not_retried(
+    server: Server, client: HttpClient
+) -> None:
+    server.respond = answer(b"", keep=False)
+    with pytest.raises(ConnectionClosed, match="closed the connection without answering"):
+        await post(client)
+    assert len(server.requests) == 1
+
+
+async def test_a_reused_connection_that_closes_again_on_retry_fails(
+    server: Server, client: HttpClient
+) -> None:
+    await post(client)
+    server.respond = answer(b"", keep=False)
+    with pytest.raises(ConnectionClosed, match="without answering") as caught:
+        await post(client)
+    assert caught.value.status is None
+    assert len(server.requests) == 3  # the first call, then the second one twice
+
+
+async def test_a_reused_connection_closed_mid_answer_is_not_retried(
+    server: Server, client: HttpClient
+) -> None:
+    await post(client)
+    server.respond = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart", keep=False)
+    with pytest.raises(ConnectionClosed, match="before its answer was complete") as caught:
+        await post(client)
+    assert caught.value.status == 200
+    assert len(server.requests) == 2
+
+
+async def test_an_idle_connection_is_closed_after_idle_timeout_s(server: Server) -> None:
+    client = HttpClient(server.origin, idle_timeout_s=0.05)
+    try:
+        await post(client)
+        async with asyncio.timeout(5):
+            await server.closed_by_client()
+        await post(client)
+        assert server.connections == 2
+    finally:
+        await client.close()
+
+
+async def test_data_the_client_did_not_ask_for_closes_the_connection(
+    server: Server, client: HttpClient
+) -> None:
+    async def ok_then_more(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        writer.write(OK)
+        await asyncio.sleep(0.02)
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    server.respond = ok_then_more
+    await post(client)
+    async with asyncio.timeout(5):
+        await server.closed_by_client()
+    assert await post(client) == b"ok"
+    assert server.connections == 2
+
+
+async def test_max_connections_bounds_the_connections_open(server: Server) -> None:
+    release, two_in = asyncio.Event(), asyncio.Event()
+
+    async def held(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        if len(server.requests) == 2:
+            two_in.set()
+        await release.wait()
+        writer.write(OK)
+        return True
+
+    server.respond = held
+    client = HttpClient(server.origin, max_connections=2)
+    try:
+        calls = [asyncio.create_task(post(client)) for _ in range(6)]
+        await two_in.wait()
+        await asyncio.sleep(0.05)  # room for a third connection, were there one
+        assert (server.connections, len(server.requests)) == (2, 2)
+        release.set()
+        assert await asyncio.gather(*calls) == [b"ok"] * 6
+        assert server.connections == 2
+    finally:
+        await client.close()
+
+
+async def test_waiting_for_a_connection_counts_in_the_timeout(server: Server) -> None:
+    server.respond = server.hang
+    client = HttpClient(server.origin, max_connections=1)
+    try:
+        hung = asyncio.create_task(post(client))
+        await server.waiting.wait()
+        with pytest.raises(Timeout, match=r"^timeout after 0\.1s$"):
+            await post(client, timeout_s=0.1)
+        hung.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hung
+    finally:
+        await client.close()
+
+
+# Failures, timeouts, cancellation
+
+
+async def test_a_refused_connection_says_so() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = HttpClient(f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(CannotConnect, match=f"^connection refused by 127.0.0.1:{port}$"):
+            await post(client)
+    finally:
+        await client.close()
+
+
+async def test_a_server_that_never_answers_times_out_and_is_disconnected(
+    server: Server, client: HttpClient
+) -> None:
+    server.respond = server.hang
+    async with asyncio.timeout(5):
+        with pytest.raises(Timeout, match=r"^timeout after 0\.2s$") as caught:
+            await post(client, timeout_s=0.2)
+        await server.closed_by_client()
+    assert caught.value.status is None
+    assert isinstance(caught.value, TimeoutError)
+
+
+async def test_a_connect_that_never_completes_times_out() -> None:
+    """A listener whose backlog is full drops the SYN: the connect itself hangs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(listener.getsockname())
+            client = HttpClient(f"http://127.0.0.1:{listener.getsockname()[1]}")
+            try:
+                with pytest.raises(Timeout, match=r"^timeout after 0\.2s$"):
+                    await post(client, timeout_s=0.2)
+            finally:
+                await client.close()
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_a_timeout_after_the_head_carries_the_status(
+    server: Server, client: HttpClient
+) -> None:
+    async def stall(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 10\r\n\r\npart")
+        return await server.hang(head, body, reader, writer)
+
+    server.respond = stall
+    with pytest.raises(Timeout) as caught:
+        await post(client, timeout_s=0.2)
+    assert caught.value.status == 201
+    await server.closed_by_client()
+
+
+async def test_cancelling_a_call_closes_its_connection(server: Server, client: HttpClient) -> None:
+    server.respond = server.hang
+    call = asyncio.create_task(post(client))
+    async with asyncio.timeout(5):
+        await server.waiting.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await server.closed_by_client()
+
+
+async def test_close_ends_idle_and_busy_connections(server: Server) -> None:
+    client = HttpClient(server.origin)
+    await asyncio.gather(post(client), post(client))  # two connections, idle
+    server.respond = server.hang
+    call = asyncio.create_task(post(client))  # one of them busy
+    await server.waiting.wait()
+    assert server.connections == 2
+    await client.close()
+    with pytest.raises(ConnectionClosed, match="the client was closed"):
+        await call
+    await server.closed_by_client(2)
+    with pytest.raises(RuntimeError, match="closed"):
+        await post(client)
+
+
+# TLS
+
+
+async def test_https_verifies_the_certificate_against_the_given_context(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    server = Server(answer(OK), scheme="https")
+    listening = await _start(server, server_side)
+    trusting = HttpClient(server.origin, ssl_context=ssl.create_default_context(cafile=cert))
+    default = HttpClient(server.origin)
+    try:
+        assert await post(trusting) == b"ok"
+        assert await post(trusting) == b"ok"
+        assert server.connections == 1
+        with pytest.raises(CannotConnect, match=r"^cannot verify the certificate of .*: self-"):
+            await post(default)
+    finally:
+        await trusting.close()
+        await default.close()
+        await _stop(server, listening)
+
+
+def test_an_ssl_context_for_plain_http_is_refused() -> None:
+    with pytest.raises(ValueError, match="https"):
+        HttpClient("http://example.test", ssl_context=ssl.create_default_context())

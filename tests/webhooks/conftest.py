@@ -1,0 +1,65 @@
+"""Fixtures of the webhook tests: `webhooks`, a WebhookStore over every backend (each test that
+takes it runs once per backend: the conformance suite); a started `receiver`; and `deliver`, a
+factory of started runtimes whose deliverer sends to the receiver on fast timers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from orderflow.domain import Item
+from orderflow.runtime import Runtime
+from orderflow.webhooks.postgres import PostgresWebhookStore
+from orderflow.webhooks.store import InMemoryWebhookStore, WebhookStore
+from tests.conftest import RuntimeFactory
+from tests.postgres import schema_store
+from tests.webhooks.receiver import SECRET, Receiver
+
+BACKENDS = ["memory", "postgres"]
+# Retries after 50, 100 and 200 ms; look for due work every 50 ms.
+FAST = {"webhook_retry_schedule": "0.05,0.1,0.2", "poll_interval": 0.05, "webhook_timeout": 2.0}
+
+
+@pytest.fixture(params=BACKENDS)
+async def webhooks(request: pytest.FixtureRequest) -> AsyncIterator[WebhookStore]:
+    if request.param == "memory":
+        yield InMemoryWebhookStore()
+    else:
+        async with schema_store() as orders:
+            yield PostgresWebhookStore(orders)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A receiver that accepts everything (tests change its `answer`); every request it got
+    must have verified."""
+    started = await Receiver().start()
+    yield started
+    await started.close()
+    assert not started.failures, started.failures
+
+
+Deliver = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture
+def deliver(start_runtime: RuntimeFactory, receiver: Receiver) -> Deliver:
+    """`await deliver(**settings)`: a started runtime (in memory, the fake shipper) subscribed
+    to the receiver at start (``--webhook``), on FAST timers unless `settings` say otherwise."""
+
+    async def start(path: str = "/hook", **fields: Any) -> Runtime:
+        settings = {**FAST, "webhook": receiver.url_for(path), "webhook_secret": SECRET}
+        return await start_runtime(**{**settings, **fields})
+
+    return start
+
+
+async def submit(runtime: Runtime, count: int) -> list[str]:
+    """Submit `count` orders; their ids."""
+    ids = []
+    for n in range(count):
+        done = await runtime.service.submit(f"customer {n}", (Item("Widget", 1),))
+        ids.append(done.order_id)
+    return ids
