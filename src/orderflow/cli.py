@@ -35,14 +35,32 @@ def fail(message: str) -> NoReturn:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="orderflow")
-def main() -> None:
+def cli() -> None:
     """orderflow: take customer orders over HTTP and ship them concurrently.
 
     Every option of `serve` can also be set as ORDERFLOW_<OPTION>, e.g. ORDERFLOW_PORT=9000.
     """
 
 
-@main.command()
+def main(argv: list[str] | None = None) -> None:
+    """The `orderflow` command. A bad flag is one line naming it, exit status 2, like every
+    other start-up failure (click's own report takes four)."""
+    try:
+        status = cli.main(args=argv, prog_name="orderflow", standalone_mode=False)
+    except click.BadParameter as exc:
+        flag = exc.param.opts[0] if exc.param is not None and exc.param.opts else exc.param_hint
+        fail(f"{flag}: {exc.message}" if flag else exc.format_message())
+    except click.UsageError as exc:
+        fail(f"{exc.format_message()} (see orderflow --help)")
+    except click.ClickException as exc:
+        click.echo(f"orderflow: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+@cli.command()
 @_option("--host", "Address to listen on.")
 @_option("--port", "Port to listen on (0: any free port).", type=int)
 @_option("--concurrency", "Most shipments in flight at once.", type=int)
@@ -196,6 +214,7 @@ def serve(server: str, **options: Any) -> None:
                 max_connections=settings.max_connections,
                 idle_timeout_s=settings.http_idle_timeout,
                 granian_logging=granian_logging,
+                log_level=settings.log_level,
                 on_ready=ready,
             )
         )
@@ -253,7 +272,7 @@ def _without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-@main.command()
+@cli.command()
 @click.option(
     "--url",
     default="http://127.0.0.1:8000",
@@ -285,7 +304,7 @@ def bench(url: str, orders: int, concurrency: int, timeout: float, token: str | 
     run_bench(url, orders, concurrency, timeout, token)
 
 
-@main.group()
+@cli.group()
 def db() -> None:
     """The PostgreSQL schema."""
 

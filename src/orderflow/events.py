@@ -173,7 +173,15 @@ class EventHub:
                 if not self._subscriptions:  # (a reader that came meanwhile starts before)
                     self.position = last
                     return
-            events = await self._store.read_events(self.position, _BATCH)
+            try:
+                events = await self._store.read_events(self.position, _BATCH)
+            except Gone:  # pruned before the hub read them: its readers missed events
+                log.warning("events after %d were pruned before they were streamed", self.position)
+                for subscription in list(self._subscriptions):
+                    subscription._end()  # each resumes with Last-Event-ID, and hears 410
+                self._subscriptions.clear()
+                self.position = await self._store.last_event_seq()
+                return
             subscriptions = list(self._subscriptions)
             for event in events:
                 message = sse(event)  # encoded once, however many readers take it

@@ -75,6 +75,7 @@ async def serve(
     max_connections: int = 10_000,
     idle_timeout_s: float = 30.0,
     granian_logging: dict[str, Any] | None = None,
+    log_level: str = "info",
     on_ready: Any = None,
 ) -> None:
     """Start `runtime`, serve `app` on `sock` until SIGINT/SIGTERM, then stop `runtime`.
@@ -85,7 +86,11 @@ async def serve(
         # timeout), so silent connections do not take the server's connection slots.
         if hasattr(socket, "TCP_DEFER_ACCEPT"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, round(idle_timeout_s))
-        sock.listen(BACKLOG)
+        try:
+            sock.listen(BACKLOG)
+        except OSError as exc:  # another server took the port between our bind and listen
+            host, port = sock.getsockname()[:2]
+            raise StartupError(f"--port: cannot listen on {host}:{port}: {exc.strerror}") from None
         sock.setblocking(False)
         if on_ready is not None:
             on_ready(sock.getsockname()[1])
@@ -98,6 +103,7 @@ async def serve(
                 max_connections=max_connections,
                 idle_timeout_s=idle_timeout_s,
                 logging_config=granian_logging,
+                log_level=log_level,
                 before_stop=lambda: _before_stop(app),
             )
     finally:
@@ -117,6 +123,7 @@ async def serve_granian(
     max_connections: int = 10_000,
     idle_timeout_s: float = 30.0,
     logging_config: dict[str, Any] | None = None,
+    log_level: str = "info",
     before_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve `app` (RSGI, or "asgi") with granian embedded in this event loop, on `sock`
@@ -125,6 +132,7 @@ async def serve_granian(
     from granian._granian import SocketHolder
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
+    from granian.log import LogLevels
     from granian.server.embed import Server
 
     address, port = sock.getsockname()[:2]
@@ -144,6 +152,7 @@ async def serve_granian(
         backpressure=max_connections,
         http1_settings=HTTP1Settings(header_read_timeout=round(idle_timeout_s * 1000)),
         log_dictconfig=logging_config,
+        log_level=LogLevels(log_level),
     )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from orderflow.cli import main
+from orderflow.cli import cli
 from orderflow.domain import OrderStatus
 from orderflow.store.postgres import PostgresOrderStore
 from tests.postgres_store.conftest import add_orders
@@ -42,7 +42,7 @@ def test_db_migrate_applies_every_migration_once_in_order(database_url: str) -> 
     runner = CliRunner()
     outputs = []
     for _ in range(2):  # the second run finds nothing to do
-        result = runner.invoke(main, ["db", "migrate", "--database-url", database_url])
+        result = runner.invoke(cli, ["db", "migrate", "--database-url", database_url])
         assert result.exit_code == 0, result.output
         outputs.append(result.output.splitlines())
     done = "database schema is up to date"
@@ -71,7 +71,7 @@ def test_three_processes_migrating_at_once_apply_each_migration_once(database_ur
 
 def test_db_migrate_without_a_database_fails_in_one_line() -> None:
     result = CliRunner().invoke(
-        main, ["db", "migrate", "--database-url", "postgresql://postgres@127.0.0.1:1/nowhere"]
+        cli, ["db", "migrate", "--database-url", "postgresql://postgres@127.0.0.1:1/nowhere"]
     )
     assert result.exit_code == 2
     assert result.output.startswith("orderflow: --database-url: cannot connect to the database")

@@ -432,6 +432,11 @@ def test_a_bad_url_is_refused(url: str) -> None:
         HttpShipper(url, SECRET, timeout_s=5)
 
 
+def test_a_url_with_a_bad_port_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^URL 'http://example\.test:99999/': Port out of range"):
+        HttpShipper("http://example.test:99999/", SECRET, timeout_s=5)
+
+
 def test_a_url_with_credentials_is_refused_without_being_echoed() -> None:
     with pytest.raises(ValueError, match="user:password@ is not supported") as caught:
         HttpShipper("https://ada:hunter2@example.test/", SECRET, timeout_s=5)

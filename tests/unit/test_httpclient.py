@@ -470,6 +470,31 @@ async def test_data_the_client_did_not_ask_for_closes_the_connection(
     assert server.connections == 2
 
 
+async def test_an_answer_followed_by_another_closes_the_connection(
+    server: Server, client: HttpClient
+) -> None:
+    server.respond = answer(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert await post(client) == b"ok"
+    await server.closed_by_client()
+    assert await post(client) == b"ok"
+    assert server.connections == 2
+
+
+async def test_idle_connections_expire_oldest_first(server: Server) -> None:
+    client = HttpClient(server.origin, idle_timeout_s=0.4)
+    try:
+        await asyncio.gather(post(client), post(client))
+        assert server.connections == 2
+        await asyncio.sleep(0.2)
+        await post(client)  # on the newest: it is idle again from now on
+        await server.closed_by_client()  # the other one, 0.4 s after its call
+        await post(client)
+        assert server.connections == 2
+        await server.closed_by_client()
+    finally:
+        await client.close()
+
+
 async def test_max_connections_bounds_the_connections_open(server: Server) -> None:
     release, two_in = asyncio.Event(), asyncio.Event()
 
@@ -622,6 +647,20 @@ async def test_https_verifies_the_certificate_against_the_given_context(tmp_path
         await trusting.close()
         await default.close()
         await _stop(server, listening)
+
+
+async def test_a_host_that_does_not_resolve_cannot_be_connected_to() -> None:
+    client = HttpClient("http://no-such-host.invalid")
+    try:
+        with pytest.raises(CannotConnect, match=r"^cannot connect to no-such-host\.invalid:80: "):
+            await post(client)
+    finally:
+        await client.close()
+
+
+def test_max_connections_below_1_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        HttpClient("http://example.test", max_connections=0)
 
 
 def test_an_ssl_context_for_plain_http_is_refused() -> None:

@@ -32,6 +32,8 @@ class Auth:
             text = path.read_text()
         except OSError as exc:
             raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text") from None
         tokens = []
         for number, line in enumerate(text.splitlines(), 1):
             line = line.partition("#")[0].strip()

@@ -94,7 +94,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport  # set by connection_made, before any use
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Response] | None = None
         self.max_body = 0
@@ -105,7 +105,6 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
 
     def send(self, request: bytes, max_body: int) -> asyncio.Future[Response]:
-        assert self.transport is not None
         self.max_body, self.status, self.body = max_body, 0, bytearray()
         self.truncated = self.received = self.until_close = self.reusable = False
         self.waiter = self.loop.create_future()
@@ -114,13 +113,11 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.reusable = False
-        if self.transport is not None:
-            self.transport.close()
+        self.transport.close()
 
     def abort(self) -> None:
         self.reusable = False
-        if self.transport is not None:
-            self.transport.abort()
+        self.transport.abort()
 
     def fail(self, exc: HttpClientError) -> None:
         self.reusable = False
@@ -313,7 +310,7 @@ class HttpClient:
     def _reuse(self) -> _Connection | None:
         while self._idle:
             conn = self._idle.pop()
-            if not conn.lost and conn.transport is not None and not conn.transport.is_closing():
+            if not conn.lost and not conn.transport.is_closing():
                 return conn
         return None
 
@@ -355,9 +352,7 @@ class HttpClient:
 
     def _reap(self) -> None:
         idle, self._reaper = self._idle, None
-        if not idle:
-            return
-        loop = idle[0].loop
+        loop = asyncio.get_running_loop()
         expired = loop.time() - self.idle_timeout_s
         while idle and idle[0].idle_since <= expired:
             idle.popleft().close()
