@@ -12,7 +12,8 @@ import pytest
 
 from orderflow.api.app import HttpSettings
 from orderflow.api.auth import ROLES, Auth
-from orderflow.api.routes import ROUTES, Route
+from orderflow.api.routes import ROUTES
+from orderflow.api.routing import Route
 from tests.api.conftest import (
     ACCEPT_JSON,
     ORDER,

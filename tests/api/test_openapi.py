@@ -25,7 +25,8 @@ from schemathesis.engine import events
 from orderflow.api.app import LOOPBACK_HOSTS, HttpSettings, OrderflowApp
 from orderflow.api.auth import Auth
 from orderflow.api.openapi import openapi_document
-from orderflow.api.routes import IDEMPOTENCY_KEY_PATTERN, ORDER_ID_PATTERN, ROUTES, Route
+from orderflow.api.routes import IDEMPOTENCY_KEY_PATTERN, ORDER_ID_PATTERN, ROUTES
+from orderflow.api.routing import Route
 from orderflow.domain import MAX_NAME_LENGTH, MAX_QUANTITY, NAME_PATTERN, new_order_id
 from orderflow.runtime import Runtime
 from orderflow.settings import Settings

@@ -448,7 +448,7 @@ async def test_a_refused_change_appends_no_event(store: OrderStore) -> None:
     with pytest.raises(IllegalTransition):
         await store.transition(order_id, Event.RETRY, at(3))
     with pytest.raises(OrderConflict):
-        await store.add((await store.get_order(order_id)))
+        await store.add(await store.get_order(order_id))
     assert await store.write_outcomes("a", [Outcome(order_id, token + 7, Event.SHIP, at(4))]) == [
         None
     ]

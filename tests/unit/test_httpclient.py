@@ -200,6 +200,16 @@ async def test_header_injection_and_framing_headers_are_refused(
     assert server.connections == 0
 
 
+@pytest.mark.parametrize("value", ["1\r\nx-b: 2", "1\nx-b: 2", "1\rx", "1\0"])
+async def test_a_bad_value_is_refused_under_a_name_sent_before(
+    server: Server, client: HttpClient, value: str
+) -> None:
+    await client.post("/", {"x-a": "1", "x-c": "3"}, b"", timeout_s=5, max_body=10)
+    with pytest.raises(ValueError, match="header x-c: its value holds CR, LF or NUL"):
+        await client.post("/", {"x-a": "1", "x-c": value}, b"", timeout_s=5, max_body=10)
+    assert len(server.requests) == 1
+
+
 @pytest.mark.parametrize("target", ["", "hook", "/a b", "/a\r\nx-b: 1", "/é", "/a\0"])
 async def test_a_target_that_is_not_a_printable_path_is_refused(
     server: Server, client: HttpClient, target: str

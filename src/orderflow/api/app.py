@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import msgspec
 
@@ -33,7 +32,8 @@ from orderflow.api.http import (
     too_large,
 )
 from orderflow.api.openapi import openapi_document
-from orderflow.api.routes import ROUTES, Route
+from orderflow.api.routes import ROUTES
+from orderflow.api.routing import Route, Router
 from orderflow.errors import OrderflowError, ShuttingDown
 from orderflow.metrics import METRICS
 
@@ -72,51 +72,6 @@ class HttpSettings:
     auth: Auth | None = None
     access_log: bool = False
     routes: tuple[Route, ...] = field(default=ROUTES)
-
-
-class Router:
-    """Finds the routes of a path. A path has at most one parameter, in its last segment
-    (``/orders/{id}``) or the one before (``/orders/{id}/cancel``), so every lookup is one or
-    two `rpartition`s and dict lookups; a literal segment wins over a parameter
-    (``/orders/stats`` is not an order, ``/orders/status/{id}`` is not ``/orders/{id}/…``)."""
-
-    def __init__(self, routes: tuple[Route, ...]) -> None:
-        self.static: dict[str, dict[str, Route]] = {}
-        self._last: dict[str, dict[str, Route]] = {}  # "/orders" → /orders/{id}
-        self._middle: dict[tuple[str, str], dict[str, Route]] = {}  # ("/orders", "cancel")
-        for route in routes:
-            head, _, tail = route.path.rpartition("/")
-            if "{" not in route.path:
-                methods = self.static.setdefault(route.path, {})
-            elif tail.startswith("{") and "{" not in head:
-                methods = self._last.setdefault(head, {})
-            else:
-                parent, _, param = head.rpartition("/")
-                if not param.startswith("{") or "{" in parent or "{" in tail:
-                    raise ValueError(
-                        f"{route.path}: one parameter, in one of the last two segments"
-                    )
-                methods = self._middle.setdefault((parent, tail), {})
-            methods[route.method] = route
-        every = [*self.static.values(), *self._last.values(), *self._middle.values()]
-        self.allow = {
-            id(methods): ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
-            for methods in every
-        }
-
-    def find(self, path: str) -> tuple[dict[str, Route], tuple[str, ...]] | None:
-        methods = self.static.get(path)
-        if methods is not None:
-            return methods, ()
-        head, _, tail = path.rpartition("/")
-        methods = self._last.get(head)
-        if methods is not None and tail:
-            return methods, (unquote(tail) if "%" in tail else tail,)
-        parent, _, param = head.rpartition("/")
-        methods = self._middle.get((parent, tail))
-        if methods is not None and param:
-            return methods, (unquote(param) if "%" in param else param,)
-        return None
 
 
 class OrderflowApp:

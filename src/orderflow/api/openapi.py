@@ -12,7 +12,7 @@ import msgspec
 
 from orderflow import __version__
 from orderflow.api.errors import PROBLEM_BASE, PROBLEMS
-from orderflow.api.routes import Route
+from orderflow.api.routing import Route
 from orderflow.api.schemas import QUANTITY_SCHEMA, Problem
 
 _REF = "#/components/schemas/{name}"

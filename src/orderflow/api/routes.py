@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +14,7 @@ import msgspec
 
 from orderflow.api.errors import PROBLEMS, HTTPProblem, bad_query
 from orderflow.api.http import JSON, Request, Response, json_response
+from orderflow.api.routing import Param, Route
 from orderflow.api.schemas import (
     ActionRequest,
     BulkRequest,
@@ -28,6 +27,7 @@ from orderflow.api.schemas import (
     OrderRef,
     ProcessingStarted,
 )
+from orderflow.dashboard import DASHBOARD_ROUTES
 from orderflow.domain import (
     DEFAULT_PAGE,
     MAX_PAGE,
@@ -44,57 +44,16 @@ from orderflow.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from orderflow.metrics import METRICS, exposition
 from orderflow.metrics import registry as metrics_registry
 from orderflow.store.base import Stats
+from orderflow.webhooks.routes import WEBHOOK_ROUTES
 
 if TYPE_CHECKING:
     from orderflow.api.app import OrderflowApp
 
-Handler = Callable[["OrderflowApp", Request], Awaitable[Response]]
 
 ORDER_ID_PATTERN = "^order_[0-9a-f]{30}$"
 IDEMPOTENCY_KEY_PATTERN = "^[\\x21-\\x7e]{1,255}$"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _STATUSES = tuple(status.value for status in OrderStatus)
-
-
-@dataclass(frozen=True)
-class Param:
-    """A query, path or header parameter, as the OpenAPI document shows it."""
-
-    name: str
-    schema: dict[str, Any]
-    description: str = ""
-    where: str = "query"
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class Route:
-    """One endpoint.
-
-    Attributes:
-        statuses: what it may answer besides `ok`, beyond what every route may (the app adds
-            405, 421, 401 and 403 where auth applies, and 400/408/413/415 where a body is read).
-        role: who may call it when auth is on (None: anyone, even then).
-        media: the answer's content type, when not JSON.
-        needs_service: answered 503 while the service is not running.
-    """
-
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    ok: int = 200
-    answer: Any = None
-    body: Any = None
-    params: tuple[Param, ...] = ()
-    statuses: tuple[int, ...] = ()
-    role: str | None = "read"
-    media: str = "application/json"
-    description: str = ""
-    example: Any = None
-    body_required: bool = True
-    needs_service: bool = True
-    also_media: tuple[str, ...] = ()
 
 
 # -- orders -------------------------------------------------------------------------------------
@@ -412,10 +371,4 @@ ROUTES: tuple[Route, ...] = (
           statuses=(404,), role=None, media="text/html", needs_service=False),
 )  # fmt: skip
 
-from orderflow.dashboard import DASHBOARD_ROUTES  # noqa: E402  (it builds Routes: after Route)
-
-ROUTES = (*ROUTES, *DASHBOARD_ROUTES)
-
-from orderflow.webhooks.routes import WEBHOOK_ROUTES  # noqa: E402  (it builds Routes: after Route)
-
-ROUTES = (*ROUTES, *WEBHOOK_ROUTES)
+ROUTES = (*ROUTES, *WEBHOOK_ROUTES, *DASHBOARD_ROUTES)

@@ -15,7 +15,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from orderflow.api.http import Request, Response
-from orderflow.api.routes import Handler, Route
+from orderflow.api.routing import Handler, Route
 
 if TYPE_CHECKING:
     from orderflow.api.app import OrderflowApp

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from orderflow.api.http import JSON, Request, Response, json_response
-from orderflow.api.routes import Param, Route
+from orderflow.api.routing import Param, Route
 from orderflow.api.schemas import Message
 from orderflow.webhooks.model import WEBHOOK_ID_PATTERN, WebhookNotFound, is_webhook_id
 from orderflow.webhooks.schemas import (

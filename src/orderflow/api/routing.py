@@ -1,0 +1,102 @@
+"""Routes: what one endpoint is (`Route`, its `Param`s), and the `Router` that finds the routes
+of a request's path. The table itself is `api/routes.py`; this is what it is made of."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from orderflow.api.http import Request, Response
+
+if TYPE_CHECKING:
+    from orderflow.api.app import OrderflowApp
+
+Handler = Callable[["OrderflowApp", Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query, path or header parameter, as the OpenAPI document shows it."""
+
+    name: str
+    schema: dict[str, Any]
+    description: str = ""
+    where: str = "query"
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint.
+
+    Attributes:
+        statuses: what it may answer besides `ok`, beyond what every route may (the app adds
+            405, 421, 401 and 403 where auth applies, and 400/408/413/415 where a body is read).
+        role: who may call it when auth is on (None: anyone, even then).
+        media: the answer's content type, when not JSON.
+        needs_service: answered 503 while the service is not running.
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    ok: int = 200
+    answer: Any = None
+    body: Any = None
+    params: tuple[Param, ...] = ()
+    statuses: tuple[int, ...] = ()
+    role: str | None = "read"
+    media: str = "application/json"
+    description: str = ""
+    example: Any = None
+    body_required: bool = True
+    needs_service: bool = True
+    also_media: tuple[str, ...] = ()
+
+
+class Router:
+    """Finds the routes of a path. A path has at most one parameter, in its last segment
+    (``/orders/{id}``) or the one before (``/orders/{id}/cancel``), so every lookup is one or
+    two `rpartition`s and dict lookups; a literal segment wins over a parameter
+    (``/orders/stats`` is not an order, ``/orders/status/{id}`` is not ``/orders/{id}/…``)."""
+
+    def __init__(self, routes: tuple[Route, ...]) -> None:
+        self.static: dict[str, dict[str, Route]] = {}
+        self._last: dict[str, dict[str, Route]] = {}  # "/orders" → /orders/{id}
+        self._middle: dict[tuple[str, str], dict[str, Route]] = {}  # ("/orders", "cancel")
+        for route in routes:
+            head, _, tail = route.path.rpartition("/")
+            if "{" not in route.path:
+                methods = self.static.setdefault(route.path, {})
+            elif tail.startswith("{") and "{" not in head:
+                methods = self._last.setdefault(head, {})
+            else:
+                parent, _, param = head.rpartition("/")
+                if not param.startswith("{") or "{" in parent or "{" in tail:
+                    raise ValueError(
+                        f"{route.path}: one parameter, in one of the last two segments"
+                    )
+                methods = self._middle.setdefault((parent, tail), {})
+            methods[route.method] = route
+        every = [*self.static.values(), *self._last.values(), *self._middle.values()]
+        self.allow = {
+            id(methods): ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+            for methods in every
+        }
+
+    def find(self, path: str) -> tuple[dict[str, Route], tuple[str, ...]] | None:
+        methods = self.static.get(path)
+        if methods is not None:
+            return methods, ()
+        head, _, tail = path.rpartition("/")
+        methods = self._last.get(head)
+        if methods is not None and tail:
+            return methods, (unquote(tail) if "%" in tail else tail,)
+        parent, _, param = head.rpartition("/")
+        methods = self._middle.get((parent, tail))
+        if methods is not None and param:
+            return methods, (unquote(param) if "%" in param else param,)
+        return None
