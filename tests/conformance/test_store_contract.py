@@ -366,9 +366,9 @@ async def test_bulk_retry_takes_failed_orders_by_reason_and_time(store: OrderSto
     assert rest == [orders[3].id]
     assert after is None
     statuses = [(await store.get_order(o.id)).status for o in orders]
-    assert statuses == [OrderStatus.FAILED] * 2 + [OrderStatus.PENDING] * 2 + [
-        OrderStatus.FAILED
-    ] * 2
+    assert (
+        statuses == [OrderStatus.FAILED] * 2 + [OrderStatus.PENDING] * 2 + [OrderStatus.FAILED] * 2
+    )
     assert (await store.get_order(orders[2].id)).history[-1].reason == "retry"
 
 
@@ -471,7 +471,8 @@ async def test_events_resume_after_any_seq_and_pruned_ones_are_gone(store: Order
     with pytest.raises(Gone):
         await store.read_events(first - 1, 100)
     assert await store.prune_events(at(7), keep=100) == 3  # dated before at(7): at(4) to at(6)
-    assert [e.seq for e in await store.read_events(first + 6, 100)] == [first + 7, first + 8, first + 9]
+    later = await store.read_events(first + 6, 100)
+    assert [e.seq for e in later] == [first + 7, first + 8, first + 9]
     assert await store.last_event_seq() == first + 9
 
 

@@ -56,7 +56,7 @@ def test_an_acquire_whose_answer_was_lost_is_handed_back_within_a_heartbeat(
         "SELECT count(*) AS n FROM orders WHERE history::text LIKE '%lost track of it%'",
     )[0]["n"]
     assert handed_back > 0, "the lost acquire was not handed back by the heartbeat"
-    print(f"{handed_back} orders handed back, all shipped {time.monotonic() - started:.2f}s after")
+    print(f"{handed_back} orders handed back, all shipped {time.monotonic() - started:.2f}s after")  # noqa: T201 - the figure a run by hand reports
 
 
 def test_a_connection_that_breaks_after_its_statement_committed_changes_nothing(
@@ -197,7 +197,7 @@ def test_connections_cut_at_random_under_load_lose_nothing(
     check_invariants(database_url, accepted)
     statuses = sum((i.statuses for i in instances), start=Counter())
     assert set(statuses) <= {200, 201, 202, 404, 409, 503}, statuses
-    print(f"{cuts} cuts, {len(accepted)} accepted, answers {dict(statuses)}")
+    print(f"{cuts} cuts, {len(accepted)} accepted, answers {dict(statuses)}")  # noqa: T201
 
 
 def test_a_database_restart_is_waited_out_and_readiness_says_so(
