@@ -1,5 +1,6 @@
 """`python -m benchmarks [part …]`: run the parts (all by default), print one table, and write
-benchmarks/results/latest.json. Parts: http, queries, memory, engine, triggers, postgres."""
+benchmarks/results/latest.json. Parts: http, queries, memory, engine, triggers, events, webhooks,
+shipper, postgres."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 from benchmarks.report import Row, table, write
 
-PARTS = ["http", "queries", "memory", "engine", "triggers", "postgres"]
+PARTS = ["http", "queries", "memory", "engine", "triggers", "events", "webhooks", "shipper", "postgres"]
 
 
 def main() -> None:

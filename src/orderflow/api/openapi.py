@@ -97,12 +97,11 @@ def _operation(route: Route, *, auth: bool, head: bool = False) -> dict[str, Any
         for other in route.also_media:  # a stream: its events are strings of lines
             content[other] = {"schema": {"type": "string"}}
         ok["content"] = content
-    if route.ok == 201:
+    if route.ok_headers:
         ok["headers"] = {
-            "Location": {"schema": {"type": "string"}, "description": "the new order"},
-            "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
-                                    "description": "present on a replayed answer"},
-        }  # fmt: skip
+            name: {"schema": {"type": "string"}, "description": description}
+            for name, description in route.ok_headers
+        }
     responses = {str(route.ok): ok}
     for status in sorted(statuses):
         responses[str(status)] = _problem(status)

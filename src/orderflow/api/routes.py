@@ -302,6 +302,8 @@ ROUTES: tuple[Route, ...] = (
                         " (with Idempotent-Replayed: true); another body is 422; a key still"
                         " in flight is 409. Keys are kept --idempotency-ttl seconds.", "header"),),
           statuses=(409, 422, 503), role="submit",
+          ok_headers=(("Location", "the new order"),
+                      ("Idempotent-Replayed", "true, on the answer of a repeated request")),
           example={"customer": "John Doe", "items": [{"name": "Monster Energy", "quantity": 2}]}),
     Route("GET", "/orders", list_orders, "List orders by time, oldest first", 200, OrderPage,
           params=(

@@ -55,6 +55,7 @@ class Route:
     body_required: bool = True
     needs_service: bool = True
     also_media: tuple[str, ...] = ()
+    ok_headers: tuple[tuple[str, str], ...] = ()  # (name, description) of the answer's headers
 
 
 class Router:
