@@ -11,7 +11,17 @@ import sys
 
 from benchmarks.report import Row, table, write
 
-PARTS = ["http", "queries", "memory", "engine", "triggers", "events", "webhooks", "shipper", "postgres"]
+PARTS = [
+    "http",
+    "queries",
+    "memory",
+    "engine",
+    "triggers",
+    "events",
+    "webhooks",
+    "shipper",
+    "postgres",
+]
 
 
 def main() -> None:

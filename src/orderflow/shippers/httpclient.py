@@ -251,7 +251,8 @@ class HttpClient:
         new one, once.
 
         Raises:
-            HttpClientError: see the module docstring; ValueError: a bad target or header;
+            HttpClientError: the call failed (the module docstring draws the subclasses).
+            ValueError: a bad target or header.
             RuntimeError: the client is closed.
         """
         if self._closed:
@@ -381,10 +382,12 @@ def _parse_origin(origin: str) -> tuple[str, int, str, bool]:
     except ValueError as exc:
         raise ValueError(f"origin {origin!r}: {exc}") from None
     host = parts.hostname
-    if parts.scheme not in ("http", "https") or not host:
-        raise ValueError(f"origin {origin!r}: {problem}")
-    if parts.username is not None or parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"origin {origin!r}: {problem}, with no user, path or query")
+    if parts.username is not None:  # not echoed: it holds a password
+        raise ValueError("origin: user:password@ is not supported")
+    if parts.scheme not in ("http", "https") or not host or parts.path not in ("", "/"):
+        raise ValueError(f"origin {origin!r}: {problem}, and no path")
+    if parts.query:
+        raise ValueError(f"origin {origin!r}: {problem}, and no query")
     tls = parts.scheme == "https"
     if not host.isascii():
         host = host.encode("idna").decode("ascii")
@@ -400,15 +403,3 @@ def _connect_failure(where: str, exc: OSError) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"cannot verify the certificate of {where}: {exc.verify_message or exc}"
     return f"cannot connect to {where}: {exc.strerror or exc}"
-
-
-__all__ = [
-    "CannotConnect",
-    "ConnectionClosed",
-    "Headers",
-    "HttpClient",
-    "HttpClientError",
-    "ProtocolViolation",
-    "Response",
-    "Timeout",
-]

@@ -28,63 +28,39 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
-from standardwebhooks import Webhook
 
 from orderflow.clock import Clock, SystemClock
-from orderflow.domain import EventType, OrderEvent
-from orderflow.errors import Gone
+from orderflow.domain import EventType
 from orderflow.processor import new_owner_id
 from orderflow.settings import DEFAULTS, Settings, listed
 from orderflow.store.base import OrderStore
 from orderflow.supervise import OutageLog, supervised
 from orderflow.webhooks.model import (
     Claim,
-    DeliveryRecord,
-    Outcome,
-    Settlement,
     Subscription,
     check_secret,
     check_url,
-    message_id,
     new_secret,
     new_webhook_id,
     parse_schedule,
-    retry_delay_s,
 )
-from orderflow.webhooks.schemas import Delivery
-from orderflow.webhooks.sender import Answer, Sender
+from orderflow.webhooks.rounds import Round
+from orderflow.webhooks.sender import Sender
 from orderflow.webhooks.store import WebhookStore
 
 log = logging.getLogger("orderflow.webhooks")
 
-_BATCH = 100  # events read at a time
 _ROUND_S = 2.0  # a round ends after this, so that other subscriptions and instances get turns
-_LEASE_SLACK_S = 1.0  # an attempt starts only with its timeout plus this left on the lease
 _RELEASE_TIMEOUT_S = 5.0
 _DISABLED_REASON = "the receiver answered 410 Gone"
 #: The Standard Webhooks schedule: retries after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h.
 DEFAULT_SCHEDULE_S = parse_schedule(DEFAULTS.webhook_retry_schedule)
 
 _encode = msgspec.json.Encoder().encode
-
-
-class _Round:
-    """A claim being worked on: where it is, and until when its lease lasts (monotonic)."""
-
-    def __init__(self, claim: Claim, lease_until: float, ends_at: float) -> None:
-        self.claim = claim
-        self.subscription = claim.subscription
-        self.cursor = claim.subscription.cursor
-        self.lease_until = lease_until
-        self.ends_at = ends_at
-        self.signer: Webhook | None = None
-        self.progressed = False  # something written: another round may follow at once
 
 
 class Deliverer:
@@ -130,7 +106,7 @@ class Deliverer:
         if subscribe and secret is None:
             raise ValueError("a secret is needed to sign the calls of subscriptions made at start")
         self.store = store
-        self._orders = orders
+        self.orders = orders
         self.schedule_s = tuple(schedule_s)
         self.sender = Sender(timeout_s=timeout_s, client=client)
         self.timeout_s = timeout_s
@@ -140,8 +116,8 @@ class Deliverer:
         self._subscribe = tuple(subscribe)
         self._secret = None if secret is None else check_secret(secret)
         self.owner = owner or new_owner_id()
-        self._clock = clock or SystemClock()
-        self._rng = rng or random.Random()
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
         self._claims = 0
         self._rounds: set[asyncio.Task[bool]] = set()
         self._releases: set[asyncio.Task[None]] = set()
@@ -151,7 +127,7 @@ class Deliverer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self.stopping = False
         self._round_log = OutageLog(log, "delivering webhooks")
 
     @classmethod
@@ -199,14 +175,14 @@ class Deliverer:
         """A new subscription to the events from now on; `secret` generated when None.
         Raises ValueError "url: …" or "secret: …"."""
         check_url(url)
-        head = await self._orders.last_event_seq()
+        head = await self.orders.last_event_seq()
         subscription = Subscription(
             new_webhook_id(),
             url,
             tuple(dict.fromkeys(types)),
             new_secret() if secret is None else check_secret(secret),
             ordered,
-            self._clock.now(),
+            self.clock.now(),
             head,
         )
         await self.store.add(subscription)
@@ -220,8 +196,8 @@ class Deliverer:
         `after_seq` were pruned from the log."""
         await self.store.get(webhook_id)
         if after_seq is not None:
-            after_seq = min(after_seq, await self._orders.last_event_seq())
-            await self._orders.read_events(after_seq, 1)  # raises Gone
+            after_seq = min(after_seq, await self.orders.last_event_seq())
+            await self.orders.read_events(after_seq, 1)  # raises Gone
         subscription = await self.store.replay(webhook_id, after_seq)
         self.wake()
         return subscription
@@ -246,10 +222,8 @@ class Deliverer:
 
     async def _subscribe_at_start(self, url: str) -> None:
         assert self._secret is not None
-        head = await self._orders.last_event_seq()
-        wanted = Subscription(
-            new_webhook_id(), url, (), self._secret, True, self._clock.now(), head
-        )
+        head = await self.orders.last_event_seq()
+        wanted = Subscription(new_webhook_id(), url, (), self._secret, True, self.clock.now(), head)
         subscription, added = await self.store.ensure(wanted)
         if added:
             log.info("webhook %s subscribed at start: %s", subscription.id, _where(url))
@@ -273,7 +247,7 @@ class Deliverer:
         """Stop claiming; rounds stop after the attempt in flight, which may take `grace_s`
         before it is cancelled; every claim is released; the HTTP client is closed. Never
         raises."""
-        self._stopping = True
+        self.stopping = True
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
@@ -296,9 +270,9 @@ class Deliverer:
     async def _fill(self) -> None:
         """Claim due subscriptions while there is room, a round for each."""
         head: int | None = None
-        while len(self._rounds) < self._concurrency and not self._stopping:
+        while len(self._rounds) < self._concurrency and not self.stopping:
             if head is None:
-                head = await self._orders.last_event_seq()
+                head = await self.orders.last_event_seq()
             self._claims += 1
             began = time.monotonic()
             claim = await self.store.claim(f"{self.owner}#{self._claims}", head, self.lease_s)
@@ -315,7 +289,7 @@ class Deliverer:
         if not task.cancelled() and task.exception() is None and task.result():
             self.wake()  # room for another, and maybe more to do
 
-    def _wake_in(self, delay_s: float) -> None:
+    def wake_in(self, delay_s: float) -> None:
         """Look again once a retry set here comes due (others' come with the polls)."""
         assert self._loop is not None
         heapq.heappush(self._due, self._loop.time() + delay_s + 0.001)
@@ -330,7 +304,7 @@ class Deliverer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._due and not self._stopping:
+        if self._due and not self.stopping:
             self._timer = self._loop.call_at(self._due[0], self._arm)
 
     # -- one round ---------------------------------------------------------------------------
@@ -338,192 +312,20 @@ class Deliverer:
     async def _round(self, claim: Claim, began: float) -> bool:
         """Deliver what is due of one subscription; True if it got anywhere (then there may be
         more to do at once; else the next poll will do)."""
-        state = _Round(claim, began + self.lease_s, time.monotonic() + _ROUND_S)
+        state = Round(self, claim, began + self.lease_s, time.monotonic() + _ROUND_S)
         try:
-            state.signer = Webhook(claim.subscription.secret)
-            if not claim.subscription.ordered:
-                await self._retry_due(state)
-            await self._deliver_new(state)
+            progressed = await state.run()
         except Exception as exc:
             self._round_log.failed(exc)
             return False
         else:
             self._round_log.succeeded()
-            return state.progressed or state.cursor != claim.subscription.cursor
+            return progressed
         finally:
-            release = asyncio.create_task(self._release(state))
+            release = asyncio.create_task(state.release())
             self._releases.add(release)
             release.add_done_callback(self._releases.discard)
             await asyncio.shield(release)
-
-    async def _release(self, state: _Round) -> None:
-        try:
-            async with asyncio.timeout(_RELEASE_TIMEOUT_S):
-                await self.store.release(state.claim, state.cursor)
-        except Exception as exc:  # its lease runs out instead
-            log.warning(
-                "could not release webhook %s (%s); its lease will run out",
-                state.subscription.id,
-                exc,
-            )
-
-    def _over(self, state: _Round) -> bool:
-        return self._stopping or time.monotonic() >= state.ends_at
-
-    async def _retry_due(self, state: _Round) -> None:
-        """An unordered subscription's events that failed before and are due again."""
-        for retry in state.claim.retries:
-            if self._over(state):
-                return
-            try:
-                found = await self._orders.read_events(retry.seq - 1, 1)
-            except Gone:
-                found = []
-            if not found or found[0].seq != retry.seq:
-                record = self._record(retry.seq, retry.attempt, Outcome.PRUNED, "pruned")
-                pruned = Settlement(cursor=state.cursor, seq=retry.seq, record=record)
-                if not await self._settle(state, pruned):
-                    return
-                continue
-            if not await self._deliver(state, found[0], retry.attempt + 1, new=False):
-                return
-
-    async def _deliver_new(self, state: _Round) -> None:
-        """The events after the cursor, in seq order."""
-        retries = {r.seq: r.attempt for r in state.claim.retries}  # ordered: the next one's
-        while not self._over(state):
-            try:
-                events = await self._orders.read_events(state.cursor, _BATCH)
-            except Gone:
-                if not await self._skip_pruned(state, retries):
-                    return
-                continue
-            if not events:
-                return
-            for event in events:
-                if not state.subscription.wants(event.type):
-                    state.cursor = event.seq
-                    continue
-                if self._over(state):
-                    return
-                attempt = retries.pop(event.seq, 0) + 1
-                if not await self._deliver(state, event, attempt, new=True):
-                    return
-
-    async def _skip_pruned(self, state: _Round, retries: dict[int, int]) -> bool:
-        """The cursor fell behind what the log keeps: move it to the oldest event kept, record
-        the gap, and forget the retry of a pruned event (an ordered one's). Binary search, as
-        the log says only whether `after` is too old."""
-        low, high = state.cursor, await self._orders.last_event_seq()
-        while high - low > 1:
-            middle = (low + high) // 2
-            try:
-                await self._orders.read_events(middle, 1)
-                high = middle
-            except Gone:
-                low = middle
-        log.warning(
-            "webhook %s: events %d to %d were pruned from the log before they were delivered",
-            state.subscription.id,
-            state.cursor + 1,
-            high,
-        )
-        error = f"events {state.cursor + 1} to {high} were pruned before they were delivered"
-        record = self._record(high, 0, Outcome.PRUNED, error)
-        pruned = min((seq for seq in retries if seq <= high), default=None)
-        if not await self._settle(state, Settlement(cursor=high, seq=pruned, record=record)):
-            return False
-        state.cursor = high
-        for seq in [seq for seq in retries if seq <= high]:
-            del retries[seq]
-        return True
-
-    async def _deliver(self, state: _Round, event: OrderEvent, attempt: int, *, new: bool) -> bool:
-        """One attempt at `event` (`new`: the next after the cursor, else a retry the cursor
-        went past), and its settlement; whether the round goes on."""
-        short = state.lease_until - time.monotonic() < self.timeout_s + _LEASE_SLACK_S
-        if short and not await self._settle(state, Settlement(cursor=state.cursor)):
-            return False  # the lease could not be extended: no attempt may outlast it
-        at = self._clock.now()
-        answer = await self._post(state, event, attempt, at)
-        subscription = state.subscription
-        delay_s: float | None = None
-        if answer.delivered:
-            outcome = Outcome.DELIVERED
-        elif answer.status_code == 410:
-            outcome = Outcome.DISABLED
-        else:
-            delay_s = retry_delay_s(self.schedule_s, attempt, answer.retry_after_s, self._rng)
-            outcome = Outcome.GIVEN_UP if delay_s is None else Outcome.RETRYING
-        passes = outcome is Outcome.RETRYING and not subscription.ordered
-        cursor = state.cursor
-        if new and (outcome in (Outcome.DELIVERED, Outcome.GIVEN_UP) or passes):
-            cursor = event.seq
-        record = DeliveryRecord(
-            event.seq,
-            message_id(event.seq),
-            attempt,
-            answer.status_code,
-            answer.latency_ms,
-            answer.error,
-            outcome,
-            at,
-        )
-        settlement = Settlement(
-            cursor=cursor,
-            seq=event.seq if attempt > 1 or outcome is Outcome.RETRYING else None,
-            retry_attempt=attempt if outcome is Outcome.RETRYING else None,
-            retry_in_s=delay_s or 0.0,
-            disable=_DISABLED_REASON if outcome is Outcome.DISABLED else None,
-            record=record,
-        )
-        if not await self._settle(state, settlement):
-            return False
-        state.cursor = cursor
-        if outcome is Outcome.RETRYING:
-            assert delay_s is not None
-            self._wake_in(delay_s)
-            log.debug(
-                "webhook %s: %s failed (%s)", subscription.id, record.webhook_id, answer.error
-            )
-        elif outcome is Outcome.GIVEN_UP:
-            log.warning(
-                "webhook %s: gave up on %s after %d attempts: %s",
-                subscription.id,
-                record.webhook_id,
-                attempt,
-                answer.error,
-            )
-        elif outcome is Outcome.DISABLED:
-            log.warning("webhook %s disabled: %s", subscription.id, _DISABLED_REASON)
-        return outcome in (Outcome.DELIVERED, Outcome.GIVEN_UP) or passes
-
-    async def _settle(self, state: _Round, settlement: Settlement) -> bool:
-        sent = time.monotonic()
-        if await self.store.settle(state.claim, settlement, self.lease_s):
-            state.lease_until = sent + self.lease_s
-            state.progressed |= settlement.record is not None
-            return True
-        log.info("webhook %s: claim lost (replayed, deleted or taken over)", state.subscription.id)
-        return False
-
-    def _record(self, seq: int, attempt: int, outcome: Outcome, error: str) -> DeliveryRecord:
-        return DeliveryRecord(
-            seq, message_id(seq), attempt, None, 0.0, error, outcome, self._clock.now()
-        )
-
-    # -- one attempt -------------------------------------------------------------------------
-
-    async def _post(self, state: _Round, event: OrderEvent, attempt: int, at: datetime) -> Answer:
-        """`event` sent, signed as of `at`, with the order as it is now; raises only the order
-        store's errors."""
-        order = await self._orders.find_order(event.order_id)
-        data: Any = order if order is not None else {"id": event.order_id}
-        body = _encode(Delivery(event.type, event.at, data))
-        assert state.signer is not None
-        return await self.sender.send(
-            state.subscription.url, state.signer, message_id(event.seq), body, at, attempt
-        )
 
 
 def _where(url: str) -> str:
