@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
-import msgspec
 
 from orderflow.clock import Clock, SystemClock
 from orderflow.domain import EventType
@@ -56,11 +55,8 @@ log = logging.getLogger("orderflow.webhooks")
 
 _ROUND_S = 2.0  # a round ends after this, so that other subscriptions and instances get turns
 _RELEASE_TIMEOUT_S = 5.0
-_DISABLED_REASON = "the receiver answered 410 Gone"
 #: The Standard Webhooks schedule: retries after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h.
 DEFAULT_SCHEDULE_S = parse_schedule(DEFAULTS.webhook_retry_schedule)
-
-_encode = msgspec.json.Encoder().encode
 
 
 class Deliverer:
