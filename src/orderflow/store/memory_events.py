@@ -91,7 +91,7 @@ class EventLog:
     def _drop(self, count: int) -> None:
         self._start += count
         self._first_seq += count
-        if self._start >= _COMPACT_EVERY and self._start * 2 >= len(self._entries):
+        if self._start >= _COMPACT_EVERY:  # at most this many dropped entries held on to
             del self._entries[: self._start]
             self._start = 0
 
