@@ -170,6 +170,8 @@ class OrderService:
 
     async def trigger_processing(self) -> int:
         """Claim every pending order for shipping; returns how many. Raises ShuttingDown."""
+        if self.stopping:
+            raise ShuttingDown()
         claimed = await self.processor.claimer.trigger()
         log.info("trigger: %d orders claimed for shipping", claimed)
         return claimed

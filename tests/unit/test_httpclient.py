@@ -4,10 +4,12 @@ that each test says exactly what goes over the wire."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -65,8 +67,9 @@ class Server:
     ) -> bool:
         """Never answer; note when the client goes away."""
         self.waiting.set()
-        if await reader.read() == b"":
-            self.eofs.put_nowait(None)
+        with contextlib.suppress(ConnectionError):  # TLS: an abort can be a reset
+            await reader.read()
+        self.eofs.put_nowait(None)
         return False
 
     async def closed_by_client(self, connections: int = 1) -> None:
@@ -251,8 +254,9 @@ def test_an_origin_gives_the_host_port_and_host_header(
     ],
 )
 def test_an_origin_that_is_not_scheme_host_port_is_refused(origin: str) -> None:
-    with pytest.raises(ValueError, match="origin"):
+    with pytest.raises(ValueError, match="origin") as caught:
         HttpClient(origin)
+    assert "secret" not in str(caught.value)
 
 
 # Answers
@@ -425,6 +429,23 @@ async def test_a_new_connection_closed_before_answering_is_not_retried(
     with pytest.raises(ConnectionClosed, match="closed the connection without answering"):
         await post(client)
     assert len(server.requests) == 1
+
+
+async def test_a_reset_connection_is_a_connection_closed(
+    server: Server, client: HttpClient
+) -> None:
+    async def reset(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        sock = writer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return False  # closing with a zero linger sends a reset
+
+    server.respond = reset
+    with pytest.raises(ConnectionClosed, match="without answering") as caught:
+        await post(client)
+    assert str(caught.value).endswith("(Connection reset by peer)")
+    assert isinstance(caught.value, ConnectionError)
 
 
 async def test_a_reused_connection_that_closes_again_on_retry_fails(
@@ -653,6 +674,10 @@ async def test_https_verifies_the_certificate_against_the_given_context(tmp_path
         assert server.connections == 1
         with pytest.raises(CannotConnect, match=r"^cannot verify the certificate of .*: self-"):
             await post(default)
+        server.respond = server.hang
+        with pytest.raises(Timeout):
+            await post(trusting, timeout_s=0.2)
+        await server.closed_by_client()
     finally:
         await trusting.close()
         await default.close()

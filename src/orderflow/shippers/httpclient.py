@@ -331,10 +331,9 @@ class HttpClient:
         return conn
 
     async def _exchange(self, conn: _Connection, request: bytes, max_body: int) -> Response:
-        waiter = conn.send(request, max_body)
         self._busy.add(conn)
         try:
-            response = await waiter
+            response = await conn.send(request, max_body)
         except BaseException:
             # A failure, timeout or cancel mid-call: the receiver must see the call go away,
             # and a connection with an answer half read is never used again.
