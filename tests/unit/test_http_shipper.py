@@ -413,9 +413,10 @@ async def test_a_non_2xx_whose_body_breaks_off_is_retryable(
     ("secret", "problem"),
     [
         ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "expected 'whsec_'"),
-        ("whsec_", "empty"),
-        ("whsec_not base64!", "not valid base64"),
-        ("whsec_MfKQ9", "not valid base64"),
+        ("whsec_", "expected 'whsec_' and the base64"),
+        ("whsec_not base64!", "expected 'whsec_' and the base64"),
+        ("whsec_MfKQ9", "expected 'whsec_' and the base64"),
+        ("whsec_QUJDREVGR0g=", "of a 24 to 64 byte key"),  # 8 bytes: too short a key
     ],
 )
 def test_a_bad_secret_is_refused_without_being_echoed(secret: str, problem: str) -> None:

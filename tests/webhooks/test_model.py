@@ -11,16 +11,14 @@ import pytest
 
 from orderflow.runtime import StartupError, _deliverer
 from orderflow.settings import Settings
+from orderflow.signing import SECRET_PATTERN, check_secret, new_secret
 from orderflow.store.memory import InMemoryOrderStore
 from orderflow.webhooks.delivery import DEFAULT_SCHEDULE_S
 from orderflow.webhooks.model import (
     MAX_RETRY_AFTER_S,
-    SECRET_PATTERN,
-    check_secret,
     check_url,
     is_webhook_id,
     message_id,
-    new_secret,
     new_webhook_id,
     parse_schedule,
     retry_delay_s,

@@ -19,8 +19,9 @@ from orderflow.api.auth import Auth
 from orderflow.domain import Item
 from orderflow.runtime import Runtime
 from orderflow.settings import Settings
+from orderflow.signing import SECRET_PATTERN
 from orderflow.store.memory import InMemoryOrderStore
-from orderflow.webhooks.model import SECRET_PATTERN, URL_PATTERN, WEBHOOK_ID_PATTERN
+from orderflow.webhooks.model import URL_PATTERN, WEBHOOK_ID_PATTERN
 from tests.conftest import FakeShipper, ManualClock, eventually
 from tests.webhooks.conftest import FAST
 from tests.webhooks.receiver import SECRET, Receiver

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from orderflow.domain import EventType
+from orderflow.signing import new_secret
 from orderflow.webhooks.model import (
     Claim,
     DeliveryRecord,
@@ -19,7 +20,6 @@ from orderflow.webhooks.model import (
     Subscription,
     WebhookNotFound,
     message_id,
-    new_secret,
     new_webhook_id,
 )
 from orderflow.webhooks.store import WebhookStore

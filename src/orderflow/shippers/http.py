@@ -21,9 +21,6 @@ it 0.11 to 0.17 ms.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import email.utils
 import re
 import ssl
 from datetime import UTC, datetime
@@ -37,6 +34,7 @@ from orderflow import __version__
 from orderflow.domain import Order
 from orderflow.shippers.httpclient import HttpClient, HttpClientError, Timeout
 from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure, ShipContext
+from orderflow.signing import check_secret, retry_after_s
 
 _SECRET_PREFIX = "whsec_"
 _RETRYABLE_4XX = frozenset({408, 409, 425, 429})
@@ -83,7 +81,7 @@ class HttpShipper:
             raise ValueError(f"max_retry_after_s must be at least 0, not {max_retry_after_s}")
         self.timeout_s = timeout_s
         self.max_retry_after_s = max_retry_after_s
-        self._webhook = _signer(secret)
+        self._webhook = Webhook(check_secret(secret))
         # No cap of its own: the processor's concurrency already bounds the calls in flight,
         # and a second, smaller cap would only queue them here.
         self._client = HttpClient(origin, max_connections=None, ssl_context=ssl_context)
@@ -137,7 +135,7 @@ class HttpShipper:
         if 400 <= status < 500 and status not in _RETRYABLE_4XX:
             raise PermanentFailure(reason)
         raise RetryableFailure(
-            reason, retry_after_s=_retry_after_s(retry_after, self.max_retry_after_s)
+            reason, retry_after_s=retry_after_s(retry_after, self.max_retry_after_s)
         )
 
     async def close(self) -> None:
@@ -161,22 +159,6 @@ def _split_url(url: str) -> tuple[str, str]:
     if parts.query:
         target += "?" + quote(parts.query, safe=_PATH_SAFE)
     return f"{parts.scheme}://{parts.netloc}", target
-
-
-def _signer(secret: str) -> Webhook:
-    """A signer for `secret`, checked more strictly than standardwebhooks does (it drops
-    characters that are not base64 and accepts a key without its prefix)."""
-    problem = "expected 'whsec_' followed by a base64 key"
-    if secret.startswith(_SECRET_PREFIX):
-        key = secret[len(_SECRET_PREFIX) :]
-        try:
-            if base64.b64decode(key + "=" * (-len(key) % 4), validate=True):
-                return Webhook(secret)
-            problem = "the key after 'whsec_' is empty"
-        except binascii.Error:
-            problem = "the key after 'whsec_' is not valid base64"
-    # The secret itself never appears in a message.
-    raise ValueError(f"signing secret: {problem}")
 
 
 def _result(
@@ -223,25 +205,6 @@ def _body_start(body: bytes, complete: bool) -> str:
     if len(text) > _BODY_START_CHARS or not complete or len(body) > _BODY_START_CHARS * 4:
         return f": {text[:_BODY_START_CHARS]}…"
     return f": {text}" if text else ""
-
-
-def _retry_after_s(value: str | None, cap_s: float) -> float | None:
-    """Seconds to wait per a ``Retry-After`` of seconds or an HTTP date, within [0, `cap_s`];
-    None when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            at = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if at.tzinfo is None:  # "-0000": UTC, per RFC 5322
-            at = at.replace(tzinfo=UTC)
-        seconds = (at - datetime.now(UTC)).total_seconds()
-    return min(max(seconds, 0.0), cap_s)
 
 
 def _rfc3339(at: datetime) -> str:

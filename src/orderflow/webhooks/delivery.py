@@ -36,14 +36,13 @@ from orderflow.clock import Clock, SystemClock
 from orderflow.domain import EventType
 from orderflow.processor import new_owner_id
 from orderflow.settings import DEFAULTS, Settings, listed
+from orderflow.signing import check_secret, new_secret
 from orderflow.store.base import OrderStore
 from orderflow.supervise import OutageLog, supervised
 from orderflow.webhooks.model import (
     Claim,
     Subscription,
-    check_secret,
     check_url,
-    new_secret,
     new_webhook_id,
     parse_schedule,
 )

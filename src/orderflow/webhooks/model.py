@@ -10,7 +10,6 @@ after its cursor).
 
 from __future__ import annotations
 
-import base64
 import enum
 import random
 import re
@@ -37,16 +36,7 @@ _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-
 URL_PATTERN = (
     r"^https?://[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*(?::" + _PORT + r")?(?:[/?][!\x22$-~]*)?$"
 )
-# "whsec_" then the standard base64 (with its padding) of a key of 24 to 64 bytes, as the
-# Standard Webhooks specification advises: 8 to 21 groups of 4 (24 to 63 bytes), or a last
-# group that holds 2 or 1 bytes after 8 to 20 or 8 to 21 full ones (26 to 64 bytes).
-_B64 = "[A-Za-z0-9+/]"
-SECRET_PATTERN = (
-    f"^whsec_(?:(?:{_B64}{{4}}){{8,21}}|(?:{_B64}{{4}}){{8,20}}{_B64}{{3}}="
-    f"|(?:{_B64}{{4}}){{8,21}}{_B64}{{2}}==)$"
-)
 _URL = re.compile(URL_PATTERN)
-_SECRET = re.compile(SECRET_PATTERN)
 _WEBHOOK_ID = re.compile(WEBHOOK_ID_PATTERN)
 
 
@@ -167,11 +157,6 @@ def is_webhook_id(value: str) -> bool:
     return _WEBHOOK_ID.fullmatch(value) is not None
 
 
-def new_secret() -> str:
-    """A fresh signing secret: ``whsec_`` and 32 random bytes in base64."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
 def check_url(url: str) -> str:
     """`url`; ValueError "url: …" unless it is an http(s) URL the rule above accepts."""
     if len(url) > MAX_URL_LENGTH:
@@ -181,13 +166,6 @@ def check_url(url: str) -> str:
             "url: expected http://host[:port][/path] or https://… (no user info, no fragment)"
         )
     return url
-
-
-def check_secret(secret: str) -> str:
-    """`secret`; ValueError "secret: …" (never showing it) unless it is a whsec_ key."""
-    if _SECRET.fullmatch(secret) is None:
-        raise ValueError("secret: expected 'whsec_' and the base64 of a 24 to 64 byte key")
-    return secret
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:

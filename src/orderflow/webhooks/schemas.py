@@ -9,13 +9,12 @@ from typing import Annotated, Any
 import msgspec
 
 from orderflow.domain import EventType
+from orderflow.signing import SECRET_PATTERN, check_secret
 from orderflow.webhooks.model import (
     MAX_URL_LENGTH,
-    SECRET_PATTERN,
     URL_PATTERN,
     DeliveryRecord,
     Subscription,
-    check_secret,
     check_url,
 )
 

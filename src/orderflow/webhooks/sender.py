@@ -10,16 +10,16 @@ bounded by a timeout; it never raises for what the network or the receiver did.
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 
 import aiohttp
 import msgspec
 from standardwebhooks import Webhook
 
 from orderflow import __version__
+from orderflow.signing import retry_after_s
 
 _BODY_START_BYTES = 4096
 _BODY_START_CHARS = 200
@@ -103,7 +103,7 @@ class Sender:
         if 300 <= status < 400:
             return Answer(status, f"HTTP {status}: redirects are not followed", latency_ms)
         return Answer(
-            status, f"HTTP {status}{_body_start(start)}", latency_ms, _retry_after_s(retry_after)
+            status, f"HTTP {status}{_body_start(start)}", latency_ms, retry_after_s(retry_after)
         )
 
     async def close(self) -> None:
@@ -144,23 +144,6 @@ def _body_start(body: bytes) -> str:
     if len(text) > _BODY_START_CHARS:
         return f": {text[:_BODY_START_CHARS]}…"
     return f": {text}" if text else ""
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds to wait per a ``Retry-After`` of seconds or an HTTP date (at least 0); None when
-    absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        at = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if at.tzinfo is None:  # "-0000": UTC, per RFC 5322
-        at = at.replace(tzinfo=UTC)
-    return max((at - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def _connect_failure(exc: aiohttp.ClientConnectorError) -> str:
