@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ import msgspec
 from orderflow.domain import EventType, OrderEvent, OrderStatus
 from orderflow.errors import Gone
 from orderflow.store.base import OrderStore
-from orderflow.supervise import OutageLog, supervised
+from orderflow.supervise import OutageLog, Wakeup, supervised
 
 log = logging.getLogger("orderflow.events")
 
@@ -101,17 +100,14 @@ class EventHub:
         self._poll_s = poll_s
         self._queue_limit = queue_limit
         self._subscriptions: set[Subscription] = set()
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: int | None = None
+        self._wake = Wakeup()
         self._task: asyncio.Task[None] | None = None
         self._keep_alive: asyncio.Task[None] | None = None
         self.position = 0  # the seq of the last event handed out
         self._closed = False
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
+        self._wake.bind()
         self.position = await self._store.last_event_seq()
         self._task = asyncio.create_task(
             supervised(
@@ -136,12 +132,7 @@ class EventHub:
 
     def wake(self) -> None:
         """There may be new events (callable from any thread, and often: it only sets a flag)."""
-        if self._loop is None or self._wake.is_set():
-            return
-        if threading.get_ident() == self._thread:
-            self._wake.set()
-        else:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self._wake.set_soon()
 
     async def close(self) -> None:
         """End every stream (they end cleanly) and stop reading."""

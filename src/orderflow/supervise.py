@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +31,25 @@ class Backoff:
         """The wait before retry number `retry` (1 for the first)."""
         base: float = min(self.initial_s * 2 ** (retry - 1), self.max_s)
         return base + self.rng.uniform(0, self.initial_s)
+
+
+class Wakeup(asyncio.Event):
+    """An asyncio.Event that any thread may set, and often (new events, say): setting one that
+    is set costs a check. `bind` it from the loop that waits on it."""
+
+    _owner: tuple[asyncio.AbstractEventLoop, int] | None = None
+
+    def bind(self) -> None:
+        self._owner = (asyncio.get_running_loop(), threading.get_ident())
+
+    def set_soon(self) -> None:
+        if self._owner is None or self.is_set():
+            return
+        loop, thread = self._owner
+        if threading.get_ident() == thread:
+            self.set()
+        else:
+            loop.call_soon_threadsafe(self.set)
 
 
 class OutageLog:

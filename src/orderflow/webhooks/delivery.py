@@ -25,7 +25,6 @@ import asyncio
 import heapq
 import logging
 import random
-import threading
 import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -38,7 +37,7 @@ from orderflow.processor import new_owner_id
 from orderflow.settings import DEFAULTS, Settings, listed
 from orderflow.signing import check_secret, new_secret
 from orderflow.store.base import OrderStore
-from orderflow.supervise import OutageLog, supervised
+from orderflow.supervise import OutageLog, Wakeup, supervised
 from orderflow.webhooks.model import (
     Claim,
     Subscription,
@@ -116,11 +115,10 @@ class Deliverer:
         self._claims = 0
         self._rounds: set[asyncio.Task[bool]] = set()
         self._releases: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()
         self._due: list[float] = []  # loop times at which retries this instance set come due
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: int | None = None
         self._task: asyncio.Task[None] | None = None
         self.stopping = False
         self._round_log = OutageLog(log, "delivering webhooks")
@@ -202,7 +200,7 @@ class Deliverer:
     async def start(self) -> None:
         """Make the subscriptions asked for at start (if missing), then deliver until `stop`."""
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
+        self._wake.bind()
         for url in self._subscribe:
             await self._subscribe_at_start(url)
         self._task = asyncio.create_task(
@@ -231,12 +229,7 @@ class Deliverer:
 
     def wake(self) -> None:
         """There may be new events (callable from any thread, and often: it only sets a flag)."""
-        if self._loop is None or self._wake.is_set():
-            return
-        if threading.get_ident() == self._thread:
-            self._wake.set()
-        else:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self._wake.set_soon()
 
     async def stop(self, grace_s: float = 0.0) -> None:
         """Stop claiming; rounds stop after the attempt in flight, which may take `grace_s`
