@@ -61,13 +61,29 @@ class Histogram:
         return out
 
 
+class RouteStats:
+    """One route template's requests: counts by method and status class, and latencies."""
+
+    __slots__ = ("by_method", "seconds")
+
+    def __init__(self) -> None:
+        self.by_method: dict[str, list[int]] = {}
+        self.seconds = Histogram(_REQUEST_BUCKETS)
+
+    def record(self, method: str, status: int, seconds: float) -> None:
+        counts = self.by_method.get(method)
+        if counts is None:
+            counts = self.by_method[method] = [0] * 6
+        counts[status // 100] += 1
+        self.seconds.observe(seconds)
+
+
 @dataclass
 class Metrics:
     """Everything counted in this process. One instance per process (`METRICS`), like
     prometheus_client's own default registry."""
 
-    requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    request_seconds: dict[str, Histogram] = field(default_factory=dict)
+    routes: dict[str, RouteStats] = field(default_factory=dict)
     submitted: int = 0
     transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
@@ -82,15 +98,15 @@ class Metrics:
     # Read at scrape time from whoever knows (the runtime sets these).
     gauges: dict[str, Any] = field(default_factory=dict)
 
-    def request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests[route, method, _STATUS_CLASS[status // 100]] += 1
-        histogram = self.request_seconds.get(route)
-        if histogram is None:
-            histogram = self.request_seconds[route] = Histogram(_REQUEST_BUCKETS)
-        histogram.observe(seconds)
+    def route(self, template: str) -> RouteStats:
+        """The stats of a route template (a route keeps its own: no lookup per request)."""
+        stats = self.routes.get(template)
+        if stats is None:
+            stats = self.routes[template] = RouteStats()
+        return stats
 
 
-_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+_STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 METRICS = Metrics()
 
 
@@ -112,15 +128,19 @@ class _Collector:
             "orderflow_http_requests", "HTTP requests by route template, method and status class",
             labels=("route", "method", "status"),
         )  # fmt: skip
-        for (route, method, status), count in sorted(m.requests.items()):
-            requests.add_metric((route, method, status), count)
+        for route, stats in sorted(m.routes.items()):
+            for method, counts in sorted(stats.by_method.items()):
+                for status, count in enumerate(counts):
+                    if count:
+                        requests.add_metric((route, method, _STATUS_CLASS[status]), count)
         yield requests
         latency = HistogramMetricFamily(
             "orderflow_http_request_duration_seconds", "Time to answer, by route template",
             labels=("route",),
         )  # fmt: skip
-        for route, histogram in sorted(m.request_seconds.items()):
-            latency.add_metric((route,), histogram.buckets(), histogram.sum)
+        for route, stats in sorted(m.routes.items()):
+            if stats.by_method:
+                latency.add_metric((route,), stats.seconds.buckets(), stats.seconds.sum)
         yield latency
         yield CounterMetricFamily(
             "orderflow_orders_submitted", "Orders submitted to this instance", value=m.submitted

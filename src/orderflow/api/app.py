@@ -50,6 +50,7 @@ Receive = Callable[[], Awaitable[ASGIMessage]]
 Send = Callable[[ASGIMessage], Awaitable[None]]
 
 _CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_UNMATCHED = METRICS.route("unmatched")  # no route (404), or not with that method (405)
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
@@ -111,7 +112,7 @@ class OrderflowApp:
         """The answer to `request`; never raises. Counted in the metrics by route template."""
         began = perf_counter()
         method = request.method
-        template = "unmatched"
+        stats = _UNMATCHED
         try:
             if self._hosts is not None:
                 host = request.headers.get("host")
@@ -129,9 +130,9 @@ class OrderflowApp:
             route = methods.get("GET" if method == "HEAD" else method)
             if route is None:
                 response = self._not_allowed(request, methods)
-                METRICS.request("unmatched", method, response.status, perf_counter() - began)
+                _UNMATCHED.record(method, response.status, perf_counter() - began)
                 return response
-            template = route.path
+            stats = route.stats
             if method in _CHANGES:
                 origin = request.headers.get("origin")
                 if origin is not None and not self._origin_allowed(origin, request):
@@ -153,7 +154,7 @@ class OrderflowApp:
         if self._origins and (origin := request.headers.get("origin")) in self._origins:
             response.headers = [*response.headers, ("access-control-allow-origin", origin),
                                 ("vary", "origin")]  # fmt: skip
-        METRICS.request(template, method, response.status, perf_counter() - began)
+        stats.record(method, response.status, perf_counter() - began)
         return response
 
     def _check_host(self, host: str | None) -> bool:

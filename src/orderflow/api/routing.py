@@ -4,11 +4,12 @@ of a request's path. The table itself is `api/routes.py`; this is what it is mad
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from orderflow.api.http import Request, Response
+from orderflow.metrics import METRICS, RouteStats
 
 if TYPE_CHECKING:
     from orderflow.api.app import OrderflowApp
@@ -56,6 +57,10 @@ class Route:
     needs_service: bool = True
     also_media: tuple[str, ...] = ()
     ok_headers: tuple[tuple[str, str], ...] = ()  # (name, description) of the answer's headers
+    stats: RouteStats = field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stats", METRICS.route(self.path))
 
 
 class Router:
