@@ -7,8 +7,13 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
+README = Path(__file__).parents[1] / "README.md"
+# The README's table sits between these two lines; every run rewrites what is between them.
+START = "<!-- bench: written by `make bench` from benchmarks/results/latest.json -->"
+END = "<!-- /bench -->"
 
 
 @dataclass
@@ -59,3 +64,20 @@ def write(rows: list[Row], command: str) -> None:
         "rows": [asdict(row) for row in rows],
     }
     RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+    publish(document)
+
+
+def publish(document: dict[str, Any]) -> None:
+    """Copy the table of `document` (latest.json's content) into the README."""
+    text = README.read_text()
+    head, start, rest = text.partition(START)
+    _, end, tail = rest.partition(END)
+    if not (start and end):
+        return
+    rows = [Row(**row) for row in document["rows"]]
+    when = f"Latest run {document['when']}, Python {document['python']}, `{document['command']}`"
+    README.write_text(f"{head}{START}\n{when}:\n\n{table(rows)}\n{END}{tail}")
+
+
+if __name__ == "__main__":  # `python -m benchmarks.report`: the README from latest.json again
+    publish(json.loads(RESULTS.read_text()))

@@ -106,6 +106,19 @@ def main(argv: list[str] | None = None) -> None:
     help="Apply database migrations at start (default: yes).",
 )
 @_option("--idempotency-ttl", "Seconds an Idempotency-Key is kept, at least.", type=float)
+@_option("--event-retention", "Seconds order events are kept.", type=float)
+@_option(
+    "--event-retention-count", "Most order events kept (older ones are pruned first).", type=int
+)
+@_option(
+    "--sse-keep-alive", "Seconds between keep-alive comments on a quiet event stream.", type=float
+)
+@_option(
+    "--sse-stream-bytes",
+    "Bytes one event stream sends before it ends and its reader resumes (the most a stalled"
+    " reader can hold in the server).",
+    type=int,
+)
 @_option(
     "--webhook",
     "POST every order event to URL, signed (repeatable; ORDERFLOW_WEBHOOK: comma-separated)."

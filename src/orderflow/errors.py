@@ -9,7 +9,8 @@
     │   ├── IllegalTransition        the state machine refuses the move
     │   ├── NotHeld                  the writer no longer holds the order (owner, token)
     │   └── IdempotencyInFlight      a request with that Idempotency-Key is still running
-    ├── Gone                     what was asked for is past keeping (events beyond retention)
+    ├── Gone                     what was asked for is past keeping
+    │   └── EventsPruned             the events after a seq were pruned (beyond retention)
     ├── StoreUnavailable         the backing store cannot be reached: nothing happened
     │   └── OutcomeUnknown           the store went away mid-write: it may have happened
     └── ShuttingDown             the service is stopping and takes no new work
@@ -65,6 +66,15 @@ class IdempotencyInFlight(OrderConflict):
 
 class Gone(OrderflowError):
     """What was asked for is no longer kept."""
+
+
+class EventsPruned(Gone):
+    """Events after the seq asked for were pruned; `oldest` is the first seq still kept, where
+    a reader that wants whatever there is starts instead."""
+
+    def __init__(self, after: int, oldest: int) -> None:
+        super().__init__(f"events after {after} were pruned; the oldest kept is {oldest}")
+        self.oldest = oldest
 
 
 class StoreUnavailable(OrderflowError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import msgspec
 
 from orderflow.domain import EventType, OrderEvent, OrderStatus
-from orderflow.errors import Gone
+from orderflow.errors import EventsPruned, Gone
 from orderflow.store.base import OrderStore
 from orderflow.supervise import OutageLog, Wakeup, supervised
 
@@ -85,6 +85,9 @@ class EventHub:
     """Args:
     poll_s: how often to look for events when nobody said there are some.
     queue_limit: the most events a reader may fall behind before it is cut off.
+    stream_bytes: the most one stream sends before it ends (its reader resumes). The server
+        under RSGI takes every chunk at once, however slowly the client reads, so this, not
+        the queue, is what bounds the memory a stalled reader holds there.
     """
 
     def __init__(
@@ -94,8 +97,10 @@ class EventHub:
         poll_s: float = 1.0,
         queue_limit: int = 1000,
         keep_alive_s: float = 15.0,
+        stream_bytes: int = 4 << 20,
     ) -> None:
         self._store = store
+        self._stream_bytes = stream_bytes
         self._keep_alive_s = keep_alive_s
         self._poll_s = poll_s
         self._queue_limit = queue_limit
@@ -131,8 +136,10 @@ class EventHub:
                 subscription.quiet = True
 
     def wake(self) -> None:
-        """There may be new events (callable from any thread, and often: it only sets a flag)."""
-        self._wake.set_soon()
+        """There may be new events (callable from any thread, and often: with nobody reading it
+        costs one check, and a reader who comes later starts from the store's position)."""
+        if self._subscriptions:
+            self._wake.set_soon()
 
     async def close(self) -> None:
         """End every stream (they end cleanly) and stop reading."""
@@ -146,12 +153,20 @@ class EventHub:
                 await asyncio.gather(task, return_exceptions=True)
         self._task = self._keep_alive = None
 
-    def subscribe(self, wanted: EventFilter) -> Subscription:
+    async def subscribe(self, wanted: EventFilter) -> Subscription:
+        """A live reader from the hub's position on. A first reader brings that position up to
+        the store's (nobody woke the hub while nobody read) and wakes the hub for anything newer.
+        """
+        if not self._subscriptions and not self._closed:
+            last = await self._store.last_event_seq()
+            if not self._subscriptions:  # (a reader that came meanwhile keeps its start)
+                self.position = max(self.position, last)
         subscription = Subscription(self, self.position, wanted, self._queue_limit)
         if self._closed:
             subscription._end()
         else:
             self._subscriptions.add(subscription)
+            self._wake.set_soon()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -186,19 +201,25 @@ class EventHub:
     async def stream(self, after: int | None, wanted: EventFilter) -> AsyncIterator[bytes]:
         """Server-Sent Events: the events after seq `after` (None: from now on) that `wanted`
         takes, then live ones (several to a chunk when they come together), with keep-alive
-        comments, until the reader falls behind or the hub closes.
+        comments, until the reader falls behind, the stream sent its `stream_bytes`, or the
+        hub closes. Each ends after a whole message, so the reader resumes after its last id.
 
         Raises:
             Gone: events after `after` are no longer kept (before anything is yielded).
         """
-        subscription = self.subscribe(wanted)
+        subscription = await self.subscribe(wanted)
+        budget = self._stream_bytes
         try:
             yield b"retry: 2000\n\n"
             if after is not None and after < subscription.position:
                 async for event in self._catch_up(after, subscription.position, wanted):
-                    yield sse(event)
+                    past = sse(event)
+                    yield past
+                    budget -= len(past)
+                    if budget <= 0:
+                        return
             queue = subscription.queue
-            while (message := await queue.get()) is not None:
+            while budget > 0 and (message := await queue.get()) is not None:
                 chunk = [message]
                 while not queue.empty() and len(chunk) < 256:
                     message = queue.get_nowait()
@@ -206,7 +227,9 @@ class EventHub:
                         yield b"".join(chunk)
                         return
                     chunk.append(message)
-                yield b"".join(chunk)
+                data = b"".join(chunk)
+                yield data
+                budget -= len(data)
         finally:
             subscription.close()
 
@@ -225,15 +248,22 @@ class EventHub:
             after = events[-1].seq
 
     async def page(
-        self, after: int, limit: int, wanted: EventFilter
+        self, after: int | None, limit: int, wanted: EventFilter
     ) -> tuple[list[OrderEvent], int]:
-        """Past events after `after` that `wanted` takes, at most `limit`, and the seq to go on
-        from (it moves past events the filter skipped). Looks at no more than 10 pages' worth
-        of events, so a rare filter answers a short page rather than read the whole log."""
+        """Past events after `after` (None: from the oldest kept) that `wanted` takes, at most
+        `limit`, and the seq to go on from (it moves past events the filter skipped). Looks at
+        no more than 10 pages' worth of events, so a rare filter answers a short page rather
+        than read the whole log."""
         found: list[OrderEvent] = []
-        position = after
+        position = after or 0
         for _ in range(10):
-            events = await self._store.read_events(position, max(limit, _BATCH))
+            try:
+                events = await self._store.read_events(position, max(limit, _BATCH))
+            except EventsPruned as pruned:
+                if after is not None or found:  # the reader would miss events: 410
+                    raise
+                position = pruned.oldest - 1
+                continue
             for event in events:
                 position = event.seq
                 if wanted(event):

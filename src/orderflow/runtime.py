@@ -88,7 +88,12 @@ class Runtime:
                 self.store, self.processor, self.clock, idempotency_ttl_s=settings.idempotency_ttl
             )
             await self.processor.start()
-            self.events = EventHub(self.store, poll_s=settings.poll_interval)
+            self.events = EventHub(
+                self.store,
+                poll_s=settings.poll_interval,
+                keep_alive_s=settings.sse_keep_alive,
+                stream_bytes=settings.sse_stream_bytes,
+            )
             self.webhooks = _deliverer(settings, self.store)
             self.store.watch_events(self._events_arrived)
             await self.events.start()

@@ -41,6 +41,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     idempotency_ttl: Annotated[float, msgspec.Meta(ge=1)] = 86_400.0
     event_retention: Annotated[float, msgspec.Meta(ge=1)] = 259_200.0
     event_retention_count: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    sse_keep_alive: _Seconds = 15.0
+    sse_stream_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 4 << 20
     webhook: str | None = None  # comma-separated URLs subscribed at start
     webhook_secret: str | None = None
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"

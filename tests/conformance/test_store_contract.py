@@ -19,7 +19,14 @@ from orderflow.domain import (
     new_order,
     new_order_id,
 )
-from orderflow.errors import Gone, IllegalTransition, NotHeld, OrderConflict, OrderNotFound
+from orderflow.errors import (
+    EventsPruned,
+    Gone,
+    IllegalTransition,
+    NotHeld,
+    OrderConflict,
+    OrderNotFound,
+)
 from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -468,8 +475,9 @@ async def test_events_resume_after_any_seq_and_pruned_ones_are_gone(store: Order
     assert await store.prune_events(at(-1), keep=6) == 4  # beyond the newest 6
     remaining = await store.read_events(first + 3, 100)
     assert [e.seq for e in remaining] == [first + 4 + k for k in range(6)]
-    with pytest.raises(Gone):
+    with pytest.raises(EventsPruned) as pruned:
         await store.read_events(first - 1, 100)
+    assert pruned.value.oldest == first + 4
     assert await store.prune_events(at(7), keep=100) == 3  # dated before at(7): at(4) to at(6)
     later = await store.read_events(first + 6, 100)
     assert [e.seq for e in later] == [first + 7, first + 8, first + 9]

@@ -64,6 +64,7 @@ class Instance:
         try:
             eventually_sync(self._ready, timeout_s=30)
         except AssertionError:
+            self.kill()  # the test never gets to end it
             raise AssertionError(f"not ready:\n{log.read_text()}") from None
 
     def _ready(self) -> bool:

@@ -125,6 +125,7 @@ class FaultProxy:
         self._refusing = False
         self._blackholed = False
         self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []  # every socket it opened or accepted
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -167,7 +168,7 @@ class FaultProxy:
         if loop is None or thread is None:
             return
         try:
-            self._call(self._shutdown())
+            self._call(self._shutdown(), timeout_s=4 * CONTROL_TIMEOUT_S)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(CONTROL_TIMEOUT_S)
@@ -248,14 +249,14 @@ class FaultProxy:
         self._call(arm())
         return hook
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the proxy's loop and wait for its result, at most CONTROL_TIMEOUT_S."""
+    def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float = CONTROL_TIMEOUT_S) -> T:
+        """Run `coro` on the proxy's loop and wait for its result, at most `timeout_s`."""
         if self._loop is None:
             coro.close()
             raise RuntimeError("FaultProxy is not started")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result(CONTROL_TIMEOUT_S)
+            return future.result(timeout_s)
         finally:
             future.cancel()  # a no-op once done; stops a timed-out call
 
@@ -271,6 +272,14 @@ class FaultProxy:
             _, stuck = await asyncio.wait(self._handlers, timeout=_CLOSE_TIMEOUT_S)
             for task in stuck:
                 task.cancel()  # still connecting to a target that does not answer
+            await asyncio.gather(*stuck, return_exceptions=True)
+        # Whatever socket is still open (a handler cut short) is closed before the loop stops,
+        # so none is left for the garbage collector to find open.
+        for writer in self._writers:
+            _reset(writer)  # a no-op on one closed already
+        self._writers.clear()
+        for _ in range(2):  # a reset closes its socket on the loop's next turn
+            await asyncio.sleep(0)
 
     async def _cut_all(self) -> int:
         links = list(self._links)
@@ -296,6 +305,7 @@ class FaultProxy:
         assert task is not None
         self._handlers.add(task)
         self._accepted += 1
+        self._writers.append(writer)
         link = _Link(writer)
         try:
             if self._refusing:
@@ -310,6 +320,7 @@ class FaultProxy:
                 asyncio.open_connection(*self.target), _CONNECT_TIMEOUT_S
             )
             link.server = server_writer
+            self._writers.append(server_writer)
             if link not in self._links:  # cut while connecting
                 return
             for side in link.writers():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orderflow.cli import serve
 from orderflow.settings import DEFAULTS, SettingError, Settings, flag_of, listed, load_settings
 
 
@@ -85,3 +86,8 @@ def test_a_listed_setting_is_split_on_commas_and_trimmed() -> None:
     assert listed(None) == []
     assert listed("") == []
     assert listed(" a.example , b.example,,") == ["a.example", "b.example"]
+
+
+def test_every_setting_is_a_flag_of_serve() -> None:
+    flags = {param.name for param in serve.params}
+    assert set(Settings.__struct_fields__) <= flags

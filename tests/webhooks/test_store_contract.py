@@ -68,10 +68,13 @@ async def test_a_subscription_is_kept_as_given_and_listed_oldest_first(
 
 
 async def test_delete_removes_it_and_unknown_ids_are_not_found(webhooks: WebhookStore) -> None:
+    assert not await webhooks.any()
     kept = subscription()
     await webhooks.add(kept)
+    assert await webhooks.any()
     await webhooks.delete(kept.id)
     assert await webhooks.list_subscriptions() == []
+    assert not await webhooks.any()
     for call in (webhooks.get, webhooks.delete, webhooks.deliveries):
         with pytest.raises(WebhookNotFound):
             await call(kept.id)

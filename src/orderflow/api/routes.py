@@ -215,7 +215,7 @@ async def events(app: OrderflowApp, request: Request) -> Response:
         limit = params.get("limit", str(DEFAULT_PAGE))
         if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAGE):
             raise bad_query("limit", f"not a whole number from 1 to {MAX_PAGE}")
-        found, position = await hub.page(after or 0, int(limit), wanted)
+        found, position = await hub.page(after, int(limit), wanted)
         return json_response(200, EventPage(found, len(found), position))
     if after is not None:
         await app.runtime.store.read_events(after, 1)  # Gone (410) before the stream starts
@@ -353,10 +353,11 @@ ROUTES: tuple[Route, ...] = (
           ), statuses=(400, 410, 503), also_media=("text/event-stream",),
           description="With `Accept: text/event-stream` (what EventSource sends), a stream of"
           " Server-Sent Events (`id:` the seq, `event:` the type, `data:` the event as JSON),"
-          " resuming after `Last-Event-ID` or `after`, with a keep-alive comment every 15 s;"
-          " a reader that falls too far behind is disconnected and resumes. With"
-          " `Accept: application/json`, a page of past events; `next_cursor` is the `after`"
-          " to poll with next. 410 when the events asked for are past --event-retention."),
+          " resuming after `Last-Event-ID` or `after` (without either, from now on), with a"
+          " keep-alive comment every 15 s (--sse-keep-alive); a reader that falls too far"
+          " behind is disconnected and resumes. With `Accept: application/json`, a page of past"
+          " events (without `after`, from the oldest kept); `next_cursor` is the `after` to"
+          " poll with next. 410 when the events asked for are past --event-retention."),
     Route("GET", "/metrics", metrics, "Metrics in the Prometheus text format", 200,
           statuses=(503,), media="text/plain", needs_service=False,
           description="Counters and histograms of this instance, and store-wide gauges (orders"

@@ -223,7 +223,7 @@ class OrderStore(abc.ABC):
         that was made, none of one that was not, each once, in seq order.
 
         Raises:
-            Gone: events after `after` were pruned already.
+            EventsPruned: events after `after` were pruned already (it names the oldest kept).
         """
 
     @abc.abstractmethod

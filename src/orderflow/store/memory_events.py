@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from orderflow.domain import EventType, OrderEvent, OrderStatus
-from orderflow.errors import Gone
+from orderflow.errors import EventsPruned
 
 _COMPACT_EVERY = 4096  # dropped entries are deleted from the list in chunks, not one by one
 
@@ -138,9 +138,7 @@ class EventLogMixin:
 
     async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
         if after < self.events.first_seq - 1:
-            raise Gone(
-                f"events after {after} were pruned; the oldest kept is {self.events.first_seq}"
-            )
+            raise EventsPruned(after, self.events.first_seq)
         return list(self.events.read(after, limit))
 
     async def last_event_seq(self) -> int:

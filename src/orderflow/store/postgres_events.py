@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from orderflow.domain import EventType, OrderEvent, OrderStatus
-from orderflow.errors import Gone
+from orderflow.errors import EventsPruned
 from orderflow.store import postgres_sql as sql
 from orderflow.store.postgres_rows import decode_object
 
@@ -30,9 +30,7 @@ class PostgresEventLogMixin:
             if not rows or rows[0]["seq"] != after + 1:  # a gap: pruned, or nothing yet
                 horizon = await db.fetchval(sql.PRUNED_THROUGH)
                 if after < horizon:
-                    raise Gone(
-                        f"events after {after} were pruned; the oldest kept is {horizon + 1}"
-                    )
+                    raise EventsPruned(after, horizon + 1)
         return [
             OrderEvent(
                 row["seq"],

@@ -121,6 +121,9 @@ class Deliverer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self.stopping = False
+        self._subscribed = True  # whether any subscription exists, as last seen (until the
+        # first look, assume so); while there is none, new events wake nothing
+        self._made = 0  # subscriptions made or replayed here
         self._round_log = OutageLog(log, "delivering webhooks")
 
     @classmethod
@@ -179,6 +182,8 @@ class Deliverer:
             head,
         )
         await self.store.add(subscription)
+        self._subscribed = True
+        self._made += 1
         log.info("webhook %s subscribed: %s", subscription.id, _where(url))
         return subscription
 
@@ -192,6 +197,8 @@ class Deliverer:
             after_seq = min(after_seq, await self.orders.last_event_seq())
             await self.orders.read_events(after_seq, 1)  # raises Gone
         subscription = await self.store.replay(webhook_id, after_seq)
+        self._subscribed = True
+        self._made += 1
         self.wake()
         return subscription
 
@@ -228,8 +235,10 @@ class Deliverer:
             )
 
     def wake(self) -> None:
-        """There may be new events (callable from any thread, and often: it only sets a flag)."""
-        self._wake.set_soon()
+        """There may be new events (callable from any thread, and often: it only sets a flag,
+        and not even that while there is no subscription; the polls look for new ones)."""
+        if self._subscribed:
+            self._wake.set_soon()
 
     async def stop(self, grace_s: float = 0.0) -> None:
         """Stop claiming; rounds stop after the attempt in flight, which may take `grace_s`
@@ -265,6 +274,11 @@ class Deliverer:
             began = time.monotonic()
             claim = await self.store.claim(f"{self.owner}#{self._claims}", head, self.lease_s)
             if claim is None:
+                if not self._rounds:
+                    made = self._made
+                    exists = await self.store.any()
+                    if made == self._made:  # (none was made here meanwhile)
+                        self._subscribed = exists
                 return
             task = asyncio.create_task(
                 self._round(claim, began), name=f"orderflow-webhook-{claim.subscription.id}"

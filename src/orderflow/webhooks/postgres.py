@@ -96,6 +96,10 @@ class PostgresWebhookStore(WebhookStore):
             rows = await db.fetch(sql.LIST)
         return [_subscription(row) for row in rows]
 
+    async def any(self) -> bool:
+        async with self._connection() as db:
+            return bool(await db.fetchval(sql.ANY))
+
     async def delete(self, webhook_id: str) -> None:
         async with self._connection(changing=True) as db:
             deleted = await db.fetchval(sql.DELETE, webhook_id)

@@ -17,6 +17,7 @@ INSERT = (
 FIND = f"SELECT {COLUMNS} FROM webhooks WHERE id = $1"
 FIND_BY_URL = f"SELECT {COLUMNS} FROM webhooks WHERE url = $1 ORDER BY created_at, id LIMIT 1"
 LIST = f"SELECT {COLUMNS} FROM webhooks ORDER BY created_at, id"
+ANY = "SELECT EXISTS (SELECT FROM webhooks)"
 DELETE = "DELETE FROM webhooks WHERE id = $1 RETURNING id"
 # A replay, in a transaction: lock the row, forget the retries, then $2 the new cursor (NULL:
 # keep it); the token moves on, so the current claim's writes are refused.

@@ -62,6 +62,10 @@ class WebhookStore(abc.ABC):
         """Every subscription, the oldest first."""
 
     @abc.abstractmethod
+    async def any(self) -> bool:
+        """Whether there is a subscription at all (so that events need looking at)."""
+
+    @abc.abstractmethod
     async def delete(self, webhook_id: str) -> None:
         """Delete the subscription, its retries and its deliveries log; its holder's writes are
         refused from now on. Raises WebhookNotFound."""
@@ -176,6 +180,9 @@ class InMemoryWebhookStore(WebhookStore):
     async def list_subscriptions(self) -> list[Subscription]:
         with self._lock:
             return sorted((row.subscription for row in self._rows.values()), key=_age)
+
+    async def any(self) -> bool:
+        return bool(self._rows)
 
     async def delete(self, webhook_id: str) -> None:
         with self._lock:
