@@ -98,6 +98,13 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+def _reset_socket(sock: socket.socket) -> None:
+    """`_reset` for a socket no transport has taken."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    sock.close()
+
+
 async def _closed(writers: list[asyncio.StreamWriter]) -> None:
     """Wait until the sockets of `writers` are closed; reset those a clean close holds up."""
     try:
@@ -123,10 +130,15 @@ class FaultProxy:
         self._links: dict[_Link, None] = {}  # open connections in accept order (cut_one's rng)
         self._hooks: list[Hook] = []
         self._refusing = False
+        self._stopping = False
         self._blackholed = False
         self._handlers: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []  # every socket it opened or accepted
-        self._server: asyncio.Server | None = None
+        # Every socket is owned from the moment it exists, so that none is left open for the
+        # garbage collector however a stop interrupts a connection being set up: raw sockets
+        # until a transport takes them, then the transports' writers.
+        self._sockets: set[socket.socket] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -261,24 +273,51 @@ class FaultProxy:
             future.cancel()  # a no-op once done; stops a timed-out call
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        asyncio.get_running_loop().add_reader(listener, self._accept)
+
+    def _accept(self) -> None:
+        """Accept what is waiting. Our own accept rather than asyncio's server: each socket is
+        ours, and in its handler's hands, the moment it is accepted, with no await between."""
+        assert self._listener is not None
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # BlockingIOError: nothing more waits
+                return
+            conn.setblocking(False)
+            self._sockets.add(conn)
+            self._accepted += 1
+            task = asyncio.get_running_loop().create_task(self._serve(conn))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
 
     async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        await self._cut_all()
-        if self._handlers:  # they end once their sockets are closed
+        self._stopping = True  # a connection accepted from now on is reset at once
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener)
+            self._listener.close()
+        while self._handlers:
+            await self._cut_all()  # handlers end once their sockets are closed
+            if not self._handlers:
+                break
             _, stuck = await asyncio.wait(self._handlers, timeout=_CLOSE_TIMEOUT_S)
             for task in stuck:
                 task.cancel()  # still connecting to a target that does not answer
             await asyncio.gather(*stuck, return_exceptions=True)
-        # Whatever socket is still open (a handler cut short) is closed before the loop stops,
-        # so none is left for the garbage collector to find open.
+        for sock in self._sockets:  # never handed to a transport
+            _reset_socket(sock)
         for writer in self._writers:
             _reset(writer)  # a no-op on one closed already
+        self._sockets.clear()
         self._writers.clear()
-        for _ in range(2):  # a reset closes its socket on the loop's next turn
+        for _ in range(2):  # a reset transport closes its socket on the loop's next turn
             await asyncio.sleep(0)
 
     async def _cut_all(self) -> int:
@@ -300,27 +339,21 @@ class FaultProxy:
                 writer.close()
         return link.writers()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self._accepted += 1
-        self._writers.append(writer)
+    async def _serve(self, conn: socket.socket) -> None:
+        if self._refusing or self._stopping:
+            self._sockets.discard(conn)
+            _reset_socket(conn)
+            return
+        reader, writer = await self._stream(conn)
         link = _Link(writer)
+        self._links[link] = None
         try:
-            if self._refusing:
-                await self._close(link, reset=True)
-                return
-            self._links[link] = None
             if self._blackholed:  # partitioned: the server never hears of this connection
                 while await reader.read(_CHUNK_BYTES):
                     pass
                 return
-            server_reader, server_writer = await asyncio.wait_for(
-                asyncio.open_connection(*self.target), _CONNECT_TIMEOUT_S
-            )
+            server_reader, server_writer = await self._connect()
             link.server = server_writer
-            self._writers.append(server_writer)
             if link not in self._links:  # cut while connecting
                 return
             for side in link.writers():
@@ -334,7 +367,29 @@ class FaultProxy:
             await self._close(link, reset=True)
         finally:
             await self._close(link, reset=False)
-            self._handlers.discard(task)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the target, within _CONNECT_TIMEOUT_S."""
+        sock = socket.socket()
+        sock.setblocking(False)
+        self._sockets.add(sock)
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                await asyncio.get_running_loop().sock_connect(sock, self.target)
+        except BaseException:
+            self._sockets.discard(sock)
+            sock.close()
+            raise
+        return await self._stream(sock)
+
+    async def _stream(
+        self, sock: socket.socket
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams over `sock`, whose transport owns it from then on."""
+        reader, writer = await asyncio.open_connection(sock=sock)
+        self._writers.append(writer)
+        self._sockets.discard(sock)
+        return reader, writer
 
     async def _pump(
         self,

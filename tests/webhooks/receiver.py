@@ -42,7 +42,7 @@ class Received:
         return int(self.webhook_id.removeprefix("evt_"))
 
 
-Reply = tuple[int, dict[str, str]]
+Reply = tuple[int, dict[str, str]] | tuple[int, dict[str, str], bytes]  # (status, headers, body?)
 Answer = Callable[[Received], Awaitable[Reply]]
 
 
@@ -108,13 +108,13 @@ class Receiver:
         self.received.append(received)
         self.arrived[received.webhook_id] += 1
         self.arrival.set()
-        status, reply_headers = await self.answer(received)
+        status, reply_headers, *body = await self.answer(received)
         if 200 <= status < 300:
             if received.sender_gone():
                 return web.Response(status=status)  # the sender went away: not acknowledged
             self.acked[received.webhook_id] += 1
             self.acked_in_order.append(received.webhook_id)
-        return web.Response(status=status, headers=reply_headers)
+        return web.Response(status=status, headers=reply_headers, body=body[0] if body else None)
 
     def seqs_acked(self) -> list[int]:
         return [int(i.removeprefix("evt_")) for i in self.acked_in_order]
