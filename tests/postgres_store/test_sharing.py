@@ -3,6 +3,7 @@ are renewed or run out, rescue, retire, notifications, and driver errors turned 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import asyncpg
@@ -14,8 +15,8 @@ from orderflow.store import open_store
 from orderflow.store import postgres_sql as sql
 from orderflow.store.postgres import PostgresOrderStore, _translated
 from tests.conftest import eventually
-from tests.postgres import same_schema, schema_store
-from tests.postgres_store.conftest import LATER, T0, add_ready
+from tests.postgres import DATABASE_URL, same_schema, schema_store
+from tests.postgres_store.conftest import LATER, T0, add_orders, add_ready
 
 pytestmark = pytest.mark.postgres
 
@@ -200,3 +201,25 @@ def test_a_refusal_by_the_server_is_unavailable_even_during_a_change() -> None:
     with pytest.raises(StoreUnavailable) as caught, _translated(changing=True):
         raise asyncpg.exceptions.SerializationError("could not serialize access")
     assert not isinstance(caught.value, OutcomeUnknown)
+
+
+async def test_counts_wait_for_a_numbering_under_way_and_include_own_writes(
+    store: PostgresOrderStore,
+) -> None:
+    """Counts are folded in by whoever numbers the events; while another instance does, the
+    counts wait for it rather than answer without this process's own last write."""
+    other = await asyncpg.connect(DATABASE_URL)
+    try:
+        numbering = other.transaction()
+        await numbering.start()
+        await other.execute(sql.LOCK, sql.SEQUENCE_LOCK)  # another instance is numbering
+        [order_id] = await add_orders(store, 1)
+        counting = asyncio.create_task(store.count_by_status())
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        await eventually(lambda: other.fetchval(waiting))  # the count waits for the lock
+        assert not counting.done()
+        await numbering.rollback()
+        counts = await counting
+    finally:
+        await other.close()
+    assert counts[OrderStatus.PENDING] == 1, order_id

@@ -133,6 +133,7 @@ class OrderflowApp:
                 _UNMATCHED.record(method, response.status, perf_counter() - began)
                 return response
             stats = route.stats
+            request.route = route.path
             if method in _CHANGES:
                 origin = request.headers.get("origin")
                 if origin is not None and not self._origin_allowed(origin, request):
@@ -264,8 +265,8 @@ class OrderflowApp:
         duration_ms = round((time.perf_counter() - began) * 1000, 3)
         access_log.info(
             "%s %s %d %.3fms", request.method, request.path, response.status, duration_ms,
-            extra={"method": request.method, "path": request.path,
-                   "status": response.status, "duration_ms": duration_ms},
+            extra={"method": request.method, "route": request.route or None,
+                   "path": request.path, "status": response.status, "duration_ms": duration_ms},
         )  # fmt: skip
 
     # -- ASGI --------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class Request(msgspec.Struct, gc=False):
     reader: BodyReader
     params: tuple[str, ...] = ()
     role: str | None = None  # the role of the token it carried, when auth is on
+    route: str = ""  # the template of the route it matched (for the access log)
 
     async def body(self) -> bytes:
         """The body, at most MAX_BODY_BYTES (else 413), all of what Content-Length announced

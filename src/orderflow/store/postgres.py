@@ -318,11 +318,19 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
     # -- operators ---------------------------------------------------------------------------
 
     async def count_by_status(self) -> dict[OrderStatus, int]:
-        await self.sequence_events()  # fold in what changed since the last numbering
+        await self._fold_counts()
         async with self._connection() as db:
             rows = await db.fetch(sql.STATUS_COUNTS)
         counts = {OrderStatus(row["status"]): row["count"] for row in rows}
         return {status: counts.get(status, 0) for status in OrderStatus}
+
+    async def _fold_counts(self) -> None:
+        """Fold every change that committed into the counts (numbering its events), waiting
+        for a numbering another instance has under way: the counts then include every write
+        that completed before the call, this process's own and others'."""
+        batch = 10_000
+        while await self.sequence_events(batch, wait=True) == batch:
+            pass
 
     async def oldest_pending(self) -> datetime | None:
         async with self._connection() as db:
@@ -330,7 +338,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         return None if oldest is None else order_id_time(oldest)
 
     async def stats(self, top: int = 20) -> Stats:
-        await self.sequence_events()
+        await self._fold_counts()
         async with self._connection() as db:
             rows = await db.fetch(sql.STATUS_COUNTS)
             reasons = await db.fetch(sql.FAILED_REASONS, top)
