@@ -12,8 +12,8 @@ memory: on each append; PostgreSQL: a NOTIFY once events are numbered); the hub 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -48,34 +48,63 @@ class EventFilter:
 
 
 class Subscription:
-    """One live reader's queue. `overflowed` once it fell `limit` events behind: its stream
-    ends, and the reader resumes from the store."""
+    """One live reader's messages, at most `limit` waiting. `overflowed` once it fell that far
+    behind: its stream ends, and the reader resumes from the store. (A deque and one waiter
+    rather than an asyncio.Queue: the hub offers every event to every reader.)"""
 
     def __init__(self, hub: EventHub, position: int, wanted: EventFilter, limit: int) -> None:
         self.hub = hub
         self.position = position  # events up to here are the catch-up's, after it the queue's
         self.wanted = wanted
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(limit)  # SSE messages
         self.overflowed = False
         self.quiet = True  # nothing sent since the last keep-alive round
+        self._limit = limit
+        self._messages: deque[bytes | None] = deque()  # SSE messages; None: the end
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, event: OrderEvent, message: bytes) -> None:
         if self.overflowed or not self.wanted(event):
             return
-        try:
-            self.queue.put_nowait(message)
-            self.quiet = False
-        except asyncio.QueueFull:
+        if len(self._messages) >= self._limit:
             self.overflowed = True
-            self._end()
+            self._end(drop=True)  # what is queued is of no use now: it resumes from the log
+            return
+        self._put(message)
+        self.quiet = False
 
-    def _end(self) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
-        if self.queue.full():  # make room for the end mark: what is queued is of no use now
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(None)
+    def keep_alive(self) -> None:
+        if len(self._messages) < self._limit:
+            self._put(KEEP_ALIVE)
+
+    def _end(self, *, drop: bool = False) -> None:
+        """End the stream after what is queued (`drop`: at once)."""
+        if drop:
+            self._messages.clear()
+        self._put(None)
+
+    def _put(self, message: bytes | None) -> None:
+        self._messages.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self, most: int) -> bytes | None:
+        """The next messages, at most `most` of them joined in one chunk; None at the end."""
+        messages = self._messages
+        while not messages:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        taken: list[bytes] = []
+        while messages and len(taken) < most:
+            message = messages[0]
+            if message is None:
+                break  # left in place: the next take ends the stream
+            taken.append(message)
+            messages.popleft()
+        return b"".join(taken) if taken else None
 
     def close(self) -> None:
         self.hub.unsubscribe(self)
@@ -131,8 +160,7 @@ class EventHub:
             await asyncio.sleep(self._keep_alive_s)
             for subscription in list(self._subscriptions):
                 if subscription.quiet:
-                    with contextlib.suppress(asyncio.QueueFull):
-                        subscription.queue.put_nowait(KEEP_ALIVE)
+                    subscription.keep_alive()
                 subscription.quiet = True
 
     def wake(self) -> None:
@@ -218,18 +246,9 @@ class EventHub:
                     budget -= len(past)
                     if budget <= 0:
                         return
-            queue = subscription.queue
-            while budget > 0 and (message := await queue.get()) is not None:
-                chunk = [message]
-                while not queue.empty() and len(chunk) < 256:
-                    message = queue.get_nowait()
-                    if message is None:
-                        yield b"".join(chunk)
-                        return
-                    chunk.append(message)
-                data = b"".join(chunk)
-                yield data
-                budget -= len(data)
+            while budget > 0 and (chunk := await subscription.take(256)) is not None:
+                yield chunk
+                budget -= len(chunk)
         finally:
             subscription.close()
 

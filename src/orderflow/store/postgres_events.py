@@ -9,10 +9,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from orderflow.domain import EventType, OrderEvent, OrderStatus
+from orderflow.domain import OrderEvent
 from orderflow.errors import EventsPruned
 from orderflow.store import postgres_sql as sql
-from orderflow.store.postgres_rows import decode_object
+from orderflow.store.postgres_rows import EVENT_TYPE, STATUS, decode_object
 
 
 class PostgresEventLogMixin:
@@ -34,9 +34,9 @@ class PostgresEventLogMixin:
         return [
             OrderEvent(
                 row["seq"],
-                EventType(row["type"]),
+                EVENT_TYPE[row["type"]],
                 row["order_id"],
-                None if row["status"] is None else OrderStatus(row["status"]),
+                None if row["status"] is None else STATUS[row["status"]],
                 row["at"],
                 row["reason"],
                 None if row["data"] is None else decode_object(row["data"]),
