@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
 )
 @_option(
     "--sse-stream-bytes",
-    "Bytes one event stream sends before it ends and its reader resumes (the most a stalled"
-    " reader can hold in the server).",
+    "Bytes after which an event stream ends and its reader resumes (what bounds the memory a"
+    " stalled reader holds in the server).",
     type=int,
 )
 @_option(

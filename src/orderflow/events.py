@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import msgspec
 
 from orderflow.domain import EventType, OrderEvent, OrderStatus
-from orderflow.errors import EventsPruned, Gone
+from orderflow.errors import EventsPruned, Gone, StoreUnavailable
 from orderflow.store.base import OrderStore
 from orderflow.supervise import OutageLog, Wakeup, supervised
 
@@ -63,8 +63,8 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, event: OrderEvent, message: bytes) -> None:
-        if self.overflowed or not self.wanted(event):
-            return
+        if self.overflowed or event.seq <= self.position or not self.wanted(event):
+            return  # (up to its position, the reader's catch-up has them)
         if len(self._messages) >= self._limit:
             self.overflowed = True
             self._end(drop=True)  # what is queued is of no use now: it resumes from the log
@@ -114,9 +114,10 @@ class EventHub:
     """Args:
     poll_s: how often to look for events when nobody said there are some.
     queue_limit: the most events a reader may fall behind before it is cut off.
-    stream_bytes: the most one stream sends before it ends (its reader resumes). The server
-        under RSGI takes every chunk at once, however slowly the client reads, so this, not
-        the queue, is what bounds the memory a stalled reader holds there.
+    stream_bytes: after how many bytes a stream ends (after the chunk that crossed it: at most
+        256 messages more), and its reader resumes. The server under RSGI takes every chunk
+        at once, however slowly the client reads, so this, not the queue, is what bounds the
+        memory a stalled reader holds there.
     """
 
     def __init__(
@@ -181,14 +182,19 @@ class EventHub:
                 await asyncio.gather(task, return_exceptions=True)
         self._task = self._keep_alive = None
 
-    async def subscribe(self, wanted: EventFilter) -> Subscription:
-        """A live reader from the hub's position on. A first reader brings that position up to
-        the store's (nobody woke the hub while nobody read) and wakes the hub for anything newer.
-        """
+    async def refresh(self) -> None:
+        """With nobody reading, bring the hub's position up to the store's (nobody woke the hub
+        meanwhile), so that a first reader starts from now. Raises StoreUnavailable: the route
+        calls it before it answers, so an unreachable store is a 503, not a broken stream."""
         if not self._subscriptions and not self._closed:
             last = await self._store.last_event_seq()
             if not self._subscriptions:  # (a reader that came meanwhile keeps its start)
                 self.position = max(self.position, last)
+
+    async def subscribe(self, wanted: EventFilter) -> Subscription:
+        """A live reader from the hub's position on (see `refresh`); wakes the hub for anything
+        newer."""
+        await self.refresh()
         subscription = Subscription(self, self.position, wanted, self._queue_limit)
         if self._closed:
             subscription._end()
@@ -221,8 +227,8 @@ class EventHub:
                 message = sse(event)  # encoded once, however many readers take it
                 for subscription in subscriptions:
                     subscription.offer(event, message)
-            if events:
-                self.position = events[-1].seq
+            if events:  # (a first reader may have moved the position on during the read)
+                self.position = max(self.position, events[-1].seq)
             if len(events) < _BATCH:
                 return
 
@@ -231,21 +237,26 @@ class EventHub:
         takes, then live ones (several to a chunk when they come together), with keep-alive
         comments, until the reader falls behind, the stream sent its `stream_bytes`, or the
         hub closes. Each ends after a whole message, so the reader resumes after its last id.
-
-        Raises:
-            Gone: events after `after` are no longer kept (before anything is yielded).
+        The route checks `after` (410) and the store (503) first; should the store fail or
+        prune since, the stream just ends, and the reader hears why when it comes back.
         """
-        subscription = await self.subscribe(wanted)
+        try:
+            subscription = await self.subscribe(wanted)
+        except StoreUnavailable:
+            return
         budget = self._stream_bytes
         try:
             yield b"retry: 2000\n\n"
             if after is not None and after < subscription.position:
-                async for event in self._catch_up(after, subscription.position, wanted):
-                    past = sse(event)
-                    yield past
-                    budget -= len(past)
-                    if budget <= 0:
-                        return
+                try:
+                    async for event in self._catch_up(after, subscription.position, wanted):
+                        past = sse(event)
+                        yield past
+                        budget -= len(past)
+                        if budget <= 0:
+                            return
+                except (Gone, StoreUnavailable):
+                    return
             while budget > 0 and (chunk := await subscription.take(256)) is not None:
                 yield chunk
                 budget -= len(chunk)
@@ -279,7 +290,9 @@ class EventHub:
             try:
                 events = await self._store.read_events(position, max(limit, _BATCH))
             except EventsPruned as pruned:
-                if after is not None or found:  # the reader would miss events: 410
+                if found:  # what was found goes out; the next poll hears 410
+                    return found, position
+                if after is not None:  # the reader would miss events
                     raise
                 position = pruned.oldest - 1
                 continue

@@ -273,23 +273,28 @@ class FaultProxy:
             future.cancel()  # a no-op once done; stops a timed-out call
 
     async def _listen(self) -> None:
-        listener = socket.socket()
+        listener = self._listener = socket.socket()  # closed by `_shutdown`, whatever happens
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(128)
         listener.setblocking(False)
-        self._listener = listener
         self.port = listener.getsockname()[1]
         asyncio.get_running_loop().add_reader(listener, self._accept)
 
     def _accept(self) -> None:
         """Accept what is waiting. Our own accept rather than asyncio's server: each socket is
         ours, and in its handler's hands, the moment it is accepted, with no await between."""
-        assert self._listener is not None
+        listener = self._listener
+        assert listener is not None
         while True:
             try:
-                conn, _ = self._listener.accept()
-            except OSError:  # BlockingIOError: nothing more waits
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):  # nothing more waits
+                return
+            except OSError:  # out of file descriptors, say: pause accepting for a moment
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(listener)
+                loop.call_later(0.1, self._resume_accepting)
                 return
             conn.setblocking(False)
             self._sockets.add(conn)
@@ -297,6 +302,10 @@ class FaultProxy:
             task = asyncio.get_running_loop().create_task(self._serve(conn))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
+
+    def _resume_accepting(self) -> None:
+        if not self._stopping and self._listener is not None:
+            asyncio.get_running_loop().add_reader(self._listener, self._accept)
 
     async def _shutdown(self) -> None:
         self._stopping = True  # a connection accepted from now on is reset at once
@@ -344,7 +353,10 @@ class FaultProxy:
             self._sockets.discard(conn)
             _reset_socket(conn)
             return
-        reader, writer = await self._stream(conn)
+        try:
+            reader, writer = await self._stream(conn)
+        except OSError:  # the client is gone already; `_shutdown` closes what is left
+            return
         link = _Link(writer)
         self._links[link] = None
         try:

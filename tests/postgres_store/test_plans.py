@@ -121,7 +121,6 @@ def statement_args(store: PostgresOrderStore) -> dict[str, list[Any]]:
         "PING": [],
         "NOTIFY": ["orderflow_test", ""],
         "TRY_LOCK": [12345],
-        "LOCK": [12345],
         "PRUNED_THROUGH": [],
         "STATUS_COUNTS": [],
         "OLDEST_PENDING": [],

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from orderflow.domain import Item, new_order, new_order_id
-from orderflow.events import EventFilter, EventHub
+from orderflow.events import EventFilter, EventHub, sse
 from orderflow.store.memory import InMemoryOrderStore
 from tests.conftest import ManualClock
 
@@ -82,3 +82,23 @@ async def test_closing_the_hub_ends_every_stream_and_later_ones_at_once() -> Non
     await hub.close()
     assert await read_all(stream) == b""
     assert await read_all(hub.stream(None, EventFilter())) == b"retry: 2000\n\n"
+
+
+async def test_events_offered_again_up_to_a_readers_start_are_not_sent_twice() -> None:
+    """A pump read that began before a first reader came (and moved the hub's position on)
+    offers events the reader's catch-up already covers: they are not sent again, and the
+    hub's position does not go back."""
+    store = InMemoryOrderStore()
+    await add(store, 5)
+    hub = await started(store)
+    stream = hub.stream(2, EventFilter())
+    assert await anext(stream) == b"retry: 2000\n\n"
+    [subscription] = hub._subscriptions
+    assert subscription.position == 5
+    for event in await store.read_events(0, 10):  # the late read's events
+        subscription.offer(event, sse(event))
+    await add(store, 1, start=5)
+    await hub._pump()
+    assert hub.position == 6
+    await hub.close()
+    assert ids(b"".join([chunk async for chunk in stream])) == [3, 4, 5, 6]

@@ -219,6 +219,7 @@ async def events(app: OrderflowApp, request: Request) -> Response:
         return json_response(200, EventPage(found, len(found), position))
     if after is not None:
         await app.runtime.store.read_events(after, 1)  # Gone (410) before the stream starts
+    await hub.refresh()  # an unreachable store: 503 before the stream starts
     return Response(200, b"", _SSE_HEADERS, hub.stream(after, wanted))
 
 

@@ -327,10 +327,15 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
     async def _fold_counts(self) -> None:
         """Fold every change that committed into the counts (numbering its events), waiting
         for a numbering another instance has under way: the counts then include every write
-        that completed before the call, this process's own and others'."""
+        that completed before the call, this process's own and others'. Waits by trying again
+        (no pool connection held meanwhile), 2 s at most; then the counts may lag a little."""
         batch = 10_000
-        while await self.sequence_events(batch, wait=True) == batch:
-            pass
+        for _ in range(200):
+            numbered = await self.sequence_events(batch)
+            if 0 <= numbered < batch:
+                return
+            if numbered < 0:  # another instance is numbering right now
+                await asyncio.sleep(0.01)
 
     async def oldest_pending(self) -> datetime | None:
         async with self._connection() as db:

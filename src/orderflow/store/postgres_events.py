@@ -66,12 +66,9 @@ class PostgresEventLogMixin:
         self._written.clear()
         return written
 
-    async def sequence_events(self, limit: int = 10_000, *, wait: bool = False) -> int:
-        """`wait`: rather than answer -1, wait for another instance's numbering to end."""
+    async def sequence_events(self, limit: int = 10_000) -> int:
         async with self._connection() as db, db.transaction():
-            if wait:
-                await db.execute(sql.LOCK, sql.SEQUENCE_LOCK)
-            elif not await db.fetchval(sql.TRY_LOCK, sql.SEQUENCE_LOCK):
+            if not await db.fetchval(sql.TRY_LOCK, sql.SEQUENCE_LOCK):
                 return -1  # another instance is numbering right now
             row = await db.fetchrow(sql.SEQUENCE_EVENTS, limit)
             numbered: int = row["numbered"]

@@ -28,7 +28,6 @@ def _history_entry(status: str, at: str, reason: str) -> str:
 PING = "SELECT 1"
 NOTIFY = "SELECT pg_notify($1, $2)"
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"  # for this transaction, if free
-LOCK = "SELECT pg_advisory_xact_lock($1)"  # for this transaction, once free
 
 # -- orders -------------------------------------------------------------------------------------
 
