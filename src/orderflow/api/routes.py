@@ -355,10 +355,11 @@ ROUTES: tuple[Route, ...] = (
           description="With `Accept: text/event-stream` (what EventSource sends), a stream of"
           " Server-Sent Events (`id:` the seq, `event:` the type, `data:` the event as JSON),"
           " resuming after `Last-Event-ID` or `after` (without either, from now on), with a"
-          " keep-alive comment every 15 s (--sse-keep-alive); a reader that falls too far"
-          " behind is disconnected and resumes. With `Accept: application/json`, a page of past"
-          " events (without `after`, from the oldest kept); `next_cursor` is the `after` to"
-          " poll with next. 410 when the events asked for are past --event-retention."),
+          " keep-alive comment every 15 s (--sse-keep-alive); a stream ends cleanly after"
+          " --sse-stream-bytes, or when its reader falls too far behind, and the reader"
+          " resumes. With `Accept: application/json`, a page of past events (without `after`,"
+          " from the oldest kept); `next_cursor` is the `after` to poll with next. 410 when"
+          " the events asked for are past --event-retention."),
     Route("GET", "/metrics", metrics, "Metrics in the Prometheus text format", 200,
           statuses=(503,), media="text/plain", needs_service=False,
           description="Counters and histograms of this instance, and store-wide gauges (orders"
