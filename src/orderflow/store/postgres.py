@@ -54,7 +54,7 @@ from orderflow.errors import (
     StoreUnavailable,
 )
 from orderflow.store import postgres_sql as sql
-from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount, Stats
+from orderflow.store.base import IdempotencyRecord, OrderStore
 from orderflow.store.migrations import migrate
 from orderflow.store.postgres_events import PostgresEventLogMixin
 from orderflow.store.postgres_rows import (
@@ -317,41 +317,10 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
 
     # -- operators ---------------------------------------------------------------------------
 
-    async def count_by_status(self) -> dict[OrderStatus, int]:
-        await self._fold_counts()
-        async with self._connection() as db:
-            rows = await db.fetch(sql.STATUS_COUNTS)
-        counts = {OrderStatus(row["status"]): row["count"] for row in rows}
-        return {status: counts.get(status, 0) for status in OrderStatus}
-
-    async def _fold_counts(self) -> None:
-        """Fold every change that committed into the counts (numbering its events), waiting
-        for a numbering another instance has under way: the counts then include every write
-        that completed before the call, this process's own and others'. Waits by trying again
-        (no pool connection held meanwhile), 2 s at most; then the counts may lag a little."""
-        batch = 10_000
-        for _ in range(200):
-            numbered = await self.sequence_events(batch)
-            if 0 <= numbered < batch:
-                return
-            if numbered < 0:  # another instance is numbering right now
-                await asyncio.sleep(0.01)
-
     async def oldest_pending(self) -> datetime | None:
         async with self._connection() as db:
             oldest = await db.fetchval(sql.OLDEST_PENDING)
         return None if oldest is None else order_id_time(oldest)
-
-    async def stats(self, top: int = 20) -> Stats:
-        await self._fold_counts()
-        async with self._connection() as db:
-            rows = await db.fetch(sql.STATUS_COUNTS)
-            reasons = await db.fetch(sql.FAILED_REASONS, top)
-        counts = {OrderStatus(row["status"]): row["count"] for row in rows}
-        return Stats(
-            {status: counts.get(status, 0) for status in OrderStatus},
-            [ReasonCount(row["reason"], row["count"]) for row in reasons],
-        )
 
     async def transition_matching(
         self,

@@ -1,5 +1,6 @@
 """The event log's part of PostgresOrderStore: reading, numbering and pruning the events every
-statement appends, and hearing that new ones are numbered. Mixed into PostgresOrderStore."""
+statement appends, hearing that new ones are numbered, and the counts by status and by failure
+reason that numbering folds in. Mixed into PostgresOrderStore."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from orderflow.domain import OrderEvent
+from orderflow.domain import OrderEvent, OrderStatus
 from orderflow.errors import EventsPruned
 from orderflow.store import postgres_sql as sql
+from orderflow.store.base import ReasonCount, Stats
 from orderflow.store.postgres_rows import EVENT_TYPE, STATUS, decode_object
 
 
@@ -79,3 +81,36 @@ class PostgresEventLogMixin:
     def _events_numbered(self) -> None:
         if self._on_events is not None:
             self._on_events()
+
+    # -- counts, folded in as events are numbered ----------------------------------------------
+
+    async def count_by_status(self) -> dict[OrderStatus, int]:
+        await self._fold_counts()
+        async with self._connection() as db:
+            rows = await db.fetch(sql.STATUS_COUNTS)
+        counts = {OrderStatus(row["status"]): row["count"] for row in rows}
+        return {status: counts.get(status, 0) for status in OrderStatus}
+
+    async def _fold_counts(self) -> None:
+        """Fold every change that committed into the counts (numbering its events), waiting
+        for a numbering another instance has under way: the counts then include every write
+        that completed before the call, this process's own and others'. Waits by trying again
+        (no pool connection held meanwhile), 2 s at most; then the counts may lag a little."""
+        batch = 10_000
+        for _ in range(200):
+            numbered = await self.sequence_events(batch)
+            if 0 <= numbered < batch:
+                return
+            if numbered < 0:  # another instance is numbering right now
+                await asyncio.sleep(0.01)
+
+    async def stats(self, top: int = 20) -> Stats:
+        await self._fold_counts()
+        async with self._connection() as db:
+            rows = await db.fetch(sql.STATUS_COUNTS)
+            reasons = await db.fetch(sql.FAILED_REASONS, top)
+        counts = {OrderStatus(row["status"]): row["count"] for row in rows}
+        return Stats(
+            {status: counts.get(status, 0) for status in OrderStatus},
+            [ReasonCount(row["reason"], row["count"]) for row in reasons],
+        )
