@@ -135,3 +135,16 @@ def test_json_logs_are_one_object_a_line_granians_included_with_an_access_log(
     assert lookup["status"] == 200
     assert lookup["duration_ms"] >= 0
     assert any(record["route"] == "/orders" and record["status"] == 201 for record in access)
+
+
+def test_the_event_log_and_webhook_lag_gauges_follow_the_store(serve: type[Server]) -> None:
+    """A webhook whose receiver is down (nothing listens on port 9) falls behind by every event
+    since it subscribed; the newest seq is the store's, read while nobody streams events."""
+    server = serve("--webhook-retry-schedule", "3600")
+    with server.client() as client:
+        created = client.post("/webhooks", json={"url": "http://127.0.0.1:9/hook"})
+        assert created.status_code == 201, created.text
+    submit(server, 4, threads=1)
+    samples = scrape(server)
+    assert value(samples, "orderflow_event_log_last_seq") == 4
+    assert value(samples, "orderflow_webhook_delivery_lag_events") == 4

@@ -257,7 +257,13 @@ async def metrics(app: OrderflowApp, request: Request) -> Response:
         gauges["oldest_pending_age_seconds"] = max(0.0, age)
         gauges["shipments_in_flight"] = runtime.processor.in_flight
         gauges["held_orders"] = len(runtime.processor.holdings)
-        gauges["event_log_last_seq"] = runtime.events.position
+        last = gauges["event_log_last_seq"] = await runtime.store.last_event_seq()
+        cursors = [
+            subscription.cursor
+            for subscription in await runtime.webhooks.store.list_subscriptions()
+            if subscription.disabled_at is None
+        ]
+        gauges["webhook_delivery_lag_events"] = max(0, last - min(cursors)) if cursors else 0
     return Response(200, exposition(_registry()), [("content-type", PROMETHEUS_TEXT)])
 
 
