@@ -1,5 +1,6 @@
 """What the signed HTTP call-outs share (the HTTP shipper and webhooks): the one rule for a
-signing secret, and reading the receiver's ``Retry-After``."""
+signing secret, the headers of a signed call, reading the receiver's ``Retry-After``, and the
+start of an answer's body as a failure reason shows it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import email.utils
 import re
 import secrets
 from datetime import UTC, datetime
+
+from standardwebhooks import Webhook
+
+from orderflow import __version__
 
 # "whsec_" then the standard base64 (with its padding) of a key of 24 to 64 bytes, as the
 # Standard Webhooks specification advises: 8 to 21 groups of 4 (24 to 63 bytes), or a last
@@ -18,6 +23,8 @@ SECRET_PATTERN = (
     f"|(?:{_B64}{{4}}){{8,21}}{_B64}{{2}}==)$"
 )
 _SECRET = re.compile(SECRET_PATTERN)
+_HEADERS = {"content-type": "application/json", "user-agent": f"orderflow/{__version__}"}
+_BODY_START_CHARS = 200
 
 
 def check_secret(secret: str) -> str:
@@ -49,3 +56,25 @@ def retry_after_s(value: str | None, cap_s: float = float("inf")) -> float | Non
             at = at.replace(tzinfo=UTC)
         seconds = (at - datetime.now(UTC)).total_seconds()
     return min(max(seconds, 0.0), cap_s)
+
+
+def signed_headers(signer: Webhook, message_id: str, at: datetime, body: bytes) -> dict[str, str]:
+    """The headers of a signed JSON call: who sends it, and the Standard Webhooks three
+    (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``)."""
+    return {
+        **_HEADERS,
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signer.sign(message_id, at, body.decode()),
+    }
+
+
+def body_start(body: bytes, complete: bool = True) -> str:
+    """The start of an answer's `body` on one line, after a colon (nothing for an empty body),
+    with "…" when there is more (`complete`: `body` is the whole of it)."""
+    limit = _BODY_START_CHARS * 4
+    text = " ".join(body[:limit].decode("utf-8", "replace").split())
+    text = "".join(c if c.isprintable() else "?" for c in text[: _BODY_START_CHARS + 1])
+    if len(text) > _BODY_START_CHARS or not complete or len(body) > limit:
+        return f": {text[:_BODY_START_CHARS]}…"
+    return f": {text}" if text else ""

@@ -6,89 +6,20 @@ order; each webhook-id acknowledged (2xx reaching a live sender) exactly once.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import socket
-import subprocess
-import sys
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import asyncpg
-import httpx
 import pytest
 
 from tests.conftest import eventually_sync
+from tests.faults.conftest import Instance, db
 from tests.webhooks.receiver import SECRET, Received, Receiver, Reply, ThreadedReceiver
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
-ROOT = Path(__file__).resolve().parents[2]
 HELD = 8  # the arrival the receiver holds until the sender is dead
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Instance:
-    """One `orderflow serve`, started (and ended) by its PID."""
-
-    def __init__(self, *args: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._out = log.open("ab")
-        command = [sys.executable, "-m", "orderflow", "serve", "--port", str(self.port), *args]
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT
-        )
-        try:
-            eventually_sync(self._ready, timeout_s=30)
-        except AssertionError:
-            raise AssertionError(f"not ready:\n{log.read_text()}") from None
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"exited {self.process.returncode}:\n{self.log.read_text()}")
-        try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(self.url + path, timeout=30, **kwargs)
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        self.process.wait(timeout=30)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.kill()
-        self._out.close()
-
-
-def db(url: str, query: str) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(url, timeout=10)
-        try:
-            rows: list[asyncpg.Record] = await connection.fetch(query)
-            return rows
-        finally:
-            await connection.close()
-
-    return asyncio.run(go())
 
 
 class SlowReceiver:
@@ -145,13 +76,16 @@ def test_a_killed_instance_loses_no_event_and_none_is_acknowledged_twice(
         "--webhook-retry-schedule", "0.2,0.5,1,2,4", "--lease-timeout", "1",
         "--heartbeat-interval", "0.3", "--poll-interval", "0.2",
     )  # fmt: skip
-    instances = [Instance(*options, log=tmp_path / f"instance-{n}.log") for n in range(2)]
+    instances = [
+        Instance(*options, log=tmp_path / f"instance-{n}.log", env=dict(os.environ))
+        for n in range(2)
+    ]
     try:
         assert len(db(database_url, "SELECT id FROM webhooks")) == 1  # one for both
         for n in range(15):
             order = {"customer": f"c{n}", "items": [{"name": "W", "quantity": 1}]}
-            assert instances[n % 2].post("/orders", json=order).status_code == 201
-        assert instances[1].post("/orders/process").status_code == 202
+            assert instances[n % 2].request("POST", "/orders", json=order).status_code == 201
+        assert instances[1].request("POST", "/orders/process").status_code == 202
 
         assert slow.holding.wait(30), "the receiver never got its held request"
         [row] = db(database_url, "SELECT owner FROM webhooks")
@@ -185,4 +119,5 @@ def test_a_killed_instance_loses_no_event_and_none_is_acknowledged_twice(
         assert survivor.stop() == 0
     finally:
         for instance in instances:
-            instance.close()
+            if instance.process.poll() is None:
+                instance.kill()

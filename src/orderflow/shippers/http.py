@@ -21,7 +21,6 @@ it 0.11 to 0.17 ms.
 
 from __future__ import annotations
 
-import re
 import ssl
 from datetime import UTC, datetime
 from typing import Any
@@ -30,16 +29,13 @@ from urllib.parse import quote, urlsplit
 import msgspec
 from standardwebhooks import Webhook
 
-from orderflow import __version__
 from orderflow.domain import Order
 from orderflow.shippers.httpclient import HttpClient, HttpClientError, Timeout
 from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure, ShipContext
-from orderflow.signing import check_secret, retry_after_s
+from orderflow.signing import body_start, check_secret, retry_after_s, signed_headers
 
 _SECRET_PREFIX = "whsec_"
 _RETRYABLE_4XX = frozenset({408, 409, 425, 429})
-_BODY_START_CHARS = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 # What a URL's path and query may hold unescaped (RFC 3986), "%" for what is escaped already.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
@@ -85,10 +81,6 @@ class HttpShipper:
         # No cap of its own: the processor's concurrency already bounds the calls in flight,
         # and a second, smaller cap would only queue them here.
         self._client = HttpClient(origin, max_connections=None, ssl_context=ssl_context)
-        self._headers = {
-            "content-type": "application/json",
-            "user-agent": f"orderflow/{__version__}",
-        }
 
     async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
         now = datetime.now(UTC)
@@ -96,14 +88,9 @@ class HttpShipper:
         if timeout_s <= 0:
             raise RetryableFailure("the attempt's deadline passed before the order was sent")
         body = _encode(order)
-        headers = {
-            **self._headers,
-            "webhook-id": order.id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self._webhook.sign(order.id, now, body.decode()),
-            "orderflow-attempt": str(context.attempt),
-            "orderflow-deadline": _rfc3339(context.deadline),
-        }
+        headers = signed_headers(self._webhook, order.id, now, body)
+        headers["orderflow-attempt"] = str(context.attempt)
+        headers["orderflow-deadline"] = _rfc3339(context.deadline)
         try:
             # A timeout or a cancellation at any await here closes the connection (it is never
             # handed back to the pool mid-request), so the receiver sees the call go away.
@@ -131,7 +118,7 @@ class HttpShipper:
             return _result(status, answer, complete, context)
         if 300 <= status < 400:
             raise PermanentFailure(f"HTTP {status} from receiver: redirects are not followed")
-        reason = f"HTTP {status} from receiver{_body_start(answer, complete)}"
+        reason = f"HTTP {status} from receiver{body_start(answer, complete)}"
         if 400 <= status < 500 and status not in _RETRYABLE_4XX:
             raise PermanentFailure(reason)
         raise RetryableFailure(
@@ -196,15 +183,6 @@ def _result(
         )
         return None
     return result
-
-
-def _body_start(body: bytes, complete: bool) -> str:
-    """The start of `body` on one line, after a colon; nothing for an empty body."""
-    text = " ".join(body[: _BODY_START_CHARS * 4].decode("utf-8", "replace").split())
-    text = _CONTROL.sub("?", text)
-    if len(text) > _BODY_START_CHARS or not complete or len(body) > _BODY_START_CHARS * 4:
-        return f": {text[:_BODY_START_CHARS]}…"
-    return f": {text}" if text else ""
 
 
 def _rfc3339(at: datetime) -> str:

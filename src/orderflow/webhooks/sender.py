@@ -18,11 +18,9 @@ import aiohttp
 import msgspec
 from standardwebhooks import Webhook
 
-from orderflow import __version__
-from orderflow.signing import retry_after_s
+from orderflow.signing import body_start, retry_after_s, signed_headers
 
 _BODY_START_BYTES = 4096
-_BODY_START_CHARS = 200
 
 
 class Answer(msgspec.Struct, frozen=True, gc=False):
@@ -53,10 +51,6 @@ class Sender:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session = client
         self._owns_session = client is None
-        self._headers = {
-            "content-type": "application/json",
-            "user-agent": f"orderflow/{__version__}",
-        }
 
     async def send(
         self,
@@ -69,13 +63,8 @@ class Sender:
     ) -> Answer:
         """POST `body` to `url`, signed by `signer` as message `webhook_id` sent at `at`
         (``webhook-timestamp``); ``orderflow-attempt`` says which attempt this is."""
-        headers = {
-            **self._headers,
-            "webhook-id": webhook_id,
-            "webhook-timestamp": str(int(at.timestamp())),
-            "webhook-signature": signer.sign(webhook_id, at, body.decode()),
-            "orderflow-attempt": str(attempt),
-        }
+        headers = signed_headers(signer, webhook_id, at, body)
+        headers["orderflow-attempt"] = str(attempt)
         session = self._session if self._session is not None else self._open_session()
         began = time.perf_counter()
         try:
@@ -103,7 +92,10 @@ class Sender:
         if 300 <= status < 400:
             return Answer(status, f"HTTP {status}: redirects are not followed", latency_ms)
         return Answer(
-            status, f"HTTP {status}{_body_start(start)}", latency_ms, retry_after_s(retry_after)
+            status,
+            f"HTTP {status}{body_start(start, len(start) < _BODY_START_BYTES)}",
+            latency_ms,
+            retry_after_s(retry_after),
         )
 
     async def close(self) -> None:
@@ -135,15 +127,6 @@ async def _read_start(response: aiohttp.ClientResponse) -> bytes:
     ):
         data += chunk
     return bytes(data)
-
-
-def _body_start(body: bytes) -> str:
-    """The start of `body` on one line, after a colon; nothing for an empty body."""
-    text = " ".join(body.decode("utf-8", "replace").split())
-    text = "".join(c if c.isprintable() else "?" for c in text[: _BODY_START_CHARS + 1])
-    if len(text) > _BODY_START_CHARS:
-        return f": {text[:_BODY_START_CHARS]}…"
-    return f": {text}" if text else ""
 
 
 def _connect_failure(exc: aiohttp.ClientConnectorError) -> str:
