@@ -273,13 +273,18 @@ def id_matches_timestamp(order_id: str, at: datetime) -> bool:
 def new_order_id(at: datetime, entropy: int) -> str:
     """A fresh id for an order created at `at` (aware); `entropy` supplies the random low bits."""
     value = (micros_since_epoch(at) << _ENTROPY_BITS) | (entropy & ((1 << _ENTROPY_BITS) - 1))
-    return f"{ORDER_ID_PREFIX}{value:030x}"
+    return _id_of(value)
 
 
 def order_id_floor(at: datetime) -> str:
     """The smallest id an order created at or after `at` can have (clamped to the id range)."""
     micros = min(max(micros_since_epoch(at), 0), _MAX_MICROS)
-    return f"{ORDER_ID_PREFIX}{micros << _ENTROPY_BITS:030x}"
+    return _id_of(micros << _ENTROPY_BITS)
+
+
+def _id_of(value: int) -> str:
+    # The 30 hex digits of a 120-bit number (bytes.hex is several times faster than format).
+    return ORDER_ID_PREFIX + value.to_bytes(_ID_DIGITS // 2).hex()
 
 
 def order_id_time(order_id: str) -> datetime:

@@ -38,7 +38,7 @@ from orderflow.errors import (
 )
 from orderflow.metrics import METRICS
 from orderflow.processor import Processor
-from orderflow.store.base import IdempotencyRecord, OrderStore, Stats
+from orderflow.store.base import IdempotencyRecord, JsonPage, OrderStore, Stats
 
 log = logging.getLogger("orderflow.service")
 
@@ -127,11 +127,24 @@ class OrderService:
             raise OrderNotFound(f"no order with id {order_id!r}")
         return order
 
+    async def get_order_json(self, order_id: str) -> bytes:
+        """The order as JSON; raises OrderNotFound."""
+        order = await self.store.find_order_json(order_id) if is_order_id(order_id) else None
+        if order is None:
+            raise OrderNotFound(f"no order with id {order_id!r}")
+        return order
+
     async def list_orders(self, query: OrderQuery) -> Page:
         """A page of orders (a reversed range [from, to) holds none)."""
-        if query.start is not None and query.end is not None and query.start > query.end:
+        if _reversed(query):
             return Page([], None)
         return await self.store.list_orders(query)
+
+    async def list_orders_json(self, query: OrderQuery) -> JsonPage:
+        """The page `list_orders` answers, as JSON."""
+        if _reversed(query):
+            return JsonPage(msgspec.Raw(b"[]"), 0, None)
+        return await self.store.list_orders_json(query)
 
     async def delete_order(self, order_id: str) -> None:
         """Delete a pending order; raises OrderNotFound or IllegalTransition."""
@@ -245,3 +258,7 @@ class OrderService:
     def _check_id(order_id: str) -> None:
         if not is_order_id(order_id):
             raise OrderNotFound(f"no order with id {order_id!r}")
+
+
+def _reversed(query: OrderQuery) -> bool:
+    return query.start is not None and query.end is not None and query.start > query.end

@@ -731,7 +731,7 @@ async def test_unexpected_errors_are_a_generic_500(
     async def boom(order_id: str) -> None:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(served.runtime.service, "get_order", boom)
+    monkeypatch.setattr(served.runtime.service, "get_order_json", boom)
     response = await served.client.get(f"/orders/{NO_SUCH_ID}")
     body = assert_problem(response, 500, "internal-error")
     assert "secret" not in response.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from orderflow.domain import (
@@ -142,6 +143,42 @@ async def test_status_filter(store: OrderStore) -> None:
         page = await store.list_orders(OrderQuery(status=status, limit=2))
         assert [o.id for o in page.orders] == [o.id for o in expected[:2]]
         assert (page.next_cursor is not None) == (len(expected) > 2)
+
+
+async def test_orders_as_json_are_the_orders_encoded(store: OrderStore) -> None:
+    """What the API sends (find_order_json, list_orders_json) is byte for byte what the orders
+    encode to, in every state, with or without microseconds, whatever the names hold."""
+    orders = [
+        order_at(n + (0.000123 * n if n % 3 else 0), entropy=n, customer=f'c "{n}" \\ é 😀')
+        for n in range(8)
+    ]
+    for order in orders:
+        await store.add(order)
+    await store.transition(orders[1].id, Event.CANCEL, at(20), "changed my mind")
+    await store.claim_pending(at(30.5), 10, created_before=at(5))  # 0, 2, 3, 4
+    held = {h.order.id: h.token for h in await store.acquire("a", 10, LEASE_S)}
+    shipment = {"tracking": "1Z", "weight": 1.5, "legs": [{"by": "air"}, None]}
+    outcomes = [
+        Outcome(orders[0].id, held[orders[0].id], Event.SHIP, at(40.25), None, shipment),
+        Outcome(orders[2].id, held[orders[2].id], Event.FAIL, at(41), "address refused"),
+        Outcome(orders[3].id, held[orders[3].id], Event.REATTEMPT, at(42), "busy"),
+    ]
+    await store.write_outcomes("a", outcomes)
+    await store.transition(orders[2].id, Event.RETRY, at(43.000001), "carrier is back")
+    for order in orders:
+        assert await store.find_order_json(order.id) == msgspec.json.encode(
+            await store.get_order(order.id)
+        )
+    assert await store.find_order_json("order_" + "0" * 30) is None
+    for query in [
+        OrderQuery(),
+        OrderQuery(limit=3, cursor=orders[1].id),
+        OrderQuery(start=at(2), end=at(6)),
+        *(OrderQuery(status=status) for status in OrderStatus),
+    ]:
+        page, json_page = await store.list_orders(query), await store.list_orders_json(query)
+        assert msgspec.json.encode(json_page.orders) == msgspec.json.encode(page.orders)
+        assert (json_page.count, json_page.next_cursor) == (len(page.orders), page.next_cursor)
 
 
 async def test_delete_only_pending(store: OrderStore) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -96,6 +95,7 @@ class OrderflowApp:
         self._host_ok: dict[str | None, bool] = {}
         self._origins = settings.allowed_origins
         self._auth = settings.auth
+        self._access_log = settings.access_log
         self.openapi_json = msgspec.json.encode(
             openapi_document(settings.routes, auth=settings.auth is not None)
         )
@@ -110,7 +110,7 @@ class OrderflowApp:
 
     async def dispatch(self, request: Request) -> Response:
         """The answer to `request`; never raises. Counted in the metrics by route template."""
-        began = perf_counter()
+        request.began = began = perf_counter()
         method = request.method
         stats = _UNMATCHED
         try:
@@ -239,30 +239,27 @@ class OrderflowApp:
     # -- RSGI (granian) ----------------------------------------------------------------------
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
-        began = time.perf_counter() if self.settings.access_log else 0.0
         request = Request(
             scope.method, scope.path, scope.query_string, scope.headers, protocol, self
         )
         response = await self.dispatch(request)
-        if response.stream is not None and request.method == "HEAD":
+        if response.stream is None:
+            if request.method == "HEAD":
+                length = ("content-length", str(len(response.body)))
+                protocol.response_bytes(response.status, [*response.headers, length], b"")
+            else:  # the usual case
+                protocol.response_bytes(response.status, response.headers, response.body)
+        elif request.method == "HEAD":
             await _discard(response)
             protocol.response_bytes(response.status, response.headers, b"")
-        elif response.stream is not None:
+        else:
             transport = protocol.response_stream(response.status, response.headers)
             await _pump(response, transport.send_bytes, protocol.client_disconnect)
-        elif request.method == "HEAD":
-            protocol.response_bytes(
-                response.status,
-                [*response.headers, ("content-length", str(len(response.body)))],
-                b"",
-            )
-        else:
-            protocol.response_bytes(response.status, response.headers, response.body)
-        if began:
-            self._log_access(request, response, began)
+        if self._access_log:
+            self._log_access(request, response)
 
-    def _log_access(self, request: Request, response: Response, began: float) -> None:
-        duration_ms = round((time.perf_counter() - began) * 1000, 3)
+    def _log_access(self, request: Request, response: Response) -> None:
+        duration_ms = round((perf_counter() - request.began) * 1000, 3)
         access_log.info(
             "%s %s %d %.3fms", request.method, request.path, response.status, duration_ms,
             extra={"method": request.method, "route": request.route or None,
@@ -277,7 +274,6 @@ class OrderflowApp:
             return
         if scope["type"] != "http":
             return
-        began = time.perf_counter() if self.settings.access_log else 0.0
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
         async def read_all() -> bytes:
@@ -323,8 +319,8 @@ class OrderflowApp:
         else:
             body = b"" if request.method == "HEAD" else response.body
             await send({"type": "http.response.body", "body": body})
-        if began:
-            self._log_access(request, response, began)
+        if self._access_log:
+            self._log_access(request, response)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

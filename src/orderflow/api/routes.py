@@ -94,8 +94,7 @@ async def list_orders(app: OrderflowApp, request: Request) -> Response:
         limit=int(limit),
         cursor=cursor,
     )
-    page = await app.runtime.service.list_orders(query)
-    return json_response(200, OrderPage(page.orders, len(page.orders), page.next_cursor))
+    return json_response(200, await app.runtime.service.list_orders_json(query))
 
 
 _ORDER_ID = re.compile(ORDER_ID_PATTERN)
@@ -108,8 +107,10 @@ def _time(params: dict[str, str], name: str) -> datetime | None:
     value = params.get(name)
     if value is None:
         return None
+    if " " in value:
+        value = _SPACE_BEFORE_OFFSET.sub(r"+\1", value)
     try:
-        at = msgspec.convert(_SPACE_BEFORE_OFFSET.sub(r"+\1", value), datetime)
+        at = msgspec.convert(value, datetime)
         return _utc(at)
     except msgspec.ValidationError:
         raise bad_query(name, "not an RFC 3339 time") from None
@@ -122,7 +123,7 @@ def _utc(at: datetime) -> datetime:
 
 
 async def get_order(app: OrderflowApp, request: Request) -> Response:
-    return json_response(200, await app.runtime.service.get_order(request.params[0]))
+    return Response(200, await app.runtime.service.get_order_json(request.params[0]))
 
 
 async def get_status(app: OrderflowApp, request: Request) -> Response:

@@ -1,16 +1,16 @@
 """InMemoryOrderStore: rows in a dict, sorted id indexes, all behind one threading.Lock.
 
-Ids sort as (timestamp, id) (see `domain.new_order_id`), so the time index is a SortedList of
+Ids sort as (timestamp, id) (see `domain.new_order_id`), so the time index is a sorted list of
 ids and a range query is a bisection plus the page: O(log n + k). Each status but processing has
 an index of its own, so a status filter is an index lookup too; processing is transient and
 entered in bulk by triggers, so it is found by walking the time range, at most `_MAX_WALK`
 orders per page (a short page then comes with a cursor to go on from), instead of paying an
 index update per claimed order.
 
-To keep a million orders in well under 500 bytes each, a row holds the fields fixed at submission
-(customer, items) as one msgpack blob, and the status and history as objects; an `Order` is
-rebuilt from a row outside the lock. The lock is never held across an `await`: every method does
-its work in one synchronous block, so the store is safe from threads and tasks alike.
+A row keeps the order as its JSON (`memory_rows`): a page of orders is a join of bytes, and a
+million orders fit in well under 500 bytes each. The lock is never held across an `await`:
+every method does its work in one synchronous block, so the store is safe from threads and
+tasks alike.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
-from sortedcontainers import SortedList
+import msgspec
 
 from orderflow.domain import (
     EVENT_TYPE,
@@ -44,14 +44,21 @@ from orderflow.domain import (
     order_id_time,
 )
 from orderflow.errors import IllegalTransition, NotHeld, OrderConflict, OrderNotFound
-from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount, Stats
+from orderflow.store.base import IdempotencyRecord, JsonPage, OrderStore, ReasonCount, Stats
 from orderflow.store.memory_events import EventLog, EventLogMixin
-from orderflow.store.memory_state import (
-    MemoryStateMixin,
-    _decode_head,
-    _encode_head,
-    _Row,
+from orderflow.store.memory_index import SortedIds
+from orderflow.store.memory_rows import (
+    Row,
+    claimed,
+    encode_time,
+    last_reason,
+    order_of,
+    render,
+    render_many,
+    row_of,
+    tail_of,
 )
+from orderflow.store.memory_state import MemoryStateMixin
 
 _INDEXED = (OrderStatus.PENDING, OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED)
 # Processing has no index: it is short-lived and entered in bulk, and a trigger of a million
@@ -67,13 +74,13 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
 
     def __init__(self, *, event_retention: int = 100_000) -> None:
         self._lock = threading.Lock()
-        self._rows: dict[str, _Row] = {}
-        self._by_time = SortedList()
-        self._by_status = {status: SortedList() for status in _INDEXED}
+        self._rows: dict[str, Row] = {}
+        self._by_time = SortedIds()
+        self._by_status = {status: SortedIds() for status in _INDEXED}
+        self._pending = self._by_status[OrderStatus.PENDING]
         self._ready: deque[str] = deque()  # claimed, waiting for `acquire`; may hold stale ids
         self._holds: dict[str, Hold] = {}  # processing orders handed out, and to whom
         self._next_token = 1
-        self._shipments: dict[str, dict[str, Any]] = {}  # only orders with a shipment result
         self._failed_reasons: Counter[str] = Counter()
         self._keys: dict[str, IdempotencyRecord] = {}
         self.events = EventLog(event_retention, self._lock)
@@ -83,45 +90,52 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
     async def add(
         self, order: Order, idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:
-        row = _Row(_encode_head((order.customer, order.items)), order.status, order.history)
+        row = row_of(order)
+        order_id = order.id
         with self._lock:
             if idempotency is not None:
                 existing = self._keys.get(idempotency.key)
                 if existing is not None:
                     return existing
-            if order.id in self._rows:
-                raise OrderConflict(f"an order with id {order.id!r} exists")
+            if order_id in self._rows:
+                raise OrderConflict(f"an order with id {order_id!r} exists")
             if idempotency is not None:
                 self._keys[idempotency.key] = idempotency
-            self._insert(order.id, row, order.shipment)
-            self.events.append(EventType.SUBMITTED, order.id, order.status, order.updated_at)
+            self._insert(order_id, row)
+            self.events.append(EventType.SUBMITTED, order_id, order.status, order.updated_at)
         return None
 
-    def _insert(self, order_id: str, row: _Row, shipment: dict[str, Any] | None) -> None:
+    def _insert(self, order_id: str, row: Row) -> None:
         self._rows[order_id] = row
         self._by_time.add(order_id)
-        if row.status in self._by_status:
-            self._by_status[row.status].add(order_id)
-        elif row.status is OrderStatus.PROCESSING:
+        status = row.status
+        if status is OrderStatus.PENDING:  # a new order: the usual case first
+            self._pending.add(order_id)
+        elif status is OrderStatus.PROCESSING:
             self._ready.append(order_id)
-        if row.status is OrderStatus.FAILED:
-            self._failed_reasons[row.history[-1].reason or ""] += 1
-        if shipment is not None:
-            self._shipments[order_id] = shipment
+        else:
+            self._by_status[status].add(order_id)
+            if status is OrderStatus.FAILED:
+                self._failed_reasons[last_reason(row) or ""] += 1
 
     async def find_order(self, order_id: str) -> Order | None:
         row = self._rows.get(order_id)  # one dict read is atomic; rows are immutable
-        return None if row is None else self._to_order(order_id, row)
+        return None if row is None else order_of(row)
 
-    def _to_order(self, order_id: str, row: _Row) -> Order:
-        customer, items = _decode_head(row.head)
-        history = row.history
-        shipment = self._shipments.get(order_id) if row.status is OrderStatus.SHIPPED else None
-        return Order(
-            order_id, customer, items, history[0].at, row.status, history[-1].at, history, shipment
-        )
+    async def find_order_json(self, order_id: str) -> bytes | None:
+        row = self._rows.get(order_id)
+        return None if row is None else render(row)
 
     async def list_orders(self, query: OrderQuery) -> Page:
+        rows, next_cursor = self._page(query)
+        return Page([order_of(row) for row in rows], next_cursor)
+
+    async def list_orders_json(self, query: OrderQuery) -> JsonPage:
+        rows, next_cursor = self._page(query)
+        return JsonPage(msgspec.Raw(render_many(rows)), len(rows), next_cursor)
+
+    def _page(self, query: OrderQuery) -> tuple[list[Row], str | None]:
+        """The rows of a page, and the cursor of the next one."""
         index = self._by_time if query.status is None else self._by_status.get(query.status)
         low = None if query.start is None else order_id_floor(query.start)
         high = None if query.end is None else order_id_floor(query.end)
@@ -129,21 +143,24 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
         if after:
             low = query.cursor
         bounds = {"minimum": low, "maximum": high, "inclusive": (not after, False)}
-        resume = None  # where the next page goes on when this one stopped walking
+        limit = query.limit
         with self._lock:
             rows = self._rows
             if index is not None:
-                ids = islice(index.irange(**bounds), query.limit + 1)
-                picked = [(order_id, rows[order_id]) for order_id in ids]
-            else:  # processing: walk the time range, a bounded stretch per page
-                walked = list(islice(self._by_time.irange(**bounds), _MAX_WALK))
-                picked = [(i, rows[i]) for i in walked if rows[i].status is query.status]
-                if len(walked) == _MAX_WALK:
-                    resume = walked[-1]
-        more = len(picked) > query.limit
-        to_order = self._to_order
-        orders = [to_order(order_id, row) for order_id, row in picked[: query.limit]]
-        return Page(orders, orders[-1].id if more else resume)
+                ids = list(islice(index.irange(**bounds), limit + 1))
+                if len(ids) <= limit:
+                    return list(map(rows.__getitem__, ids)), None
+                del ids[limit:]
+                return list(map(rows.__getitem__, ids)), ids[-1]
+            # Processing: walk the time range, a bounded stretch per page.
+            walked = list(islice(self._by_time.irange(**bounds), _MAX_WALK))
+            status = query.status
+            picked = [i for i in walked if rows[i].status is status]
+            resume = walked[-1] if len(walked) == _MAX_WALK else None
+            if len(picked) > limit:
+                del picked[limit:]
+                resume = picked[-1]
+            return list(map(rows.__getitem__, picked)), resume
 
     async def delete_pending(self, order_id: str, at: datetime) -> None:
         with self._lock:
@@ -156,7 +173,7 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
                 )
             del self._rows[order_id]
             self._by_time.remove(order_id)
-            self._by_status[OrderStatus.PENDING].remove(order_id)
+            self._pending.remove(order_id)
             self.events.append(EventType.DELETED, order_id, None, at)
 
     async def transition(
@@ -169,8 +186,7 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
         hold: Hold | None = None,
     ) -> Order:
         with self._lock:
-            row = self._apply(order_id, event, at, reason, hold, None)
-        return self._to_order(order_id, row)
+            return self._apply(order_id, event, at, reason, hold, None)
 
     def _apply(
         self,
@@ -180,46 +196,55 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
         reason: str | None,
         hold: Hold | None,
         shipment: dict[str, Any] | None,
-    ) -> _Row:
-        """One checked transition, under the lock; returns the new row."""
+    ) -> Order:
+        """One checked transition, under the lock; returns the order as changed."""
         old = self._rows.get(order_id)
         if old is None:
             raise OrderNotFound(f"no order with id {order_id!r}")
         status = next_status(old.status, event)
         if hold is not None and self._holds.get(order_id) != hold:
             raise NotHeld(f"order {order_id} is not held by {hold.owner} under {hold.token}")
+        before = order_of(old)
+        history = (*before.history, HistoryEntry(status, at, reason))
+        if shipment is None:
+            shipment = before.shipment
         if ends_hold(event):
             self._holds.pop(order_id, None)
             if event is Event.HANDBACK:
                 self._ready.append(order_id)
-        row = _Row(old.head, status, (*old.history, HistoryEntry(status, at, reason)))
-        self._rows[order_id] = row
+        self._rows[order_id] = Row(old.head, status, tail_of(status, at, history, shipment))
         if old.status is not status:
-            self._move(order_id, old, status, reason)
-        if shipment is not None:
-            self._shipments[order_id] = shipment
+            self._move(order_id, old.status, status, before.history[-1].reason, reason)
         self.events.append(EVENT_TYPE[event], order_id, status, at, reason, shipment)
-        return row
+        return Order(order_id, before.customer, before.items, before.timestamp, status, at,
+                     history, shipment)  # fmt: skip
 
-    def _move(self, order_id: str, old: _Row, new: OrderStatus, reason: str | None) -> None:
-        if old.status in self._by_status:
-            self._by_status[old.status].remove(order_id)
+    def _move(
+        self,
+        order_id: str,
+        old: OrderStatus,
+        new: OrderStatus,
+        old_reason: str | None,
+        new_reason: str | None,
+    ) -> None:
+        if old in self._by_status:
+            self._by_status[old].remove(order_id)
         if new in self._by_status:
             self._by_status[new].add(order_id)
-        if old.status is OrderStatus.FAILED:
-            failed = old.history[-1].reason or ""
+        if old is OrderStatus.FAILED:
+            failed = old_reason or ""
             self._failed_reasons[failed] -= 1
             if not self._failed_reasons[failed]:
                 del self._failed_reasons[failed]
         if new is OrderStatus.FAILED:
-            self._failed_reasons[reason or ""] += 1
+            self._failed_reasons[new_reason or ""] += 1
 
     async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
-        written: list[tuple[str, _Row] | None] = []
+        written: list[Order | None] = []
         with self._lock:
             for outcome in outcomes:
                 try:
-                    row = self._apply(
+                    order = self._apply(
                         outcome.order_id,
                         outcome.event,
                         outcome.at,
@@ -230,16 +255,16 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
                 except (OrderNotFound, OrderConflict):
                     written.append(None)
                 else:
-                    written.append((outcome.order_id, row))
-        return [None if w is None else self._to_order(*w) for w in written]
+                    written.append(order)
+        return written
 
     async def claim_pending(
         self, at: datetime, limit: int, created_before: datetime | None = None
     ) -> int:
-        tail = (HistoryEntry(OrderStatus.PROCESSING, at),)  # immutable: shared by the batch
+        at_json = encode_time(at)  # the same in every row of the batch
         below = None if created_before is None else order_id_floor(created_before)
         with self._lock:
-            pending = self._by_status[OrderStatus.PENDING]
+            pending = self._pending
             # The oldest first. No positional lookup (bisect_left, pending[i]): it makes a
             # SortedList keep a positional index, which every later add and pop pays for.
             ids = list(islice(pending.irange(maximum=below, inclusive=(True, False)), limit))
@@ -248,14 +273,13 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
                 pop(0)  # the cheap end of a SortedList
             rows = self._rows
             for order_id in ids:
-                row = rows[order_id]
-                rows[order_id] = _Row(row.head, OrderStatus.PROCESSING, row.history + tail)
+                rows[order_id] = claimed(rows[order_id], at, at_json)
             self._ready.extend(ids)
             self.events.extend(EventType.PROCESSING, ids, OrderStatus.PROCESSING, at)
         return len(ids)
 
     async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:
-        picked: list[tuple[str, _Row, int]] = []
+        picked: list[tuple[Row, int]] = []
         with self._lock:
             ready, rows, holds = self._ready, self._rows, self._holds
             while ready and len(picked) < limit:
@@ -270,8 +294,8 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
                     token = self._next_token
                     self._next_token += 1
                     holds[order_id] = Hold(owner, token)
-                    picked.append((order_id, row, token))
-        return [Held(self._to_order(order_id, row), token) for order_id, row, token in picked]
+                    picked.append((row, token))
+        return [Held(order_of(row), token) for row, token in picked]
 
     async def renew(
         self, owner: str, holds: Mapping[str, int], lease_s: float, at: datetime
@@ -361,7 +385,9 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
             stretch = list(islice(index.irange(low, high, inclusive), _MAX_WALK))
             for order_id in stretch:
                 row = self._rows[order_id]
-                if row.status is source and where.reason_matches(row.history[-1].reason):
+                if row.status is source and (
+                    where.reason_contains is None or where.reason_matches(last_reason(row))
+                ):
                     self._apply(order_id, event, at, reason, None, None)
                     moved.append(order_id)
                     if len(moved) == limit:

@@ -67,8 +67,12 @@ class EventLog:
         data: dict[str, Any] | None = None,
     ) -> None:
         """Append one event; the caller holds the lock."""
-        self._entries.append(_Entry(type, order_id, status, at, reason, data))
-        self._trim()
+        entries = self._entries
+        entries.append(_Entry(type, order_id, status, at, reason, data))
+        if len(entries) - self._start > self._retention:
+            self._drop(1)
+        if self.listener is not None:
+            self.listener()
 
     def extend(
         self, type: EventType, order_ids: Iterable[str], status: OrderStatus, at: datetime

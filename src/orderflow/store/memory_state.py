@@ -1,29 +1,20 @@
-"""What the in-memory store keeps: its rows, the state a snapshot writes and loads back, and a
-self-check for tests. `MemoryState` and these methods are mixed into InMemoryOrderStore."""
+"""The state a snapshot of the in-memory store writes and loads back, and a self-check for
+tests. `MemoryState` and these methods are mixed into InMemoryOrderStore."""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import msgspec
-from sortedcontainers import SortedList
 
-from orderflow.domain import HistoryEntry, Hold, Item, Order, OrderEvent, OrderStatus
+from orderflow.domain import Hold, Order, OrderEvent, OrderStatus
 from orderflow.errors import OrderConflict
 from orderflow.store.base import IdempotencyRecord
 from orderflow.store.memory_events import EventLog
-
-_encode_head = msgspec.msgpack.Encoder().encode
-_decode_head = msgspec.msgpack.Decoder(tuple[str, tuple[Item, ...]]).decode
-
-
-class _Row(msgspec.Struct, frozen=True, gc=False):
-    head: bytes  # msgpack of (customer, items)
-    status: OrderStatus
-    history: tuple[HistoryEntry, ...]  # history[0].at is the order's timestamp
+from orderflow.store.memory_index import SortedIds
+from orderflow.store.memory_rows import Row, last_reason, order_of, row_of
 
 
 class MemoryState(msgspec.Struct, frozen=True):
@@ -39,19 +30,16 @@ class MemoryStateMixin:
     """Snapshots and the self-check; the store's fields, as InMemoryOrderStore sets them."""
 
     _lock: threading.Lock
-    _rows: dict[str, _Row]
+    _rows: dict[str, Row]
     _keys: dict[str, IdempotencyRecord]
-    _by_time: SortedList
-    _by_status: dict[OrderStatus, SortedList]
+    _by_time: SortedIds
+    _by_status: dict[OrderStatus, SortedIds]
     _ready: deque[str]
     _holds: dict[str, Hold]
     _failed_reasons: Counter[str]
     events: EventLog
 
-    def _insert(self, order_id: str, row: _Row, shipment: dict[str, Any] | None) -> None:
-        raise NotImplementedError
-
-    def _to_order(self, order_id: str, row: _Row) -> Order:
+    def _insert(self, order_id: str, row: Row) -> None:
         raise NotImplementedError
 
     def dump(self) -> MemoryState:
@@ -59,7 +47,7 @@ class MemoryStateMixin:
         with self._lock:
             items = list(self._rows.items())
             keys = list(self._keys.values())
-        orders = [self._to_order(order_id, row) for order_id, row in sorted(items)]
+        orders = [order_of(row) for _, row in sorted(items)]
         return MemoryState(orders, keys, list(self.events.read(0, None)), self.events.last_seq)
 
     def load(self, state: MemoryState, on_order: Callable[[Order], Order] | None = None) -> None:
@@ -71,8 +59,7 @@ class MemoryStateMixin:
             for order in state.orders:
                 if on_order is not None:
                     order = on_order(order)
-                row = _Row(_encode_head((order.customer, order.items)), order.status, order.history)
-                self._insert(order.id, row, order.shipment)
+                self._insert(order.id, row_of(order))
             self._keys.update((record.key, record) for record in state.idempotency)
             self.events.restore(state.events, state.last_event_seq)
 
@@ -84,6 +71,11 @@ class MemoryStateMixin:
     def check_invariants(self) -> Iterable[str]:
         """Every disagreement between the map and the indexes (for tests); empty when sound."""
         with self._lock:
+            for index in (self._by_time, *self._by_status.values()):
+                try:
+                    index._check()  # sortedcontainers' own check of its lists
+                except AssertionError:
+                    yield "an index is out of shape"
             ids = set(self._rows)
             if set(self._by_time) != ids or len(self._by_time) != len(ids):
                 yield "time index and rows disagree"
@@ -99,7 +91,7 @@ class MemoryStateMixin:
             if not processing <= set(self._holds) | set(self._ready):
                 yield "a processing order is neither held nor ready"
             failed = Counter(
-                row.history[-1].reason or ""
+                last_reason(row) or ""
                 for row in self._rows.values()
                 if row.status is OrderStatus.FAILED
             )
