@@ -1,4 +1,5 @@
-"""Scaling of queries: a range query returning 100 orders, with 10k, 100k and 1M stored."""
+"""Scaling of queries: a range query returning 100 orders, as the API asks for it (the page as
+JSON), with 10k, 100k and 1M stored."""
 
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ async def _measure() -> dict[int, float]:
         for _ in range(5):
             begin = time.perf_counter()
             for _ in range(REPEATS):
-                page = await store.list_orders(query)
+                page = await store.list_orders_json(query)
             samples.append((time.perf_counter() - begin) / REPEATS)
-            assert len(page.orders) == 100
+            assert page.count == 100
         timings[size] = statistics.median(samples) * 1e6
     return timings
 

@@ -22,8 +22,8 @@ from orderflow.domain import (
 )
 from orderflow.store.memory_index import SortedIds
 from orderflow.store.memory_rows import (
+    claim_at,
     claimed,
-    encode_time,
     last_reason,
     order_of,
     render,
@@ -81,7 +81,8 @@ def test_a_claim_writes_what_the_claimed_order_encodes_to(order: Order, at: date
     if order.status is not OrderStatus.PENDING:
         return
     at = max(at, order.updated_at)
-    row = claimed(row_of(order), at, encode_time(at))
+    row = claimed(row_of(order), claim_at(at))
+    assert order_of(row) == advance(order, Event.START, at)
     assert render(row) == msgspec.json.encode(advance(order, Event.START, at))
 
 

@@ -99,10 +99,10 @@ class OrderflowApp:
         self.openapi_json = msgspec.json.encode(
             openapi_document(settings.routes, auth=settings.auth is not None)
         )
-        # Bodies being read, and the watchdog tick they started at: one check a second for
-        # all of them, instead of a timer per request.
-        self._reading: dict[asyncio.Task[Any], int] = {}
-        self._timed_out: set[asyncio.Task[Any]] = set()
+        # Bodies being read (what cancels each: see `read`), and the watchdog tick they
+        # started at: one check a second for all of them, instead of a timer per request.
+        self._reading: dict[Any, int] = {}
+        self._timed_out: set[Any] = set()
         self._tick = 0
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -198,23 +198,26 @@ class OrderflowApp:
         announced = content_length(request.headers)
         if announced is not None and announced > MAX_BODY_BYTES:
             raise too_large()
-        task = asyncio.current_task()
-        assert task is not None
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch(), name="orderflow-body-watchdog")
-        self._reading[task] = self._tick
+        arriving = request.read_all()
+        # What a late body cancels: granian's read is a future of its own; ASGI's reads are
+        # this task's.
+        late: Any = arriving if hasattr(arriving, "cancel") else asyncio.current_task()
+        self._reading[late] = self._tick
         try:
-            body = await request.read_all()
+            body = await arriving
         except asyncio.CancelledError:
-            if task not in self._timed_out:
+            if late not in self._timed_out:
                 raise
-            self._timed_out.discard(task)
-            task.uncancel()
+            self._timed_out.discard(late)
+            if isinstance(late, asyncio.Task):
+                late.uncancel()
             raise timed_out(self.settings.idle_timeout_s) from None
         except RuntimeError:  # RSGIProtocolClosed: the client went away mid-body
             raise cut_short(0, announced or 0) from None
         finally:
-            del self._reading[task]
+            del self._reading[late]
         if announced is not None and len(body) != announced:
             raise cut_short(len(body), announced)
         if len(body) > MAX_BODY_BYTES:
@@ -226,10 +229,9 @@ class OrderflowApp:
         while True:
             await asyncio.sleep(1)
             self._tick += 1
-            for task, started in list(self._reading.items()):
-                if self._tick - started >= limit and task not in self._timed_out:
-                    self._timed_out.add(task)
-                    task.cancel("the body did not arrive in time")
+            for late, started in list(self._reading.items()):
+                if self._tick - started >= limit and late not in self._timed_out and late.cancel():
+                    self._timed_out.add(late)  # (not when it arrived just now)
 
     def close(self) -> None:
         if self._watchdog is not None:

@@ -49,8 +49,8 @@ from orderflow.store.memory_events import EventLog, EventLogMixin
 from orderflow.store.memory_index import SortedIds
 from orderflow.store.memory_rows import (
     Row,
+    claim_at,
     claimed,
-    encode_time,
     last_reason,
     order_of,
     render,
@@ -261,7 +261,7 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
     async def claim_pending(
         self, at: datetime, limit: int, created_before: datetime | None = None
     ) -> int:
-        at_json = encode_time(at)  # the same in every row of the batch
+        claim = claim_at(at)  # one for the batch
         below = None if created_before is None else order_id_floor(created_before)
         with self._lock:
             pending = self._pending
@@ -273,7 +273,7 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
                 pop(0)  # the cheap end of a SortedList
             rows = self._rows
             for order_id in ids:
-                rows[order_id] = claimed(rows[order_id], at, at_json)
+                rows[order_id] = claimed(rows[order_id], claim)
             self._ready.extend(ids)
             self.events.extend(EventType.PROCESSING, ids, OrderStatus.PROCESSING, at)
         return len(ids)

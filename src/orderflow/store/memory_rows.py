@@ -9,9 +9,10 @@ orders fit in well under 500 bytes each). The JSON is split where the order chan
     ,"status":…,"updated_at":…,"history":[…],"shipment":…}  ← `tail`: written by each change
 
 A row as submitted (pending, its one history entry at its timestamp) has no tail: it follows
-from the timestamp at the end of the head, so a new order costs one encoding. An `Order` is
-read back by decoding the row (`order_of`), for the paths that need objects (a shipment, a
-change), never for a listing.
+from the timestamp at the end of the head, so a new order costs one encoding. Nor has a row as
+claimed: it follows from the timestamp and the claim (one `Claim` for a whole batch), so a
+trigger of a million orders writes no JSON. An `Order` is read back by decoding the row
+(`order_of`), for the paths that need objects (a shipment, a change), never for a listing.
 """
 
 from __future__ import annotations
@@ -41,14 +42,22 @@ class _Tail(msgspec.Struct, gc=False):
     shipment: dict[str, Any] | None
 
 
+class Claim(msgspec.Struct, frozen=True, gc=False):
+    """When a batch of orders was claimed, as a time and as JSON: shared by the batch."""
+
+    at: datetime
+    json: bytes
+
+
 class Row(msgspec.Struct, frozen=True, gc=False):
     """An order's JSON in two parts (see the module docstring): `head` without its closing
-    brace, `tail` without the comma before it (None: as submitted); `status` is kept apart
-    too, for the indexes and the state machine."""
+    brace, `tail` without the comma before it (None: as submitted, or as claimed by `claim`);
+    `status` is kept apart too, for the indexes and the state machine."""
 
     head: bytes
     status: OrderStatus
     tail: bytes | None = None
+    claim: Claim | None = None
 
 
 _decode_head = msgspec.json.Decoder(_Head).decode
@@ -57,11 +66,13 @@ _decode_tail = msgspec.json.Decoder(_Tail).decode
 # microseconds: 29 bytes with the quotes, after `"timestamp":`); its tail repeats it twice.
 _STAMP = 29
 _STAMP_KEY = b'"timestamp":'
-# Byte for byte what msgspec writes between the parts: the tail of a row as submitted, with
-# the timestamp twice, and of one as claimed (the claim's time, the timestamp, the claim's).
+# Byte for byte what msgspec writes between the parts: the tail of a row as submitted (around
+# the timestamp, twice), and of one as claimed (around the claim's time, the timestamp, the
+# claim's time).
 _SUBMITTED = (b',"status":"pending","updated_at":', b',"history":[{"status":"pending","at":',
               b'}],"shipment":null}')  # fmt: skip
-_CLAIMED = b'"status":"processing","updated_at":%b,"history":[{"status":"pending","at":%b},{"status":"processing","at":%b}],"shipment":null}'  # noqa: E501
+_CLAIMED = (b',"status":"processing","updated_at":', b',"history":[{"status":"pending","at":',
+            b'},{"status":"processing","at":', b'}],"shipment":null}')  # fmt: skip
 
 
 def row_of(order: Order) -> Row:
@@ -95,20 +106,19 @@ def tail_of(
     return _encode(_Tail(status, updated_at, history, shipment))[1:]
 
 
-def claimed(row: Row, at: datetime, at_json: bytes) -> Row:
-    """`row` (pending) claimed for shipping at `at` (`at_json`: `at` as JSON, encoded once
-    for a whole batch)."""
-    if row.tail is None:  # the usual case, written without decoding anything
-        tail = _CLAIMED % (at_json, row.head[-_STAMP:], at_json)
-    else:
-        before = _decode_tail(b"{" + row.tail)
-        history = (*before.history, HistoryEntry(OrderStatus.PROCESSING, at))
-        tail = tail_of(OrderStatus.PROCESSING, at, history, before.shipment)
+def claim_at(at: datetime) -> Claim:
+    """The claim of a batch at `at`."""
+    return Claim(at, _encode(at))
+
+
+def claimed(row: Row, claim: Claim) -> Row:
+    """`row` (pending) claimed for shipping by `claim`."""
+    if row.tail is None:  # the usual case: nothing to write
+        return Row(row.head, OrderStatus.PROCESSING, None, claim)
+    before = _decode_tail(b"{" + row.tail)
+    history = (*before.history, HistoryEntry(OrderStatus.PROCESSING, claim.at))
+    tail = tail_of(OrderStatus.PROCESSING, claim.at, history, before.shipment)
     return Row(row.head, OrderStatus.PROCESSING, tail)
-
-
-def encode_time(at: datetime) -> bytes:
-    return _encode(at)
 
 
 def render(row: Row) -> bytes:
@@ -120,16 +130,19 @@ def render_many(rows: Iterable[Row]) -> bytes:
     """The JSON array of the orders of `rows`, each as `render` writes it."""
     # The hottest loop of a listing: one tuple of parts per order, one join for the page.
     parts = [b"["]
-    extend = parts.extend
     status, history, end = _SUBMITTED
     comma = b","
     for row in rows:
         head, tail = row.head, row.tail
-        if tail is None:
+        if tail is not None:
+            parts += (head, comma, tail, comma)
+        elif row.claim is None:
             at = head[-_STAMP:]
-            extend((head, status, at, history, at, end, comma))
+            parts += (head, status, at, history, at, end, comma)
         else:
-            extend((head, comma, tail, comma))
+            at, claim = head[-_STAMP:], row.claim.json
+            processing, pending, then, over = _CLAIMED
+            parts += (head, processing, claim, pending, at, then, claim, over, comma)
     if len(parts) == 1:
         return b"[]"
     parts[-1] = b"]"  # in place of the last comma
@@ -140,9 +153,14 @@ def order_of(row: Row) -> Order:
     """The order a row keeps."""
     head = _decode_head(row.head + b"}")
     if row.tail is None:
-        at = head.timestamp
-        history = (HistoryEntry(OrderStatus.PENDING, at),)
-        return Order(head.id, head.customer, head.items, at, OrderStatus.PENDING, at, history)
+        at, claim = head.timestamp, row.claim
+        submitted = HistoryEntry(OrderStatus.PENDING, at)
+        if claim is None:
+            return Order(head.id, head.customer, head.items, at, OrderStatus.PENDING, at,
+                         (submitted,))  # fmt: skip
+        history = (submitted, HistoryEntry(OrderStatus.PROCESSING, claim.at))
+        return Order(head.id, head.customer, head.items, at, OrderStatus.PROCESSING, claim.at,
+                     history)  # fmt: skip
     tail = _decode_tail(b"{" + row.tail)
     return Order(head.id, head.customer, head.items, head.timestamp, tail.status,
                  tail.updated_at, tail.history, tail.shipment)  # fmt: skip
@@ -150,6 +168,6 @@ def order_of(row: Row) -> Order:
 
 def last_reason(row: Row) -> str | None:
     """The reason of the order's latest history entry."""
-    if row.tail is None:
+    if row.tail is None:  # as submitted or claimed: no reason
         return None
     return _decode_tail(b"{" + row.tail).history[-1].reason
