@@ -1,6 +1,6 @@
 """`python -m benchmarks [part …]`: run the parts (all by default), print one table, and write
-benchmarks/results/latest.json. Parts: http, before, queries, memory, engine, triggers, events,
-webhooks, shipper, postgres."""
+benchmarks/results/latest.json. Parts: http, before, inprocess, queries, memory, engine, triggers,
+events, webhooks, shipper, postgres."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from benchmarks.report import Row, table, write
 PARTS = [
     "http",
     "before",
+    "inprocess",
     "queries",
     "memory",
     "engine",

@@ -60,7 +60,9 @@ class _Ref(msgspec.Struct, gc=False):
     status: str
 
 
-class _Floor:
+class Floor:
+    """The floor of a POST /orders (see the module docstring)."""
+
     def __init__(self) -> None:
         self.decode = msgspec.json.Decoder(_Create).decode
         self.encode = msgspec.json.Encoder().encode
@@ -90,7 +92,7 @@ def main(port: int, interface: str) -> None:
 
     sock = bind("127.0.0.1", port)
     sock.listen(4096)
-    app = {"asgi": asgi, "rsgi": rsgi, "floor": _Floor()}[interface]
+    app = {"asgi": asgi, "rsgi": rsgi, "floor": Floor()}[interface]
     run(serve_granian(app, sock, interface="asgi" if interface == "asgi" else "rsgi"))
 
 
