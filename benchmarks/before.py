@@ -3,7 +3,9 @@ installed from this repository's history into a temporary virtualenv with that c
 pins) against today's, both served with their defaults on the same core, one after the other
 in each round, on the same machine. Ratios of requests/s, median of the rounds: what moved,
 whatever the machine (a ratio against a null app measured on another machine does not carry
-over: the share of the time spent in Python differs with the interpreter's build)."""
+over: the share of the time spent in Python differs with the interpreter's build). Each is
+served as its commit serves it: 80a1136 ran granian's worker in a process of its own, today's
+runs it embedded, so the ratios are of the whole service, server arrangement included."""
 
 from __future__ import annotations
 
@@ -47,8 +49,11 @@ def fill(base: str, post: Path) -> dict[str, tuple[str, Path | None]]:
     """Submit 1,000 orders; the cases' URLs (and wrk scripts: `post` for a POST) at `base`."""
     with httpx.Client(base_url=base) as client:
         for _ in range(1000):
-            client.post("/orders", content=ORDER, headers={"content-type": "application/json"})
-        orders = client.get("/orders", params={"limit": 1000}).json()["orders"]
+            response = client.post(
+                "/orders", content=ORDER, headers={"content-type": "application/json"}
+            )
+            response.raise_for_status()
+        orders = client.get("/orders", params={"limit": 1000}).raise_for_status().json()["orders"]
     start, end = orders[300]["timestamp"], orders[400]["timestamp"]
     return {
         "POST /orders": (base + "/orders", post),
@@ -82,9 +87,9 @@ def run() -> list[Row]:
             url = stack.enter_context(server(command, port, ready_path="/healthz"))
             cases[name] = fill(url, post)
         results: dict[tuple[str, str], list[float]] = {}
-        for _ in range(ROUNDS):
+        for n in range(ROUNDS):
             for case in cases["today"]:
-                for name in ("before", "today"):
+                for name in ("before", "today")[:: 1 if n % 2 else -1]:  # either first
                     url, script = cases[name][case]
                     results.setdefault((case, name), []).append(wrk(url, script)[0])
     rows: list[Row] = []

@@ -88,11 +88,12 @@ rsgi = _Rsgi()
 
 
 def main(port: int, interface: str) -> None:
-    from orderflow.server import bind, run, serve_granian
+    from orderflow.server import bind, run, serve_granian, settle_gc
 
     sock = bind("127.0.0.1", port)
     sock.listen(4096)
     app = {"asgi": asgi, "rsgi": rsgi, "floor": Floor()}[interface]
+    settle_gc()  # the collector tuned as `orderflow serve` tunes it
     run(serve_granian(app, sock, interface="asgi" if interface == "asgi" else "rsgi"))
 
 

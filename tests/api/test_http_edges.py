@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from orderflow.api.app import HttpSettings
-from orderflow.api.http import MAX_BODY_BYTES
+from orderflow.api.app import HttpSettings, OrderflowApp
+from orderflow.api.http import MAX_BODY_BYTES, HTTPProblem, Request
 from orderflow.api.routes import ROUTES
+from orderflow.runtime import Runtime
 from orderflow.store.memory import InMemoryOrderStore
 from tests.api.conftest import (
     ACCEPT_JSON,
@@ -359,3 +360,33 @@ async def _within(seconds: float, awaitable: Awaitable[RawResponse]) -> RawRespo
     task reading the body)."""
     async with asyncio.timeout(seconds):
         return await asyncio.ensure_future(awaitable)
+
+
+@pytest.mark.parametrize("server", ["rsgi", "asgi"])
+async def test_a_cancel_from_outside_wins_over_a_late_body(server: str) -> None:
+    """A shutdown that cancels a handler in the very moment its body is found late: the
+    handler is cancelled (it does not go on with a 408 as if nothing else had happened)."""
+    app = OrderflowApp(Runtime(), HttpSettings(idle_timeout_s=1))
+
+    async def never() -> bytes:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    # granian's read is a future of its own; an ASGI read is a coroutine of the handler's task
+    read_all = asyncio.get_running_loop().create_future if server == "rsgi" else never
+    request = Request("POST", "/orders", "", {}, read_all, app)
+    try:
+        for outside in (False, True):
+            handler = asyncio.create_task(app.read(request))
+            await asyncio.sleep(0)  # the read has begun
+            app.check_bodies()  # the watchdog finds it late...
+            if outside:
+                handler.cancel()  # ...as a shutdown cancels the handler
+                with pytest.raises(asyncio.CancelledError):
+                    await handler
+            else:
+                with pytest.raises(HTTPProblem) as problem:
+                    await handler
+                assert problem.value.problem.status == 408
+    finally:
+        app.close()

@@ -96,6 +96,10 @@ def test_only_a_row_as_submitted_in_utc_with_microseconds_goes_without_a_tail() 
         new_order(new_order_id(whole_second, 1), "Ada", fresh.items, whole_second),
         new_order(new_order_id(at, 1), "Ada", fresh.items, offset),
         msgspec.structs.replace(fresh, history=(HistoryEntry(OrderStatus.PENDING, at, "why"),)),
+        # the same instant, written another way, or a history that does not begin as pending
+        msgspec.structs.replace(fresh, updated_at=offset),
+        msgspec.structs.replace(fresh, history=(HistoryEntry(OrderStatus.PENDING, offset),)),
+        msgspec.structs.replace(fresh, history=(HistoryEntry(OrderStatus.PROCESSING, at),)),
     ):
         row = row_of(order)
         assert row.tail is not None

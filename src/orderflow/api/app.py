@@ -200,10 +200,14 @@ class OrderflowApp:
             raise too_large()
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch(), name="orderflow-body-watchdog")
-        arriving = request.read_all()
+        try:
+            arriving = request.read_all()
+        except RuntimeError:  # RSGIProtocolClosed, raised at once: the client went away
+            raise cut_short(0, announced or 0) from None
         # What a late body cancels: granian's read is a future of its own; ASGI's reads are
         # this task's.
-        late: Any = arriving if hasattr(arriving, "cancel") else asyncio.current_task()
+        task = asyncio.current_task()
+        late: Any = arriving if hasattr(arriving, "cancel") else task
         self._reading[late] = self._tick
         try:
             body = await arriving
@@ -211,8 +215,10 @@ class OrderflowApp:
             if late not in self._timed_out:
                 raise
             self._timed_out.discard(late)
-            if isinstance(late, asyncio.Task):
-                late.uncancel()
+            if late is task:
+                task.uncancel()
+            if task is not None and task.cancelling():
+                raise  # cancelled from outside as well (a shutdown): that wins over a 408
             raise timed_out(self.settings.idle_timeout_s) from None
         except RuntimeError:  # RSGIProtocolClosed: the client went away mid-body
             raise cut_short(0, announced or 0) from None
@@ -225,13 +231,19 @@ class OrderflowApp:
         return body
 
     async def _watch(self) -> None:
-        limit = max(1, round(self.settings.idle_timeout_s))
         while True:
             await asyncio.sleep(1)
-            self._tick += 1
-            for late, started in list(self._reading.items()):
-                if self._tick - started >= limit and late not in self._timed_out and late.cancel():
-                    self._timed_out.add(late)  # (not when it arrived just now)
+            self.check_bodies()
+
+    def check_bodies(self) -> None:
+        """One look of the body watchdog (it looks every second): the reads of bodies late by
+        the idle timeout are cancelled, and answer 408."""
+        self._tick += 1
+        limit = max(1, round(self.settings.idle_timeout_s))
+        for late, started in list(self._reading.items()):
+            # (granian's read refuses a cancel once its body is in: no 408 then)
+            if self._tick - started >= limit and late not in self._timed_out and late.cancel():
+                self._timed_out.add(late)
 
     def close(self) -> None:
         if self._watchdog is not None:

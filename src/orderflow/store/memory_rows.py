@@ -88,12 +88,15 @@ def _is_as_submitted(order: Order) -> bool:
     history = order.history
     if len(history) != 1 or order.status is not OrderStatus.PENDING:
         return False
-    first, at = history[0], order.timestamp
+    first, at, updated_at = history[0], order.timestamp, order.updated_at
     return (
-        first.reason is None
+        first.status is OrderStatus.PENDING
+        and first.reason is None
         and order.shipment is None
-        and (first.at is at or first.at == at)  # one object, as `domain.new_order` makes it
-        and (order.updated_at is at or order.updated_at == at)
+        # One object, as `domain.new_order` makes it; else (a snapshot's order) the same
+        # instant written the same way.
+        and (first.at is at or (first.at == at and first.at.utcoffset() == at.utcoffset()))
+        and (updated_at is at or (updated_at == at and updated_at.utcoffset() == at.utcoffset()))
     )
 
 
