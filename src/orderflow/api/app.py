@@ -206,8 +206,7 @@ class OrderflowApp:
             raise cut_short(0, announced or 0) from None
         # What a late body cancels: granian's read is a future of its own; ASGI's reads are
         # this task's.
-        task = asyncio.current_task()
-        late: Any = arriving if hasattr(arriving, "cancel") else task
+        late: Any = arriving if hasattr(arriving, "cancel") else asyncio.current_task()
         self._reading[late] = self._tick
         try:
             body = await arriving
@@ -215,6 +214,7 @@ class OrderflowApp:
             if late not in self._timed_out:
                 raise
             self._timed_out.discard(late)
+            task = asyncio.current_task()
             if late is task:
                 task.uncancel()
             if task is not None and task.cancelling():
