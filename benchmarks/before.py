@@ -16,9 +16,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
-
-from benchmarks.http import ORDER, POST_LUA, ROUNDS, ensure_wrk, wrk
+from benchmarks.http import POST_LUA, ROUNDS, ensure_wrk, fill, wrk
 from benchmarks.report import Row
 from benchmarks.servers import free_port, orderflow_command, server
 
@@ -45,19 +43,12 @@ def install(ref: str, where: Path) -> Path:
     return python
 
 
-def fill(base: str, post: Path) -> dict[str, tuple[str, Path | None]]:
-    """Submit 1,000 orders; the cases' URLs (and wrk scripts: `post` for a POST) at `base`."""
-    with httpx.Client(base_url=base) as client:
-        for _ in range(1000):
-            response = client.post(
-                "/orders", content=ORDER, headers={"content-type": "application/json"}
-            )
-            response.raise_for_status()
-        orders = client.get("/orders", params={"limit": 1000}).raise_for_status().json()["orders"]
-    start, end = orders[300]["timestamp"], orders[400]["timestamp"]
+def cases_at(base: str, post: Path) -> dict[str, tuple[str, Path | None]]:
+    """The cases' URLs (and wrk scripts: `post` for a POST) at `base`, once it holds orders."""
+    one, start, end = fill(base)
     return {
         "POST /orders": (base + "/orders", post),
-        "GET /orders/{id}": (base + f"/orders/{orders[500]['id']}", None),
+        "GET /orders/{id}": (base + f"/orders/{one}", None),
         "GET /orders?from&to&limit=100": (
             base + f"/orders?from={start}&to={end}&limit=100",
             None,
@@ -85,7 +76,7 @@ def run() -> list[Row]:
                 else orderflow_command(port)  # the defaults, as `make run`
             )
             url = stack.enter_context(server(command, port, ready_path="/healthz"))
-            cases[name] = fill(url, post)
+            cases[name] = cases_at(url, post)
         results: dict[tuple[str, str], list[float]] = {}
         for n in range(ROUNDS):
             for case in cases["today"]:

@@ -73,6 +73,19 @@ def wrk(url: str, script: Path | None = None) -> tuple[float, float, float]:
     return rps, p50, p99
 
 
+def fill(base: str) -> tuple[str, str, str]:
+    """Submit 1,000 orders to the service at `base`; one of their ids, and the `from` and `to`
+    of a range of 100 of them."""
+    with httpx.Client(base_url=base) as client:
+        for _ in range(1000):
+            response = client.post(
+                "/orders", content=ORDER, headers={"content-type": "application/json"}
+            )
+            response.raise_for_status()
+        orders = client.get("/orders", params={"limit": 1000}).raise_for_status().json()["orders"]
+    return orders[500]["id"], orders[300]["timestamp"], orders[400]["timestamp"]
+
+
 def run() -> list[Row]:
     ensure_wrk()
     with ExitStack() as stack:
@@ -92,12 +105,7 @@ def run() -> list[Row]:
             ready = "/healthz" if name not in ("asgi", "rsgi", "floor") else "/"
             urls[name] = stack.enter_context(server(command(port), port, ready_path=ready))
         app = urls["app"]
-        with httpx.Client(base_url=app) as client:
-            for _ in range(1000):
-                client.post("/orders", content=ORDER, headers={"content-type": "application/json"})
-            orders = client.get("/orders", params={"limit": 1000}).json()["orders"]
-        one = orders[500]["id"]
-        start, end = orders[300]["timestamp"], orders[400]["timestamp"]
+        one, start, end = fill(app)
         cases = {  # each orderflow case right after its null-app twins: they see the same machine
             "ASGI null app POST": (urls["asgi"] + "/orders", post),
             "RSGI null app POST": (urls["rsgi"] + "/orders", post),

@@ -134,6 +134,7 @@ def render_many(rows: Iterable[Row]) -> bytes:
     # The hottest loop of a listing: one tuple of parts per order, one join for the page.
     parts = [b"["]
     status, history, end = _SUBMITTED
+    processing, pending, then, over = _CLAIMED
     comma = b","
     for row in rows:
         head, tail = row.head, row.tail
@@ -144,7 +145,6 @@ def render_many(rows: Iterable[Row]) -> bytes:
             parts += (head, status, at, history, at, end, comma)
         else:
             at, claim = head[-_STAMP:], row.claim.json
-            processing, pending, then, over = _CLAIMED
             parts += (head, processing, claim, pending, at, then, claim, over, comma)
     if len(parts) == 1:
         return b"[]"
