@@ -27,8 +27,11 @@ async def admin_connection() -> asyncpg.Connection:
 
 
 @asynccontextmanager
-async def schema_store(command_timeout_s: float = 10.0) -> AsyncIterator[PostgresOrderStore]:
-    """A PostgresOrderStore in a schema of its own, dropped afterwards."""
+async def schema_store(
+    command_timeout_s: float = 10.0, **options: float
+) -> AsyncIterator[PostgresOrderStore]:
+    """A PostgresOrderStore in a schema of its own, dropped afterwards (`options`: more of
+    `PostgresOrderStore.connect`'s)."""
     admin = await admin_connection()
     schema = f"orderflow_test_{secrets.token_hex(4)}"
     await admin.execute(f"CREATE SCHEMA {schema}")
@@ -38,6 +41,7 @@ async def schema_store(command_timeout_s: float = 10.0) -> AsyncIterator[Postgre
             server_settings={"search_path": schema},
             max_size=4,
             command_timeout_s=command_timeout_s,
+            **options,  # type: ignore[arg-type]
         )
         try:
             yield store

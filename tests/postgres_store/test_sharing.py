@@ -44,6 +44,25 @@ async def test_an_expired_lease_is_rescued_once_and_the_old_holder_locked_out(
     assert [h.status for h in shipped.history].count(OrderStatus.SHIPPED) == 1
 
 
+async def test_a_rescuer_paused_inside_its_transaction_blocks_rescue_only_for_a_moment() -> None:
+    """A process stopped between the statements of a rescue keeps its advisory lock while its
+    session lives: PostgreSQL ends a session idle in a transaction, and the rescue goes on."""
+    async with schema_store(idle_transaction_timeout_s=0.5) as store:
+        [order_id] = await add_ready(store, 1)
+        await store.acquire("dead", 1, lease_s=0)
+        paused = await asyncpg.connect(DATABASE_URL, server_settings=store.server_settings)
+        try:
+            await paused.execute("BEGIN")
+            await paused.execute("SELECT pg_advisory_xact_lock($1)", sql.RESCUE_LOCK)
+            assert await store.rescue_expired(LATER) == 0  # the paused one is rescuing
+            assert await eventually(lambda: store.rescue_expired(LATER)) == 1
+            assert (await store.get_order(order_id)).history[-1].reason == (
+                "rescued: the lease of dead ran out"
+            )
+        finally:
+            await paused.close(timeout=1)
+
+
 async def test_a_stale_token_is_refused_even_for_the_same_owner(store: PostgresOrderStore) -> None:
     """The token, not the owner's name, is the hold: an owner whose order was rescued and that
     acquired it again must not finish it under the first hold."""

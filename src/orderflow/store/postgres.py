@@ -70,6 +70,9 @@ from orderflow.store.postgres_rows import (
 log = logging.getLogger("orderflow.store.postgres")
 
 _MAX_WALK = 10_000  # orders a bulk action's batch looks at
+# Our transactions are a few statements, milliseconds apart even on a busy loop: one idle this
+# long belongs to a paused process, and what it locks is freed well within the default lease.
+IDLE_TRANSACTION_TIMEOUT_S = 5.0
 _translated = translated  # the old name, for the tests that import it
 
 
@@ -100,13 +103,22 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         server_settings: dict[str, str] | None = None,
         max_size: int = 10,
         command_timeout_s: float = 10.0,
+        idle_transaction_timeout_s: float = IDLE_TRANSACTION_TIMEOUT_S,
     ) -> PostgresOrderStore:
         """A store over a new pool to `dsn`; applies migrations first unless told not to.
-        A statement that gets no answer within `command_timeout_s` fails.
+        A statement that gets no answer within `command_timeout_s` fails. PostgreSQL ends a
+        session of ours that leaves a transaction idle for `idle_transaction_timeout_s`: a
+        process paused between two statements of a transaction (SIGSTOP, a stalled host) would
+        otherwise keep its locks (a rescue's or event numbering's advisory lock, row locks) and
+        stop every other instance's rescue until it woke.
 
         Raises:
             StoreUnavailable: the database cannot be reached (the message says why).
         """
+        server_settings = {
+            "idle_in_transaction_session_timeout": str(round(idle_transaction_timeout_s * 1000)),
+            **(server_settings or {}),
+        }
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -114,7 +126,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
                 max_size=max_size,
                 command_timeout=command_timeout_s,
                 timeout=10,
-                server_settings=server_settings or {},
+                server_settings=server_settings,
             )
         except asyncpg.PostgresError as exc:  # the server's own words: no such database, …
             raise StoreUnavailable(f"the database refused the connection: {exc}") from exc
