@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from orderflow.domain import Item
-from orderflow.store.memory_index import SortedIds
+from orderflow.store.memory_table import SortedIds
 
 _BODY = b'{"id":"order_0000000000000000000000000","status":"pending"}'
 _ASGI_HEADERS = [(b"content-type", b"application/json")]

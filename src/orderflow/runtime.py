@@ -25,8 +25,7 @@ from orderflow.shipping import Shipper, SimulatedShipper
 from orderflow.snapshot import SnapshotError, SnapshotFile
 from orderflow.store import open_store
 from orderflow.store.base import OrderStore
-from orderflow.store.memory import InMemoryOrderStore
-from orderflow.store.memory_state import MemoryState
+from orderflow.store.memory import InMemoryOrderStore, MemoryState
 from orderflow.supervise import OutageLog, supervised
 from orderflow.webhooks import open_webhook_store
 from orderflow.webhooks.delivery import Deliverer

@@ -25,7 +25,7 @@ import msgspec
 
 from orderflow.domain import Order, OrderEvent
 from orderflow.store.base import IdempotencyRecord
-from orderflow.store.memory_state import MemoryState
+from orderflow.store.memory import MemoryState
 
 log = logging.getLogger("orderflow.snapshot")
 

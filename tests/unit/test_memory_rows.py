@@ -20,7 +20,6 @@ from orderflow.domain import (
     new_order,
     new_order_id,
 )
-from orderflow.store.memory_index import SortedIds
 from orderflow.store.memory_rows import (
     claim_at,
     claimed,
@@ -30,6 +29,7 @@ from orderflow.store.memory_rows import (
     render_many,
     row_of,
 )
+from orderflow.store.memory_table import SortedIds
 
 _names = st.text(min_size=1, max_size=30)
 _times = st.datetimes(

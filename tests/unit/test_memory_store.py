@@ -18,7 +18,6 @@ from orderflow.domain import (
     advance,
 )
 from orderflow.errors import Gone, OrderConflict
-from orderflow.store import memory, memory_events
 from orderflow.store.base import IdempotencyRecord, ReasonCount
 from orderflow.store.memory import InMemoryOrderStore
 from orderflow.store.memory_events import EventLog
@@ -35,13 +34,10 @@ async def _added(store: InMemoryOrderStore, clock: ManualClock, count: int) -> l
 # -- bounded walks --------------------------------------------------------------------------------
 
 
-async def test_processing_pages_walk_a_bounded_stretch_and_go_on(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_processing_pages_walk_a_bounded_stretch_and_go_on() -> None:
     """Regression: listing processing orders walked every order in the range under the lock
     (a third of a second with a million orders, the whole server waiting)."""
-    monkeypatch.setattr(memory, "_MAX_WALK", 7)
-    clock, store = ManualClock(), InMemoryOrderStore()
+    clock, store = ManualClock(), InMemoryOrderStore(max_walk=7)
     ids = await _added(store, clock, 40)
     await store.claim_pending(clock.now(), 40)
     for n, order_id in enumerate(ids):  # all but every tenth leave processing
@@ -63,13 +59,10 @@ async def test_processing_pages_walk_a_bounded_stretch_and_go_on(
     assert pages >= 40 // 7  # no page walked more than 7 orders
 
 
-async def test_a_bulk_move_of_processing_orders_walks_a_bounded_stretch_and_goes_on(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Processing has no index: a bulk cancel of it walks the time index, at most _MAX_WALK
+async def test_a_bulk_move_of_processing_orders_walks_a_bounded_stretch_and_goes_on() -> None:
+    """Processing has no index: a bulk cancel of it walks the time index, at most `max_walk`
     orders per call under the lock, and says where to go on even when it moved none."""
-    monkeypatch.setattr(memory, "_MAX_WALK", 7)
-    clock, store = ManualClock(), InMemoryOrderStore()
+    clock, store = ManualClock(), InMemoryOrderStore(max_walk=7)
     ids = await _added(store, clock, 40)
     await store.claim_pending(clock.now(), 40)
     for n, order_id in enumerate(ids):  # only every tenth stays processing
@@ -154,9 +147,9 @@ async def test_failure_reason_counts_follow_failures_and_retries() -> None:
 # -- the event log --------------------------------------------------------------------------------
 
 
-def _log(retention: int) -> tuple[EventLog, threading.Lock]:
+def _log(retention: int, compact_every: int = 4096) -> tuple[EventLog, threading.Lock]:
     lock = threading.Lock()
-    return EventLog(retention, lock), lock
+    return EventLog(retention, lock, compact_every=compact_every), lock
 
 
 def _append(log: EventLog, lock: threading.Lock, count: int, start: int = 0) -> None:
@@ -179,12 +172,9 @@ def test_the_event_log_keeps_the_newest_up_to_its_retention() -> None:
     assert list(log.read(5, 10)) == []
 
 
-def test_the_event_log_stays_continuous_across_compactions(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_event_log_stays_continuous_across_compactions() -> None:
     """EventLog seqs and entries stay right across the compactions of its list."""
-    monkeypatch.setattr(memory_events, "_COMPACT_EVERY", 4)
-    log, lock = _log(3)
+    log, lock = _log(3, compact_every=4)
     for n in range(20):
         _append(log, lock, 1, start=n)
         events = list(log.read(0, None))
@@ -196,10 +186,10 @@ def test_the_event_log_prunes_by_age_oldest_first_up_to_a_limit() -> None:
     """EventLog.prune drops events older than a date, oldest first, at most `limit`."""
     log, lock = _log(100)
     _append(log, lock, 10)  # o0 at +0 s … o9 at +9 s
-    assert log.prune(BASE_TIME, 100) == 0  # none is older than that
-    assert log.prune(BASE_TIME + timedelta(seconds=5), 2) == 2  # the limit
+    assert log.prune(BASE_TIME, 100, 100) == 0  # none is older than that
+    assert log.prune(BASE_TIME + timedelta(seconds=5), 100, 2) == 2  # the limit
     assert log.first_seq == 3
-    assert log.prune(BASE_TIME + timedelta(seconds=5), 100) == 3
+    assert log.prune(BASE_TIME + timedelta(seconds=5), 100, 100) == 3
     assert [e.order_id for e in log.read(0, None)] == [f"o{n}" for n in range(5, 10)]
     assert log.last_seq == 10
 
@@ -220,8 +210,7 @@ def test_the_event_log_restores_from_a_snapshot_and_goes_on() -> None:
     last."""
     source, source_lock = _log(100)
     _append(source, source_lock, 6)
-    with source_lock:
-        source.drop(2)
+    assert source.prune(BASE_TIME, keep=4, limit=100) == 2
     events = list(source.read(0, None))
     log, lock = _log(3)
     with lock:

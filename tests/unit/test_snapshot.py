@@ -18,8 +18,7 @@ from orderflow.runtime import Runtime, StartupError
 from orderflow.settings import Settings
 from orderflow.snapshot import SnapshotError, SnapshotFile, check_snapshot_path
 from orderflow.store.base import IdempotencyRecord
-from orderflow.store.memory import InMemoryOrderStore
-from orderflow.store.memory_state import MemoryState
+from orderflow.store.memory import InMemoryOrderStore, MemoryState
 from tests.conftest import FakeShipper, ManualClock, RuntimeFactory, make_order
 from tests.unit.conftest import ClosingMemoryStore
 

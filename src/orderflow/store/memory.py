@@ -1,26 +1,18 @@
-"""InMemoryOrderStore: rows in a dict, sorted id indexes, all behind one threading.Lock.
-
-Ids sort as (timestamp, id) (see `domain.new_order_id`), so the time index is a sorted list of
-ids and a range query is a bisection plus the page: O(log n + k). Each status but processing has
-an index of its own, so a status filter is an index lookup too; processing is transient and
-entered in bulk by triggers, so it is found by walking the time range, at most `_MAX_WALK`
-orders per page (a short page then comes with a cursor to go on from), instead of paying an
-index update per claimed order.
+"""InMemoryOrderStore: orders in an `OrderTable`, events in an `EventLog`, the holds and the
+ready queue beside them, all behind one threading.Lock.
 
 A row keeps the order as its JSON (`memory_rows`): a page of orders is a join of bytes, and a
 million orders fit in well under 500 bytes each. The lock is never held across an `await`:
 every method does its work in one synchronous block, so the store is safe from threads and
-tasks alike.
+tasks alike. `dump` and `load` are the state a snapshot writes and reads back.
 """
 
 from __future__ import annotations
 
-import heapq
 import threading
-from collections import Counter, deque
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from itertools import islice
 from typing import Any
 
 import msgspec
@@ -33,6 +25,7 @@ from orderflow.domain import (
     HistoryEntry,
     Hold,
     Order,
+    OrderEvent,
     OrderFilter,
     OrderQuery,
     OrderStatus,
@@ -45,8 +38,7 @@ from orderflow.domain import (
 )
 from orderflow.errors import IllegalTransition, NotHeld, OrderConflict, OrderNotFound
 from orderflow.store.base import IdempotencyRecord, JsonPage, OrderStore, ReasonCount, Stats
-from orderflow.store.memory_events import EventLog, EventLogMixin
-from orderflow.store.memory_index import SortedIds
+from orderflow.store.memory_events import EventLog
 from orderflow.store.memory_rows import (
     Row,
     claim_at,
@@ -58,32 +50,35 @@ from orderflow.store.memory_rows import (
     row_of,
     tail_of,
 )
-from orderflow.store.memory_state import MemoryStateMixin
-
-_INDEXED = (OrderStatus.PENDING, OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED)
-# Processing has no index: it is short-lived and entered in bulk, and a trigger of a million
-# orders would pay an index insert for each. A page of it walks at most this many orders.
-_MAX_WALK = 10_000
+from orderflow.store.memory_table import MAX_WALK, OrderTable
 
 
-class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
+class MemoryState(msgspec.Struct, frozen=True):
+    """Everything the store keeps, as a snapshot writes it and loads it back."""
+
+    orders: list[Order]
+    idempotency: list[IdempotencyRecord]
+    events: list[OrderEvent]
+    last_event_seq: int
+
+
+class InMemoryOrderStore(OrderStore):
     """Args:
     event_retention: how many events the log keeps (the oldest go first); see `prune_events`
         for the age limit.
+    max_walk: the most orders one page of processing orders, or one batch of a bulk action,
+        looks at (processing has no index of its own).
     """
 
-    def __init__(self, *, event_retention: int = 100_000) -> None:
+    def __init__(self, *, event_retention: int = 100_000, max_walk: int = MAX_WALK) -> None:
         self._lock = threading.Lock()
-        self._rows: dict[str, Row] = {}
-        self._by_time = SortedIds()
-        self._by_status = {status: SortedIds() for status in _INDEXED}
-        self._pending = self._by_status[OrderStatus.PENDING]
+        self._table = OrderTable(max_walk=max_walk)
+        self._rows = self._table.rows  # read without the lock: one dict read is atomic
         self._ready: deque[str] = deque()  # claimed, waiting for `acquire`; may hold stale ids
         self._holds: dict[str, Hold] = {}  # processing orders handed out, and to whom
         self._next_token = 1
-        self._failed_reasons: Counter[str] = Counter()
         self._keys: dict[str, IdempotencyRecord] = {}
-        self.events = EventLog(event_retention, self._lock)
+        self._events = EventLog(event_retention, self._lock)
 
     # -- orders ------------------------------------------------------------------------------
 
@@ -102,21 +97,13 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
             if idempotency is not None:
                 self._keys[idempotency.key] = idempotency
             self._insert(order_id, row)
-            self.events.append(EventType.SUBMITTED, order_id, order.status, order.updated_at)
+            self._events.append(EventType.SUBMITTED, order_id, order.status, order.updated_at)
         return None
 
     def _insert(self, order_id: str, row: Row) -> None:
-        self._rows[order_id] = row
-        self._by_time.add(order_id)
-        status = row.status
-        if status is OrderStatus.PENDING:  # a new order: the usual case first
-            self._pending.add(order_id)
-        elif status is OrderStatus.PROCESSING:
+        self._table.insert(order_id, row)
+        if row.status is OrderStatus.PROCESSING:
             self._ready.append(order_id)
-        else:
-            self._by_status[status].add(order_id)
-            if status is OrderStatus.FAILED:
-                self._failed_reasons[last_reason(row) or ""] += 1
 
     async def find_order(self, order_id: str) -> Order | None:
         row = self._rows.get(order_id)  # one dict read is atomic; rows are immutable
@@ -127,40 +114,14 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
         return None if row is None else render(row)
 
     async def list_orders(self, query: OrderQuery) -> Page:
-        rows, next_cursor = self._page(query)
+        with self._lock:
+            rows, next_cursor = self._table.page(query)
         return Page([order_of(row) for row in rows], next_cursor)
 
     async def list_orders_json(self, query: OrderQuery) -> JsonPage:
-        rows, next_cursor = self._page(query)
-        return JsonPage(msgspec.Raw(render_many(rows)), len(rows), next_cursor)
-
-    def _page(self, query: OrderQuery) -> tuple[list[Row], str | None]:
-        """The rows of a page, and the cursor of the next one."""
-        index = self._by_time if query.status is None else self._by_status.get(query.status)
-        low = None if query.start is None else order_id_floor(query.start)
-        high = None if query.end is None else order_id_floor(query.end)
-        after = query.cursor is not None and (low is None or query.cursor >= low)
-        if after:
-            low = query.cursor
-        bounds = {"minimum": low, "maximum": high, "inclusive": (not after, False)}
-        limit = query.limit
         with self._lock:
-            rows = self._rows
-            if index is not None:
-                ids = list(islice(index.irange(**bounds), limit + 1))
-                if len(ids) <= limit:
-                    return list(map(rows.__getitem__, ids)), None
-                del ids[limit:]
-                return list(map(rows.__getitem__, ids)), ids[-1]
-            # Processing: walk the time range, a bounded stretch per page.
-            walked = list(islice(self._by_time.irange(**bounds), _MAX_WALK))
-            status = query.status
-            picked = [i for i in walked if rows[i].status is status]
-            resume = walked[-1] if len(walked) == _MAX_WALK else None
-            if len(picked) > limit:
-                del picked[limit:]
-                resume = picked[-1]
-            return list(map(rows.__getitem__, picked)), resume
+            rows, next_cursor = self._table.page(query)
+        return JsonPage(msgspec.Raw(render_many(rows)), len(rows), next_cursor)
 
     async def delete_pending(self, order_id: str, at: datetime) -> None:
         with self._lock:
@@ -171,10 +132,8 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
                 raise IllegalTransition(
                     f"only pending orders can be deleted; this one is {row.status}"
                 )
-            del self._rows[order_id]
-            self._by_time.remove(order_id)
-            self._pending.remove(order_id)
-            self.events.append(EventType.DELETED, order_id, None, at)
+            self._table.delete_pending(order_id)
+            self._events.append(EventType.DELETED, order_id, None, at)
 
     async def transition(
         self,
@@ -212,32 +171,11 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
             self._holds.pop(order_id, None)
             if event is Event.HANDBACK:
                 self._ready.append(order_id)
-        self._rows[order_id] = Row(old.head, status, tail_of(status, at, history, shipment))
-        if old.status is not status:
-            self._move(order_id, old.status, status, before.history[-1].reason, reason)
-        self.events.append(EVENT_TYPE[event], order_id, status, at, reason, shipment)
+        new = Row(old.head, status, tail_of(status, at, history, shipment))
+        self._table.replace(order_id, old, new, before.history[-1].reason, reason)
+        self._events.append(EVENT_TYPE[event], order_id, status, at, reason, shipment)
         return Order(order_id, before.customer, before.items, before.timestamp, status, at,
                      history, shipment)  # fmt: skip
-
-    def _move(
-        self,
-        order_id: str,
-        old: OrderStatus,
-        new: OrderStatus,
-        old_reason: str | None,
-        new_reason: str | None,
-    ) -> None:
-        if old in self._by_status:
-            self._by_status[old].remove(order_id)
-        if new in self._by_status:
-            self._by_status[new].add(order_id)
-        if old is OrderStatus.FAILED:
-            failed = old_reason or ""
-            self._failed_reasons[failed] -= 1
-            if not self._failed_reasons[failed]:
-                del self._failed_reasons[failed]
-        if new is OrderStatus.FAILED:
-            self._failed_reasons[new_reason or ""] += 1
 
     async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
         written: list[Order | None] = []
@@ -264,18 +202,12 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
         claim = claim_at(at)  # one for the batch
         below = None if created_before is None else order_id_floor(created_before)
         with self._lock:
-            pending = self._pending
-            # The oldest first. No positional lookup (bisect_left, pending[i]): it makes a
-            # SortedList keep a positional index, which every later add and pop pays for.
-            ids = list(islice(pending.irange(maximum=below, inclusive=(True, False)), limit))
-            pop = pending.pop
-            for _ in ids:
-                pop(0)  # the cheap end of a SortedList
+            ids = self._table.take_pending(limit, below)
             rows = self._rows
             for order_id in ids:
                 rows[order_id] = claimed(rows[order_id], claim)
             self._ready.extend(ids)
-            self.events.extend(EventType.PROCESSING, ids, OrderStatus.PROCESSING, at)
+            self._events.extend(EventType.PROCESSING, ids, OrderStatus.PROCESSING, at)
         return len(ids)
 
     async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:
@@ -342,23 +274,18 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
 
     async def count_by_status(self) -> dict[OrderStatus, int]:
         with self._lock:
-            counts = {status: len(index) for status, index in self._by_status.items()}
-            counts[OrderStatus.PROCESSING] = len(self._rows) - sum(counts.values())
-        return {status: counts[status] for status in OrderStatus}
+            return self._table.counts()
 
     async def oldest_pending(self) -> datetime | None:
         with self._lock:
-            pending = self._by_status[OrderStatus.PENDING]
-            oldest = pending[0] if pending else None  # the first: no positional index built
+            oldest = self._table.oldest_pending()
         return None if oldest is None else order_id_time(oldest)
 
     async def stats(self, top: int = 20) -> Stats:
-        by_status = await self.count_by_status()
-        with self._lock:  # the most frequent first; ties by reason, as PostgreSQL sorts them
-            common = heapq.nsmallest(
-                top, self._failed_reasons.items(), key=lambda pair: (-pair[1], pair[0])
-            )
-        return Stats(by_status, [ReasonCount(reason, count) for reason, count in common])
+        with self._lock:
+            counts = self._table.counts()
+            common = self._table.common_failures(top)
+        return Stats(counts, [ReasonCount(reason, count) for reason, count in common])
 
     async def transition_matching(
         self,
@@ -374,15 +301,13 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
         next_status(source, event)  # raises IllegalTransition
         low = None if where.start is None else order_id_floor(where.start)
         high = None if where.end is None else order_id_floor(where.end)
-        inclusive = (True, False)
-        if after is not None and (low is None or after >= low):
-            low, inclusive = after, (False, False)
-        # Processing has no index of its own: its stretch is one of the time index.
-        index = self._by_status.get(source, self._by_time)
+        skip_low = after is not None and (low is None or after >= low)
+        if skip_low:
+            low = after
         moved: list[str] = []
         resume: str | None = None
         with self._lock:
-            stretch = list(islice(index.irange(low, high, inclusive), _MAX_WALK))
+            stretch = self._table.stretch(source, low, high, after=skip_low)
             for order_id in stretch:
                 row = self._rows[order_id]
                 if row.status is source and (
@@ -394,7 +319,7 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
                         resume = order_id
                         break
             else:
-                if len(stretch) == _MAX_WALK:
+                if len(stretch) == self._table.max_walk:
                     resume = stretch[-1]
         return moved, resume
 
@@ -409,3 +334,56 @@ class InMemoryOrderStore(MemoryStateMixin, EventLogMixin, OrderStore):
             for key in old:
                 del self._keys[key]
         return len(old)
+
+    # -- the event log -----------------------------------------------------------------------
+
+    async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
+        return self._events.read_after(after, limit)
+
+    async def last_event_seq(self) -> int:
+        return self._events.last_seq
+
+    def watch_events(self, on_events: Callable[[], None]) -> None:
+        self._events.listener = on_events
+
+    async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
+        return self._events.prune(before, keep, limit)
+
+    # -- snapshots, and a self-check for tests -----------------------------------------------
+
+    def dump(self) -> MemoryState:
+        """Everything, for a snapshot; call when nothing is being written."""
+        with self._lock:
+            rows = list(self._table.sorted_rows())
+            keys = list(self._keys.values())
+        orders = [order_of(row) for row in rows]
+        return MemoryState(orders, keys, list(self._events.read(0, None)), self._events.last_seq)
+
+    def load(self, state: MemoryState, on_order: Callable[[Order], Order] | None = None) -> None:
+        """Add everything in `state` (from `dump`) to this empty store; `on_order` may change
+        each order on the way in (a processing order goes back to pending, say)."""
+        with self._lock:
+            if self._rows:
+                raise OrderConflict("snapshots load into an empty store")
+            for order in state.orders:
+                if on_order is not None:
+                    order = on_order(order)
+                self._insert(order.id, row_of(order))
+            self._keys.update((record.key, record) for record in state.idempotency)
+            self._events.restore(state.events, state.last_event_seq)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def check_invariants(self) -> Iterable[str]:
+        """Every disagreement between the rows, the indexes and the holds (for tests); empty
+        when sound."""
+        with self._lock:
+            yield from self._table.check()
+            processing = {
+                i for i, row in self._rows.items() if row.status is OrderStatus.PROCESSING
+            }
+            if not set(self._holds) <= processing:
+                yield "an order that is not processing is held"
+            if not processing <= set(self._holds) | set(self._ready):
+                yield "a processing order is neither held nor ready"

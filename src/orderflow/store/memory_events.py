@@ -1,4 +1,5 @@
-"""EventLog: the in-memory store's event log, a list with a moving start.
+"""EventLog: the in-memory store's event log, a list with a moving start; the store's event
+methods are its `read_after`, `last_seq`, `prune` and `listener`.
 
 The store appends under its own lock, in the same step as the change, so an event exists if and
 only if its change was made, and seq order is the order of the changes. An entry's seq is not
@@ -18,7 +19,7 @@ import msgspec
 from orderflow.domain import EventType, OrderEvent, OrderStatus
 from orderflow.errors import EventsPruned
 
-_COMPACT_EVERY = 4096  # dropped entries are deleted from the list in chunks, not one by one
+COMPACT_EVERY = 4096  # dropped entries are deleted from the list in chunks, not one by one
 
 
 class _Entry(msgspec.Struct, frozen=True, gc=False):
@@ -34,12 +35,16 @@ class EventLog:
     """Args:
     retention: the most entries kept.
     lock: the store's lock; appends are made holding it, reads take it.
+    compact_every: dropped entries are deleted from the list once there are this many.
     """
 
-    def __init__(self, retention: int, lock: threading.Lock) -> None:
+    def __init__(
+        self, retention: int, lock: threading.Lock, *, compact_every: int = COMPACT_EVERY
+    ) -> None:
         if retention < 1:
             raise ValueError("event retention must be at least 1")
         self._retention = retention
+        self._compact_every = compact_every
         self._lock = lock
         self._entries: list[_Entry] = []
         self._start = 0  # entries before this index are dropped
@@ -88,28 +93,35 @@ class EventLog:
         if self.listener is not None:
             self.listener()
 
-    def drop(self, count: int) -> None:
-        """Drop the `count` oldest events; the caller holds the lock."""
-        self._drop(count)
-
     def _drop(self, count: int) -> None:
         self._start += count
         self._first_seq += count
-        if self._start >= _COMPACT_EVERY:  # at most this many dropped entries held on to
+        if self._start >= self._compact_every:  # at most this many dropped entries held on to
             del self._entries[: self._start]
             self._start = 0
 
-    def prune(self, before: datetime, limit: int) -> int:
-        """Drop up to `limit` of the oldest events dated before `before`; returns how many."""
+    def prune(self, before: datetime, keep: int, limit: int) -> int:
+        """Drop up to `limit` of the oldest events: those beyond the newest `keep`, and those
+        dated before `before`; returns how many."""
         with self._lock:
+            beyond = min(limit, max(0, self.last_seq - self._first_seq + 1 - keep))
+            if beyond:
+                self._drop(beyond)
             entries, start = self._entries, self._start
-            end = min(len(entries), start + limit)
+            end = min(len(entries), start + limit - beyond)
             count = 0
             while start + count < end and entries[start + count].at < before:
                 count += 1
             if count:
                 self._drop(count)
-        return count
+        return beyond + count
+
+    def read_after(self, after: int, limit: int) -> list[OrderEvent]:
+        """Events with seq > `after`, oldest first, at most `limit`; raises EventsPruned when
+        some of them were dropped already."""
+        if after < self._first_seq - 1:
+            raise EventsPruned(after, self._first_seq)
+        return list(self.read(after, limit))
 
     def read(self, after: int, limit: int | None) -> Iterator[OrderEvent]:
         """Events with seq > `after`, oldest first, at most `limit` (None: all kept)."""
@@ -132,28 +144,3 @@ class EventLog:
         excess = len(self._entries) - self._retention
         if excess > 0:
             self._drop(excess)
-
-
-class EventLogMixin:
-    """The event log's part of the store contract, mixed into InMemoryOrderStore."""
-
-    _lock: threading.Lock
-    events: EventLog
-
-    async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
-        if after < self.events.first_seq - 1:
-            raise EventsPruned(after, self.events.first_seq)
-        return list(self.events.read(after, limit))
-
-    async def last_event_seq(self) -> int:
-        return self.events.last_seq
-
-    def watch_events(self, on_events: Callable[[], None]) -> None:
-        self.events.listener = on_events
-
-    async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
-        with self._lock:
-            beyond = min(limit, max(0, self.events.last_seq - self.events.first_seq + 1 - keep))
-            if beyond:
-                self.events.drop(beyond)
-        return beyond + self.events.prune(before, limit - beyond)
