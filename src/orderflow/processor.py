@@ -275,9 +275,6 @@ class Processor:
         if rescued:
             METRICS.rescues += rescued
             self.wake()
-        listen_again = getattr(store, "listen_again", None)
-        if listen_again is not None:
-            await listen_again()
 
     # -- shipping ----------------------------------------------------------------------------
 

@@ -108,10 +108,6 @@ class Runtime:
         self._loop(self.service.prune_idempotency, min(600.0, settings.idempotency_ttl / 10),
                    "pruning idempotency keys")  # fmt: skip
         self._loop(self._prune_events, min(60.0, settings.event_retention / 10), "pruning events")
-        if self.store.shared:
-            self._loops.append(
-                asyncio.create_task(self._number_events(), name="orderflow-event-numbering")
-            )
         self.started = True
 
     def _events_arrived(self) -> None:
@@ -133,24 +129,6 @@ class Runtime:
             if pruned < 10_000:
                 return
             await asyncio.sleep(0)
-
-    async def _number_events(self) -> None:
-        """A shared store's events become readable once numbered (see `sequence_events`):
-        right after this process wrote some, and every poll interval for the others'."""
-        outage = OutageLog(log, "numbering events")
-        while True:
-            await self.store.wait_for_writes(self.settings.poll_interval)
-            await asyncio.sleep(0.002)  # a burst of writes is numbered in one round
-            try:
-                for _ in range(100):  # another instance may be at it: ours follow in a moment
-                    if await self.store.sequence_events() >= 0:
-                        break
-                    await asyncio.sleep(0.01)
-            except Exception as exc:
-                outage.failed(exc)
-                await asyncio.sleep(self.settings.poll_interval)
-            else:
-                outage.succeeded()
 
     def _load_snapshot(self, path: Path) -> None:
         store = self.store
@@ -212,6 +190,7 @@ async def _open_store(settings: Settings) -> OrderStore:
             settings.database_url,
             migrate=settings.migrate,
             event_retention=settings.event_retention_count,
+            poll_s=settings.poll_interval,
         )
     except ValueError as exc:
         raise StartupError(f"--database-url: {exc}") from None

@@ -141,7 +141,7 @@ async def test_a_refused_connection_means_nothing_ran(
 ) -> None:
     proxy.refuse(True)
     proxy.cut_all()
-    await eventually(lambda: proxied_store._pool.get_size() == 0)  # the pool saw them go
+    await eventually(lambda: proxied_store.database.pool.get_size() == 0)  # the pool saw them go
     order = make_order(9)
     with pytest.raises(StoreUnavailable) as caught:
         await proxied_store.add(order)

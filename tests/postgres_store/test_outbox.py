@@ -55,7 +55,7 @@ async def other_connection(store: PostgresOrderStore) -> AsyncIterator[asyncpg.C
 
 async def all_events(store: PostgresOrderStore) -> list[asyncpg.Record]:
     """Every row of the events table, numbered or not, in the order they were written."""
-    async with store._connection() as db:
+    async with store.database.connection() as db:
         rows: list[asyncpg.Record] = await db.fetch(
             "SELECT id, seq, type, order_id, status FROM events ORDER BY id"
         )
@@ -236,7 +236,7 @@ async def changes_rolled_back(db: asyncpg.Connection, pending_id: str) -> None:
 
 async def _stats_match(store: PostgresOrderStore) -> bool:
     stats = await store.stats()
-    async with store._connection() as db:
+    async with store.database.connection() as db:
         by_status = dict(await db.fetch("SELECT status, count(*) FROM orders GROUP BY status"))
         reasons = await db.fetch(
             "SELECT history->-1->>'reason' FROM orders WHERE status = 'failed'"

@@ -136,7 +136,7 @@ def statement_args(store: PostgresOrderStore) -> dict[str, list[Any]]:
 async def big_store() -> AsyncIterator[PostgresOrderStore]:
     """A store over ROWS orders and ROWS events, analyzed (made once: filling takes seconds)."""
     async with schema_store() as store:
-        async with store._connection() as db:
+        async with store.database.connection() as db:
             await db.execute(FILL_ORDERS, micros_since_epoch(T0), ROWS)
             await db.execute(FILL_EVENTS, T0, ROWS)
             await db.execute(
@@ -158,7 +158,7 @@ async def test_no_statement_scans_the_orders_or_the_events(
     big_store: PostgresOrderStore, name: str
 ) -> None:
     args = statement_args(big_store)[name]
-    async with big_store._connection() as db:
+    async with big_store.database.connection() as db:
         [[plan]] = await db.fetch("EXPLAIN (FORMAT JSON) " + SQL_STATEMENTS[name], *args)
         scans = scans_of_orders_or_events(list(plan_nodes(json.loads(plan)[0]["Plan"])))
         if scans:
@@ -169,7 +169,7 @@ async def test_no_statement_scans_the_orders_or_the_events(
 async def test_the_table_is_big_enough_that_a_scan_would_show(
     big_store: PostgresOrderStore,
 ) -> None:
-    async with big_store._connection() as db:
+    async with big_store.database.connection() as db:
         [[plan]] = await db.fetch(
             "EXPLAIN (FORMAT JSON) SELECT * FROM orders WHERE customer = $1", "c7"
         )
@@ -195,7 +195,7 @@ async def test_every_listing_is_an_index_range_without_a_sort(
         status=status,
     )
     statement, args = big_store.list_statement(query)
-    async with big_store._connection() as db:
+    async with big_store.database.connection() as db:
         text = "\n".join(r[0] for r in await db.fetch("EXPLAIN " + statement, *args))
     assert "Index" in text, text
     assert "Seq Scan" not in text, text
@@ -211,7 +211,7 @@ async def test_hot_statements_read_only_their_rows_when_statistics_lag() -> None
     100k orders shipped at a third of the speed of 20k. Each statement here runs for real
     (EXPLAIN ANALYZE, rolled back) and must throw away no row it read."""
     rows, claimed = 20_000, 18_000
-    async with schema_store() as store, store._connection() as db:
+    async with schema_store() as store, store.database.connection() as db:
         await db.execute(
             "INSERT INTO orders (id, customer, items, created_at, status, updated_at, history)"
             " SELECT 'order_' || lpad(to_hex($1::bigint + n), 14, '0')"

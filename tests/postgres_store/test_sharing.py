@@ -13,7 +13,8 @@ from orderflow.domain import Event, Hold, OrderStatus, Outcome
 from orderflow.errors import NotHeld, OutcomeUnknown, StoreUnavailable
 from orderflow.store import open_store
 from orderflow.store import postgres_sql as sql
-from orderflow.store.postgres import PostgresOrderStore, _translated
+from orderflow.store.postgres import PostgresOrderStore
+from orderflow.store.postgres_rows import translated
 from tests.conftest import eventually
 from tests.postgres import DATABASE_URL, same_schema, schema_store
 from tests.postgres_store.conftest import LATER, T0, add_orders, add_ready
@@ -26,7 +27,7 @@ async def test_an_expired_lease_is_rescued_once_and_the_old_holder_locked_out(
 ) -> None:
     [order_id] = await add_ready(store, 1)
     [held] = await store.acquire("dead", 1, lease_s=0)  # a lease that ends at once
-    async with store._connection() as other_rescuer, other_rescuer.transaction():
+    async with store.database.connection() as other_rescuer, other_rescuer.transaction():
         await other_rescuer.execute("SELECT pg_advisory_xact_lock($1)", sql.RESCUE_LOCK)
         assert await store.rescue_expired(LATER) == 0  # one rescuer at a time
     assert await store.rescue_expired(LATER) == 1
@@ -170,7 +171,7 @@ async def test_a_holder_whose_order_was_rescued_learns_it_at_its_next_renewal(
 
 
 async def test_a_statement_that_gets_no_answer_is_unavailable_not_a_hang() -> None:
-    async with schema_store(command_timeout_s=0.2) as store, store._connection() as blocker:
+    async with schema_store(command_timeout_s=0.2) as store, store.database.connection() as blocker:
         [order_id] = await add_ready(store, 1)
         async with blocker.transaction():
             await blocker.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", order_id)
@@ -186,7 +187,7 @@ async def test_an_unreachable_database_is_unavailable_not_a_crash() -> None:
 
 
 async def test_a_lost_pool_is_unavailable(store: PostgresOrderStore) -> None:
-    await store._pool.close()
+    await store.database.pool.close()
     with pytest.raises(StoreUnavailable):
         await store.find_order("order_x")
 
@@ -204,20 +205,20 @@ CONNECTION_LOST = [
 def test_every_driver_error_is_unavailable(error: Exception) -> None:
     """Regression: a connection cut mid-statement surfaced as asyncpg's InternalClientError,
     which was not translated: a 500 for the request, and the end of the task that met it."""
-    with pytest.raises(StoreUnavailable) as caught, _translated():
+    with pytest.raises(StoreUnavailable) as caught, translated():
         raise error
     assert not isinstance(caught.value, OutcomeUnknown)
 
 
 @pytest.mark.parametrize("error", CONNECTION_LOST, ids=lambda e: type(e).__name__)
 def test_a_connection_lost_during_a_change_leaves_its_outcome_unknown(error: Exception) -> None:
-    with pytest.raises(OutcomeUnknown), _translated(changing=True):
+    with pytest.raises(OutcomeUnknown), translated(changing=True):
         raise error
 
 
 def test_a_refusal_by_the_server_is_unavailable_even_during_a_change() -> None:
     """The server refused the statement: it did not run, so the outcome is known."""
-    with pytest.raises(StoreUnavailable) as caught, _translated(changing=True):
+    with pytest.raises(StoreUnavailable) as caught, translated(changing=True):
         raise asyncpg.exceptions.SerializationError("could not serialize access")
     assert not isinstance(caught.value, OutcomeUnknown)
 

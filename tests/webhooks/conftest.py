@@ -28,7 +28,7 @@ async def webhooks(request: pytest.FixtureRequest) -> AsyncIterator[WebhookStore
         yield InMemoryWebhookStore()
     else:
         async with schema_store() as orders:
-            yield PostgresWebhookStore(orders)
+            yield PostgresWebhookStore(orders.database)
 
 
 @pytest.fixture

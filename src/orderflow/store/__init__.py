@@ -9,11 +9,12 @@ __all__ = ["InMemoryOrderStore", "OrderStore", "open_store"]
 
 
 async def open_store(
-    url: str, *, migrate: bool = True, event_retention: int = 100_000
+    url: str, *, migrate: bool = True, event_retention: int = 100_000, poll_s: float = 1.0
 ) -> OrderStore:
     """A ready store for `url`: ``memory://`` (the default) or ``postgresql://…`` (schema
     migrations applied first unless `migrate` is false). `event_retention` bounds the event log
-    of the in-memory store, in events.
+    of the in-memory store, in events; a shared store looks every `poll_s` for what other
+    processes did that no notification said.
 
     Raises:
         ValueError: the scheme is not one we know.
@@ -25,5 +26,5 @@ async def open_store(
     if scheme in ("postgresql", "postgres"):
         from orderflow.store.postgres import PostgresOrderStore  # only then import the driver
 
-        return await PostgresOrderStore.connect(url, apply_migrations=migrate)
+        return await PostgresOrderStore.connect(url, apply_migrations=migrate, poll_s=poll_s)
     raise ValueError(f"unsupported scheme {scheme!r} (use memory:// or postgresql://)")

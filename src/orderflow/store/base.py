@@ -20,7 +20,6 @@ current token, can write the order's outcome. Four words say how a hold ends wit
 from __future__ import annotations
 
 import abc
-import asyncio
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -260,20 +259,14 @@ class OrderStore(abc.ABC):
         beyond the newest `keep`; returns how many."""
 
     async def sequence_events(self) -> int:
-        """Make the events of changes that completed readable (a shared store numbers them
-        once their transactions are over); returns how many, or -1 when another process is
-        at it right now (try again shortly). Safe to call from anywhere."""
+        """Make the events of changes that completed readable now (a shared store numbers them
+        once their transactions are over, by itself while they are watched); returns how many,
+        or -1 when another process is at it right now (try again shortly)."""
         return 0
 
     @abc.abstractmethod
     def watch_events(self, on_events: Callable[[], None]) -> None:
         """Call `on_events()` (from any thread, often) when new events may be readable."""
-
-    async def wait_for_writes(self, timeout_s: float) -> bool:
-        """Wait until this process changed something that left events to number (a shared
-        store), or `timeout_s`; True if it did."""
-        await asyncio.sleep(timeout_s)
-        return False
 
     # -- sharing work between processes ------------------------------------------------------
     # A store that several processes share overrides these; in one process they have little

@@ -8,6 +8,8 @@ one statement, so atomic on its own:
   holder can never overwrite a cancel, a rescue or anyone's later work;
 - NOTIFY wakes the other processes (``orderflow_ready``) and tells a holder that its order was
   cancelled (``orderflow_cancel``); polling covers a lost notification;
+- events are numbered once their transactions are over (`PostgresEventLog`), and the counts by
+  status are folded in as they are (`PostgresCounts`);
 - holders renew the lease on what they hold with every heartbeat; `rescue_expired` makes ready
   again what a silent holder's lease left behind, one instance at a time (an advisory lock).
 
@@ -20,10 +22,8 @@ nothing about that answer.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from orderflow.domain import (
     Held,
     Hold,
     Order,
+    OrderEvent,
     OrderFilter,
     OrderQuery,
     OrderStatus,
@@ -54,9 +55,10 @@ from orderflow.errors import (
     StoreUnavailable,
 )
 from orderflow.store import postgres_sql as sql
-from orderflow.store.base import IdempotencyRecord, OrderStore
+from orderflow.store.base import IdempotencyRecord, OrderStore, Stats
 from orderflow.store.migrations import migrate
-from orderflow.store.postgres_events import PostgresEventLogMixin
+from orderflow.store.postgres_db import Database, Listener
+from orderflow.store.postgres_events import PostgresCounts, PostgresEventLog
 from orderflow.store.postgres_rows import (
     CONNECTION_LOST,
     encode,
@@ -64,7 +66,6 @@ from orderflow.store.postgres_rows import (
     json_or_none,
     timestamp,
     to_order,
-    translated,
 )
 
 log = logging.getLogger("orderflow.store.postgres")
@@ -73,26 +74,33 @@ _MAX_WALK = 10_000  # orders a bulk action's batch looks at
 # Our transactions are a few statements, milliseconds apart even on a busy loop: one idle this
 # long belongs to a paused process, and what it locks is freed well within the default lease.
 IDLE_TRANSACTION_TIMEOUT_S = 5.0
-_translated = translated  # the old name, for the tests that import it
 
 
-class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
+class PostgresOrderStore(OrderStore):
     """Args:
     pool: an asyncpg pool; `connect` makes one.
     dsn: where to open the listening connection for `subscribe`.
+    poll_s: how often to look for what a lost notification did not say (events numbered
+        elsewhere, the listening connection lost).
     """
 
     shared = True
 
-    def __init__(self, pool: Any, dsn: str, *, server_settings: dict[str, str] | None = None):
-        self._pool = pool
+    def __init__(
+        self,
+        pool: Any,
+        dsn: str,
+        *,
+        server_settings: dict[str, str] | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.database = Database(pool)
         self._dsn = dsn
         self.server_settings = server_settings or {}
-        self._listener: Any = None
-        self._callbacks: tuple[Callable[[], object], Callable[[str], object]] | None = None
-        self._on_events: Callable[[], None] | None = None
-        self._written = asyncio.Event()  # a change left events to number
-        self._closing = False
+        self._poll_s = poll_s
+        self._events = PostgresEventLog(self.database, poll_s=poll_s)
+        self._counts = PostgresCounts(self.database, self._events)
+        self._listener: Listener | None = None
 
     @classmethod
     async def connect(
@@ -104,6 +112,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         max_size: int = 10,
         command_timeout_s: float = 10.0,
         idle_transaction_timeout_s: float = IDLE_TRANSACTION_TIMEOUT_S,
+        poll_s: float = 1.0,
     ) -> PostgresOrderStore:
         """A store over a new pool to `dsn`; applies migrations first unless told not to.
         A statement that gets no answer within `command_timeout_s` fails. PostgreSQL ends a
@@ -132,7 +141,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
             raise StoreUnavailable(f"the database refused the connection: {exc}") from exc
         except (*CONNECTION_LOST, ValueError) as exc:
             raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
-        store = cls(pool, dsn, server_settings=server_settings)
+        store = cls(pool, dsn, server_settings=server_settings, poll_s=poll_s)
         if apply_migrations:
             try:
                 await store.migrate()
@@ -143,32 +152,14 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
 
     async def migrate(self) -> list[str]:
         """Apply the schema migrations not applied yet; returns their names, in order."""
-        async with self._connection(changing=True) as connection:
+        async with self.database.connection(changing=True) as connection:
             applied = await migrate(connection)
         for version in applied:
             log.info("applied migration %s", version)
         return applied
 
-    @contextlib.asynccontextmanager
-    async def _connection(self, *, changing: bool = False) -> AsyncIterator[Any]:
-        """A pooled connection. Errors while getting it mean nothing ran; errors while giving it
-        back (the connection broke after the answer) are logged, never raised: the statement's
-        answer stands."""
-        with translated():
-            connection = await self._pool.acquire(timeout=5)
-        try:
-            with translated(changing=changing):
-                yield connection
-        finally:
-            if changing:
-                self._written.set()
-            try:
-                await self._pool.release(connection)
-            except Exception as exc:  # the pool replaces a broken connection by itself
-                log.debug("a connection broke on its way back to the pool: %r", exc)
-
     async def ping(self) -> None:
-        async with self._connection() as db:
+        async with self.database.connection() as db:
             await db.fetchval(sql.PING, timeout=2)
 
     # -- orders ------------------------------------------------------------------------------
@@ -176,7 +167,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
     async def add(
         self, order: Order, idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:
-        async with self._connection(changing=True) as db:
+        async with self.database.connection(changing=True) as db:
             inserted = await db.fetchval(
                 sql.INSERT_ORDER,
                 order.id,
@@ -200,13 +191,13 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         return None
 
     async def find_order(self, order_id: str) -> Order | None:
-        async with self._connection() as db:
+        async with self.database.connection() as db:
             row = await db.fetchrow(sql.FIND_ORDER, order_id)
         return None if row is None else to_order(row)
 
     async def list_orders(self, query: OrderQuery) -> Page:
         statement, args = self.list_statement(query)
-        async with self._connection() as db:
+        async with self.database.connection() as db:
             rows = await db.fetch(statement, *args)
         orders = [to_order(row) for row in rows[: query.limit]]
         return Page(orders, orders[-1].id if len(rows) > query.limit else None)
@@ -222,7 +213,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         return sql.LIST_ORDERS_BY_STATUS, [*args, query.status.value]
 
     async def delete_pending(self, order_id: str, at: datetime) -> None:
-        async with self._connection(changing=True) as db:
+        async with self.database.connection(changing=True) as db:
             row = await db.fetchrow(sql.DELETE_PENDING, order_id, at)
         if row is None:
             raise OrderNotFound(f"no order with id {order_id!r}")
@@ -239,7 +230,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         hold: Hold | None = None,
     ) -> Order:
         target = target_of(event)
-        async with self._connection(changing=True) as db:
+        async with self.database.connection(changing=True) as db:
             row = await db.fetchrow(
                 sql.TRANSITION,
                 order_id,
@@ -265,7 +256,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
 
     async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
         targets = [target_of(o.event) for o in outcomes]
-        async with self._connection(changing=True) as db:
+        async with self.database.connection(changing=True) as db:
             rows = await db.fetch(
                 sql.WRITE_OUTCOMES,
                 [o.order_id for o in outcomes],
@@ -286,14 +277,14 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         self, at: datetime, limit: int, created_before: datetime | None = None
     ) -> int:
         below = sql.ABOVE_ALL_IDS if created_before is None else order_id_floor(created_before)
-        async with self._connection(changing=True) as db:
+        async with self.database.connection(changing=True) as db:
             claimed: int = await db.fetchval(
                 sql.CLAIM, at, limit, below, entry(OrderStatus.PROCESSING, at)
             )
         return claimed
 
     async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:
-        async with self._connection(changing=True) as db:
+        async with self.database.connection(changing=True) as db:
             rows = await db.fetch(sql.ACQUIRE, owner, limit, lease_s)
         held = [Held(to_order(row), row["attempt"]) for row in rows]
         held.sort(key=lambda h: h.order.id)
@@ -303,7 +294,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         self, owner: str, holds: Mapping[str, int], lease_s: float, at: datetime
     ) -> set[str]:
         ids = list(holds)
-        async with self._connection(changing=True) as db:
+        async with self.database.connection(changing=True) as db:
             rows = await db.fetch(
                 sql.RENEW, owner, ids, [holds[i] for i in ids], lease_s, at, timestamp(at)
             )
@@ -314,7 +305,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         return set(ids) - renewed
 
     async def rescue_expired(self, at: datetime) -> int:
-        async with self._connection(changing=True) as db, db.transaction():
+        async with self.database.connection(changing=True) as db, db.transaction():
             if not await db.fetchval(sql.TRY_LOCK, sql.RESCUE_LOCK):
                 return 0  # another instance is rescuing right now
             rescued: int = await db.fetchval(sql.RESCUE, at, timestamp(at))
@@ -323,14 +314,14 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         return rescued
 
     async def retire(self, owner: str, at: datetime) -> int:
-        async with self._connection(changing=True) as db:
+        async with self.database.connection(changing=True) as db:
             retired: int = await db.fetchval(sql.RETIRE, at, timestamp(at), owner)
         return retired
 
     # -- operators ---------------------------------------------------------------------------
 
     async def oldest_pending(self) -> datetime | None:
-        async with self._connection() as db:
+        async with self.database.connection() as db:
             oldest = await db.fetchval(sql.OLDEST_PENDING)
         return None if oldest is None else order_id_time(oldest)
 
@@ -346,7 +337,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         after: str | None = None,
     ) -> tuple[list[str], str | None]:
         target = next_status(source, event)
-        async with self._connection(changing=True) as db:
+        async with self.database.connection(changing=True) as db:
             rows = await db.fetch(
                 sql.TRANSITION_MATCHING,
                 source.value,
@@ -370,65 +361,63 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
     # -- idempotency keys --------------------------------------------------------------------
 
     async def find_idempotency(self, key: str) -> IdempotencyRecord | None:
-        async with self._connection() as db:
+        async with self.database.connection() as db:
             row = await db.fetchrow(sql.FIND_IDEMPOTENCY, key)
         return None if row is None else IdempotencyRecord(*row)
 
     async def prune_idempotency(self, created_before: datetime) -> int:
         pruned = 0
         while True:  # in batches: never one long statement holding many row locks
-            async with self._connection(changing=True) as db:
+            async with self.database.connection(changing=True) as db:
                 status = await db.execute(sql.PRUNE_IDEMPOTENCY, created_before, 10_000)
             count = int(status.split()[-1])
             pruned += count
             if count < 10_000:
                 return pruned
 
+    # -- the event log -----------------------------------------------------------------------
+
+    async def read_events(self, after: int, limit: int) -> list[OrderEvent]:
+        return await self._events.read(after, limit)
+
+    async def last_event_seq(self) -> int:
+        return await self._events.last_seq()
+
+    async def prune_events(self, before: datetime, keep: int, limit: int = 10_000) -> int:
+        return await self._events.prune(before, keep, limit)
+
+    async def sequence_events(self) -> int:
+        return await self._events.number()
+
+    def watch_events(self, on_events: Callable[[], None]) -> None:
+        self._events.watch(on_events)
+
+    async def count_by_status(self) -> dict[OrderStatus, int]:
+        return await self._counts.by_status()
+
+    async def stats(self, top: int = 20) -> Stats:
+        return await self._counts.stats(top)
+
     # -- notifications -----------------------------------------------------------------------
 
     async def subscribe(
         self, on_ready: Callable[[], object], on_cancel: Callable[[str], object]
     ) -> None:
-        self._callbacks = (on_ready, on_cancel)
-        await self._listen()
-
-    async def listen_again(self) -> None:
-        """Open the listening connection again if it was lost (the heartbeat calls this), and
-        wake the processor, since whatever the lost connection missed may be ready now."""
-        if self._callbacks is None or self._closing:
-            return
-        if self._listener is None or self._listener.is_closed():
-            await self._listen()
-            self._callbacks[0]()
-
-    async def _listen(self) -> None:
-        assert self._callbacks is not None
-        on_ready, on_cancel = self._callbacks
-        with translated():
-            listener = await asyncpg.connect(
-                self._dsn, timeout=10, server_settings=self.server_settings
-            )
-            await listener.add_listener(sql.READY_CHANNEL, lambda *_: on_ready())
-            await listener.add_listener(
-                sql.CANCEL_CHANNEL, lambda _conn, _pid, _channel, order_id: on_cancel(order_id)
-            )
-            await listener.add_listener(sql.EVENTS_CHANNEL, lambda *_: self._events_numbered())
-        listener.add_termination_listener(self._on_listener_lost)
-        self._listener = listener
-
-    def _on_listener_lost(self, _connection: Any) -> None:
-        if not self._closing:
-            log.warning("lost the notification connection; polling until it is back")
+        self._listener = Listener(
+            self._dsn,
+            self.server_settings,
+            {
+                sql.READY_CHANNEL: lambda _: on_ready(),
+                sql.CANCEL_CHANNEL: on_cancel,
+                sql.EVENTS_CHANNEL: lambda _: self._events.numbered(),
+            },
+            on_reconnect=on_ready,
+            check_s=self._poll_s,
+        )
+        await self._listener.listen()
 
     async def close(self) -> None:
-        self._closing = True
-        with contextlib.suppress(Exception):
-            if self._listener is not None:
-                await self._listener.close(timeout=5)
-        try:
-            # A connection still checked out (a request cut off by shutdown) must not hold us.
-            await asyncio.wait_for(self._pool.close(), timeout=5)
-        except TimeoutError:
-            self._pool.terminate()
-        except Exception:  # closing: nothing left to do about it
-            log.debug("closing the pool failed", exc_info=True)
+        await self._events.close()
+        if self._listener is not None:
+            await self._listener.close()
+        await self.database.close()

@@ -20,5 +20,5 @@ def open_webhook_store(orders: OrderStore) -> WebhookStore:
         if isinstance(orders, PostgresOrderStore):
             from orderflow.webhooks.postgres import PostgresWebhookStore
 
-            return PostgresWebhookStore(orders)
+            return PostgresWebhookStore(orders.database)
     return InMemoryWebhookStore()

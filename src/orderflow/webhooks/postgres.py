@@ -16,7 +16,7 @@ from typing import Any
 
 from orderflow.domain import EventType
 from orderflow.errors import OutcomeUnknown
-from orderflow.store.postgres import PostgresOrderStore
+from orderflow.store.postgres_db import Database
 from orderflow.webhooks import postgres_sql as sql
 from orderflow.webhooks.model import (
     Claim,
@@ -47,21 +47,20 @@ def _subscription(row: Any) -> Subscription:
 
 class PostgresWebhookStore(WebhookStore):
     """Args:
-    orders: the order store whose pool (and schema, and error translation) it shares.
+    database: the order store's pool (and schema, and error translation), shared.
     """
 
     shared = True
 
-    def __init__(self, orders: PostgresOrderStore) -> None:
-        self._orders = orders
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     @contextlib.asynccontextmanager
     async def _connection(self, *, changing: bool = False) -> AsyncIterator[Any]:
-        # The order store's connection, without its `changing` flag: that flag also wakes the
-        # numbering of events, and webhook writes leave none to number. A write whose
-        # connection broke (or timed out) mid-statement may have committed.
-        # The order store translates what comes out of here (and lets ours through as it is).
-        async with self._orders._connection() as connection:
+        # Webhook writes leave no events to number. A write whose connection broke (or timed
+        # out) mid-statement may have committed. The database translates what comes out of
+        # here (and lets ours through as it is).
+        async with self._database.connection(leaves_events=False) as connection:
             try:
                 yield connection
             except Exception as exc:
