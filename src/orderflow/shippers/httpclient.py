@@ -5,10 +5,17 @@ It exists for speed: the general clients spent 2 to 4 times its CPU per call. It
 does only that: no other method, no redirects, proxies, HTTP/2, cookies, compression or
 streaming. A body past `max_body` is cut, and its connection closed rather than drained.
 
+What a receiver may send is bounded, as aiohttp's and nginx's defaults bound it: the status line
+and each header (name and value) at most `MAX_LINE_BYTES`, at most `MAX_HEADERS` headers, every
+head up to the final answer's at most `MAX_HEAD_BYTES` in all (nothing past it is parsed), and a
+chunked body's framing and trailers at most `MAX_HEAD_BYTES` too. Past a bound the call fails
+with `HeadTooLarge` and its connection is closed.
+
     HttpClientError          the call failed; `status` is the answer's, if its head had arrived
      ├── CannotConnect       (ConnectionError) refused, no such host, unreachable, TLS refused
      ├── ConnectionClosed    (ConnectionError) closed or reset before the answer was complete
      ├── ProtocolViolation   the answer is not HTTP/1.1
+     │    └── HeadTooLarge   "the answer's header block is over 64 KiB", and the like
      └── Timeout             (TimeoutError) "timeout after Xs"
     ValueError               a bad origin, target or header (no CR, LF or NUL: no injection)
 """
@@ -19,7 +26,7 @@ import asyncio
 import re
 import ssl
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -30,6 +37,11 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 _TARGET = re.compile(r"/[!-~]*")
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+MAX_LINE_BYTES = 8192  # the status line; each header, its name and value together
+MAX_HEADERS = 100  # in one answer, its trailers included
+MAX_HEAD_BYTES = 65536  # every head until the final one; a chunked body's framing and trailers
+_STATUS_START = len("HTTP/1.1 200 ")
 
 
 class HttpClientError(Exception):
@@ -52,8 +64,14 @@ class ProtocolViolation(HttpClientError):
     """The answer is not HTTP/1.1 this client can read."""
 
 
+class HeadTooLarge(ProtocolViolation):
+    """The answer's status line, a header, its count of headers, its header block, or a chunked
+    body's framing and trailers, is over its bound; its connection was closed."""
+
+
 class Timeout(HttpClientError, TimeoutError):
-    """The call took longer than its `timeout_s`; its connection was closed."""
+    """The call took longer than its `timeout_s` (its body longer than its `body_timeout_s`);
+    its connection was closed."""
 
 
 class Headers(Mapping[str, str]):
@@ -97,16 +115,24 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport  # set by connection_made, before any use
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Response] | None = None
+        self.on_head: Callable[[int], None] | None = None
         self.max_body = 0
         self.status = 0  # of the final answer; 0 until its head is in
         self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.truncated = self.received = self.until_close = self.reusable = self.lost = False
         self.idle_since = 0.0
+        # What the bounds count: bytes of every head so far; of the status line and the headers
+        # of the message being read; and, after the final head, bytes that were not body.
+        self.head_bytes = self.status_bytes = self.header_count = 0
+        self.framing_bytes = self.body_bytes = 0
 
-    def send(self, request: bytes, max_body: int) -> asyncio.Future[Response]:
-        self.max_body, self.status, self.body = max_body, 0, bytearray()
+    def send(
+        self, request: bytes, max_body: int, on_head: Callable[[int], None] | None
+    ) -> asyncio.Future[Response]:
+        self.max_body, self.status, self.body, self.on_head = max_body, 0, bytearray(), on_head
         self.truncated = self.received = self.until_close = self.reusable = False
+        self.head_bytes = self.framing_bytes = self.body_bytes = 0
         self.waiter = self.loop.create_future()
         self.transport.write(request)
         return self.waiter
@@ -129,18 +155,55 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self.waiter.done():  # nothing asked: not ours to read
+        waiter = self.waiter
+        if waiter is None or waiter.done():  # nothing asked: not ours to read
             self.abort()
             return
         self.received = True
+        if self.status:
+            self._feed_body(data)
+            return
+        # A head: not a byte past MAX_HEAD_BYTES is parsed, so a flood costs neither memory
+        # nor time (httptools joins a header's pieces into one bytes).
+        room = MAX_HEAD_BYTES - self.head_bytes
+        self.head_bytes += len(data)
+        if len(data) <= room:
+            self._feed(data)
+            return
+        view = memoryview(data)
+        self._feed(view[:room])
+        if waiter.done():
+            return
+        if self.status:  # the final head ended within the bound: the rest follows it
+            self._feed_body(view[room:])
+            return
+        self._refuse(HeadTooLarge(f"the answer's header block is over {_kib(MAX_HEAD_BYTES)}"))
+
+    def _feed_body(self, data: bytes | memoryview) -> None:
+        body_bytes = self.body_bytes
+        self._feed(data)
+        # Chunk framing and trailers (whose pieces httptools joins, as a header's).
+        self.framing_bytes += len(data) - (self.body_bytes - body_bytes)
+        if self.framing_bytes > MAX_HEAD_BYTES and self.waiter and not self.waiter.done():
+            self._refuse(
+                HeadTooLarge(
+                    f"the answer's chunk framing and trailers are over {_kib(MAX_HEAD_BYTES)}"
+                )
+            )
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.fail(ProtocolViolation("the receiver switched protocols"))
             self.abort()
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as exc:  # a bound refused in a callback among them
             self.fail(ProtocolViolation(f"the answer is not HTTP/1.1: {exc}"))
             self.abort()
+
+    def _refuse(self, exc: HeadTooLarge) -> None:
+        self.fail(exc)
+        self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost, self.reusable = True, False
@@ -155,13 +218,31 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.headers = {}  # a new dict: a Response already made keeps its own
+        self.status_bytes = self.header_count = 0
         if self.status:  # a second answer to one request
             self.abort()
 
+    def on_status(self, reason: bytes) -> None:  # the reason phrase, maybe in pieces
+        self.status_bytes += len(reason)
+        if self.status_bytes > MAX_LINE_BYTES - _STATUS_START:
+            self._stop(f"the answer's status line is over {_kib(MAX_LINE_BYTES)}")
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > MAX_HEADERS:
+            self._stop(f"the answer has over {MAX_HEADERS} headers")
+        if len(name) + len(value) > MAX_LINE_BYTES:
+            shown = name[:40].decode("latin-1")
+            self._stop(f"the answer's header {shown!r} is over {_kib(MAX_LINE_BYTES)}")
         key, text = name.decode("latin-1").lower(), value.decode("latin-1")
         old = self.headers.get(key)
         self.headers[key] = text if old is None else f"{old}, {text}"
+
+    def _stop(self, reason: str) -> None:
+        """Fail the call and stop the parser, from within one of its callbacks."""
+        exc = HeadTooLarge(reason)
+        self._refuse(exc)
+        raise exc
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -172,8 +253,11 @@ class _Connection(asyncio.Protocol):
             self.until_close = "content-length" not in self.headers and (
                 "chunked" not in self.headers.get("transfer-encoding", "").lower()
             )
+            if self.on_head is not None:
+                self.on_head(status)
 
     def on_body(self, chunk: bytes) -> None:
+        self.body_bytes += len(chunk)
         # One byte more than max_body is kept: it tells a longer body from one that fits.
         room = self.max_body + 1 - len(self.body)
         if room > 0:
@@ -241,14 +325,18 @@ class HttpClient:
         *,
         timeout_s: float,
         max_body: int,
+        body_timeout_s: float | None = None,
+        on_head: Callable[[int], None] | None = None,
     ) -> Response:
         """POST `body` to `target` (a path, with its query) with `headers`; the answer.
 
         `timeout_s` bounds the whole call: waiting for a connection, connecting, sending,
-        reading. On a timeout, a failure or a cancellation mid-call the connection is closed
-        at once, so the receiver sees the call go away. A reused connection that closes
-        before a byte of the answer (the receiver had closed it while idle) is replaced by a
-        new one, once.
+        reading; or, with `body_timeout_s`, the call up to the final answer's head, whose body
+        then has `body_timeout_s` from that moment. `on_head(status)` is called the moment the
+        final head is in, before any other task runs. On a timeout, a failure or a
+        cancellation mid-call the connection is closed at once, so the receiver sees the call
+        go away. A reused connection that closes before a byte of the answer (the receiver had
+        closed it while idle) is replaced by a new one, once.
 
         Raises:
             HttpClientError: the call failed (the module docstring draws the subclasses).
@@ -260,26 +348,32 @@ class HttpClient:
         request = self._frame(target, headers, body)
         conn: _Connection | None = None
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(timeout_s) as limit:
+                if body_timeout_s is not None:
+                    on_head = _then_body_timeout(limit, body_timeout_s, on_head)
                 if self._slots is not None:
                     await self._slots.acquire()
                 try:
                     conn = self._reuse()
                     if conn is not None:
                         try:
-                            return await self._exchange(conn, request, max_body)
+                            return await self._exchange(conn, request, max_body, on_head)
                         except ConnectionClosed:
                             # Not a byte came back, so the receiver took none of it.
                             if conn.received or self._closed:
                                 raise
                     conn = await self._connect()
-                    return await self._exchange(conn, request, max_body)
+                    return await self._exchange(conn, request, max_body, on_head)
                 finally:
                     if self._slots is not None:
                         self._slots.release()
         except TimeoutError:
             status = conn.status if conn is not None else 0
-            raise Timeout(f"timeout after {round(timeout_s, 3)}s", status=status or None) from None
+            if status and body_timeout_s is not None:
+                message = f"timeout after {body_timeout_s:g}s reading the body"
+            else:
+                message = f"timeout after {round(timeout_s, 3)}s"
+            raise Timeout(message, status=status or None) from None
 
     async def close(self) -> None:
         """Close every connection, idle or in flight (those calls raise ConnectionClosed)."""
@@ -330,10 +424,16 @@ class HttpClient:
             raise CannotConnect(_connect_failure(f"{self.host}:{self.port}", exc)) from exc
         return conn
 
-    async def _exchange(self, conn: _Connection, request: bytes, max_body: int) -> Response:
+    async def _exchange(
+        self,
+        conn: _Connection,
+        request: bytes,
+        max_body: int,
+        on_head: Callable[[int], None] | None,
+    ) -> Response:
         self._busy.add(conn)
         try:
-            response = await conn.send(request, max_body)
+            response = await conn.send(request, max_body, on_head)
         except BaseException:
             # A failure, timeout or cancel mid-call: the receiver must see the call go away,
             # and a connection with an answer half read is never used again.
@@ -402,3 +502,22 @@ def _connect_failure(where: str, exc: OSError) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"cannot verify the certificate of {where}: {exc.verify_message or exc}"
     return f"cannot connect to {where}: {exc.strerror or exc}"
+
+
+def _then_body_timeout(
+    limit: asyncio.Timeout, body_timeout_s: float, on_head: Callable[[int], None] | None
+) -> Callable[[int], None]:
+    """An `on_head` that first moves the call's `limit` to `body_timeout_s` from now."""
+    loop = asyncio.get_running_loop()
+
+    def head_in(status: int) -> None:
+        if not limit.expired():  # expired: its cancel is on the way already
+            limit.reschedule(loop.time() + body_timeout_s)
+        if on_head is not None:
+            on_head(status)
+
+    return head_in
+
+
+def _kib(size: int) -> str:
+    return f"{size // 1024} KiB"
