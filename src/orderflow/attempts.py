@@ -28,6 +28,11 @@ from orderflow.supervise import Backoff
 log = logging.getLogger("orderflow.processor")
 
 
+# A taken attempt is cut off this long after its shipper's own `result_wait_s`, so that a
+# shipper that bounds its wait by it (the HTTP shipper does) ends first, saying why itself.
+_CUT_OFF_GRACE_S = 1.0
+
+
 def _ignore(order_id: str) -> None:
     return None
 
@@ -38,22 +43,22 @@ class Dropped(Exception):
 
 class _Deadline:
     """One attempt's deadline (`asyncio.timeout` underneath). Once the order is taken
-    (`ShipContext.mark_taken`), it no longer fails the attempt: it moves to `result_wait_s` from
+    (`ShipContext.mark_taken`), it no longer fails the attempt: it moves to `cut_off_s` from
     then, and only bounds the wait for the shipper's result."""
 
-    __slots__ = ("_live", "_note_taken", "_order_id", "_result_wait_s", "limit", "moved", "taken")
+    __slots__ = ("_cut_off_s", "_live", "_note_taken", "_order_id", "limit", "moved", "taken")
 
     def __init__(
         self,
         timeout_s: float,
-        result_wait_s: float,
+        cut_off_s: float,
         order_id: str,
         note_taken: Callable[[str], None],
     ) -> None:
         self.limit = asyncio.timeout(timeout_s)
         self.taken = self.moved = False
         self._live = True
-        self._result_wait_s = result_wait_s
+        self._cut_off_s = cut_off_s
         self._order_id = order_id
         self._note_taken = note_taken
 
@@ -65,7 +70,7 @@ class _Deadline:
         # Expired already (its cancel is on the way, in this very loop turn): the attempt still
         # ships, as it is taken; otherwise no loop turn separates the take from the move.
         if not self.limit.expired():
-            self.limit.reschedule(asyncio.get_running_loop().time() + self._result_wait_s)
+            self.limit.reschedule(asyncio.get_running_loop().time() + self._cut_off_s)
             self.moved = True
 
     def end(self) -> None:
@@ -78,7 +83,8 @@ class Attempts:
         was taken before: then it ships).
     max_attempts: attempts per hold before the order fails.
     max_retry_after_s: the longest a shipper's Retry-After is honoured.
-    result_wait_s: once the order is taken, how long more the shipper has for its result.
+    result_wait_s: once the order is taken, how long more the shipper has for its result; it
+        is cut off a second after that.
     """
 
     def __init__(
@@ -98,7 +104,7 @@ class Attempts:
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._max_retry_after_s = max_retry_after_s
-        self._result_wait_s = result_wait_s
+        self._cut_off_s = result_wait_s + _CUT_OFF_GRACE_S
 
     async def ship(
         self,
@@ -114,7 +120,7 @@ class Attempts:
         attempt = 1
         while True:
             at = self._clock.now() + timedelta(seconds=self._timeout_s)
-            deadline = _Deadline(self._timeout_s, self._result_wait_s, order.id, note_taken)
+            deadline = _Deadline(self._timeout_s, self._cut_off_s, order.id, note_taken)
             context = ShipContext(attempt, at, order_log, deadline.mark_taken)
             began = time.perf_counter()
             try:
@@ -161,7 +167,7 @@ class Attempts:
             if not deadline.limit.expired():
                 return str(exc) or "TimeoutError", None, False
             if deadline.moved:
-                return f"no result within {self._result_wait_s:g}s", None, False
+                return f"no result within {self._cut_off_s:g}s", None, False
             return "timeout", None, False
         if isinstance(exc, RetryableFailure):
             return str(exc) or type(exc).__name__, exc.retry_after_s, False

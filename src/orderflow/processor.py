@@ -59,7 +59,8 @@ class ProcessorSettings:
             `max_backoff_s`), plus up to as much again of random jitter.
         max_retry_after_s: the longest a shipper's Retry-After is honoured.
         result_wait_s: once the shipper says the order is taken (`ShipContext.mark_taken`), how
-            long more it has for its result before it is cut off and the order shipped without.
+            long more it has for its result; a second later it is cut off, and the order ships
+            without one.
         poll_interval_s: how often to look for ready orders when nobody said there are some.
         heartbeat_s: how often to renew the lease on what this processor holds.
         lease_s: how long the store keeps our orders for us without a heartbeat.

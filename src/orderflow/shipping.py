@@ -12,8 +12,8 @@ A shipper is called once per attempt, as ``await shipper.ship(order, context)``:
   service is stopping;
 - it may call ``context.mark_taken()`` at its point of no return (the receiver has taken the
   order): from then on the attempt ships, whatever happens next. The deadline no longer fails
-  it; the shipper has `RESULT_WAIT_S` more to return its result, after which it is cancelled,
-  and a failure after that point ships with no result (one warning line says why).
+  it; the shipper has `RESULT_WAIT_S` more to return its result (it is cancelled a second after
+  that), and a failure after that point ships with no result (one warning line says why).
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ class ShipContext:
         mark_taken: call it, synchronously, the moment the receiver has taken the order (the
             shipper's point of no return: the HTTP shipper calls it when a 2xx head is in).
             From then on the attempt ships whatever happens: its deadline no longer fails it,
-            the shipper has `RESULT_WAIT_S` more for its result (then it is cancelled), and a
-            failure ships with no result. Calling it again changes nothing; a user's cancel
-            still cancels the call at once.
+            the shipper has `RESULT_WAIT_S` more for its result (a second later it is
+            cancelled), and a failure ships with no result. Calling it again changes nothing;
+            a user's cancel still cancels the call at once.
     """
 
     attempt: int
