@@ -1,23 +1,10 @@
 """`HttpClient`: a small HTTP/1.1 client for orderflow's call-outs. It POSTs a body to one origin
-over a pool of keep-alive connections and reads a bounded answer; httptools parses it.
+over a pool of keep-alive connections and reads a bounded answer (httpconnection.py reads it,
+with httptools, and draws the errors a call raises; they are importable from here too).
 
 It exists for speed: the general clients spent 2 to 4 times its CPU per call. It deliberately
 does only that: no other method, no redirects, proxies, HTTP/2, cookies, compression or
-streaming. A body past `max_body` is cut, and its connection closed rather than drained.
-
-What a receiver may send is bounded, as aiohttp's and nginx's defaults bound it: the status line
-and each header (name and value) at most `MAX_LINE_BYTES`, at most `MAX_HEADERS` headers, every
-head up to the final answer's at most `MAX_HEAD_BYTES` in all (nothing past it is parsed), and a
-chunked body's framing and trailers at most `MAX_HEAD_BYTES` too. Past a bound the call fails
-with `HeadTooLarge` and its connection is closed.
-
-    HttpClientError          the call failed; `status` is the answer's, if its head had arrived
-     ├── CannotConnect       (ConnectionError) refused, no such host, unreachable, TLS refused
-     ├── ConnectionClosed    (ConnectionError) closed or reset before the answer was complete
-     ├── ProtocolViolation   the answer is not HTTP/1.1
-     │    └── HeadTooLarge   "the answer's header block is over 64 KiB", and the like
-     └── Timeout             (TimeoutError) "timeout after Xs"
-    ValueError               a bad origin, target or header (no CR, LF or NUL: no injection)
+streaming. A bad origin, target or header is a ValueError (no CR, LF or NUL: no injection).
 """
 
 from __future__ import annotations
@@ -26,257 +13,37 @@ import asyncio
 import re
 import ssl
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import cast
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-import httptools
+from orderflow.shippers.httpconnection import (
+    CannotConnect,
+    Connection,
+    ConnectionClosed,
+    Headers,
+    HeadTooLarge,
+    HttpClientError,
+    ProtocolViolation,
+    Response,
+    Timeout,
+)
+
+__all__ = [
+    "CannotConnect",
+    "ConnectionClosed",
+    "HeadTooLarge",
+    "Headers",
+    "HttpClient",
+    "HttpClientError",
+    "ProtocolViolation",
+    "Response",
+    "Timeout",
+]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 _TARGET = re.compile(r"/[!-~]*")
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-
-MAX_LINE_BYTES = 8192  # the status line; each header, its name and value together
-MAX_HEADERS = 100  # in one answer, its trailers included
-MAX_HEAD_BYTES = 65536  # every head until the final one; a chunked body's framing and trailers
-_STATUS_START = len("HTTP/1.1 200 ")
-
-
-class HttpClientError(Exception):
-    """The call failed; `status` is the answer's status when its head had arrived, else None."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class CannotConnect(HttpClientError, ConnectionError):
-    """No connection: refused, no such host, unreachable, or the TLS handshake failed."""
-
-
-class ConnectionClosed(HttpClientError, ConnectionError):
-    """The connection closed or was reset before the answer was complete."""
-
-
-class ProtocolViolation(HttpClientError):
-    """The answer is not HTTP/1.1 this client can read."""
-
-
-class HeadTooLarge(ProtocolViolation):
-    """The answer's status line, a header, its count of headers, its header block, or a chunked
-    body's framing and trailers, is over its bound; its connection was closed."""
-
-
-class Timeout(HttpClientError, TimeoutError):
-    """The call took longer than its `timeout_s` (its body longer than its `body_timeout_s`);
-    its connection was closed."""
-
-
-class Headers(Mapping[str, str]):
-    """An answer's headers; names are case-insensitive, and a repeated header's values are
-    joined by ", "."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: dict[str, str]) -> None:
-        self._items = items  # names lower-cased
-
-    def __getitem__(self, name: str) -> str:
-        return self._items[name.lower()]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """An answer: its status, headers, and body (at most `max_body` bytes: `truncated` says
-    there were more)."""
-
-    status: int
-    headers: Headers
-    body: bytes
-    truncated: bool
-
-
-class _Connection(asyncio.Protocol):
-    """One connection and the answer in progress on it; one request at a time."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport  # set by connection_made, before any use
-        self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[Response] | None = None
-        self.on_head: Callable[[int], None] | None = None
-        self.max_body = 0
-        self.status = 0  # of the final answer; 0 until its head is in
-        self.headers: dict[str, str] = {}
-        self.body = bytearray()
-        self.truncated = self.received = self.until_close = self.reusable = self.lost = False
-        self.idle_since = 0.0
-        # What the bounds count: bytes of every head so far; of the status line and the headers
-        # of the message being read; and, after the final head, bytes that were not body.
-        self.head_bytes = self.status_bytes = self.header_count = 0
-        self.framing_bytes = self.body_bytes = 0
-
-    def send(
-        self, request: bytes, max_body: int, on_head: Callable[[int], None] | None
-    ) -> asyncio.Future[Response]:
-        self.max_body, self.status, self.body, self.on_head = max_body, 0, bytearray(), on_head
-        self.truncated = self.received = self.until_close = self.reusable = False
-        self.head_bytes = self.framing_bytes = self.body_bytes = 0
-        self.waiter = self.loop.create_future()
-        self.transport.write(request)
-        return self.waiter
-
-    def close(self) -> None:
-        self.reusable = False
-        self.transport.close()
-
-    def abort(self) -> None:
-        self.reusable = False
-        self.transport.abort()
-
-    def fail(self, exc: HttpClientError) -> None:
-        self.reusable = False
-        if self.waiter is not None and not self.waiter.done():
-            exc.status = self.status or None
-            self.waiter.set_exception(exc)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():  # nothing asked: not ours to read
-            self.abort()
-            return
-        self.received = True
-        if self.status:
-            self._feed_body(data)
-            return
-        # A head: not a byte past MAX_HEAD_BYTES is parsed, so a flood costs neither memory
-        # nor time (httptools joins a header's pieces into one bytes).
-        room = MAX_HEAD_BYTES - self.head_bytes
-        self.head_bytes += len(data)
-        if len(data) <= room:
-            self._feed(data)
-            return
-        view = memoryview(data)
-        self._feed(view[:room])
-        if waiter.done():
-            return
-        if self.status:  # the final head ended within the bound: the rest follows it
-            self._feed_body(view[room:])
-            return
-        self._refuse(HeadTooLarge(f"the answer's header block is over {_kib(MAX_HEAD_BYTES)}"))
-
-    def _feed_body(self, data: bytes | memoryview) -> None:
-        body_bytes = self.body_bytes
-        self._feed(data)
-        # Chunk framing and trailers (whose pieces httptools joins, as a header's).
-        self.framing_bytes += len(data) - (self.body_bytes - body_bytes)
-        if self.framing_bytes > MAX_HEAD_BYTES and self.waiter and not self.waiter.done():
-            self._refuse(
-                HeadTooLarge(
-                    f"the answer's chunk framing and trailers are over {_kib(MAX_HEAD_BYTES)}"
-                )
-            )
-
-    def _feed(self, data: bytes | memoryview) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.fail(ProtocolViolation("the receiver switched protocols"))
-            self.abort()
-        except httptools.HttpParserError as exc:  # a bound refused in a callback among them
-            self.fail(ProtocolViolation(f"the answer is not HTTP/1.1: {exc}"))
-            self.abort()
-
-    def _refuse(self, exc: HeadTooLarge) -> None:
-        self.fail(exc)
-        self.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost, self.reusable = True, False
-        if self.waiter is None or self.waiter.done():
-            return
-        if self.status and self.until_close and exc is None:
-            self._settle()  # the body ended with the connection, as its head said it would
-            return
-        how = "before its answer was complete" if self.received else "without answering"
-        why = f" ({getattr(exc, 'strerror', None) or exc})" if exc else ""
-        self.fail(ConnectionClosed(f"the receiver closed the connection {how}{why}"))
-
-    def on_message_begin(self) -> None:
-        self.headers = {}  # a new dict: a Response already made keeps its own
-        self.status_bytes = self.header_count = 0
-        if self.status:  # a second answer to one request
-            self.abort()
-
-    def on_status(self, reason: bytes) -> None:  # the reason phrase, maybe in pieces
-        self.status_bytes += len(reason)
-        if self.status_bytes > MAX_LINE_BYTES - _STATUS_START:
-            self._stop(f"the answer's status line is over {_kib(MAX_LINE_BYTES)}")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_count += 1
-        if self.header_count > MAX_HEADERS:
-            self._stop(f"the answer has over {MAX_HEADERS} headers")
-        if len(name) + len(value) > MAX_LINE_BYTES:
-            shown = name[:40].decode("latin-1")
-            self._stop(f"the answer's header {shown!r} is over {_kib(MAX_LINE_BYTES)}")
-        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-        old = self.headers.get(key)
-        self.headers[key] = text if old is None else f"{old}, {text}"
-
-    def _stop(self, reason: str) -> None:
-        """Fail the call and stop the parser, from within one of its callbacks."""
-        exc = HeadTooLarge(reason)
-        self._refuse(exc)
-        raise exc
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if status == 101:
-            self.fail(ProtocolViolation("the receiver switched protocols"))
-        elif status >= 200:  # 1xx are interim (100 Continue, 103 Early Hints): skipped
-            self.status = status
-            self.until_close = "content-length" not in self.headers and (
-                "chunked" not in self.headers.get("transfer-encoding", "").lower()
-            )
-            if self.on_head is not None:
-                self.on_head(status)
-
-    def on_body(self, chunk: bytes) -> None:
-        self.body_bytes += len(chunk)
-        # One byte more than max_body is kept: it tells a longer body from one that fits.
-        room = self.max_body + 1 - len(self.body)
-        if room > 0:
-            self.body += chunk[:room] if len(chunk) > room else chunk
-            if len(self.body) > self.max_body:
-                self.truncated = True
-                self._settle()
-
-    def on_message_complete(self) -> None:
-        if self.status and self.waiter is not None and not self.waiter.done():
-            self.reusable = self.parser.should_keep_alive()
-            self._settle()
-
-    def _settle(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            body = bytes(self.body[: self.max_body] if self.truncated else self.body)
-            self.waiter.set_result(
-                Response(self.status, Headers(self.headers), body, self.truncated)
-            )
 
 
 class HttpClient:
@@ -311,8 +78,8 @@ class HttpClient:
         self._ssl = (ssl_context or ssl.create_default_context()) if tls else None
         self._host_line = f"host: {authority}\r\n"
         self._slots = None if max_connections is None else asyncio.Semaphore(max_connections)
-        self._idle: deque[_Connection] = deque()  # oldest first; reused newest first
-        self._busy: set[_Connection] = set()
+        self._idle: deque[Connection] = deque()  # oldest first; reused newest first
+        self._busy: set[Connection] = set()
         self._names: set[str] = set()  # header names checked already
         self._reaper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -346,7 +113,7 @@ class HttpClient:
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
         request = self._frame(target, headers, body)
-        conn: _Connection | None = None
+        conn: Connection | None = None
         try:
             async with asyncio.timeout(timeout_s) as limit:
                 if body_timeout_s is not None:
@@ -406,19 +173,19 @@ class HttpClient:
             f"connection: keep-alive\r\n{block}\r\n"
         ).encode("latin-1") + body
 
-    def _reuse(self) -> _Connection | None:
+    def _reuse(self) -> Connection | None:
         while self._idle:
             conn = self._idle.pop()
             if not conn.lost and not conn.transport.is_closing():
                 return conn
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         host = self.host if self._ssl is not None else None
         try:
             _, conn = await loop.create_connection(
-                _Connection, self.host, self.port, ssl=self._ssl, server_hostname=host
+                Connection, self.host, self.port, ssl=self._ssl, server_hostname=host
             )
         except OSError as exc:  # ssl.SSLError among them
             raise CannotConnect(_connect_failure(f"{self.host}:{self.port}", exc)) from exc
@@ -426,7 +193,7 @@ class HttpClient:
 
     async def _exchange(
         self,
-        conn: _Connection,
+        conn: Connection,
         request: bytes,
         max_body: int,
         on_head: Callable[[int], None] | None,
@@ -448,7 +215,7 @@ class HttpClient:
             conn.close()
         return response
 
-    def _check_in(self, conn: _Connection) -> None:
+    def _check_in(self, conn: Connection) -> None:
         conn.idle_since = conn.loop.time()
         self._idle.append(conn)
         if self._reaper is None:
@@ -517,7 +284,3 @@ def _then_body_timeout(
             on_head(status)
 
     return head_in
-
-
-def _kib(size: int) -> str:
-    return f"{size // 1024} KiB"
