@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from orderflow.clock import Clock
+from orderflow.deadline import Deadline
 from orderflow.domain import Event, Order
 from orderflow.metrics import METRICS, failure_class
 from orderflow.shipping import (
@@ -27,9 +28,8 @@ from orderflow.supervise import Backoff
 
 log = logging.getLogger("orderflow.processor")
 
-
-# A taken attempt is cut off this long after its shipper's own `result_wait_s`, so that a
-# shipper that bounds its wait by it (the HTTP shipper does) ends first, saying why itself.
+# A taken attempt is cut off this long after the time its shipper had for its result, so that a
+# shipper that bounds its own wait by it (the HTTP shipper does) ends first, saying why itself.
 _CUT_OFF_GRACE_S = 1.0
 
 
@@ -41,40 +41,31 @@ class Dropped(Exception):
     """The order was cancelled or taken away while it waited for its next attempt."""
 
 
-class _Deadline:
-    """One attempt's deadline (`asyncio.timeout` underneath). Once the order is taken
-    (`ShipContext.mark_taken`), it no longer fails the attempt: it moves to `cut_off_s` from
-    then, and only bounds the wait for the shipper's result."""
+class _Take:
+    """Whether, and when, the shipper of one attempt said its order was taken; `mark` is the
+    attempt's `ShipContext.mark_taken`."""
 
-    __slots__ = ("_cut_off_s", "_live", "_note_taken", "_order_id", "limit", "moved", "taken")
+    __slots__ = ("_loop", "_note_taken", "_order_id", "_wait_s", "live", "taken_at")
 
-    def __init__(
-        self,
-        timeout_s: float,
-        cut_off_s: float,
-        order_id: str,
-        note_taken: Callable[[str], None],
-    ) -> None:
-        self.limit = asyncio.timeout(timeout_s)
-        self.taken = self.moved = False
-        self._live = True
-        self._cut_off_s = cut_off_s
+    def __init__(self, order_id: str, note_taken: Callable[[str], None], wait_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
         self._order_id = order_id
         self._note_taken = note_taken
+        self._wait_s = wait_s
+        self.live = True  # a take after the attempt ended changes nothing
+        self.taken_at: float | None = None  # the loop's time
 
-    def mark_taken(self) -> None:
-        if self.taken or not self._live:
-            return
-        self.taken = True
-        self._note_taken(self._order_id)
-        # Expired already (its cancel is on the way, in this very loop turn): the attempt still
-        # ships, as it is taken; otherwise no loop turn separates the take from the move.
-        if not self.limit.expired():
-            self.limit.reschedule(asyncio.get_running_loop().time() + self._cut_off_s)
-            self.moved = True
+    def mark(self) -> None:
+        if self.taken_at is None and self.live:
+            self.taken_at = self._loop.time()
+            self._note_taken(self._order_id)
 
-    def end(self) -> None:
-        self._live = False
+    def cut_off(self) -> float | None:
+        """Asked when the attempt's deadline falls due: None (not taken: the attempt times out),
+        or when to cut it off instead: no sooner than `wait_s` after the take."""
+        if self.taken_at is None:
+            return None
+        return max(self.taken_at + self._wait_s, self._loop.time()) + _CUT_OFF_GRACE_S
 
 
 class Attempts:
@@ -83,8 +74,8 @@ class Attempts:
         was taken before: then it ships).
     max_attempts: attempts per hold before the order fails.
     max_retry_after_s: the longest a shipper's Retry-After is honoured.
-    result_wait_s: once the order is taken, how long more the shipper has for its result; it
-        is cut off a second after that.
+    result_wait_s: once the order is taken, the least time the shipper still has for its
+        result (and never less than the attempt's deadline); a second later it is cut off.
     """
 
     def __init__(
@@ -104,7 +95,7 @@ class Attempts:
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._max_retry_after_s = max_retry_after_s
-        self._cut_off_s = result_wait_s + _CUT_OFF_GRACE_S
+        self._result_wait_s = result_wait_s
 
     async def ship(
         self,
@@ -117,24 +108,39 @@ class Attempts:
         `note_taken(order_id)` is called when the shipper says the order is taken, so that a
         shipment cut off after that (at shutdown) is known to be shipped."""
         order_log = logging.LoggerAdapter(log, {"order_id": order.id})
+        loop = asyncio.get_running_loop()
         attempt = 1
         while True:
             at = self._clock.now() + timedelta(seconds=self._timeout_s)
-            deadline = _Deadline(self._timeout_s, self._cut_off_s, order.id, note_taken)
-            context = ShipContext(attempt, at, order_log, deadline.mark_taken)
+            take = _Take(order.id, note_taken, self._result_wait_s)
+            context = ShipContext(attempt, at, order_log, take.mark)
+            retry_after_s: float | None = None
+            permanent = False
             began = time.perf_counter()
+            # Not asyncio.timeout: a take lifts this deadline, and moving a timer costs 3 µs.
+            deadline = Deadline(loop.time() + self._timeout_s, take.cut_off)
             try:
-                async with deadline.limit:
-                    result = await self._shipper.ship(order, context)
+                result = await self._shipper.ship(order, context)
+            except asyncio.CancelledError:
+                if not deadline.end():  # a user's cancel, or shutdown
+                    raise
+                failure = "cut off waiting for its result" if deadline.extended else "timeout"
+            except PermanentFailure as exc:
+                failure, permanent = str(exc) or type(exc).__name__, True
+            except TimeoutError as exc:  # the shipper's own: ours is a CancelledError
+                failure = "timeout" if deadline.end() else (str(exc) or "TimeoutError")
+            except RetryableFailure as exc:
+                failure, retry_after_s = str(exc) or type(exc).__name__, exc.retry_after_s
             except Exception as exc:
-                failure, retry_after_s, permanent = self._failure(exc, deadline)
+                failure = str(exc) or type(exc).__name__
             else:
                 METRICS.shipment_seconds.observe(time.perf_counter() - began)
                 return Event.SHIP, None, result
             finally:
                 deadline.end()
+                take.live = False
             METRICS.shipment_seconds.observe(time.perf_counter() - began)
-            if deadline.taken:  # a retry would ship it twice
+            if take.taken_at is not None:  # a retry would ship it twice
                 order_log.warning(
                     "the order was taken, then its shipment failed (%s): shipped, no result stored",
                     failure,
@@ -158,17 +164,3 @@ class Attempts:
             log.debug("order_id=%s %s", order.id, note)
             await asyncio.sleep(delay_s)
             attempt += 1
-
-    def _failure(self, exc: Exception, deadline: _Deadline) -> tuple[str, float | None, bool]:
-        """(the reason, the Retry-After, whether permanent) of a failed attempt."""
-        if isinstance(exc, PermanentFailure):
-            return str(exc) or type(exc).__name__, None, True
-        if isinstance(exc, TimeoutError):  # ours (the deadline), or the shipper's own
-            if not deadline.limit.expired():
-                return str(exc) or "TimeoutError", None, False
-            if deadline.moved:
-                return f"no result within {self._cut_off_s:g}s", None, False
-            return "timeout", None, False
-        if isinstance(exc, RetryableFailure):
-            return str(exc) or type(exc).__name__, exc.retry_after_s, False
-        return str(exc) or type(exc).__name__, None, False

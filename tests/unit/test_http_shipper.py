@@ -388,12 +388,12 @@ async def test_2xx_whose_body_times_out_is_shipped_with_a_warning(
         return response
 
     receiver.handler = stall
-    shipper = HttpShipper(receiver.url, SECRET, timeout_s=5, result_wait_s=0.2)
+    shipper = HttpShipper(receiver.url, SECRET, timeout_s=0.5, result_wait_s=1)
     try:
         with caplog.at_level(logging.WARNING, logger="test"):
             assert await shipper.ship(ORDER, context()) is None
         assert (
-            "receiver answered HTTP 200, then its body failed (timeout after 0.2s reading the"
+            "receiver answered HTTP 200, then its body failed (timeout after 1s reading the"
             " body): shipped, no result stored"
         ) in caplog.text
     finally:

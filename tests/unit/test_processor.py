@@ -553,8 +553,9 @@ async def test_a_taken_order_whose_result_does_not_come_ships_without_one(
     memory_store: InMemoryOrderStore,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Once taken, the shipper has result_wait_s for its result; then it is cut off, and the
-    order ships with no result and one warning line saying why."""
+    """Once taken, the shipper has result_wait_s for its result (or till its deadline, if later);
+    a second later it is cut off, and the order ships with no result and one warning line saying
+    why."""
     shipper = TakingShipper(result={"tracking": "T1"})
     service = await start_service(
         shipper_=shipper, timeout_s=0.05, result_wait_s=0.2, max_attempts=3
@@ -569,7 +570,7 @@ async def test_a_taken_order_whose_result_does_not_come_ships_without_one(
     assert (shipper.calls[order_id], shipper.cancelled) == (1, {order_id})
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning == (
-        "the order was taken, then its shipment failed (no result within 1.2s):"
+        "the order was taken, then its shipment failed (cut off waiting for its result):"
         " shipped, no result stored"
     )
 

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
+from orderflow.deadline import Deadline
 from orderflow.shippers.httpconnection import (
     CannotConnect,
     Connection,
@@ -99,8 +100,9 @@ class HttpClient:
 
         `timeout_s` bounds the whole call: waiting for a connection, connecting, sending,
         reading; or, with `body_timeout_s`, the call up to the final answer's head, whose body
-        then has `body_timeout_s` from that moment. `on_head(status)` is called the moment the
-        final head is in, before any other task runs. On a timeout, a failure or a
+        then has `body_timeout_s` from that moment (or what was left of `timeout_s`, if
+        longer). `on_head(status)` is called the moment the final head is in, in the parser's
+        callback: no other task runs in between. On a timeout, a failure or a
         cancellation mid-call the connection is closed at once, so the receiver sees the call
         go away. A reused connection that closes before a byte of the answer (the receiver had
         closed it while idle) is replaced by a new one, once.
@@ -114,33 +116,42 @@ class HttpClient:
             raise RuntimeError("the HTTP client is closed")
         request = self._frame(target, headers, body)
         conn: Connection | None = None
+
+        def body_due() -> float | None:  # asked only when timeout_s is over
+            if conn is None or not conn.head_at or body_timeout_s is None:
+                return None
+            return conn.head_at + body_timeout_s
+
+        loop = asyncio.get_running_loop()
+        deadline = Deadline(loop.time() + timeout_s, body_due)
         try:
-            async with asyncio.timeout(timeout_s) as limit:
-                if body_timeout_s is not None:
-                    on_head = _then_body_timeout(limit, body_timeout_s, on_head)
+            if self._slots is not None:
+                await self._slots.acquire()
+            try:
+                conn = self._reuse()
+                if conn is not None:
+                    try:
+                        return await self._exchange(conn, request, max_body, on_head)
+                    except ConnectionClosed:
+                        # Not a byte came back, so the receiver took none of it.
+                        if conn.received or self._closed:
+                            raise
+                conn = await self._connect()
+                return await self._exchange(conn, request, max_body, on_head)
+            finally:
                 if self._slots is not None:
-                    await self._slots.acquire()
-                try:
-                    conn = self._reuse()
-                    if conn is not None:
-                        try:
-                            return await self._exchange(conn, request, max_body, on_head)
-                        except ConnectionClosed:
-                            # Not a byte came back, so the receiver took none of it.
-                            if conn.received or self._closed:
-                                raise
-                    conn = await self._connect()
-                    return await self._exchange(conn, request, max_body, on_head)
-                finally:
-                    if self._slots is not None:
-                        self._slots.release()
-        except TimeoutError:
+                    self._slots.release()
+        except asyncio.CancelledError:
+            if not deadline.end():
+                raise
             status = conn.status if conn is not None else 0
-            if status and body_timeout_s is not None:
+            if deadline.extended:
                 message = f"timeout after {body_timeout_s:g}s reading the body"
             else:
                 message = f"timeout after {round(timeout_s, 3)}s"
             raise Timeout(message, status=status or None) from None
+        finally:
+            deadline.end()
 
     async def close(self) -> None:
         """Close every connection, idle or in flight (those calls raise ConnectionClosed)."""
@@ -269,18 +280,3 @@ def _connect_failure(where: str, exc: OSError) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"cannot verify the certificate of {where}: {exc.verify_message or exc}"
     return f"cannot connect to {where}: {exc.strerror or exc}"
-
-
-def _then_body_timeout(
-    limit: asyncio.Timeout, body_timeout_s: float, on_head: Callable[[int], None] | None
-) -> Callable[[int], None]:
-    """An `on_head` that first moves the call's `limit` to `body_timeout_s` from now."""
-    loop = asyncio.get_running_loop()
-
-    def head_in(status: int) -> None:
-        if not limit.expired():  # expired: its cancel is on the way already
-            limit.reschedule(loop.time() + body_timeout_s)
-        if on_head is not None:
-            on_head(status)
-
-    return head_in

@@ -107,6 +107,7 @@ class Connection(asyncio.Protocol):
         self.body = bytearray()
         self.truncated = self.received = self.until_close = self.reusable = self.lost = False
         self.idle_since = 0.0
+        self.head_at = 0.0  # the loop's time when the final head was in; 0 until then
         # What the bounds count: bytes of every head so far; of the status line and the headers
         # of the message being read; and, after the final head, bytes that were not body.
         self.head_bytes = self.status_bytes = self.header_count = 0
@@ -118,6 +119,7 @@ class Connection(asyncio.Protocol):
         self.max_body, self.status, self.body, self.on_head = max_body, 0, bytearray(), on_head
         self.truncated = self.received = self.until_close = self.reusable = False
         self.head_bytes = self.framing_bytes = self.body_bytes = 0
+        self.head_at = 0.0
         self.waiter = self.loop.create_future()
         self.transport.write(request)
         return self.waiter
@@ -234,7 +236,7 @@ class Connection(asyncio.Protocol):
         if status == 101:
             self.fail(ProtocolViolation("the receiver switched protocols"))
         elif status >= 200:  # 1xx are interim (100 Continue, 103 Early Hints): skipped
-            self.status = status
+            self.status, self.head_at = status, self.loop.time()
             self.until_close = "content-length" not in self.headers and (
                 "chunked" not in self.headers.get("transfer-encoding", "").lower()
             )
