@@ -1,7 +1,7 @@
 """Processor: a fixed pool of asyncio workers that ship the orders this process holds.
 
 A fetcher acquires ready orders from the store (at most two per worker: one shipping, one next);
-each worker ships one at a time, every attempt under ``asyncio.timeout``. The processor keeps
+each worker ships one at a time, every attempt under its deadline (attempts.py). The processor keeps
 the list of what it holds, (order, token), in `holdings`: the heartbeat renews exactly those,
 learns which were taken away (their shipments stop), and has the store hand back anything held
 under this processor's name that it does not know of (an acquire whose answer was lost). An
@@ -59,8 +59,8 @@ class ProcessorSettings:
             `max_backoff_s`), plus up to as much again of random jitter.
         max_retry_after_s: the longest a shipper's Retry-After is honoured.
         result_wait_s: once the shipper says the order is taken (`ShipContext.mark_taken`), how
-            long more it has for its result; a second later it is cut off, and the order ships
-            without one.
+            long more it has for its result (or till the deadline, if later); a second after
+            that it is cut off, and the order ships without one.
         poll_interval_s: how often to look for ready orders when nobody said there are some.
         heartbeat_s: how often to renew the lease on what this processor holds.
         lease_s: how long the store keeps our orders for us without a heartbeat.

@@ -12,8 +12,9 @@ A shipper is called once per attempt, as ``await shipper.ship(order, context)``:
   service is stopping;
 - it may call ``context.mark_taken()`` at its point of no return (the receiver has taken the
   order): from then on the attempt ships, whatever happens next. The deadline no longer fails
-  it; the shipper has `RESULT_WAIT_S` more to return its result (it is cancelled a second after
-  that), and a failure after that point ships with no result (one warning line says why).
+  it; the shipper has `RESULT_WAIT_S` more to return its result (or till the deadline, if later;
+  it is cancelled a second after that), and a failure after that point ships with no result
+  (one warning line says why).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from orderflow.domain import Order
 
 MAX_RESULT_BYTES = 4096
 # How long a shipper may take to return its result once the order is taken (`mark_taken`): the
-# HTTP shipper reads a 2xx's body this long after its head.
+# HTTP shipper reads a 2xx's body this long after its head (or till the deadline, if later).
 RESULT_WAIT_S = 5.0
 
 
@@ -64,9 +65,9 @@ class ShipContext:
         mark_taken: call it, synchronously, the moment the receiver has taken the order (the
             shipper's point of no return: the HTTP shipper calls it when a 2xx head is in).
             From then on the attempt ships whatever happens: its deadline no longer fails it,
-            the shipper has `RESULT_WAIT_S` more for its result (a second later it is
-            cancelled), and a failure ships with no result. Calling it again changes nothing;
-            a user's cancel still cancels the call at once.
+            the shipper has `RESULT_WAIT_S` more for its result, or till the deadline if later
+            (a second after that it is cancelled), and a failure ships with no result. Calling
+            it again changes nothing; a user's cancel still cancels the call at once.
     """
 
     attempt: int

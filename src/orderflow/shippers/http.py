@@ -63,7 +63,7 @@ class HttpShipper:
         secret: the Standard Webhooks signing key, ``whsec_`` then base64; never logged.
         timeout_s: the most one attempt may take until the answer's head, connecting included;
             an attempt also ends at its deadline (`ShipContext.deadline`), whichever comes
-            first. A 2xx's body then has `result_wait_s` more.
+            first. A 2xx's body then has `result_wait_s` more (or what is left, if longer).
         max_retry_after_s: the cap on a receiver's ``Retry-After``.
         result_wait_s: how long a 2xx's body may take after its head (the order is taken
             then: past it, shipped with no result).
