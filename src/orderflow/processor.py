@@ -1,8 +1,8 @@
 """Processor: a fixed pool of asyncio workers that ship the orders this process holds.
 
 A fetcher acquires ready orders from the store (at most two per worker: one shipping, one next);
-each worker ships one at a time, every attempt under its deadline (attempts.py). The processor keeps
-the list of what it holds, (order, token), in `holdings`: the heartbeat renews exactly those,
+each worker ships one at a time, every attempt under its deadline (attempts.py). The processor
+keeps the list of what it holds, (order, token), in `holdings`: the heartbeat renews exactly those,
 learns which were taken away (their shipments stop), and has the store hand back anything held
 under this processor's name that it does not know of (an acquire whose answer was lost). An
 order acquired again while this process still ships it (its lease ran out in an outage) is not

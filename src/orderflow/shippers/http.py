@@ -11,7 +11,7 @@ Standard Webhooks specification; the receiver's answer decides what the attempt 
     408 409 425 429, 5xx         RetryableFailure, with the receiver's Retry-After (capped)
     any other 4xx                PermanentFailure, with the status and the start of the body
     timeout, connection error    RetryableFailure
-    a head over its bounds       RetryableFailure (HeadTooLarge, see httpclient.py)
+    a head over its bounds       RetryableFailure (HeadTooLarge, see httpconnection.py)
     other statuses (1xx)         RetryableFailure
 
 The moment a 2xx head is in, the attempt's `ShipContext.mark_taken` is called (in the parser's
