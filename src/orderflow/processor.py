@@ -1,8 +1,8 @@
 """Processor: a fixed pool of asyncio workers that ship the orders this process holds.
 
 A fetcher acquires ready orders from the store (at most two per worker: one shipping, one next);
-each worker ships one at a time, every attempt under ``asyncio.timeout``. The processor keeps
-the list of what it holds, (order, token), in `holdings`: the heartbeat renews exactly those,
+each worker ships one at a time, every attempt under its deadline (attempts.py). The processor
+keeps the list of what it holds, (order, token), in `holdings`: the heartbeat renews exactly those,
 learns which were taken away (their shipments stop), and has the store hand back anything held
 under this processor's name that it does not know of (an acquire whose answer was lost). An
 order acquired again while this process still ships it (its lease ran out in an outage) is not
@@ -16,7 +16,8 @@ Every exit of a shipment ends in one store write, under the hold:
     cancelled by a user           → nothing (the cancel was written first; the task is cancelled)
     taken away (rescued, acquired by another) → nothing (the store refuses our writes anyway)
     cut off by shutdown           → release (back to pending), reason saying why; with a
-                                    shared store, handback (ready for the other processes)
+                                    shared store, handback (ready for the other processes);
+                                    but ship, with no result, if the order was taken already
 A final write cannot be lost to a cancellation: only a shipment in flight is ever cancelled,
 never a worker writing an outcome.
 """
@@ -39,7 +40,7 @@ from orderflow.domain import Event, Order, Outcome, ends_hold
 from orderflow.errors import OrderflowError
 from orderflow.metrics import METRICS
 from orderflow.outcomes import OutcomeWriter
-from orderflow.shipping import Shipper
+from orderflow.shipping import RESULT_WAIT_S, Shipper
 from orderflow.store.base import OrderStore
 from orderflow.supervise import Backoff, OutageLog, supervised
 
@@ -57,6 +58,9 @@ class ProcessorSettings:
         retry_backoff_s: the first wait before a retry; it doubles each time (at most
             `max_backoff_s`), plus up to as much again of random jitter.
         max_retry_after_s: the longest a shipper's Retry-After is honoured.
+        result_wait_s: once the shipper says the order is taken (`ShipContext.mark_taken`), how
+            long more it has for its result (or till the deadline, if later); a second after
+            that it is cut off, and the order ships without one.
         poll_interval_s: how often to look for ready orders when nobody said there are some.
         heartbeat_s: how often to renew the lease on what this processor holds.
         lease_s: how long the store keeps our orders for us without a heartbeat.
@@ -70,6 +74,7 @@ class ProcessorSettings:
     retry_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     max_retry_after_s: float = 300.0
+    result_wait_s: float = RESULT_WAIT_S
     poll_interval_s: float = 1.0
     heartbeat_s: float = 2.0
     lease_s: float = 15.0
@@ -123,6 +128,7 @@ class Processor:
             max_attempts=settings.max_attempts,
             backoff=Backoff(settings.retry_backoff_s, max_s=settings.max_backoff_s),
             max_retry_after_s=settings.max_retry_after_s,
+            result_wait_s=settings.result_wait_s,
         )
         self.claimer = Claimer(store, clock, self.wake, batch=settings.claim_batch)
         self.holdings: dict[str, int] = {}  # order id → token: what this processor holds
@@ -135,6 +141,7 @@ class Processor:
         self._heartbeat: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._aborted: set[str] = set()
+        self._taken: set[str] = set()  # shipments in flight whose order was taken (mark_taken)
         self._stopping = False
         self._outcomes = OutcomeWriter(store, self.owner, lambda: self._stopping)
 
@@ -309,7 +316,9 @@ class Processor:
         order_id = order.id
         self._inflight[order_id] = task
         try:
-            event, reason, shipment = await self._attempts.ship(order, self._note_retry)
+            event, reason, shipment = await self._attempts.ship(
+                order, self._note_retry, self._taken.add
+            )
         except Dropped:
             self._inflight.pop(order_id, None)
             return
@@ -320,9 +329,18 @@ class Processor:
                 if task.uncancel() == 0:
                     log.debug("order_id=%s shipment stopped", order_id)
                     return
+            elif order_id in self._taken:
+                # Shutdown, but the order was taken already: handed back, it would ship twice.
+                log.warning(
+                    "order_id=%s cut off by shutdown after it was taken: shipped, no result stored",
+                    order_id,
+                )
+                await self._finish(order_id, Event.SHIP, None)
             else:  # shutdown; nothing cancels this task twice
                 await self._finish(order_id, self._give_back, "shutdown: shipment interrupted")
             raise
+        finally:
+            self._taken.discard(order_id)
         self._inflight.pop(order_id, None)
         if order_id in self._aborted:  # the shipper swallowed our cancellation
             self._aborted.discard(order_id)

@@ -9,7 +9,12 @@ A shipper is called once per attempt, as ``await shipper.ship(order, context)``:
 - any other exception is a retryable failure (retried under ``--max-attempts``); a
   `RetryableFailure` may say how long to wait first (``Retry-After``);
 - it may be cancelled at any await: a user cancelled the order, its deadline passed, or the
-  service is stopping.
+  service is stopping;
+- it may call ``context.mark_taken()`` at its point of no return (the receiver has taken the
+  order): from then on the attempt ships, whatever happens next. The deadline no longer fails
+  it; the shipper has `RESULT_WAIT_S` more to return its result (or till the deadline, if later;
+  it is cancelled a second after that), and a failure after that point ships with no result
+  (one warning line says why).
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from orderflow.domain import Order
 
 MAX_RESULT_BYTES = 4096
+# How long a shipper may take to return its result once the order is taken (`mark_taken`): the
+# HTTP shipper reads a 2xx's body this long after its head (or till the deadline, if later).
+RESULT_WAIT_S = 5.0
 
 
 class PermanentFailure(Exception):
@@ -40,19 +49,31 @@ class RetryableFailure(Exception):
         self.retry_after_s = retry_after_s
 
 
+def _not_attempted() -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ShipContext:
     """What a shipper knows of the attempt besides the order.
 
     Attributes:
         attempt: 1 for the first attempt of this hold, then 2, 3, … under ``--max-attempts``.
-        deadline: when this attempt is cancelled (aware, UTC): the order's ``--process-timeout``.
+        deadline: when this attempt is cancelled (aware, UTC): the order's ``--process-timeout``,
+            unless the order was taken before it.
         log: a logger for the shipper's own lines; they carry the order id.
+        mark_taken: call it, synchronously, the moment the receiver has taken the order (the
+            shipper's point of no return: the HTTP shipper calls it when a 2xx head is in).
+            From then on the attempt ships whatever happens: its deadline no longer fails it,
+            the shipper has `RESULT_WAIT_S` more for its result, or till the deadline if later
+            (a second after that it is cancelled), and a failure ships with no result. Calling
+            it again changes nothing; a user's cancel still cancels the call at once.
     """
 
     attempt: int
     deadline: datetime
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    mark_taken: Callable[[], None] = field(default=_not_attempted, repr=False, compare=False)
 
 
 class Shipper(Protocol):

@@ -101,9 +101,14 @@ async def shipper(receiver: Receiver) -> AsyncIterator[HttpShipper]:
         await shipper.close()
 
 
-def context(attempt: int = 1, deadline_s: float = 5) -> ShipContext:
+def context(
+    attempt: int = 1, deadline_s: float = 5, mark_taken: Callable[[], None] | None = None
+) -> ShipContext:
     deadline = datetime.now(UTC) + timedelta(seconds=deadline_s)
-    return ShipContext(attempt=attempt, deadline=deadline, log=logging.getLogger("test"))
+    log = logging.getLogger("test")
+    if mark_taken is None:
+        return ShipContext(attempt=attempt, deadline=deadline, log=log)
+    return ShipContext(attempt=attempt, deadline=deadline, log=log, mark_taken=mark_taken)
 
 
 async def test_every_request_is_signed_and_carries_the_attempt_and_deadline(
@@ -383,11 +388,14 @@ async def test_2xx_whose_body_times_out_is_shipped_with_a_warning(
         return response
 
     receiver.handler = stall
-    shipper = HttpShipper(receiver.url, SECRET, timeout_s=0.2)
+    shipper = HttpShipper(receiver.url, SECRET, timeout_s=0.5, result_wait_s=1)
     try:
         with caplog.at_level(logging.WARNING, logger="test"):
             assert await shipper.ship(ORDER, context()) is None
-        assert "receiver answered HTTP 200, then its body failed (Timeout)" in caplog.text
+        assert (
+            "receiver answered HTTP 200, then its body failed (timeout after 1s reading the"
+            " body): shipped, no result stored"
+        ) in caplog.text
     finally:
         await shipper.close()
 
@@ -458,3 +466,66 @@ async def test_the_path_and_query_are_sent_escaped(receiver: Receiver) -> None:
     finally:
         await shipper.close()
     assert targets == ["/hooks/orders/%C3%A9%20x?shop=a%20b&n=1%2F2"]
+
+
+async def test_a_2xx_head_marks_the_order_taken_before_its_body_is_read(
+    receiver: Receiver, shipper: HttpShipper
+) -> None:
+    taken = asyncio.Event()
+
+    async def head_then_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=201)
+        response.content_length = 17
+        await response.prepare(request)
+        await taken.wait()  # the shipper said "taken" with no body yet
+        await response.write(b'{"tracking": "T"}')
+        return response
+
+    receiver.handler = head_then_body
+    assert await shipper.ship(ORDER, context(mark_taken=taken.set)) == {"tracking": "T"}
+
+
+@pytest.mark.parametrize("status", [302, 404, 429, 503])
+async def test_an_answer_other_than_2xx_does_not_mark_the_order_taken(
+    receiver: Receiver, shipper: HttpShipper, status: int
+) -> None:
+    takes: list[None] = []
+    receiver.answer(status)
+    with pytest.raises((PermanentFailure, RetryableFailure)):
+        await shipper.ship(ORDER, context(mark_taken=lambda: takes.append(None)))
+    assert takes == []
+
+
+async def test_a_2xx_whose_head_is_over_its_bounds_is_retryable_and_not_taken(
+    receiver: Receiver, shipper: HttpShipper
+) -> None:
+    """A head past the bounds is no answer: the order is not taken, the attempt is retried."""
+    takes: list[None] = []
+    receiver.answer(200, headers={f"x-h{n}": "1" for n in range(120)})
+    with pytest.raises(RetryableFailure, match=r"^the answer has over 100 headers$"):
+        await shipper.ship(ORDER, context(mark_taken=lambda: takes.append(None)))
+    assert takes == []
+
+
+async def test_a_2xx_at_the_deadline_gets_result_wait_s_for_its_body(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The head comes within the call's timeout, the body after it: it is read."""
+    body_sent = asyncio.Event()
+
+    async def late(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        response.content_length = 17
+        await response.prepare(request)
+        await asyncio.sleep(1.5)  # the call's own timeout_s is over by now
+        await response.write(b'{"tracking": "T"}')
+        body_sent.set()
+        return response
+
+    receiver.handler = late
+    shipper = HttpShipper(receiver.url, SECRET, timeout_s=1, result_wait_s=30)
+    try:
+        assert await shipper.ship(ORDER, context()) == {"tracking": "T"}
+        assert body_sent.is_set()
+    finally:
+        await shipper.close()

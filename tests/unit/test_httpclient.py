@@ -20,6 +20,7 @@ import pytest
 from orderflow.shippers.httpclient import (
     CannotConnect,
     ConnectionClosed,
+    HeadTooLarge,
     HttpClient,
     ProtocolViolation,
     Timeout,
@@ -701,3 +702,250 @@ def test_max_connections_below_1_is_refused() -> None:
 def test_an_ssl_context_for_plain_http_is_refused() -> None:
     with pytest.raises(ValueError, match="https"):
         HttpClient("http://example.test", ssl_context=ssl.create_default_context())
+
+
+# Bounds on what a receiver may send
+
+
+def endless(server: Server, start: bytes, piece: bytes, sent: list[int]) -> Responder:
+    """Write `start`, then `piece` over and over until the client goes away (noted as a close
+    by the client); `sent` gets the bytes written."""
+
+    async def respond(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        count = len(start)
+        writer.write(start)
+        try:
+            for _ in range(100_000):  # bounded: 6 GB at most
+                writer.write(piece)
+                count += len(piece)
+                await writer.drain()
+        except ConnectionError:
+            server.eofs.put_nowait(None)
+        sent.append(count)
+        return False
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("start", "piece", "problem"),
+    [
+        (b"HTTP/1.1 200 OK\r\nx-flood: ", b"a" * 65536, "the answer's header block is over 64 KiB"),
+        (b"HTTP/1.1 200 OK\r\n", b"x-h: 1\r\n" * 8192, "the answer has over 100 headers"),
+        (b"HTTP/1.1 200 OK\r\n", b"x-h: " + b"a" * 4090 + b"\r\n", "header block is over 64 KiB"),
+        (b"HTTP/1.1 200 ", b"O" * 65536, "the answer's status line is over 8 KiB"),
+        (b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Hints\r\n\r\n" * 3000, "over 64 KiB"),
+    ],
+    ids=["one-endless-header", "endless-small-headers", "endless-4k-headers", "status", "1xx"],
+)
+async def test_an_endless_head_fails_at_its_bound_and_closes_the_connection(
+    server: Server, client: HttpClient, start: bytes, piece: bytes, problem: str
+) -> None:
+    """Regression: a receiver that streamed an endless header block was read (and joined, in
+    httptools and in on_header) until the timeout: RSS grew by hundreds of MB and the event loop
+    blocked for seconds."""
+    sent: list[int] = []
+    server.respond = endless(server, start, piece, sent)
+    async with asyncio.timeout(30):
+        with pytest.raises(HeadTooLarge, match=f"{problem}$") as caught:
+            await post(client, timeout_s=60)
+        await server.closed_by_client()
+    assert isinstance(caught.value, ProtocolViolation)
+    assert caught.value.status is None  # no head of a final answer was read
+    assert sent[0] < 64 * 2**20  # it stopped reading: what was sent is the sockets' buffers
+
+
+async def test_a_32_mb_header_block_fails_at_its_bound(server: Server, client: HttpClient) -> None:
+    header = b"x-h: " + b"a" * 8000 + b"\r\n"
+    server.respond = answer(
+        b"HTTP/1.1 200 OK\r\n" + header * 4096 + b"Content-Length: 2\r\n\r\nok", keep=False
+    )
+    with pytest.raises(HeadTooLarge, match=r"the answer's header block is over 64 KiB$"):
+        await post(client, timeout_s=60)
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"HTTP/1.1 200 " + b"O" * 8180 + b"\r\n", "the answer's status line is over 8 KiB"),
+        (b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 9000 + b"\r\n", "header 'x-big' is over 8 KiB"),
+        (b"HTTP/1.1 200 OK\r\n" + b"x-h: 1\r\n" * 101, "the answer has over 100 headers"),
+        (b"HTTP/1.1 503 Busy\r\n" + b"x-h: 1\r\n" * 10_000, "the answer has over 100 headers"),
+    ],
+    ids=["status-line", "9k-header", "101-headers", "10000-headers"],
+)
+async def test_a_head_over_a_bound_fails_and_closes_the_connection(
+    server: Server, client: HttpClient, raw: bytes, problem: str
+) -> None:
+    server.respond = answer(raw + b"Content-Length: 2\r\n\r\nok")
+    with pytest.raises(HeadTooLarge, match=f"{problem}$"):
+        await post(client)
+    await server.closed_by_client()
+
+
+async def test_a_head_within_every_bound_is_read(server: Server, client: HttpClient) -> None:
+    """At the bounds, not past them: a status line of 8 KiB, a header of 8 KiB, 100 headers,
+    and repeated names."""
+    status_line = b"HTTP/1.1 200 " + b"O" * (8192 - 13)
+    headers = b"".join(b"x-h: %s\r\n" % (b"a" * 395) for _ in range(98))
+    big = b"x-big: " + b"b" * (8192 - 5 - 2) + b"\r\n"
+    raw = status_line + b"\r\n" + headers + big + b"Content-Length: 2\r\n\r\nok"
+    assert len(raw) < 65536
+    server.respond = answer(raw)
+    response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
+    assert (response.status, response.body) == (200, b"ok")
+    assert response.headers["x-h"] == ", ".join(["a" * 395] * 98)
+    assert len(response.headers["x-big"]) == 8192 - 7
+    assert await post(client) == b"ok"
+    assert server.connections == 1
+
+
+async def test_a_head_split_across_reads_counts_as_one(server: Server, client: HttpClient) -> None:
+    """The bounds count the head, not the reads: the same head, byte by byte, is read."""
+
+    async def byte_by_byte(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        raw = b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * 100 + b"\r\nContent-Length: 2\r\n\r\nok"
+        for n in range(len(raw)):
+            writer.write(raw[n : n + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+        return True
+
+    server.respond = byte_by_byte
+    response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
+    assert response.headers["x-a"] == "a" * 100
+
+
+async def test_a_head_and_body_in_one_read_past_the_head_bound_is_read(
+    server: Server, client: HttpClient
+) -> None:
+    """A head near its bound followed by a long body in the same read: the body is not
+    counted as head."""
+    headers = b"".join(b"x-h%d: %s\r\n" % (n, b"a" * 600) for n in range(90))
+    server.respond = answer(
+        b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: 100000\r\n\r\n" + b"x" * 100_000
+    )
+    response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
+    assert (response.status, response.body, response.truncated) == (200, b"x" * 10, True)
+
+
+async def test_endless_trailers_fail_at_their_bound_with_the_status(
+    server: Server, client: HttpClient
+) -> None:
+    sent: list[int] = []
+    server.respond = endless(
+        server,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: ",
+        b"a" * 65536,
+        sent,
+    )
+    async with asyncio.timeout(30):
+        with pytest.raises(HeadTooLarge, match=r"chunk framing and trailers are over 64 KiB$") as e:
+            await post(client, timeout_s=60)
+        await server.closed_by_client()
+    assert e.value.status == 200
+
+
+async def test_trailers_within_the_bounds_are_read(server: Server, client: HttpClient) -> None:
+    server.respond = answer(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\nx-t: 1\r\nx-u: 2\r\n\r\n"
+    )
+    response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
+    assert (response.body, response.headers["x-t"], response.headers["x-u"]) == (b"ok", "1", "2")
+
+
+async def test_a_head_that_drips_endlessly_times_out(server: Server, client: HttpClient) -> None:
+    """Under the byte bounds, time bounds the head: it must be in within the call's timeout."""
+
+    async def drip(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        try:
+            for _ in range(10_000):  # bounded: 100 s
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.01)
+        except ConnectionError:
+            server.eofs.put_nowait(None)
+        return False
+
+    server.respond = drip
+    with pytest.raises(Timeout, match=r"^timeout after 0\.3s$") as caught:
+        await post(client, timeout_s=0.3)
+    assert caught.value.status is None
+    await server.closed_by_client()
+
+
+# The head, then the body
+
+
+async def test_on_head_is_told_the_final_status_before_the_body_arrives(
+    server: Server, client: HttpClient
+) -> None:
+    head_seen = asyncio.Event()
+    statuses: list[int] = []
+
+    async def head_then_body(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n"
+        )
+        await head_seen.wait()
+        writer.write(b"ok")
+        return True
+
+    def on_head(status: int) -> None:
+        statuses.append(status)
+        head_seen.set()
+
+    server.respond = head_then_body
+    response = await client.post("/", {}, b"", timeout_s=5, max_body=10, on_head=on_head)
+    assert (response.status, response.body, statuses) == (201, b"ok", [201])
+
+
+async def test_after_the_head_the_body_has_body_timeout_s_if_more_than_was_left(
+    server: Server, client: HttpClient
+) -> None:
+    """The head comes at once, the body after more than the call's timeout_s: with
+    body_timeout_s, it is read."""
+    late = asyncio.Event()
+
+    async def late_body(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        await late.wait()
+        writer.write(b"ok")
+        return True
+
+    server.respond = late_body
+    call = asyncio.create_task(
+        client.post("/", {}, b"", timeout_s=1, max_body=10, body_timeout_s=30)
+    )
+    await asyncio.sleep(1.5)  # past timeout_s
+    assert not call.done()
+    late.set()
+    assert (await call).body == b"ok"
+
+
+async def test_a_body_past_body_timeout_s_times_out_with_the_status(
+    server: Server, client: HttpClient
+) -> None:
+    async def stall(
+        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart")
+        return await server.hang(head, body, reader, writer)
+
+    server.respond = stall
+    with pytest.raises(Timeout, match=r"^timeout after 1\.5s reading the body$") as caught:
+        await client.post("/", {}, b"", timeout_s=1, max_body=10, body_timeout_s=1.5)
+    assert caught.value.status == 200
+    await server.closed_by_client()

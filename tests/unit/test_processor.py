@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -478,6 +479,201 @@ async def test_a_cancel_told_twice_cancels_the_shipment_once(
         shipper.release(other)
     await settled(memory_store)
     assert all(shipper.shipped[other] == 1 for other in both)
+
+
+# -- an order the shipper says was taken ---------------------------------------------------------
+
+
+class TakingShipper:
+    """Says every order is taken (`context.mark_taken()`) as soon as it is called, then holds
+    the shipment until `release()` and returns `result`, or raises `error`; counts its calls and
+    notes the shipments cancelled."""
+
+    def __init__(
+        self, *, result: dict[str, Any] | None = None, error: Exception | None = None
+    ) -> None:
+        self.result, self.error = result, error
+        self.calls: Counter[str] = Counter()
+        self.taken = asyncio.Event()
+        self.cancelled: set[str] = set()
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
+        self.calls[order.id] += 1
+        context.mark_taken()
+        context.mark_taken()  # a second call changes nothing
+        self.taken.set()
+        try:
+            if self.error is None:
+                await self._gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled.add(order.id)
+            raise
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    async def close(self) -> None:
+        return None
+
+
+def statuses_of(order: Order) -> list[OrderStatus]:
+    return [entry.status for entry in order.history]
+
+
+async def test_a_taken_order_ships_with_its_result_after_the_deadline(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    """Regression: the attempt's deadline cancelled a shipment the receiver had taken already
+    (a 2xx whose body was slow); the order was shipped again by the next attempt, then failed."""
+    shipper = TakingShipper(result={"tracking": "T1"})
+    service = await start_service(shipper_=shipper, timeout_s=0.05, max_attempts=2)
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await shipper.taken.wait()
+    await asyncio.sleep(0.3)  # well past the deadline
+    shipper.release()
+    await eventually(status_is(memory_store, order_id, OrderStatus.SHIPPED))
+    shipped = await memory_store.get_order(order_id)
+    assert shipped.shipment == {"tracking": "T1"}
+    assert statuses_of(shipped) == [
+        OrderStatus.PENDING,
+        OrderStatus.PROCESSING,
+        OrderStatus.SHIPPED,
+    ]
+    assert shipper.calls[order_id] == 1
+    assert not shipper.cancelled
+
+
+async def test_a_taken_order_whose_result_does_not_come_ships_without_one(
+    start_service: StartService,
+    memory_store: InMemoryOrderStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once taken, the shipper has result_wait_s for its result (or till its deadline, if later);
+    a second later it is cut off, and the order ships with no result and one warning line saying
+    why."""
+    shipper = TakingShipper(result={"tracking": "T1"})
+    service = await start_service(
+        shipper_=shipper, timeout_s=0.05, result_wait_s=0.2, max_attempts=3
+    )
+    [order_id] = await submit_many(service, 1)
+    with caplog.at_level(logging.WARNING, logger="orderflow.processor"):
+        await service.trigger_processing()
+        await eventually(status_is(memory_store, order_id, OrderStatus.SHIPPED))
+    shipped = await memory_store.get_order(order_id)
+    assert shipped.shipment is None
+    assert statuses_of(shipped)[-2:] == [OrderStatus.PROCESSING, OrderStatus.SHIPPED]
+    assert (shipper.calls[order_id], shipper.cancelled) == (1, {order_id})
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == (
+        "the order was taken, then its shipment failed (cut off waiting for its result):"
+        " shipped, no result stored"
+    )
+
+
+@pytest.mark.parametrize(
+    "error", [RuntimeError("carrier API down"), PermanentFailure("refused"), TimeoutError("slow")]
+)
+async def test_a_failure_after_the_take_ships_without_a_result(
+    start_service: StartService,
+    memory_store: InMemoryOrderStore,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+) -> None:
+    """A retry would ship it twice; failing it would lose a shipment that happened."""
+    shipper = TakingShipper(error=error)
+    service = await start_service(shipper_=shipper, max_attempts=3)
+    [order_id] = await submit_many(service, 1)
+    with caplog.at_level(logging.WARNING, logger="orderflow.processor"):
+        await service.trigger_processing()
+        await eventually(status_is(memory_store, order_id, OrderStatus.SHIPPED))
+    assert (await memory_store.get_order(order_id)).shipment is None
+    assert shipper.calls[order_id] == 1
+    assert f"then its shipment failed ({error}): shipped, no result stored" in caplog.text
+
+
+class LastMomentShipper:
+    """Says the order is taken in the very loop turn its deadline fires, after it fired: the
+    loop is blocked past the deadline, and the take is a timer due just after it."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.calls = 0
+
+    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
+        self.calls += 1
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[None] = loop.create_future()
+
+        def take() -> None:
+            context.mark_taken()
+            if not answered.done():  # the deadline cancelled the wait just before
+                answered.set_result(None)
+
+        loop.call_at(loop.time() + self.timeout_s + 0.01, take)
+        time.sleep(self.timeout_s + 0.1)  # noqa: ASYNC251  (both timers are due at once)
+        await answered
+        return {"tracking": "T1"}
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_order_taken_in_the_loop_turn_its_deadline_fired_ships(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    """The deadline's cancel is on its way when the take comes: the attempt still ships (with
+    no result: the shipment was cut off), and is not retried."""
+    shipper = LastMomentShipper(timeout_s=0.05)
+    service = await start_service(shipper_=shipper, timeout_s=0.05, max_attempts=2)
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await eventually(status_is(memory_store, order_id, OrderStatus.SHIPPED))
+    shipped = await memory_store.get_order(order_id)
+    assert (shipped.shipment, shipper.calls) == (None, 1)
+
+
+async def test_a_user_cancel_after_the_take_still_cancels_the_call(
+    start_service: StartService, memory_store: InMemoryOrderStore
+) -> None:
+    shipper = TakingShipper()
+    service = await start_service(shipper_=shipper)
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await shipper.taken.wait()
+    await service.cancel_order(order_id)
+    await eventually(lambda: service.processor.in_flight == 0)
+    assert shipper.cancelled == {order_id}
+    assert (await memory_store.get_order(order_id)).status is OrderStatus.CANCELLED
+    assert service.processor.holdings == {}
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["one-process", "shared"])
+async def test_shutdown_cutting_off_a_taken_shipment_records_it_shipped(
+    start_service: StartService, caplog: pytest.LogCaptureFixture, shared: bool
+) -> None:
+    """Handed back (or released), an order the receiver took would be shipped again by the next
+    holder; one not taken still goes back (test_shutdown_releases_shipments_in_flight_…)."""
+    store = SharedMemoryStore() if shared else InMemoryOrderStore()
+    shipper = TakingShipper()
+    service = await start_service(store=store, shipper_=shipper)
+    [order_id] = await submit_many(service, 1)
+    await service.trigger_processing()
+    await shipper.taken.wait()
+    with caplog.at_level(logging.WARNING, logger="orderflow.processor"):
+        await service.processor.stop(grace_s=0)
+    shipped = await store.get_order(order_id)
+    assert (shipped.status, shipped.shipment) == (OrderStatus.SHIPPED, None)
+    assert shipper.cancelled == {order_id}
+    assert (
+        f"order_id={order_id} cut off by shutdown after it was taken: shipped, no result stored"
+        in caplog.text
+    )
+    assert service.processor.holdings == {}
 
 
 # -- shutdown -------------------------------------------------------------------------------------

@@ -3,14 +3,19 @@ Standard Webhooks specification; the receiver's answer decides what the attempt 
 
     2xx                          shipped; a JSON object body of at most MAX_RESULT_BYTES is the
                                  result; an empty, non-JSON or null body is no result (None); a
-                                 body that is JSON but not an object, is too long or breaks off
-                                 is no result and one warning line (the receiver took the order:
-                                 a retry would ship it twice)
+                                 body that is JSON but not an object, is too long, breaks off or
+                                 takes over `result_wait_s` after the head is no result and one
+                                 warning line (the receiver took the order: a retry would ship
+                                 it twice)
     3xx                          PermanentFailure: redirects are never followed
     408 409 425 429, 5xx         RetryableFailure, with the receiver's Retry-After (capped)
     any other 4xx                PermanentFailure, with the status and the start of the body
     timeout, connection error    RetryableFailure
+    a head over its bounds       RetryableFailure (HeadTooLarge, see httpconnection.py)
     other statuses (1xx)         RetryableFailure
+
+The moment a 2xx head is in, the attempt's `ShipContext.mark_taken` is called (in the parser's
+callback: no other task runs in between), so the attempt's deadline can no longer fail it.
 
 Every attempt at one order carries the same ``webhook-id`` (the order id), so the receiver can
 de-duplicate; ``orderflow-attempt`` and ``orderflow-deadline`` tell it which attempt this is and
@@ -31,7 +36,13 @@ from standardwebhooks import Webhook
 
 from orderflow.domain import Order
 from orderflow.shippers.httpclient import HttpClient, HttpClientError, Timeout
-from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure, ShipContext
+from orderflow.shipping import (
+    MAX_RESULT_BYTES,
+    RESULT_WAIT_S,
+    PermanentFailure,
+    RetryableFailure,
+    ShipContext,
+)
 from orderflow.signing import body_start, check_secret, retry_after_s, signed_headers
 
 _SECRET_PREFIX = "whsec_"
@@ -50,9 +61,12 @@ class HttpShipper:
     Args:
         url: the receiver, ``http://`` or ``https://``.
         secret: the Standard Webhooks signing key, ``whsec_`` then base64; never logged.
-        timeout_s: the most one attempt may take, connecting included; an attempt also ends at
-            its deadline (`ShipContext.deadline`), whichever comes first.
+        timeout_s: the most one attempt may take until the answer's head, connecting included;
+            an attempt also ends at its deadline (`ShipContext.deadline`), whichever comes
+            first. A 2xx's body then has `result_wait_s` more (or what is left, if longer).
         max_retry_after_s: the cap on a receiver's ``Retry-After``.
+        result_wait_s: how long a 2xx's body may take after its head (the order is taken
+            then: past it, shipped with no result).
         ssl_context: for an https URL, the certificates to trust instead of the system's (a
             private CA, say).
 
@@ -67,6 +81,7 @@ class HttpShipper:
         *,
         timeout_s: float,
         max_retry_after_s: float = 300,
+        result_wait_s: float = RESULT_WAIT_S,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         origin, self._target = _split_url(url)
@@ -77,6 +92,7 @@ class HttpShipper:
             raise ValueError(f"max_retry_after_s must be at least 0, not {max_retry_after_s}")
         self.timeout_s = timeout_s
         self.max_retry_after_s = max_retry_after_s
+        self.result_wait_s = result_wait_s
         self._webhook = Webhook(check_secret(secret))
         # No cap of its own: the processor's concurrency already bounds the calls in flight,
         # and a second, smaller cap would only queue them here.
@@ -91,11 +107,22 @@ class HttpShipper:
         headers = signed_headers(self._webhook, order.id, now, body)
         headers["orderflow-attempt"] = str(context.attempt)
         headers["orderflow-deadline"] = _rfc3339(context.deadline)
+
+        def head_in(status: int) -> None:
+            if 200 <= status < 300:
+                context.mark_taken()
+
         try:
             # A timeout or a cancellation at any await here closes the connection (it is never
             # handed back to the pool mid-request), so the receiver sees the call go away.
             response = await self._client.post(
-                self._target, headers, body, timeout_s=timeout_s, max_body=MAX_RESULT_BYTES
+                self._target,
+                headers,
+                body,
+                timeout_s=timeout_s,
+                max_body=MAX_RESULT_BYTES,
+                body_timeout_s=self.result_wait_s,
+                on_head=head_in,
             )
         except HttpClientError as exc:
             if exc.status is not None and 200 <= exc.status < 300:
@@ -104,7 +131,7 @@ class HttpShipper:
                     "receiver answered HTTP %d, then its body failed (%s):"
                     " shipped, no result stored",
                     exc.status,
-                    type(exc).__name__,
+                    exc,
                 )
                 return None
             if isinstance(exc, Timeout):

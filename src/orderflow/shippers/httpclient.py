@@ -1,16 +1,10 @@
 """`HttpClient`: a small HTTP/1.1 client for orderflow's call-outs. It POSTs a body to one origin
-over a pool of keep-alive connections and reads a bounded answer; httptools parses it.
+over a pool of keep-alive connections and reads a bounded answer (httpconnection.py reads it,
+with httptools, and draws the errors a call raises; they are importable from here too).
 
 It exists for speed: the general clients spent 2 to 4 times its CPU per call. It deliberately
 does only that: no other method, no redirects, proxies, HTTP/2, cookies, compression or
-streaming. A body past `max_body` is cut, and its connection closed rather than drained.
-
-    HttpClientError          the call failed; `status` is the answer's, if its head had arrived
-     ├── CannotConnect       (ConnectionError) refused, no such host, unreachable, TLS refused
-     ├── ConnectionClosed    (ConnectionError) closed or reset before the answer was complete
-     ├── ProtocolViolation   the answer is not HTTP/1.1
-     └── Timeout             (TimeoutError) "timeout after Xs"
-    ValueError               a bad origin, target or header (no CR, LF or NUL: no injection)
+streaming. A bad origin, target or header is a ValueError (no CR, LF or NUL: no injection).
 """
 
 from __future__ import annotations
@@ -19,180 +13,38 @@ import asyncio
 import re
 import ssl
 from collections import deque
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import cast
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-import httptools
+from orderflow.deadline import Deadline
+from orderflow.shippers.httpconnection import (
+    CannotConnect,
+    Connection,
+    ConnectionClosed,
+    Headers,
+    HeadTooLarge,
+    HttpClientError,
+    ProtocolViolation,
+    Response,
+    Timeout,
+)
+
+__all__ = [
+    "CannotConnect",
+    "ConnectionClosed",
+    "HeadTooLarge",
+    "Headers",
+    "HttpClient",
+    "HttpClientError",
+    "ProtocolViolation",
+    "Response",
+    "Timeout",
+]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 _TARGET = re.compile(r"/[!-~]*")
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-
-
-class HttpClientError(Exception):
-    """The call failed; `status` is the answer's status when its head had arrived, else None."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class CannotConnect(HttpClientError, ConnectionError):
-    """No connection: refused, no such host, unreachable, or the TLS handshake failed."""
-
-
-class ConnectionClosed(HttpClientError, ConnectionError):
-    """The connection closed or was reset before the answer was complete."""
-
-
-class ProtocolViolation(HttpClientError):
-    """The answer is not HTTP/1.1 this client can read."""
-
-
-class Timeout(HttpClientError, TimeoutError):
-    """The call took longer than its `timeout_s`; its connection was closed."""
-
-
-class Headers(Mapping[str, str]):
-    """An answer's headers; names are case-insensitive, and a repeated header's values are
-    joined by ", "."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: dict[str, str]) -> None:
-        self._items = items  # names lower-cased
-
-    def __getitem__(self, name: str) -> str:
-        return self._items[name.lower()]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """An answer: its status, headers, and body (at most `max_body` bytes: `truncated` says
-    there were more)."""
-
-    status: int
-    headers: Headers
-    body: bytes
-    truncated: bool
-
-
-class _Connection(asyncio.Protocol):
-    """One connection and the answer in progress on it; one request at a time."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport  # set by connection_made, before any use
-        self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[Response] | None = None
-        self.max_body = 0
-        self.status = 0  # of the final answer; 0 until its head is in
-        self.headers: dict[str, str] = {}
-        self.body = bytearray()
-        self.truncated = self.received = self.until_close = self.reusable = self.lost = False
-        self.idle_since = 0.0
-
-    def send(self, request: bytes, max_body: int) -> asyncio.Future[Response]:
-        self.max_body, self.status, self.body = max_body, 0, bytearray()
-        self.truncated = self.received = self.until_close = self.reusable = False
-        self.waiter = self.loop.create_future()
-        self.transport.write(request)
-        return self.waiter
-
-    def close(self) -> None:
-        self.reusable = False
-        self.transport.close()
-
-    def abort(self) -> None:
-        self.reusable = False
-        self.transport.abort()
-
-    def fail(self, exc: HttpClientError) -> None:
-        self.reusable = False
-        if self.waiter is not None and not self.waiter.done():
-            exc.status = self.status or None
-            self.waiter.set_exception(exc)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self.waiter.done():  # nothing asked: not ours to read
-            self.abort()
-            return
-        self.received = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.fail(ProtocolViolation("the receiver switched protocols"))
-            self.abort()
-        except httptools.HttpParserError as exc:
-            self.fail(ProtocolViolation(f"the answer is not HTTP/1.1: {exc}"))
-            self.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost, self.reusable = True, False
-        if self.waiter is None or self.waiter.done():
-            return
-        if self.status and self.until_close and exc is None:
-            self._settle()  # the body ended with the connection, as its head said it would
-            return
-        how = "before its answer was complete" if self.received else "without answering"
-        why = f" ({getattr(exc, 'strerror', None) or exc})" if exc else ""
-        self.fail(ConnectionClosed(f"the receiver closed the connection {how}{why}"))
-
-    def on_message_begin(self) -> None:
-        self.headers = {}  # a new dict: a Response already made keeps its own
-        if self.status:  # a second answer to one request
-            self.abort()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-        old = self.headers.get(key)
-        self.headers[key] = text if old is None else f"{old}, {text}"
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if status == 101:
-            self.fail(ProtocolViolation("the receiver switched protocols"))
-        elif status >= 200:  # 1xx are interim (100 Continue, 103 Early Hints): skipped
-            self.status = status
-            self.until_close = "content-length" not in self.headers and (
-                "chunked" not in self.headers.get("transfer-encoding", "").lower()
-            )
-
-    def on_body(self, chunk: bytes) -> None:
-        # One byte more than max_body is kept: it tells a longer body from one that fits.
-        room = self.max_body + 1 - len(self.body)
-        if room > 0:
-            self.body += chunk[:room] if len(chunk) > room else chunk
-            if len(self.body) > self.max_body:
-                self.truncated = True
-                self._settle()
-
-    def on_message_complete(self) -> None:
-        if self.status and self.waiter is not None and not self.waiter.done():
-            self.reusable = self.parser.should_keep_alive()
-            self._settle()
-
-    def _settle(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            body = bytes(self.body[: self.max_body] if self.truncated else self.body)
-            self.waiter.set_result(
-                Response(self.status, Headers(self.headers), body, self.truncated)
-            )
 
 
 class HttpClient:
@@ -227,8 +79,8 @@ class HttpClient:
         self._ssl = (ssl_context or ssl.create_default_context()) if tls else None
         self._host_line = f"host: {authority}\r\n"
         self._slots = None if max_connections is None else asyncio.Semaphore(max_connections)
-        self._idle: deque[_Connection] = deque()  # oldest first; reused newest first
-        self._busy: set[_Connection] = set()
+        self._idle: deque[Connection] = deque()  # oldest first; reused newest first
+        self._busy: set[Connection] = set()
         self._names: set[str] = set()  # header names checked already
         self._reaper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -241,14 +93,19 @@ class HttpClient:
         *,
         timeout_s: float,
         max_body: int,
+        body_timeout_s: float | None = None,
+        on_head: Callable[[int], None] | None = None,
     ) -> Response:
         """POST `body` to `target` (a path, with its query) with `headers`; the answer.
 
         `timeout_s` bounds the whole call: waiting for a connection, connecting, sending,
-        reading. On a timeout, a failure or a cancellation mid-call the connection is closed
-        at once, so the receiver sees the call go away. A reused connection that closes
-        before a byte of the answer (the receiver had closed it while idle) is replaced by a
-        new one, once.
+        reading; or, with `body_timeout_s`, the call up to the final answer's head, whose body
+        then has `body_timeout_s` from that moment (or what was left of `timeout_s`, if
+        longer). `on_head(status)` is called the moment the final head is in, in the parser's
+        callback: no other task runs in between. On a timeout, a failure or a
+        cancellation mid-call the connection is closed at once, so the receiver sees the call
+        go away. A reused connection that closes before a byte of the answer (the receiver had
+        closed it while idle) is replaced by a new one, once.
 
         Raises:
             HttpClientError: the call failed (the module docstring draws the subclasses).
@@ -258,28 +115,43 @@ class HttpClient:
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
         request = self._frame(target, headers, body)
-        conn: _Connection | None = None
+        conn: Connection | None = None
+
+        def body_due() -> float | None:  # asked only when timeout_s is over
+            if conn is None or not conn.head_at or body_timeout_s is None:
+                return None
+            return conn.head_at + body_timeout_s
+
+        loop = asyncio.get_running_loop()
+        deadline = Deadline(loop.time() + timeout_s, body_due)
         try:
-            async with asyncio.timeout(timeout_s):
+            if self._slots is not None:
+                await self._slots.acquire()
+            try:
+                conn = self._reuse()
+                if conn is not None:
+                    try:
+                        return await self._exchange(conn, request, max_body, on_head)
+                    except ConnectionClosed:
+                        # Not a byte came back, so the receiver took none of it.
+                        if conn.received or self._closed:
+                            raise
+                conn = await self._connect()
+                return await self._exchange(conn, request, max_body, on_head)
+            finally:
                 if self._slots is not None:
-                    await self._slots.acquire()
-                try:
-                    conn = self._reuse()
-                    if conn is not None:
-                        try:
-                            return await self._exchange(conn, request, max_body)
-                        except ConnectionClosed:
-                            # Not a byte came back, so the receiver took none of it.
-                            if conn.received or self._closed:
-                                raise
-                    conn = await self._connect()
-                    return await self._exchange(conn, request, max_body)
-                finally:
-                    if self._slots is not None:
-                        self._slots.release()
-        except TimeoutError:
+                    self._slots.release()
+        except asyncio.CancelledError:
+            if not deadline.end():
+                raise
             status = conn.status if conn is not None else 0
-            raise Timeout(f"timeout after {round(timeout_s, 3)}s", status=status or None) from None
+            if deadline.extended:
+                message = f"timeout after {body_timeout_s:g}s reading the body"
+            else:
+                message = f"timeout after {round(timeout_s, 3)}s"
+            raise Timeout(message, status=status or None) from None
+        finally:
+            deadline.end()
 
     async def close(self) -> None:
         """Close every connection, idle or in flight (those calls raise ConnectionClosed)."""
@@ -312,28 +184,34 @@ class HttpClient:
             f"connection: keep-alive\r\n{block}\r\n"
         ).encode("latin-1") + body
 
-    def _reuse(self) -> _Connection | None:
+    def _reuse(self) -> Connection | None:
         while self._idle:
             conn = self._idle.pop()
             if not conn.lost and not conn.transport.is_closing():
                 return conn
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         host = self.host if self._ssl is not None else None
         try:
             _, conn = await loop.create_connection(
-                _Connection, self.host, self.port, ssl=self._ssl, server_hostname=host
+                Connection, self.host, self.port, ssl=self._ssl, server_hostname=host
             )
         except OSError as exc:  # ssl.SSLError among them
             raise CannotConnect(_connect_failure(f"{self.host}:{self.port}", exc)) from exc
         return conn
 
-    async def _exchange(self, conn: _Connection, request: bytes, max_body: int) -> Response:
+    async def _exchange(
+        self,
+        conn: Connection,
+        request: bytes,
+        max_body: int,
+        on_head: Callable[[int], None] | None,
+    ) -> Response:
         self._busy.add(conn)
         try:
-            response = await conn.send(request, max_body)
+            response = await conn.send(request, max_body, on_head)
         except BaseException:
             # A failure, timeout or cancel mid-call: the receiver must see the call go away,
             # and a connection with an answer half read is never used again.
@@ -348,7 +226,7 @@ class HttpClient:
             conn.close()
         return response
 
-    def _check_in(self, conn: _Connection) -> None:
+    def _check_in(self, conn: Connection) -> None:
         conn.idle_since = conn.loop.time()
         self._idle.append(conn)
         if self._reaper is None:
