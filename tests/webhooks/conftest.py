@@ -1,25 +1,38 @@
 """Fixtures of the webhook tests: `webhooks`, a WebhookStore over every backend (each test that
-takes it runs once per backend: the conformance suite); a started `receiver`; and `deliver`, a
-factory of started runtimes whose deliverer sends to the receiver on fast timers."""
+takes it runs once per backend: the conformance suite); a started `receiver`; `deliver`, a
+factory of started runtimes whose deliverer sends to the receiver on fast timers; `on_each_store`,
+a factory of started runtimes on each order store (the test runs once per backend); and `Names`,
+a resolver of made-up names, so that no test asks a real DNS server."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from orderflow.domain import Item
 from orderflow.runtime import Runtime
+from orderflow.settings import Settings
+from orderflow.store.base import OrderStore
+from orderflow.store.memory import InMemoryOrderStore
 from orderflow.webhooks.postgres import PostgresWebhookStore
 from orderflow.webhooks.store import InMemoryWebhookStore, WebhookStore
-from tests.conftest import RuntimeFactory
-from tests.postgres import schema_store
+from tests.conftest import FakeShipper, ManualClock, RuntimeFactory
+from tests.postgres import same_schema, schema_store
 from tests.webhooks.receiver import SECRET, Receiver
 
 BACKENDS = ["memory", "postgres"]
 # Retries after 50, 100 and 200 ms; look for due work every 50 ms.
-FAST = {"webhook_retry_schedule": "0.05,0.1,0.2", "poll_interval": 0.05, "webhook_timeout": 2.0}
+FAST = {
+    "webhook_retry_schedule": "0.05,0.1,0.2",
+    "poll_interval": 0.05,
+    "webhook_timeout": 2.0,
+    "webhook_allow_private": True,  # the receiver is on loopback
+}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -63,3 +76,71 @@ async def submit(runtime: Runtime, count: int) -> list[str]:
         done = await runtime.service.submit(f"customer {n}", (Item("Widget", 1),))
         ids.append(done.order_id)
     return ids
+
+
+class Names(AbstractResolver):
+    """Resolves made-up names: `names[host]` is its addresses, or an exception to raise; any
+    other name does not resolve. `asked` lists the names asked, in order."""
+
+    def __init__(self, names: dict[str, Sequence[str] | Exception] | None = None) -> None:
+        self.names = dict(names or {})
+        self.asked: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.asked.append(host)
+        found = self.names.get(host)
+        if found is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if isinstance(found, Exception):
+            raise found
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for address in found
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+OnEachStore = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture(params=BACKENDS)
+async def on_each_store(request: pytest.FixtureRequest) -> AsyncIterator[OnEachStore]:
+    """`await on_each_store(webhook_resolver=…, **settings)`: a runtime started on a new order
+    store of each backend (the webhooks' store goes with it), the fake shipper, FAST timers
+    unless `settings` say otherwise; one per test, stopped at the end."""
+    async with contextlib.AsyncExitStack() as stack:
+        store: OrderStore
+        if request.param == "memory":
+            store = InMemoryOrderStore()
+        else:
+            store = await same_schema(await stack.enter_async_context(schema_store()))
+        started: list[Runtime] = []
+
+        async def start(webhook_resolver: AbstractResolver | None = None, **fields: Any) -> Runtime:
+            assert not started, "one runtime per test: it closes the store when it stops"
+            settings = Settings(**{"shutdown_grace": 0.0, **FAST, **fields})
+            runtime = Runtime(
+                settings,
+                store=store,
+                shipper=FakeShipper(),
+                clock=ManualClock(),
+                webhook_resolver=webhook_resolver,
+            )
+            await runtime.start()
+            started.append(runtime)
+            return runtime
+
+        yield start
+        for runtime in started:
+            await runtime.stop()

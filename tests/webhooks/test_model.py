@@ -68,7 +68,10 @@ def test_http_urls_are_accepted(url: str) -> None:
 @pytest.mark.parametrize(
     "url",
     ["ftp://a/", "http://", "http:/a", "http://a b/", "http://u@a/", "http://a/#x",
-     "http://a:65536/", "http://[::1]/", "http://a/\n", "http://a./", " http://a/"],
+     "http://a:65536/", "http://[::1]/", "http://a/\n", "http://a./", " http://a/",
+     "http://" + "a" * 64 + "/", "http://b." + "a" * 64 + ".c/", "http://" + "a." * 127 + "a/",
+     "http://0/", "http://0x7f000001/", "http://2130706433/", "http://0177.0.0.1/",
+     "http://127.1/", "http://10.1/"],
 )  # fmt: skip
 def test_other_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match=r"^url: "):
@@ -108,6 +111,15 @@ def test_retry_after_lengthens_a_wait_up_to_an_hour() -> None:
         ({"webhook": "ftp://x/", "webhook_secret": SECRET}, "--webhook: expected http://"),
         ({"webhook": "http://x/"}, "--webhook-secret (a whsec_ key) is needed"),
         ({"webhook": "http://x/", "webhook_secret": "whsec_x"}, "--webhook-secret: expected"),
+        (
+            {"webhook": "http://x/,http://127.0.0.1:9/", "webhook_secret": SECRET},
+            "--webhook: 127.0.0.1 is a loopback address; webhooks may not go to loopback,",
+        ),
+        (
+            {"webhook": "http://169.254.169.254/", "webhook_secret": SECRET},
+            "--webhook: 169.254.169.254 is a link-local address",
+        ),
+        ({"webhook": "http://0x7f000001/", "webhook_secret": SECRET}, "--webhook: the host"),
     ],
 )
 def test_bad_webhook_flags_stop_the_start_naming_the_flag(
@@ -117,6 +129,13 @@ def test_bad_webhook_flags_stop_the_start_naming_the_flag(
         _deliverer(Settings(**fields), InMemoryOrderStore())  # type: ignore[arg-type]
     assert str(refused.value).startswith(message)
     assert "whsec_x" not in str(refused.value)
+
+
+def test_allow_private_lets_the_webhook_flag_name_an_internal_address() -> None:
+    settings = Settings(
+        webhook="http://127.0.0.1:9/", webhook_secret=SECRET, webhook_allow_private=True
+    )
+    assert _deliverer(settings, InMemoryOrderStore()).destinations.allow_private
 
 
 def test_the_flags_configure_the_deliverer() -> None:
