@@ -11,10 +11,13 @@ import logging
 
 import pytest
 
+from orderflow.domain import Order
+from orderflow.errors import StoreUnavailable
 from orderflow.runtime import Runtime
+from orderflow.store.memory import InMemoryOrderStore
 from orderflow.webhooks.model import DeliveryRecord, Outcome, Subscription, new_webhook_id
-from tests.conftest import eventually
-from tests.webhooks.conftest import Names, OnEachStore, submit
+from tests.conftest import RuntimeFactory, eventually
+from tests.webhooks.conftest import FAST, Names, OnEachStore, submit
 from tests.webhooks.receiver import SECRET, Receiver
 
 LONG_LABEL = "a" * 64
@@ -109,24 +112,6 @@ async def test_a_name_that_turns_into_loopback_is_refused_at_each_connection(
     assert receiver.received == []
 
 
-async def test_a_name_with_any_forbidden_address_is_refused(
-    on_each_store: OnEachStore, receiver: Receiver
-) -> None:
-    """Happy eyeballs may dial any answer: one forbidden address among public ones refuses
-    the name (only loopback is ever among them here)."""
-    names = Names({"mixed.test": ["93.184.216.34"]})
-    runtime = await on_each_store(webhook_resolver=names, webhook_allow_private=False)
-    url = f"http://mixed.test:{receiver.port}/hook"
-    subscription = await runtime.webhooks.subscribe(url, secret=SECRET)
-    names.names["mixed.test"] = ["127.0.0.1", "93.184.216.34"]
-    await submit(runtime, 1)
-    [first, *_] = await spent(runtime, subscription)
-    assert (
-        first.error == "destination refused: mixed.test resolves to 127.0.0.1, a loopback address"
-    )
-    assert receiver.received == []
-
-
 async def test_a_forbidden_literal_address_is_refused_when_dialled(
     on_each_store: OnEachStore, receiver: Receiver
 ) -> None:
@@ -154,3 +139,33 @@ async def test_the_deliveries_log_keeps_at_most_200_characters_of_an_answer(
     attempts = await spent(runtime, subscription)
     assert {a.error for a in attempts} == {"HTTP 500: " + "x" * 200 + "…"}
     assert {a.status_code for a in attempts} == {500}
+
+
+class FlakyOrders(InMemoryOrderStore):
+    """An order store whose reads of an order fail while `down` is set."""
+
+    down = False
+
+    async def find_order(self, order_id: str) -> Order | None:
+        if self.down:
+            raise StoreUnavailable("the order store is down (test)")
+        return await super().find_order(order_id)
+
+
+async def test_an_outage_of_the_order_store_is_no_failed_attempt(
+    start_runtime: RuntimeFactory, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading the order is the store's part, not the receiver's: while it fails, nothing is
+    attempted or recorded, one warning says so, and the event goes out as attempt 1 after."""
+    orders = FlakyOrders()
+    runtime = await start_runtime(store=orders, **FAST)
+    subscription = await runtime.webhooks.subscribe(receiver.url, secret=SECRET)
+    orders.down = True
+    await submit(runtime, 1)
+    await eventually(lambda: "delivering webhooks: the order store is down" in caplog.text)
+    assert await runtime.webhooks.store.deliveries(subscription.id) == []
+    orders.down = False
+    await eventually(lambda: receiver.seqs_acked() == [1])
+    [delivered] = await eventually(lambda: runtime.webhooks.store.deliveries(subscription.id))
+    assert (delivered.attempt, delivered.outcome) == (1, Outcome.DELIVERED)
+    assert errors_logged(caplog) == []
