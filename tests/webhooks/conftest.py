@@ -1,18 +1,16 @@
 """Fixtures of the webhook tests: `webhooks`, a WebhookStore over every backend (each test that
 takes it runs once per backend: the conformance suite); a started `receiver`; `deliver`, a
 factory of started runtimes whose deliverer sends to the receiver on fast timers; `on_each_store`,
-a factory of started runtimes on each order store (the test runs once per backend); and `Names`,
-a resolver of made-up names, so that no test asks a real DNS server."""
+a factory of started runtimes on each order store (the test runs once per backend)."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 
 from orderflow.domain import Item
 from orderflow.runtime import Runtime
@@ -76,39 +74,6 @@ async def submit(runtime: Runtime, count: int) -> list[str]:
         done = await runtime.service.submit(f"customer {n}", (Item("Widget", 1),))
         ids.append(done.order_id)
     return ids
-
-
-class Names(AbstractResolver):
-    """Resolves made-up names: `names[host]` is its addresses, or an exception to raise; any
-    other name does not resolve. `asked` lists the names asked, in order."""
-
-    def __init__(self, names: dict[str, Sequence[str] | Exception] | None = None) -> None:
-        self.names = dict(names or {})
-        self.asked: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self.asked.append(host)
-        found = self.names.get(host)
-        if found is None:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        if isinstance(found, Exception):
-            raise found
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            )
-            for address in found
-        ]
-
-    async def close(self) -> None:
-        pass
 
 
 OnEachStore = Callable[..., Awaitable[Runtime]]

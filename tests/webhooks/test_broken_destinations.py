@@ -17,8 +17,8 @@ from orderflow.runtime import Runtime
 from orderflow.store.memory import InMemoryOrderStore
 from orderflow.webhooks.model import DeliveryRecord, Outcome, Subscription, new_webhook_id
 from tests.conftest import RuntimeFactory, eventually
-from tests.webhooks.conftest import FAST, Names, OnEachStore, submit
-from tests.webhooks.receiver import SECRET, Receiver
+from tests.webhooks.conftest import FAST, OnEachStore, submit
+from tests.webhooks.receiver import SECRET, Names, Receiver
 
 LONG_LABEL = "a" * 64
 SPENT = [Outcome.RETRYING, Outcome.RETRYING, Outcome.RETRYING, Outcome.GIVEN_UP]  # FAST: 3 waits

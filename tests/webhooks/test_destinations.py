@@ -13,8 +13,7 @@ import pytest
 from orderflow.runtime import StartupError
 from orderflow.webhooks.destinations import Destinations, RefusedDestination, forbidden_kind
 from tests.conftest import RuntimeFactory
-from tests.webhooks.conftest import Names
-from tests.webhooks.receiver import SECRET
+from tests.webhooks.receiver import SECRET, Names
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ def forbidden_kind(address: IPAddress) -> str | None:
             return kind
     if address in _SHARED:
         return "shared"
-    if not address.is_global:
+    if not address.is_global:  # none left on 3.11; later versions list more ranges apart
         return "special-purpose"
     return None
 
@@ -85,6 +85,7 @@ class Destinations(AbstractResolver):
     ) -> None:
         self.allow_private = allow_private
         self._resolver = resolver
+        self._owns_resolver = resolver is None
         self._timeout_s = timeout_s
 
     def refusal(self, address: str) -> str | None:
@@ -145,8 +146,10 @@ class Destinations(AbstractResolver):
         return found
 
     async def close(self) -> None:
-        if self._resolver is not None:
-            await self._resolver.close()
+        """Release the system's resolver, if it made one (a resolver given stays the giver's)."""
+        if self._owns_resolver and self._resolver is not None:
+            resolver, self._resolver = self._resolver, None
+            await resolver.close()
 
     def open_socket(
         self, addr_info: tuple[int, int, int, str, tuple[object, ...]]

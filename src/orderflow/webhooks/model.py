@@ -32,18 +32,24 @@ JITTER = 0.1  # each wait of the schedule is stretched or shrunk by up to this f
 
 MAX_HOST_LENGTH = 253  # DNS: at most 253 characters, each label at most 63
 
-# http(s), a host name or IPv4 address (labels of 1 to 63 characters; no user info, no IPv6
-# literal), an optional port from 1 to 65535, then an optional path and query of printable ASCII
-# (no fragment). What a pattern cannot say, `check_url` adds: the host is at most 253
-# characters, and an IPv4 address is written as four decimal numbers. Where the URL may lead
-# (no private address) is `destinations.py`'s.
+# http(s); a host: an IPv4 address as four decimal numbers, or a name of labels of 1 to 63
+# characters that is not a number in disguise (resolvers read ``0``, ``2130706433``,
+# ``0x7f000001``, ``0177.0.0.1`` and ``127.1`` as addresses; the HTTP client refuses any other
+# host of digits and dots); no user info, no IPv6 literal; an optional port from 1 to 65535;
+# then an optional path and query of printable ASCII (no fragment). What the pattern cannot say,
+# `check_url` adds: the host is at most 253 characters. Where the URL may lead (no internal
+# address) is `destinations.py`'s.
 _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_END = r"(?=[:/?]|$)"  # of the host
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = r"(?:" + _OCTET + r"\.){3}" + _OCTET + _END
+_NUMBER = r"(?:0[xX][0-9A-Fa-f]+|[0-9]+)"
+_NUMERIC = r"(?:[0-9.]+|(?:" + _NUMBER + r"\.){0,3}" + _NUMBER + r")" + _END
 _LABEL = r"[A-Za-z0-9_-]{1,63}"
-URL_PATTERN = (
-    r"^https?://" + _LABEL + r"(?:\." + _LABEL + r")*(?::" + _PORT + r")?(?:[/?][!\x22$-~]*)?$"
-)
+_NAME = r"(?!" + _NUMERIC + r")" + _LABEL + r"(?:\." + _LABEL + r")*"
+URL_PATTERN = r"^https?://(?:" + _IPV4 + "|" + _NAME + r")(?::" + _PORT + r")?(?:[/?][!\x22$-~]*)?$"
 _URL = re.compile(URL_PATTERN)
-_LONG_LABELS = re.compile(URL_PATTERN.replace("{1,63}", "+"))
+_ANY_HOST = re.compile(r"^https?://([A-Za-z0-9_.-]+)(?::" + _PORT + r")?(?:[/?][!\x22$-~]*)?$")
 _WEBHOOK_ID = re.compile(WEBHOOK_ID_PATTERN)
 
 
@@ -165,33 +171,32 @@ def is_webhook_id(value: str) -> bool:
 
 
 def check_url(url: str) -> str:
-    """`url`; ValueError "url: …" unless it is an http(s) URL the rules above accept: one the
-    HTTP client can send (its host encodes as IDNA, as name resolution does) and whose host,
-    if it is an IPv4 address, is written in full (``0x7f000001``, ``2130706433``,
-    ``0177.0.0.1`` or ``0`` name an address too, which a check of names would miss)."""
+    """`url`; ValueError "url: …" unless it is an http(s) URL the rules above accept, the
+    message saying what is wrong. The host's limits are what IDNA encoding asks (as the
+    resolver does it): labels of 1 to 63 characters, at most 253 in all."""
     if len(url) > MAX_URL_LENGTH:
         raise ValueError(f"url: must be at most {MAX_URL_LENGTH} characters")
     if _URL.fullmatch(url) is None:
-        if _LONG_LABELS.fullmatch(url) is not None:
-            raise ValueError(
-                "url: each label of the host (between dots) must be at most 63 characters"
-            )
-        raise ValueError(
-            "url: expected http://host[:port][/path] or https://… (no user info, no fragment)"
-        )
-    host = url_host(url)
-    if len(host) > MAX_HOST_LENGTH:
+        raise ValueError(f"url: {_why_not(url)}")
+    if len(url_host(url)) > MAX_HOST_LENGTH:
         raise ValueError(f"url: the host must be at most {MAX_HOST_LENGTH} characters")
-    try:
-        host.encode("idna")
-    except UnicodeError as exc:
-        raise ValueError(f"url: the host is not a valid name ({exc})") from None
-    full = ipv4_in_full(host)
-    if full is not None and full != host:
-        raise ValueError(
-            f"url: the host {host} is an IPv4 address in a short form: write it as {full}"
-        )
     return url
+
+
+def _why_not(url: str) -> str:
+    """What is wrong with `url`, which URL_PATTERN refuses."""
+    shaped = _ANY_HOST.fullmatch(url)
+    labels = [] if shaped is None else shaped.group(1).split(".")
+    if not labels or not all(labels):
+        return "expected http://host[:port][/path] or https://… (no user info, no fragment)"
+    if any(len(label) > 63 for label in labels):
+        return "each label of the host (between dots) must be at most 63 characters"
+    host = ".".join(labels)
+    try:
+        full = socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return f"the host {host} is not an IPv4 address: write one as four numbers from 0 to 255"
+    return f"the host {host} is an IPv4 address in a short form: write it as {full}"
 
 
 def url_host(url: str) -> str:
@@ -199,15 +204,6 @@ def url_host(url: str) -> str:
     rest = url.partition("://")[2]
     end = min((at for at in (rest.find(c) for c in ":/?") if at >= 0), default=len(rest))
     return rest[:end]
-
-
-def ipv4_in_full(host: str) -> str | None:
-    """The IPv4 address `host` stands for, as four decimal numbers, if the system's resolver
-    would take it for one (it reads ``0x7f000001`` and ``127.1`` as 127.0.0.1); else None."""
-    try:
-        return socket.inet_ntoa(socket.inet_aton(host))
-    except OSError:
-        return None
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:

@@ -116,10 +116,11 @@ class Sender:
         )
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool, and the resolver it used."""
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+        await self._destinations.close()
 
     def _open_session(self) -> aiohttp.ClientSession:
         destinations = self._destinations
