@@ -16,7 +16,7 @@ from standardwebhooks import Webhook
 
 from orderflow.webhooks.destinations import Destinations
 from orderflow.webhooks.sender import MAX_HEADERS, MAX_LINE_BYTES, Answer, Sender
-from tests.webhooks.receiver import SECRET
+from tests.webhooks.receiver import SECRET, Names
 
 Write = Callable[[asyncio.StreamWriter], Awaitable[None]]
 CHUNK = 64 * 1024
@@ -200,3 +200,16 @@ async def test_a_long_error_body_is_kept_to_its_first_200_characters(serve: Serv
     assert answer_.status_code == 503
     assert answer_.error == "HTTP 503: " + body[:200] + "…"
     assert answer_.retry_after_s == 7.0
+
+
+async def test_a_url_the_http_client_refuses_is_a_failure_saying_why() -> None:
+    """As one stored before the rules could be: nothing is resolved or dialled."""
+    sender = Sender(timeout_s=5.0, destinations=Destinations(resolver=Names()))
+    try:
+        answer = await sender.send(
+            "http://1.2.3.4.5:9/hook", Webhook(SECRET), "evt_1", b"{}", datetime.now(UTC), 1
+        )
+    finally:
+        await sender.close()
+    assert answer.status_code is None
+    assert answer.error == "HTTP request failed: 1.2.3.4.5 - is not a canonical IPv4 address"
