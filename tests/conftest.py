@@ -186,8 +186,8 @@ async def start_runtime(
     memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
 ) -> AsyncIterator[RuntimeFactory]:
     """A factory of started runtimes: `await start_runtime(concurrency=8, …)` takes Settings
-    fields (shutdown_grace defaults to 0) and `store=`, `shipper=`, `clock=` overrides; every
-    runtime it started is stopped at the end."""
+    fields (shutdown_grace defaults to 0) and `store=`, `shipper=`, `clock=`,
+    `webhook_resolver=` overrides; every runtime it started is stopped at the end."""
     started: list[Runtime] = []
 
     async def start(
@@ -195,6 +195,7 @@ async def start_runtime(
         store: Any = None,
         shipper_: Any = None,
         clock_: Any = None,
+        webhook_resolver: Any = None,
         **fields: Any,
     ) -> Runtime:
         fields.setdefault("shutdown_grace", 0.0)
@@ -203,6 +204,7 @@ async def start_runtime(
             store=memory_store if store is None else store,
             shipper=shipper if shipper_ is None else shipper_,
             clock=clock if clock_ is None else clock_,
+            webhook_resolver=webhook_resolver,
         )
         await runtime.start()
         started.append(runtime)

@@ -140,6 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     "Seconds to wait before each retry of a failed webhook delivery, comma-separated.",
 )
 @_option("--webhook-timeout", "Seconds before a webhook delivery attempt fails.", type=float)
+@_option(
+    "--webhook-allow-private",
+    "Let webhooks go to loopback, private, link-local and other internal addresses (refused by"
+    " default: a subscription must not reach this machine or its networks).",
+    is_flag=True,
+    default=None,
+)
 @_option("--http-idle-timeout", "Seconds a client may take to send a request.", type=float)
 @_option("--max-connections", "Most connections served at once.", type=int)
 @_option(

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
+from aiohttp.abc import AbstractResolver
+
 from orderflow.clock import Clock, SystemClock
 from orderflow.domain import Event, Order, OrderStatus, advance, id_matches_timestamp, is_order_id
 from orderflow.errors import StoreUnavailable
@@ -40,6 +42,7 @@ class StartupError(Exception):
 class Runtime:
     """Args:
     store, shipper, clock: given instead of built from `settings` (tests).
+    webhook_resolver: resolves the names of webhook receivers (tests; default: the system's).
     """
 
     def __init__(
@@ -49,8 +52,10 @@ class Runtime:
         store: OrderStore | None = None,
         shipper: Shipper | None = None,
         clock: Clock | None = None,
+        webhook_resolver: AbstractResolver | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        self._webhook_resolver = webhook_resolver
         self.clock = clock or SystemClock()
         self._given_store = store
         self._given_shipper = shipper
@@ -93,13 +98,15 @@ class Runtime:
                 keep_alive_s=settings.sse_keep_alive,
                 stream_bytes=settings.sse_stream_bytes,
             )
-            self.webhooks = _deliverer(settings, self.store)
+            self.webhooks = _deliverer(settings, self.store, self._webhook_resolver)
             self.store.watch_events(self._events_arrived)
             await self.events.start()
             try:
                 await self.webhooks.start()
             except StoreUnavailable as exc:
                 raise StartupError(f"--webhook: {exc}") from None
+            except ValueError as exc:  # a URL that leads where webhooks may not go
+                raise StartupError(str(exc)) from None
         except BaseException:
             if self._snapshot is not None:
                 self._snapshot.unmark()
@@ -198,9 +205,11 @@ async def _open_store(settings: Settings) -> OrderStore:
         raise StartupError(f"--database-url: {exc}") from None
 
 
-def _deliverer(settings: Settings, store: OrderStore) -> Deliverer:
+def _deliverer(
+    settings: Settings, store: OrderStore, resolver: AbstractResolver | None = None
+) -> Deliverer:
     try:
-        return Deliverer.from_settings(settings, store, open_webhook_store(store))
+        return Deliverer.from_settings(settings, store, open_webhook_store(store), resolver)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
 

@@ -47,6 +47,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_secret: str | None = None
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
     webhook_timeout: _Seconds = 10.0
+    webhook_allow_private: bool = False  # webhooks may go to private and loopback addresses
     http_idle_timeout: Annotated[float, msgspec.Meta(ge=1)] = 30.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     allowed_hosts: str | None = None

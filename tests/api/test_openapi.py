@@ -30,8 +30,10 @@ from orderflow.api.routing import Route
 from orderflow.domain import MAX_NAME_LENGTH, MAX_QUANTITY, NAME_PATTERN, new_order_id
 from orderflow.runtime import Runtime
 from orderflow.settings import Settings
+from orderflow.webhooks.model import URL_PATTERN, url_host
 from tests.api.conftest import ADAPTERS, ServeFactory, serve_over_rsgi
 from tests.conftest import BASE_TIME
+from tests.webhooks.receiver import Names
 
 
 @pytest.fixture
@@ -338,14 +340,32 @@ def fresh_idempotency_key(context: Any, case: Any, kwargs: dict[str, Any]) -> No
             headers[name] = f"{headers[name][:240]}-{next(_fresh)}"
 
 
+def no_webhook_address(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    """Only loopback is ever dialled from a test: a generated webhook URL whose host is an IP
+    address gets a made-up name instead, which the runtime's `Names` never resolves. A public
+    address would be accepted and sent events; an internal one is refused (422) though it
+    matches the document's pattern, as no pattern lists the internal ranges."""
+    body = case.body
+    if case.path != "/webhooks" or not isinstance(body, dict):
+        return
+    url = body.get("url")
+    if isinstance(url, str) and re.fullmatch(URL_PATTERN, url):
+        host = url_host(url)
+        if re.fullmatch(r"[0-9.]+", host):
+            body["url"] = url.replace(host, "address.test", 1)
+
+
 @pytest.mark.parametrize("adapter", ADAPTERS)
 async def test_schemathesis_finds_no_disagreement_between_document_and_service(
     adapter: str,
 ) -> None:
     """Every phase (examples, coverage, fuzzing, stateful), every check, against the served
     app on the in-memory store with the simulated shipper (no delay)."""
-    runtime = Runtime(Settings(ship_delay=0, shutdown_grace=0, process_timeout=5))
+    runtime = Runtime(
+        Settings(ship_delay=0, shutdown_grace=0, process_timeout=5), webhook_resolver=Names()
+    )
     schemathesis.hook("before_call")(fresh_idempotency_key)
+    schemathesis.hook("before_call")(no_webhook_address)
     try:
         if adapter == "rsgi":
             app = OrderflowApp(runtime)
@@ -369,6 +389,7 @@ async def test_schemathesis_finds_no_disagreement_between_document_and_service(
             assert not runtime.started
     finally:
         schemathesis.hooks.GLOBAL_HOOK_DISPATCHER.unregister(fresh_idempotency_key)
+        schemathesis.hooks.GLOBAL_HOOK_DISPATCHER.unregister(no_webhook_address)
     assert {"examples", "coverage", "fuzzing", "stateful"} <= phases.keys(), phases
     assert transitions > 0  # the stateful phase ran sequences (inferred links)
     report = "\n".join(str(finding) for finding in findings)

@@ -140,7 +140,7 @@ def test_json_logs_are_one_object_a_line_granians_included_with_an_access_log(
 def test_the_event_log_and_webhook_lag_gauges_follow_the_store(serve: type[Server]) -> None:
     """A webhook whose receiver is down (nothing listens on port 9) falls behind by every event
     since it subscribed; the newest seq is the store's, read while nobody streams events."""
-    server = serve("--webhook-retry-schedule", "3600")
+    server = serve("--webhook-retry-schedule", "3600", "--webhook-allow-private")
     with server.client() as client:
         created = client.post("/webhooks", json={"url": "http://127.0.0.1:9/hook"})
         assert created.status_code == 201, created.text

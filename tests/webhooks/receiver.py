@@ -7,21 +7,24 @@ the 2xx answers that reached a sender still there (`acked`): a sender that went 
 its request was being answered (killed mid-delivery) is not counted as acknowledged.
 
 `ThreadedReceiver` runs one in a thread of its own, for tests that block (real processes).
+`Names` resolves made-up names for the deliverer, so that no test asks a real DNS server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks import Webhook
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes, as the spec's own example
@@ -143,3 +146,36 @@ class ThreadedReceiver:
 def order_json(order: Any) -> Any:
     """An order as the API shows it, as the body's `data` should hold it."""
     return json.loads(msgspec.json.encode(order))
+
+
+class Names(AbstractResolver):
+    """Resolves made-up names: `names[host]` is its addresses, or an exception to raise; any
+    other name does not resolve. `asked` lists the names asked, in order."""
+
+    def __init__(self, names: dict[str, Sequence[str] | Exception] | None = None) -> None:
+        self.names = dict(names or {})
+        self.asked: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.asked.append(host)
+        found = self.names.get(host)
+        if found is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if isinstance(found, Exception):
+            raise found
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for address in found
+        ]
+
+    async def close(self) -> None:
+        pass

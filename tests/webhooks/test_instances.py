@@ -73,6 +73,7 @@ def test_a_killed_instance_loses_no_event_and_none_is_acknowledged_twice(
     options = (
         "--database-url", database_url, "--ship-delay", "0.01", "--concurrency", "4",
         "--webhook", receiver.url, "--webhook-secret", SECRET, "--webhook-timeout", "2",
+        "--webhook-allow-private",  # the receiver is on loopback
         "--webhook-retry-schedule", "0.2,0.5,1,2,4", "--lease-timeout", "1",
         "--heartbeat-interval", "0.3", "--poll-interval", "0.2",
     )  # fmt: skip

@@ -7,6 +7,7 @@ import base64
 import random
 import re
 
+import jsonschema_rs
 import pytest
 
 from orderflow.runtime import StartupError, _deliverer
@@ -16,6 +17,7 @@ from orderflow.store.memory import InMemoryOrderStore
 from orderflow.webhooks.delivery import DEFAULT_SCHEDULE_S
 from orderflow.webhooks.model import (
     MAX_RETRY_AFTER_S,
+    URL_PATTERN,
     check_url,
     is_webhook_id,
     message_id,
@@ -68,11 +70,39 @@ def test_http_urls_are_accepted(url: str) -> None:
 @pytest.mark.parametrize(
     "url",
     ["ftp://a/", "http://", "http:/a", "http://a b/", "http://u@a/", "http://a/#x",
-     "http://a:65536/", "http://[::1]/", "http://a/\n", "http://a./", " http://a/"],
+     "http://a:65536/", "http://[::1]/", "http://a/\n", "http://a./", " http://a/",
+     "http://" + "a" * 64 + "/", "http://b." + "a" * 64 + ".c/", "http://" + "a." * 127 + "a/",
+     "http://0/", "http://0x7f000001/", "http://2130706433/", "http://0177.0.0.1/",
+     "http://127.1/", "http://10.1/"],
 )  # fmt: skip
 def test_other_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match=r"^url: "):
         check_url(url)
+
+
+URLS = [
+    "http://a", "https://a.b.c:443/x?y=z", "http://127.0.0.1:1/", "http://255.255.255.255/",
+    "http://1.2.3.4.example/", "http://0xdead.example/", "http://1e5/", "http://0x/",
+    "http://" + "a" * 63 + "/", "http://" + "a" * 64 + "/", "http://0/", "http://0?0",
+    "http://0x7f000001/", "http://0X7F.1/", "http://2130706433/", "http://0177.0.0.1/",
+    "http://127.1/", "http://1.2.3.4.5/", "http://256.1.1.1/", "http://10.0.0.01/",
+    "http://99999999999/", "http://a..b/", "ftp://a/", "http://[::1]/",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_the_documents_pattern_read_as_json_schema_is_the_rule(url: str) -> None:
+    """What the OpenAPI document says is accepted is what is (the host's 253 characters
+    aside, which its description says)."""
+    document = jsonschema_rs.validator_for({"type": "string", "pattern": URL_PATTERN})
+    try:
+        check_url(url)
+    except ValueError:
+        accepted = False
+    else:
+        accepted = True
+        url.partition("://")[2].split("/")[0].encode("idna")  # as the resolver will encode it
+    assert document.is_valid(url) == accepted
 
 
 def test_the_schedule_is_seconds_and_the_default_is_the_specs() -> None:
@@ -108,6 +138,15 @@ def test_retry_after_lengthens_a_wait_up_to_an_hour() -> None:
         ({"webhook": "ftp://x/", "webhook_secret": SECRET}, "--webhook: expected http://"),
         ({"webhook": "http://x/"}, "--webhook-secret (a whsec_ key) is needed"),
         ({"webhook": "http://x/", "webhook_secret": "whsec_x"}, "--webhook-secret: expected"),
+        (
+            {"webhook": "http://x/,http://127.0.0.1:9/", "webhook_secret": SECRET},
+            "--webhook: 127.0.0.1 is a loopback address; webhooks may not go to loopback,",
+        ),
+        (
+            {"webhook": "http://169.254.169.254/", "webhook_secret": SECRET},
+            "--webhook: 169.254.169.254 is a link-local address",
+        ),
+        ({"webhook": "http://0x7f000001/", "webhook_secret": SECRET}, "--webhook: the host"),
     ],
 )
 def test_bad_webhook_flags_stop_the_start_naming_the_flag(
@@ -117,6 +156,13 @@ def test_bad_webhook_flags_stop_the_start_naming_the_flag(
         _deliverer(Settings(**fields), InMemoryOrderStore())  # type: ignore[arg-type]
     assert str(refused.value).startswith(message)
     assert "whsec_x" not in str(refused.value)
+
+
+def test_allow_private_lets_the_webhook_flag_name_an_internal_address() -> None:
+    settings = Settings(
+        webhook="http://127.0.0.1:9/", webhook_secret=SECRET, webhook_allow_private=True
+    )
+    assert _deliverer(settings, InMemoryOrderStore()).destinations.allow_private
 
 
 def test_the_flags_configure_the_deliverer() -> None:

@@ -24,7 +24,7 @@ from orderflow.store.memory import InMemoryOrderStore
 from orderflow.webhooks.model import URL_PATTERN, WEBHOOK_ID_PATTERN
 from tests.conftest import FakeShipper, ManualClock, eventually
 from tests.webhooks.conftest import FAST
-from tests.webhooks.receiver import SECRET, Receiver
+from tests.webhooks.receiver import SECRET, Names, Receiver
 
 OPERATE, READ = "o" * 16, "r" * 16
 Api = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -32,17 +32,26 @@ Api = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 @pytest.fixture
 def api() -> Api:
-    """`async with api(**settings) as client`: the app over a new in-memory runtime."""
+    """`async with api(**settings) as client`: the app over a new in-memory runtime (FAST:
+    webhooks may go to loopback), whose webhook names resolve through `resolver` (`Names`:
+    none by default)."""
 
     @asynccontextmanager
     async def serve(
         http: HttpSettings | None = None,
         store: InMemoryOrderStore | None = None,
+        resolver: Names | None = None,
         **fields: Any,
     ) -> AsyncIterator[httpx.AsyncClient]:
         settings = Settings(**{"shutdown_grace": 0.0, **FAST, **fields})
         store = InMemoryOrderStore() if store is None else store  # an empty store is falsy
-        runtime = Runtime(settings, store=store, shipper=FakeShipper(), clock=ManualClock())
+        runtime = Runtime(
+            settings,
+            store=store,
+            shipper=FakeShipper(),
+            clock=ManualClock(),
+            webhook_resolver=Names() if resolver is None else resolver,
+        )
         app = OrderflowApp(runtime, http, manage_runtime=True)
         async with (
             LifespanManager(app) as manager,
@@ -162,6 +171,104 @@ async def test_http_and_https_urls_are_accepted(api: Api, url: str) -> None:
         assert (await client.post("/webhooks", json={"url": url})).status_code == 201
 
 
+LONG_LABEL = "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        (f"http://{LONG_LABEL}/hook", "each label of the host (between dots) must be at most 63"),
+        (f"http://{LONG_LABEL}.example/hook", "each label of the host"),
+        ("http://" + ".".join(["a" * 63] * 4) + "/", "the host must be at most 253 characters"),
+        ("http://0/", "the host 0 is an IPv4 address in a short form: write it as 0.0.0.0"),
+        ("http://0x7f000001/", "short form: write it as 127.0.0.1"),
+        ("http://2130706433:8080/", "short form: write it as 127.0.0.1"),
+        ("http://0177.0.0.1/", "short form: write it as 127.0.0.1"),
+        ("http://127.1/", "short form: write it as 127.0.0.1"),
+    ],
+)
+async def test_a_url_that_cannot_be_sent_is_422_naming_the_url(
+    api: Api, url: str, why: str
+) -> None:
+    """A 64-character label was accepted (201), then jammed its subscription; the numeric
+    shorthands of an address were accepted as if they were names."""
+    async with api() as client:
+        answer = await client.post("/webhooks", json={"url": url})
+        assert answer.status_code == 422, answer.text
+        [error] = answer.json()["errors"]
+        assert error["field"] == "url"
+        assert why in error["message"]
+        assert (await client.get("/webhooks")).json()["count"] == 0
+
+
+FORBIDDEN = [
+    ("http://169.254.169.254/latest/meta-data", "169.254.169.254 is a link-local address"),
+    ("http://10.0.0.1/", "10.0.0.1 is a private address"),
+    ("http://172.16.5.4/", "172.16.5.4 is a private address"),
+    ("http://192.168.1.1/", "192.168.1.1 is a private address"),
+    ("http://100.64.0.1/", "100.64.0.1 is a shared address"),
+    ("http://127.0.0.1:5432/", "127.0.0.1 is a loopback address"),
+    ("http://0.0.0.0:8000/", "0.0.0.0 is an unspecified address"),
+    ("http://224.0.0.1/", "224.0.0.1 is a multicast address"),
+    ("http://240.0.0.1/", "240.0.0.1 is a reserved address"),
+    ("http://localhost:8000/metrics", "localhost resolves to 127.0.0.1, a loopback address"),
+    ("http://internal.test/", "internal.test resolves to 10.0.0.7, a private address"),
+    ("http://v6.test/", "v6.test resolves to ::1, a loopback address"),
+    ("http://ula.test/", "ula.test resolves to fd00::7, a private address"),
+    ("http://linklocal6.test/", "linklocal6.test resolves to fe80::1, a link-local address"),
+    ("http://mapped.test/", "mapped.test resolves to ::ffff:10.0.0.7, a private address"),
+    ("http://mixed.test/", "mixed.test resolves to 192.168.0.9, a private address"),
+]
+NAMES = Names(
+    {
+        "localhost": ["127.0.0.1"],
+        "internal.test": ["10.0.0.7"],
+        "v6.test": ["::1"],
+        "ula.test": ["fd00::7"],
+        "linklocal6.test": ["fe80::1"],
+        "mapped.test": ["::ffff:10.0.0.7"],
+        "mixed.test": ["93.184.216.34", "192.168.0.9"],
+        "public.test": ["93.184.216.34", "2606:2800:220:1::"],
+    }
+)
+
+
+@pytest.mark.parametrize(("url", "why"), FORBIDDEN)
+async def test_a_url_to_an_internal_address_is_422_naming_why(api: Api, url: str, why: str) -> None:
+    """SSRF: such subscriptions were accepted, and the service then called its own database,
+    metrics and API, or a cloud's metadata service, on every event."""
+    async with api(resolver=NAMES, webhook_allow_private=False) as client:
+        answer = await client.post("/webhooks", json={"url": url})
+        assert answer.status_code == 422, answer.text
+        body = answer.json()
+        assert body["type"] == "/problems/invalid-request"
+        [error] = body["errors"]
+        assert error["field"] == "url"
+        assert error["message"].startswith(why + "; webhooks may not go to loopback, private")
+        assert "--webhook-allow-private" in error["message"]
+        assert (await client.get("/webhooks")).json()["count"] == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://public.test/hooks",  # resolves to public addresses only
+        "https://not-yet.test/hooks",  # does not resolve (yet): checked at every connection
+        "http://93.184.216.34/hook",
+    ],
+)
+async def test_a_url_to_a_public_or_unresolved_destination_is_accepted(api: Api, url: str) -> None:
+    async with api(resolver=NAMES, webhook_allow_private=False) as client:
+        answer = await client.post("/webhooks", json={"url": url})
+        assert answer.status_code == 201, answer.text  # and nothing is sent: no event comes
+
+
+@pytest.mark.parametrize(("url", "_why"), FORBIDDEN)
+async def test_allow_private_accepts_internal_addresses(api: Api, url: str, _why: str) -> None:
+    async with api(resolver=NAMES, webhook_allow_private=True) as client:
+        assert (await client.post("/webhooks", json={"url": url})).status_code == 201
+
+
 async def test_replay_moves_the_cursor_and_410s_past_the_kept_log(
     api: Api, receiver: Receiver
 ) -> None:
@@ -215,6 +322,10 @@ async def test_the_openapi_document_shows_the_webhook_routes_and_rules(api: Api)
     schemas = document["components"]["schemas"]
     create = schemas["WebhookCreate"]["properties"]
     assert create["url"]["pattern"] == URL_PATTERN
+    assert re.fullmatch(create["url"]["pattern"], f"http://{'a' * 63}/hook")
+    assert not re.fullmatch(create["url"]["pattern"], f"http://{LONG_LABEL}/hook")
+    assert "253" in create["url"]["description"]
+    assert "private" in create["url"]["description"]
     assert create["secret"]["anyOf"][0]["pattern"] == SECRET_PATTERN
     assert "secret" not in schemas["WebhookPublic"]["properties"]
     assert "secret" in schemas["WebhookCreated"]["properties"]

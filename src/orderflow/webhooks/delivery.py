@@ -8,9 +8,9 @@ POST the next wanted one, settle what became of it, go on:
     2xx                           delivered: the cursor moves past it
     410                           the subscription is disabled (the cursor stays before it)
     anything else, a timeout,     tried again after the schedule's next wait (give or take
-    no answer, a redirect         10%, at least the receiver's Retry-After up to 1 h); an
-                                  ordered subscription waits for it, an unordered one goes on
-                                  past it. Once the schedule is spent the event is given up.
+    no answer, a redirect, a      10%, at least the receiver's Retry-After up to 1 h); an
+    refused destination, any      ordered subscription waits for it, an unordered one goes on
+    error in sending              past it. Once the schedule is spent the event is given up.
 
 until it is caught up, a failure holds it back, or the round's time is up; then it releases
 the claim. Each settlement is checked against the claim and extends its lease, and an attempt
@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from orderflow.clock import Clock, SystemClock
 from orderflow.domain import EventType
@@ -38,6 +38,7 @@ from orderflow.settings import DEFAULTS, Settings, listed
 from orderflow.signing import check_secret, new_secret
 from orderflow.store.base import OrderStore
 from orderflow.supervise import OutageLog, Wakeup, supervised
+from orderflow.webhooks.destinations import Destinations
 from orderflow.webhooks.model import (
     Claim,
     Subscription,
@@ -69,8 +70,9 @@ class Deliverer:
             instance takes over a dead one's subscriptions after it.
         subscribe: URLs to subscribe (to every event, ordered) at start, unless a subscription
             to that URL exists; signed with `secret`.
-        client: an aiohttp session to send through (stays the caller's); by default one of its
-            own, opened on the first delivery and closed by `stop`.
+        allow_private: let webhooks go to private, loopback and other internal addresses
+            (see `destinations`); off, such a subscription is refused, and so is a connection.
+        resolver: resolves the receivers' names (default: the system's); tests give their own.
 
     Raises:
         ValueError: a message naming what is wrong (a URL, the secret, a number).
@@ -91,18 +93,23 @@ class Deliverer:
         owner: str | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        client: aiohttp.ClientSession | None = None,
+        allow_private: bool = False,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("the webhook concurrency must be at least 1")
+        self.destinations = Destinations(
+            allow_private=allow_private, resolver=resolver, timeout_s=timeout_s
+        )
         for url in subscribe:
             check_url(url)
+            self.destinations.check_literal(url)
         if subscribe and secret is None:
             raise ValueError("a secret is needed to sign the calls of subscriptions made at start")
         self.store = store
         self.orders = orders
         self.schedule_s = tuple(schedule_s)
-        self.sender = Sender(timeout_s=timeout_s, client=client)
+        self.sender = Sender(timeout_s=timeout_s, destinations=self.destinations)
         self.timeout_s = timeout_s
         self.lease_s = lease_s if lease_s is not None else timeout_s + 15.0
         self._concurrency = concurrency
@@ -125,10 +132,15 @@ class Deliverer:
         # first look, assume so); while there is none, new events wake nothing
         self._made = 0  # subscriptions made or replayed here
         self._round_log = OutageLog(log, "delivering webhooks")
+        self._unforeseen: set[type[BaseException]] = set()  # kinds of error logged once
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, orders: OrderStore, store: WebhookStore
+        cls,
+        settings: Settings,
+        orders: OrderStore,
+        store: WebhookStore,
+        resolver: AbstractResolver | None = None,
     ) -> Deliverer:
         """A deliverer configured by the --webhook* flags. Raises ValueError naming the flag."""
         try:
@@ -136,9 +148,11 @@ class Deliverer:
         except ValueError as exc:
             raise ValueError(f"--webhook-retry-schedule: {exc}") from None
         urls = listed(settings.webhook)
+        policy = Destinations(allow_private=settings.webhook_allow_private)
         try:
             for url in urls:
                 check_url(url)
+                policy.check_literal(url)
         except ValueError as exc:
             raise ValueError(f"--webhook: {str(exc).removeprefix('url: ')}") from None
         if urls and not settings.webhook_secret:
@@ -157,6 +171,8 @@ class Deliverer:
             lease_s=settings.webhook_timeout + settings.lease_timeout,
             subscribe=urls,
             secret=settings.webhook_secret,
+            allow_private=settings.webhook_allow_private,
+            resolver=resolver,
         )
 
     # -- what the API asks -------------------------------------------------------------------
@@ -169,8 +185,10 @@ class Deliverer:
         ordered: bool = True,
     ) -> Subscription:
         """A new subscription to the events from now on; `secret` generated when None.
-        Raises ValueError "url: …" or "secret: …"."""
+        Raises ValueError "url: …" (a malformed URL, or one that is or resolves to a forbidden
+        address) or "secret: …"."""
         check_url(url)
+        await self.destinations.check(url)
         head = await self.orders.last_event_seq()
         subscription = Subscription(
             new_webhook_id(),
@@ -205,7 +223,8 @@ class Deliverer:
     # -- start and stop ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Make the subscriptions asked for at start (if missing), then deliver until `stop`."""
+        """Make the subscriptions asked for at start (if missing), then deliver until `stop`.
+        Raises ValueError "--webhook: …" when such a URL resolves to a forbidden address."""
         self._loop = asyncio.get_running_loop()
         self._wake.bind()
         for url in self._subscribe:
@@ -222,6 +241,10 @@ class Deliverer:
 
     async def _subscribe_at_start(self, url: str) -> None:
         assert self._secret is not None
+        try:
+            await self.destinations.check(url)
+        except ValueError as exc:
+            raise ValueError(f"--webhook: {str(exc).removeprefix('url: ')}") from None
         head = await self.orders.last_event_seq()
         wanted = Subscription(new_webhook_id(), url, (), self._secret, True, self.clock.now(), head)
         subscription, added = await self.store.ensure(wanted)
@@ -290,6 +313,22 @@ class Deliverer:
         self._rounds.discard(task)
         if not task.cancelled() and task.exception() is None and task.result():
             self.wake()  # room for another, and maybe more to do
+
+    def unforeseen(self, webhook_id: str, exc: Exception) -> None:
+        """Log an error in sending that no rule foresaw (the attempt failed with it): the first
+        of each kind with its traceback, as a bug; the rest as DEBUG lines, since the deliveries
+        log records each."""
+        if type(exc) in self._unforeseen:
+            log.debug("webhook %s: sending failed: %r", webhook_id, exc)
+            return
+        self._unforeseen.add(type(exc))
+        log.error(
+            "webhook %s: sending failed with an unforeseen %s (each such failure is a failed"
+            " attempt; this kind is logged once)",
+            webhook_id,
+            type(exc).__name__,
+            exc_info=exc,
+        )
 
     def wake_in(self, delay_s: float) -> None:
         """Look again once a retry set here comes due (others' come with the polls)."""

@@ -14,6 +14,7 @@ import enum
 import random
 import re
 import secrets
+import socket
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -29,14 +30,26 @@ KEEP_DELIVERIES = 100  # attempts kept per subscription, the newest
 MAX_RETRY_AFTER_S = 3600.0  # a receiver's Retry-After is honoured up to this
 JITTER = 0.1  # each wait of the schedule is stretched or shrunk by up to this fraction
 
-# http(s), a host name or IPv4 address (no user info, no IPv6 literal), an optional port from
-# 1 to 65535, then an optional path and query of printable ASCII (no fragment). The pattern is
-# the whole rule: what it matches is accepted, so the OpenAPI document says exactly that.
+MAX_HOST_LENGTH = 253  # DNS: at most 253 characters, each label at most 63
+
+# http(s); a host: an IPv4 address as four decimal numbers, or a name of labels of 1 to 63
+# characters that is not a number in disguise (resolvers read ``0``, ``2130706433``,
+# ``0x7f000001``, ``0177.0.0.1`` and ``127.1`` as addresses; the HTTP client refuses any other
+# host of digits and dots); no user info, no IPv6 literal; an optional port from 1 to 65535;
+# then an optional path and query of printable ASCII (no fragment). What the pattern cannot say,
+# `check_url` adds: the host is at most 253 characters. Where the URL may lead (no internal
+# address) is `destinations.py`'s.
 _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-URL_PATTERN = (
-    r"^https?://[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*(?::" + _PORT + r")?(?:[/?][!\x22$-~]*)?$"
-)
+_END = r"(?=[:/?]|$)"  # of the host
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = r"(?:" + _OCTET + r"\.){3}" + _OCTET + _END
+_NUMBER = r"(?:0[xX][0-9A-Fa-f]+|[0-9]+)"
+_NUMERIC = r"(?:[0-9.]+|(?:" + _NUMBER + r"\.){0,3}" + _NUMBER + r")" + _END
+_LABEL = r"[A-Za-z0-9_-]{1,63}"
+_NAME = r"(?!" + _NUMERIC + r")" + _LABEL + r"(?:\." + _LABEL + r")*"
+URL_PATTERN = r"^https?://(?:" + _IPV4 + "|" + _NAME + r")(?::" + _PORT + r")?(?:[/?][!\x22$-~]*)?$"
 _URL = re.compile(URL_PATTERN)
+_ANY_HOST = re.compile(r"^https?://([A-Za-z0-9_.-]+)(?::" + _PORT + r")?(?:[/?][!\x22$-~]*)?$")
 _WEBHOOK_ID = re.compile(WEBHOOK_ID_PATTERN)
 
 
@@ -158,14 +171,39 @@ def is_webhook_id(value: str) -> bool:
 
 
 def check_url(url: str) -> str:
-    """`url`; ValueError "url: …" unless it is an http(s) URL the rule above accepts."""
+    """`url`; ValueError "url: …" unless it is an http(s) URL the rules above accept, the
+    message saying what is wrong. The host's limits are what IDNA encoding asks (as the
+    resolver does it): labels of 1 to 63 characters, at most 253 in all."""
     if len(url) > MAX_URL_LENGTH:
         raise ValueError(f"url: must be at most {MAX_URL_LENGTH} characters")
     if _URL.fullmatch(url) is None:
-        raise ValueError(
-            "url: expected http://host[:port][/path] or https://… (no user info, no fragment)"
-        )
+        raise ValueError(f"url: {_why_not(url)}")
+    if len(url_host(url)) > MAX_HOST_LENGTH:
+        raise ValueError(f"url: the host must be at most {MAX_HOST_LENGTH} characters")
     return url
+
+
+def _why_not(url: str) -> str:
+    """What is wrong with `url`, which URL_PATTERN refuses."""
+    shaped = _ANY_HOST.fullmatch(url)
+    labels = [] if shaped is None else shaped.group(1).split(".")
+    if not labels or not all(labels):
+        return "expected http://host[:port][/path] or https://… (no user info, no fragment)"
+    if any(len(label) > 63 for label in labels):
+        return "each label of the host (between dots) must be at most 63 characters"
+    host = ".".join(labels)
+    try:
+        full = socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return f"the host {host} is not an IPv4 address: write one as four numbers from 0 to 255"
+    return f"the host {host} is an IPv4 address in a short form: write it as {full}"
+
+
+def url_host(url: str) -> str:
+    """The host of a URL that matches URL_PATTERN."""
+    rest = url.partition("://")[2]
+    end = min((at for at in (rest.find(c) for c in ":/?") if at >= 0), default=len(rest))
+    return rest[:end]
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:

@@ -36,6 +36,7 @@ _BATCH = 100  # events read at a time
 _LEASE_SLACK_S = 1.0  # an attempt starts only with its timeout plus this left on the lease
 _RELEASE_TIMEOUT_S = 5.0
 _DISABLED_REASON = "the receiver answered 410 Gone"
+_REASON_CHARS = 200  # of an unforeseen error's text, in the deliveries log
 _encode = msgspec.json.Encoder().encode
 
 
@@ -222,12 +223,23 @@ class Round:
         )
 
     async def post(self, event: OrderEvent, attempt: int, at: datetime) -> Answer:
-        """`event` sent, signed as of `at`, with the order as it is now; raises only the order
-        store's errors."""
+        """`event` sent, signed as of `at`, with the order as it is now. Raises only the order
+        store's errors (an outage of the store, not of the receiver): anything that goes wrong
+        in sending, foreseen or not, is a failed attempt like any other, so that one broken
+        subscription is retried on its schedule and never stalls the deliverer."""
         order = await self.orders.find_order(event.order_id)
-        data: Any = order if order is not None else {"id": event.order_id}
-        body = _encode(Delivery(event.type, event.at, data))
-        assert self.signer is not None
-        return await self.deliverer.sender.send(
-            self.subscription.url, self.signer, message_id(event.seq), body, at, attempt
-        )
+        began = time.perf_counter()
+        try:
+            data: Any = order if order is not None else {"id": event.order_id}
+            body = _encode(Delivery(event.type, event.at, data))
+            return await self.deliverer.sender.send(
+                self.subscription.url, self.signer, message_id(event.seq), body, at, attempt
+            )
+        except Exception as exc:
+            self.deliverer.unforeseen(self.subscription.id, exc)
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            return Answer(None, f"sending failed: {reason[:_REASON_CHARS]}", _ms(began))
+
+
+def _ms(began: float) -> float:
+    return (time.perf_counter() - began) * 1000

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from orderflow.api.errors import HTTPProblem
 from orderflow.api.http import JSON, Request, Response, json_response
 from orderflow.api.routing import Param, Route
-from orderflow.api.schemas import Message
+from orderflow.api.schemas import FieldError, Message
 from orderflow.webhooks.model import WEBHOOK_ID_PATTERN, WebhookNotFound, is_webhook_id
 from orderflow.webhooks.schemas import (
     DeliveryList,
@@ -49,9 +50,13 @@ def _id(request: Request) -> str:
 
 async def create_webhook(app: OrderflowApp, request: Request) -> Response:
     create: WebhookCreate = await request.json(_decode_create)
-    subscription = await _webhooks(app).subscribe(
-        create.url, create.types, create.secret, create.ordered
-    )
+    try:
+        subscription = await _webhooks(app).subscribe(
+            create.url, create.types, create.secret, create.ordered
+        )
+    except ValueError as exc:  # where the URL leads: known only once its host is looked up
+        field, _, message = str(exc).partition(": ")
+        raise HTTPProblem("invalid-request", str(exc), [FieldError(field, message)]) from None
     headers = [JSON, ("location", f"/webhooks/{subscription.id}")]
     return Response(201, _encode(created(subscription)), headers)
 
@@ -97,8 +102,10 @@ _DELIVERY = (
     " shows it when sent, `{id}` once deleted), signed per the Standard Webhooks specification"
     " (`webhook-id` = `evt_` + the event's seq, the same on every attempt; `webhook-timestamp`;"
     " `webhook-signature`). 2xx is delivered; 410 disables the subscription; anything else, a"
-    " timeout or no answer is tried again per --webhook-retry-schedule (honouring Retry-After),"
-    " then given up. Redirects are not followed. `ordered` (the default) delivers strictly in"
+    " timeout, no answer, or a destination refused when connecting (a name that now resolves"
+    " to an internal address) is tried again per --webhook-retry-schedule (honouring"
+    " Retry-After), then given up. Redirects are not followed; a non-2xx answer is recorded"
+    " with the first 200 characters of its body. `ordered` (the default) delivers strictly in"
     " seq order, one at a time; `ordered: false` lets later events go past a failing one."
 )
 

@@ -1,5 +1,6 @@
 """Wire formats of the webhook routes, and the body every delivery carries. The URL and secret
-rules are the model's patterns, so the OpenAPI document shows what the service accepts."""
+rules are the model's patterns, so the OpenAPI document shows what the service accepts; what
+a pattern cannot say (the host's length, where it leads) the URL's description does."""
 
 from __future__ import annotations
 
@@ -22,9 +23,14 @@ _Url = Annotated[
     str,
     msgspec.Meta(
         max_length=MAX_URL_LENGTH,
-        pattern=URL_PATTERN,
+        # Checked by `check_url` (in __post_init__), whose messages say what is wrong.
+        extra_json_schema={"pattern": URL_PATTERN},
         description="where to POST: http(s)://host[:port][/path][?query] (no user info, no"
-        " fragment, no IPv6 literal); redirects are not followed",
+        " fragment, no IPv6 literal; host labels of at most 63 characters, the host at most 253;"
+        " an IPv4 address as four decimal numbers). A host that is, or resolves to, a loopback,"
+        " private, link-local, shared, multicast, reserved or unspecified address is refused"
+        " (unless the service runs with --webhook-allow-private); a name that does not resolve"
+        " yet is accepted, and every connection is checked again. Redirects are not followed",
         examples=["https://example.com/hooks/orderflow"],
     ),
 ]
@@ -51,8 +57,8 @@ class WebhookCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ordered: bool = True
 
     def __post_init__(self) -> None:
-        # The patterns again, whole: a JSON Schema `$` never matches before a final line
-        # break, Python's does.
+        # The URL's rules, with their own messages; the secret's pattern again, whole: a JSON
+        # Schema `$` never matches before a final line break, Python's does.
         check_url(self.url)
         if self.secret is not None:
             check_secret(self.secret)

@@ -1,11 +1,19 @@
 """Sender: one signed POST of one webhook message, and what the receiver answered. One aiohttp
-client per process (pooled connections, no cookies), redirects never followed, every attempt
-bounded by a timeout; it never raises for what the network or the receiver did.
+client per process (pooled connections, no cookies), redirects never followed, connecting only
+where `Destinations` allows; it never raises for what the network or the receiver did.
 
     2xx                        delivered (the body is read, but changes nothing)
     3xx                        not followed: a failure saying so
-    other statuses             a failure "HTTP <status>: <start of the body>", with Retry-After
-    timeout, connection error  a failure without a status
+    other statuses             a failure "HTTP <status>: <the body's first 200 characters>",
+                               with Retry-After
+    timeout, connection error, a failure without a status
+    refused destination,
+    an answer past the bounds
+
+What a receiver may send is bounded: the whole attempt by the timeout; the status line and
+each header by MAX_LINE_BYTES, their number by MAX_HEADERS (so the header block by about
+1 MiB); the body read by 4 KiB. Past a bound the attempt fails saying which, and the
+connection is closed.
 """
 
 from __future__ import annotations
@@ -16,11 +24,15 @@ from datetime import datetime
 
 import aiohttp
 import msgspec
+from aiohttp.http_exceptions import LineTooLong
 from standardwebhooks import Webhook
 
 from orderflow.signing import body_start, retry_after_s, signed_headers
+from orderflow.webhooks.destinations import Destinations, RefusedDestination
 
 _BODY_START_BYTES = 4096
+MAX_LINE_BYTES = 8190  # the status line, or one header (aiohttp's default, as most servers')
+MAX_HEADERS = 128  # headers in one answer (aiohttp's default)
 
 
 class Answer(msgspec.Struct, frozen=True, gc=False):
@@ -38,19 +50,21 @@ class Answer(msgspec.Struct, frozen=True, gc=False):
 
 
 class Sender:
-    """Args:
-    timeout_s: the most one attempt may take, connecting included.
-    client: an aiohttp session to send through (it stays the caller's); by default one of
-        its own, opened on the first call (a session needs a running loop), closed by `close`.
+    """Its aiohttp session is opened on the first call (a session needs a running loop) and
+    closed by `close`.
+
+    Args:
+        timeout_s: the most one attempt may take, connecting and reading included.
+        destinations: where it may connect (its resolver and socket factory).
     """
 
-    def __init__(self, *, timeout_s: float, client: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, *, timeout_s: float, destinations: Destinations) -> None:
         if not timeout_s > 0:
             raise ValueError(f"the webhook timeout must be more than 0 s, not {timeout_s}")
         self.timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session = client
-        self._owns_session = client is None
+        self._destinations = destinations
+        self._session: aiohttp.ClientSession | None = None
 
     async def send(
         self,
@@ -85,8 +99,11 @@ class Sender:
             return Answer(None, _connect_failure(exc), _ms(began))
         except aiohttp.ServerDisconnectedError:
             return Answer(None, "the receiver closed the connection without answering", _ms(began))
+        except aiohttp.ClientResponseError as exc:  # its answer could not be read
+            return Answer(None, _unreadable(exc), _ms(began))
         except aiohttp.ClientError as exc:
-            return Answer(None, f"HTTP request failed: {exc or type(exc).__name__}", _ms(began))
+            reason = body_start(str(exc).encode()) or f": {type(exc).__name__}"
+            return Answer(None, f"HTTP request failed{reason}", _ms(began))
         if 200 <= status < 300:
             return Answer(status, None, latency_ms)
         if 300 <= status < 400:
@@ -99,17 +116,24 @@ class Sender:
         )
 
     async def close(self) -> None:
-        """Close the connection pool, if this sender opened it."""
-        if self._owns_session and self._session is not None:
+        """Close the connection pool, and the resolver it used."""
+        if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+        await self._destinations.close()
 
     def _open_session(self) -> aiohttp.ClientSession:
+        destinations = self._destinations
         self._session = aiohttp.ClientSession(
             # No cap of its own: the deliverer's concurrency bounds the calls in flight.
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(
+                limit=0, resolver=destinations, socket_factory=destinations.open_socket
+            ),
             # Each delivery is its own message: no cookie rides along with the next.
             cookie_jar=aiohttp.DummyCookieJar(),
+            max_line_size=MAX_LINE_BYTES,
+            max_field_size=MAX_LINE_BYTES,
+            max_headers=MAX_HEADERS,
         )
         return self._session
 
@@ -130,8 +154,24 @@ async def _read_start(response: aiohttp.ClientResponse) -> bytes:
 
 
 def _connect_failure(exc: aiohttp.ClientConnectorError) -> str:
+    if isinstance(exc.os_error, RefusedDestination):
+        return str(exc.os_error)
     where = f"{exc.host}:{exc.port}"
     if exc.os_error.errno == errno.ECONNREFUSED:
         return f"connection refused by {where}"
     detail = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
     return f"cannot connect to {where}: {detail}"
+
+
+def _unreadable(exc: aiohttp.ClientResponseError) -> str:
+    """Why the receiver's answer could not be read, in a line that quotes none of it."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, LineTooLong):
+            return f"the receiver's status line or a header is over {MAX_LINE_BYTES} bytes"
+        cause = cause.__cause__
+    if "too many headers" in exc.message.lower():
+        return f"the receiver sent more than {MAX_HEADERS} headers"
+    # The parser's words, without the bytes of the answer it quotes after them.
+    words = exc.message.partition("\n")[0].removesuffix(":")
+    return "the receiver's answer is not valid HTTP" + body_start(words.encode())
