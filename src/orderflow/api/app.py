@@ -148,7 +148,10 @@ class OrderflowApp:
         except HTTPProblem as exc:
             response = problem_response(exc)
         except OrderflowError as exc:
-            response = problem_response(problem_from_error(exc))
+            problem = problem_from_error(exc)
+            if problem.problem.status == 500:  # a bug (a value the store refused, say)
+                log.error("error on %s %s", method, request.path, exc_info=exc)
+            response = problem_response(problem)
         except Exception:
             log.exception("unhandled error on %s %s", method, request.path)
             response = problem_response(problem_from_error(OrderflowError()))

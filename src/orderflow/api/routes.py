@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -37,6 +37,7 @@ from orderflow.domain import (
     OrderFilter,
     OrderQuery,
     OrderStatus,
+    utc_instant,
 )
 from orderflow.errors import ShuttingDown
 from orderflow.events import EventFilter, parse_types
@@ -103,23 +104,19 @@ _SPACE_BEFORE_OFFSET = re.compile(r" (\d\d:?\d\d)$")
 
 
 def _time(params: dict[str, str], name: str) -> datetime | None:
-    """An RFC 3339 time from the query, in UTC (no offset means UTC)."""
+    """An RFC 3339 time from the query, in UTC, by the rule of every client's time
+    (`domain.utc_instant`: no offset means UTC)."""
     value = params.get(name)
     if value is None:
         return None
     if " " in value:
         value = _SPACE_BEFORE_OFFSET.sub(r"+\1", value)
     try:
-        at = msgspec.convert(value, datetime)
-        return _utc(at)
+        return utc_instant(msgspec.convert(value, datetime), name)
     except msgspec.ValidationError:
         raise bad_query(name, "not an RFC 3339 time") from None
-    except OverflowError:  # in range with its offset, out of range in UTC
-        raise bad_query(name, "out of range") from None
-
-
-def _utc(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except ValueError as exc:  # in range with its offset, out of range in UTC
+        raise bad_query(name, str(exc).partition(": ")[2]) from None
 
 
 async def get_order(app: OrderflowApp, request: Request) -> Response:
@@ -172,10 +169,8 @@ async def bulk_cancel(app: OrderflowApp, request: Request) -> Response:
 
 
 async def _bulk(app: OrderflowApp, request: Request, event: Event, default: str) -> Response:
-    bulk: BulkRequest = await request.json(_decode_bulk)
-    start = None if bulk.start is None else _utc(bulk.start)
-    end = None if bulk.end is None else _utc(bulk.end)
-    where = OrderFilter(start=start, end=end, reason_contains=bulk.reason_contains)
+    bulk: BulkRequest = await request.json(_decode_bulk)  # its times in UTC
+    where = OrderFilter(start=bulk.start, end=bulk.end, reason_contains=bulk.reason_contains)
     count = await app.runtime.service.act_in_bulk(event, where, bulk.reason or default)
     return json_response(200, BulkResult(count))
 

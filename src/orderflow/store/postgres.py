@@ -11,11 +11,15 @@ one statement, so atomic on its own:
 - holders renew the lease on what they hold with every heartbeat; `rescue_expired` makes ready
   again what a silent holder's lease left behind, one instance at a time (an advisory lock).
 
-Errors leave as ours: a duplicate id as OrderConflict; anything from the driver or the network
-as StoreUnavailable when the statement cannot have run (no connection, or the server refused
-it), and as OutcomeUnknown when the connection broke while a change was in flight. A connection
-that breaks after its statement's answer arrived (while going back to the pool) changes
-nothing about that answer.
+Errors leave as ours: a duplicate id as OrderConflict; a value the server refused as
+StoreRefusedData; anything else from the driver or the network as StoreUnavailable when the
+statement cannot have run (no connection, or the server refused it), and as OutcomeUnknown when
+the connection broke while a change was in flight. A connection that breaks after its
+statement's answer arrived (while going back to the pool) changes nothing about that answer.
+
+An outage is said once, here, when it starts and when it ends (`StoreOutage`), whatever meets
+it; the pool keeps no floor of connections, so the driver has none to restore (and to log
+about) during an outage: the service's own loops keep a connection in use.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from orderflow.store.postgres_rows import (
     to_order,
     translated,
 )
+from orderflow.supervise import StoreOutage
 
 log = logging.getLogger("orderflow.store.postgres")
 
@@ -93,6 +98,7 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         self._on_events: Callable[[], None] | None = None
         self._written = asyncio.Event()  # a change left events to number
         self._closing = False
+        self.outage = StoreOutage(log, "the database")
 
     @classmethod
     async def connect(
@@ -122,7 +128,8 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         try:
             pool = await asyncpg.create_pool(
                 dsn,
-                min_size=1,
+                init_size=1,  # a database that cannot be reached fails the start
+                min_size=0,  # no floor: see the module docstring
                 max_size=max_size,
                 command_timeout=command_timeout_s,
                 timeout=10,
@@ -154,11 +161,22 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
         """A pooled connection. Errors while getting it mean nothing ran; errors while giving it
         back (the connection broke after the answer) are logged, never raised: the statement's
         answer stands."""
-        with translated():
-            connection = await self._pool.acquire(timeout=5)
+        outage = self.outage
+        try:
+            with translated():
+                connection = await self._pool.acquire(timeout=5)
+        except StoreUnavailable as exc:
+            outage.began(exc)
+            raise
         try:
             with translated(changing=changing):
                 yield connection
+        except StoreUnavailable as exc:
+            outage.began(exc)
+            raise
+        else:
+            if outage.since is not None:
+                outage.ended()
         finally:
             if changing:
                 self._written.set()
@@ -404,21 +422,27 @@ class PostgresOrderStore(PostgresEventLogMixin, OrderStore):
     async def _listen(self) -> None:
         assert self._callbacks is not None
         on_ready, on_cancel = self._callbacks
-        with translated():
-            listener = await asyncpg.connect(
-                self._dsn, timeout=10, server_settings=self.server_settings
-            )
-            await listener.add_listener(sql.READY_CHANNEL, lambda *_: on_ready())
-            await listener.add_listener(
-                sql.CANCEL_CHANNEL, lambda _conn, _pid, _channel, order_id: on_cancel(order_id)
-            )
-            await listener.add_listener(sql.EVENTS_CHANNEL, lambda *_: self._events_numbered())
+        try:
+            with translated():
+                listener = await asyncpg.connect(
+                    self._dsn, timeout=10, server_settings=self.server_settings
+                )
+                await listener.add_listener(sql.READY_CHANNEL, lambda *_: on_ready())
+                await listener.add_listener(
+                    sql.CANCEL_CHANNEL,
+                    lambda _conn, _pid, _channel, order_id: on_cancel(order_id),
+                )
+                await listener.add_listener(sql.EVENTS_CHANNEL, lambda *_: self._events_numbered())
+        except StoreUnavailable as exc:
+            self.outage.began(exc)
+            raise
         listener.add_termination_listener(self._on_listener_lost)
         self._listener = listener
 
     def _on_listener_lost(self, _connection: Any) -> None:
+        # Polling covers what notifications would have said until the heartbeat listens again.
         if not self._closing:
-            log.warning("lost the notification connection; polling until it is back")
+            self.outage.began("the notification connection was lost")
 
     async def close(self) -> None:
         self._closing = True
