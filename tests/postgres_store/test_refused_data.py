@@ -96,7 +96,7 @@ async def test_the_writer_never_waits_out_a_refused_outcome_and_writes_the_rest_
     assert store.outage.since is None
 
 
-async def test_an_outcome_with_nothing_to_leave_out_is_not_written_twice(
+async def test_a_refused_outcome_with_nothing_to_leave_out_fails_at_once(
     store: PostgresOrderStore,
 ) -> None:
     """An outcome refused with neither reason nor result is a bug the writer cannot work
