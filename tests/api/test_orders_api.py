@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 from orderflow.api.errors import PROBLEMS
 from orderflow.api.routes import ROUTES
 from orderflow.domain import OrderStatus
+from orderflow.errors import StoreRefusedData
 from orderflow.shipping import PermanentFailure
 from orderflow.store.memory import InMemoryOrderStore
 from tests.api.conftest import (
@@ -790,6 +792,31 @@ async def test_unexpected_errors_are_a_generic_500(
     body = assert_problem(response, 500, "internal-error")
     assert "secret" not in response.text
     assert body["detail"] == "An unexpected error occurred."
+
+
+async def test_a_value_the_store_refuses_is_a_500_with_its_traceback_logged_not_a_503(
+    served: Served,
+    memory_store: InMemoryOrderStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A value PostgreSQL refused was answered 503 store-unavailable with Retry-After, as if
+    the database were down. It is a bug (a value the service let through): a generic 500, no
+    Retry-After, and the traceback in the log."""
+    created = await create(served.client)
+
+    async def refusing(*args: Any, **kwargs: Any) -> None:
+        raise StoreRefusedData("the database refused a value: CharacterNotInRepertoireError")
+
+    monkeypatch.setattr(memory_store, "transition", refusing)
+    with caplog.at_level(logging.ERROR, logger="orderflow.api"):
+        response = await served.client.post(f"/orders/{created['id']}/cancel")
+    body = assert_problem(response, 500, "internal-error")
+    assert body["detail"] == "An unexpected error occurred."
+    assert "retry-after" not in response.headers
+    [logged] = [r for r in caplog.records if r.name == "orderflow.api"]
+    assert logged.exc_info is not None
+    assert logged.exc_info[0] is StoreRefusedData
 
 
 # -- documents -----------------------------------------------------------------------------------
