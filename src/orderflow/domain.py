@@ -125,12 +125,14 @@ EVENT_TYPE = {
 }
 
 
-# Names (customers, items): at most MAX_NAME_LENGTH characters as sent, no control character
-# (nor a lone surrogate, which no database can store), and at least one character that shows;
-# stored trimmed. NAME_PATTERN is that rule for the OpenAPI document; `clean_name` applies it.
+# Names (customers, items) and an operator's reasons: at most MAX_NAME_LENGTH (MAX_REASON_LENGTH)
+# characters as sent, no control character (nor a lone surrogate, which no database can store),
+# and at least one character that shows; stored trimmed. NAME_PATTERN is that rule for the
+# OpenAPI document; `clean_name` and `clean_reason` apply it.
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
 _INVISIBLE = r"\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff"  # spaces, zero-width marks
 NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_INVISIBLE}][^{_CONTROL}]*$"
+PLAIN_PATTERN = f"^[^{_CONTROL}]*$"  # text searched for, kept as sent: no control character
 _SHOWS = re.compile(NAME_PATTERN)
 # Lone surrogates are refused too: a JSON text can carry one, no database can store it (and no
 # JSON Schema pattern can name them: ECMA-262 refuses the range, so the document leaves it out).
@@ -140,8 +142,26 @@ _HAS_CONTROL = re.compile(f"[{_CONTROL}\ud800-\udfff]")
 def clean_name(value: str, what: str) -> str:
     """`value` trimmed. Raises ValueError "<what>: <problem>" (the API names the field from it)
     when it is too long, blank, or holds a control character."""
-    if len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what}: must be at most {MAX_NAME_LENGTH} characters")
+    return _clean(value, what, MAX_NAME_LENGTH)
+
+
+def clean_reason(value: str, what: str = "reason") -> str:
+    """An operator's reason, by the rules of names but up to MAX_REASON_LENGTH characters:
+    `value` trimmed, or ValueError "<what>: <problem>"."""
+    return _clean(value, what, MAX_REASON_LENGTH)
+
+
+def check_plain(value: str, what: str) -> str:
+    """`value` as it is (a text to search for), or ValueError "<what>: <problem>" when it
+    holds a control character or a lone surrogate."""
+    if not value.isprintable() and _HAS_CONTROL.search(value):
+        raise ValueError(f"{what}: must not contain control characters")
+    return value
+
+
+def _clean(value: str, what: str, max_length: int) -> str:
+    if len(value) > max_length:
+        raise ValueError(f"{what}: must be at most {max_length} characters")
     if not value.isprintable():  # the usual case is printable: one C call, no regex
         if _HAS_CONTROL.search(value):
             raise ValueError(f"{what}: must not contain control characters")
@@ -152,6 +172,65 @@ def clean_name(value: str, what: str) -> str:
     if not trimmed:
         raise ValueError(f"{what}: must not be blank")
     return trimmed
+
+
+# What a shipper says (a failure's text, a result) comes from code and receivers we do not
+# control; it is stored whatever it holds. PostgreSQL takes no NUL in text or jsonb and UTF-8
+# cannot encode a lone surrogate: both become U+FFFD. A reason is one line besides: other
+# control characters become U+FFFD, line breaks and tabs a space.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_NOT_ONE_LINE = re.compile(f"[{_CONTROL}\ud800-\udfff]")
+_SPACES = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x1f\x85")
+
+
+def _one_line(match: re.Match[str]) -> str:
+    return " " if match.group() in _SPACES else "\ufffd"
+
+
+def storable_reason(reason: str) -> str:
+    """`reason` (a shipper's words, say) as one line any store can hold: a control character
+    or lone surrogate becomes U+FFFD (a line break or tab, a space)."""
+    if reason.isprintable():  # the usual case: one C call, no regex
+        return reason
+    return _NOT_ONE_LINE.sub(_one_line, reason)
+
+
+def storable_json(value: Any) -> Any:
+    """`value` (JSON data: a shipment's result) with NUL and lone surrogates replaced by
+    U+FFFD in every string and key; `value` itself when it holds none."""
+    return _storable(value) if _unstorable(value) else value
+
+
+def _unstorable(value: Any) -> bool:
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_unstorable(key) or _unstorable(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_unstorable(item) for item in value)
+    return False
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_storable(item) for item in value]
+    return value
+
+
+def utc_instant(at: datetime, what: str) -> datetime:
+    """`at` (a client's time) in UTC; a time without an offset is taken as UTC. Raises
+    ValueError "<what>: out of range" when it has no UTC time (year 1 east of UTC, year 9999
+    west of it): the one rule for every instant a client sends."""
+    if at.tzinfo is None:
+        return at.replace(tzinfo=UTC)
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{what}: out of range") from None
 
 
 # A time as the API writes it: RFC 3339, in UTC, with microseconds (JSON Schema: date-time).
@@ -235,7 +314,9 @@ class Held(msgspec.Struct, frozen=True, gc=False):
 
 class Outcome(msgspec.Struct, frozen=True, gc=False):
     """A holder's write to an order it holds: `event` at `at`, with `reason` and, for a
-    shipment, its result; checked against (owner, `token`) by the store."""
+    shipment, its result; checked against (owner, `token`) by the store. Whatever the shipper
+    said, `reason` and `shipment` are made storable here (`storable_reason`, `storable_json`),
+    so that no store refuses an outcome for its data."""
 
     order_id: str
     token: int
@@ -243,6 +324,14 @@ class Outcome(msgspec.Struct, frozen=True, gc=False):
     at: datetime
     reason: str | None = None
     shipment: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # A shipper's words and result, whatever they hold, become what every store can keep.
+        reason, shipment = self.reason, self.shipment
+        if reason is not None and not reason.isprintable():
+            msgspec.structs.force_setattr(self, "reason", storable_reason(reason))
+        if shipment is not None:
+            msgspec.structs.force_setattr(self, "shipment", storable_json(shipment))
 
 
 # Order ids: "order_" + 30 lowercase hex digits over 120 bits: 56 bits of the timestamp in

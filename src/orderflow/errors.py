@@ -13,6 +13,8 @@
     │   └── EventsPruned             the events after a seq were pruned (beyond retention)
     ├── StoreUnavailable         the backing store cannot be reached: nothing happened
     │   └── OutcomeUnknown           the store went away mid-write: it may have happened
+    ├── StoreRefusedData         the store cannot hold a value it was given (a bug, not an
+    │                            outage: trying again fails the same way); nothing happened
     └── ShuttingDown             the service is stopping and takes no new work
 
 Each class docstring is its default message; `api/errors.py` maps each to one HTTP status.
@@ -84,6 +86,12 @@ class StoreUnavailable(OrderflowError):
 class OutcomeUnknown(StoreUnavailable):
     """The store became unreachable while writing: the change may or may not have been made.
     Check before repeating it (or repeat it with the same Idempotency-Key)."""
+
+
+class StoreRefusedData(OrderflowError):
+    """The store refused the data it was given (a value it cannot hold); nothing was changed.
+    The service should have cleaned or refused that value: a bug, never waited out as an
+    outage."""
 
 
 class ShuttingDown(OrderflowError):

@@ -1,5 +1,11 @@
 """Logging configuration: one root handler, one line per record, as text or JSON.
 
+A message is one line whatever it carries (a shipper's words may hold a NUL, a line break or a
+lone surrogate): text escapes control characters and lone surrogates as Python does in a
+string's repr (``\x00``, ``\n``, ``\ud800``); JSON escapes control characters itself and
+writes a lone surrogate, which UTF-8 cannot encode, as U+FFFD. Only a traceback takes lines of
+its own (text), and only a bug's.
+
 `configure_logging` also returns the dict granian takes as `log_dictconfig`, so the server's own
 loggers (`_granian`, `granian.access`) print through the same handler in the same format.
 """
@@ -7,6 +13,7 @@ loggers (`_granian`, `granian.access`) print through the same handler in the sam
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any, Literal, TextIO
@@ -59,6 +66,23 @@ class _LineFormatter(logging.Formatter):
         return record.exc_text or ""
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]
+
+
+def _one_line(text: str) -> str:
+    """`text` with its control characters and lone surrogates escaped (``\n``, ``\x00``)."""
+    return text if text.isprintable() else _UNPRINTABLE.sub(_escaped, text)
+
+
+def _encodable(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text) if not text.isprintable() else text
+
+
 class TextFormatter(_LineFormatter):
     """`<time> <LEVEL> <logger> <message> key=value…`; a traceback follows on the next lines.
 
@@ -68,7 +92,7 @@ class TextFormatter(_LineFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{self.timestamp(record.created)} {record.levelname} {record.name} "
-        line += record.getMessage()
+        line += _one_line(record.getMessage())
         for key, value in self.fields(record).items():
             line += f" {key}={_text_value(value)}"
         if exception := self.exception(record):
@@ -90,7 +114,7 @@ class JSONFormatter(_LineFormatter):
             "time": self.timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _encodable(record.getMessage()),
         }
         if fields := self.fields(record):
             for key, value in fields.items():
@@ -102,8 +126,10 @@ class JSONFormatter(_LineFormatter):
         try:
             encoded = self._encoder.encode(payload)
         except (msgspec.EncodeError, TypeError, ValueError, RecursionError):
-            # A field msgspec refuses outright (a cycle, say): fall back to str() for every one.
-            encoded = self._encoder.encode({key: str(value) for key, value in payload.items()})
+            # A field msgspec refuses outright (a cycle, a lone surrogate): fall back to str().
+            encoded = self._encoder.encode(
+                {key: _encodable(str(value)) for key, value in payload.items()}
+            )
         return encoded.decode()
 
 

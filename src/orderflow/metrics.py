@@ -186,7 +186,7 @@ class _Collector:
         errors = CounterMetricFamily(
             "orderflow_store_errors", "Store calls that failed, by kind", labels=("kind",)
         )
-        for kind in ("unavailable", "outcome_unknown"):
+        for kind in ("unavailable", "outcome_unknown", "refused_data"):
             errors.add_metric((kind,), m.store_errors[kind])
         yield errors
         deliveries = CounterMetricFamily(

@@ -3,7 +3,9 @@
 Every write names the hold (owner, token) it is made under, and waits out an outage of the
 store, so no outcome is lost to it. With a store shared between processes, the outcomes of many
 workers go in one round trip (`OrderStore.write_outcomes`): the database, not Python, is what
-limits throughput there.
+limits throughput there. A store that refuses an outcome's data (StoreRefusedData: a bug, not
+an outage) is never waited out: the others of its batch are written alone, and it is written
+again without its reason and result, so its order still moves on.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import msgspec
+
 from orderflow.domain import Order, Outcome, target_of
-from orderflow.errors import OutcomeUnknown, StoreUnavailable
+from orderflow.errors import OutcomeUnknown, StoreRefusedData, StoreUnavailable
 from orderflow.store.base import OrderStore
 from orderflow.supervise import Backoff
 
@@ -21,6 +25,7 @@ log = logging.getLogger("orderflow.outcomes")
 
 _BATCH = 500
 _GIVE_UP_AFTER = 3  # tries in an outage once the processor is stopping
+_REFUSED = "(the store refused this reason: see the service's log)"
 
 
 class OutcomeWriter:
@@ -59,12 +64,32 @@ class OutcomeWriter:
             StoreUnavailable: only when giving up.
         """
         if self._task is None:
-            [written] = await self._patiently([outcome])
+            [written] = await self._refused_alone([outcome])
             return written
         future: asyncio.Future[Order | None] = asyncio.get_running_loop().create_future()
         self._queue.append((outcome, future))
         self._queued.set()
         return await future
+
+    async def _refused_alone(self, outcomes: list[Outcome]) -> list[Order | None]:
+        """`_patiently`; when the store refuses the data of a batch, each outcome is written on
+        its own, and one it still refuses is written without its reason and result."""
+        try:
+            return await self._patiently(outcomes)
+        except StoreRefusedData as exc:  # no write of the batch went through
+            if len(outcomes) > 1:
+                return [written for one in outcomes for written in await self._refused_alone([one])]
+            [outcome] = outcomes
+            if outcome.reason is None and outcome.shipment is None:
+                raise
+            log.error(
+                "order_id=%s the store refused outcome %s; writing it without its reason and"
+                " result", outcome.order_id, outcome.event.value, exc_info=exc,
+            )  # fmt: skip
+            bare = msgspec.structs.replace(
+                outcome, reason=None if outcome.reason is None else _REFUSED, shipment=None
+            )
+            return await self._patiently([bare])
 
     async def _patiently(self, outcomes: list[Outcome]) -> list[Order | None]:
         """Write `outcomes`, waiting out an outage. After an answer was lost (OutcomeUnknown),
@@ -112,7 +137,7 @@ class OutcomeWriter:
                 batch = self._queue[:_BATCH]
                 del self._queue[:_BATCH]
                 try:
-                    results = await self._patiently([outcome for outcome, _ in batch])
+                    results = await self._refused_alone([outcome for outcome, _ in batch])
                 except Exception as exc:  # the writer must outlive any failure
                     for _, future in batch:
                         if not future.done():

@@ -157,7 +157,8 @@ class OrderService:
 
     async def cancel_order(self, order_id: str, reason: str | None = None) -> Order:
         """Cancel a pending or processing order; a shipment in flight is cancelled after the
-        store says cancelled, so a late finisher cannot overwrite it.
+        store says cancelled, so a late finisher cannot overwrite it. `reason`, like every
+        reason given here, is already clean (`domain.clean_reason`).
 
         Raises:
             OrderNotFound, IllegalTransition (shipped, failed or already cancelled).

@@ -1,5 +1,5 @@
-"""The background loops' common parts: a loop that outlives errors, a backoff policy, and a
-log that says an outage once.
+"""The background loops' common parts: a loop that outlives errors, a backoff policy, and the
+logs that say an outage once: the store's (`StoreOutage`) and each loop's (`OutageLog`).
 
 Every background loop of the service (heartbeats, fetching, claiming, pruning, delivering) runs
 under `supervised`: an error costs one round, never the loop; the loop ends only when cancelled.
@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -52,9 +53,52 @@ class Wakeup(asyncio.Event):
             loop.call_soon_threadsafe(self.set)
 
 
+class StoreOutage:
+    """The store's own account of an outage: one WARNING line when it starts (the first call
+    that finds the store unreachable) and one when it ends (the first call that gets through),
+    however many loops and requests meet it meanwhile; never a traceback: an outage is
+    expected.
+
+    Args:
+        what: the store in the service's words ("the database").
+    """
+
+    def __init__(
+        self, log: logging.Logger, what: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._log = log
+        self._what = what
+        self._clock = clock
+        self.since: float | None = None  # when the outage started (None: no outage)
+
+    def began(self, cause: BaseException | str) -> None:
+        """An operation found the store unreachable: `cause` is what it met (an error, whose
+        own cause is named when it has one, or a few words)."""
+        if self.since is None:
+            self.since = self._clock()
+            self._log.warning("%s is unavailable (%s); retrying until it is back", self._what,
+                              _one_line(cause), extra={"outage": "began"})  # fmt: skip
+
+    def ended(self) -> None:
+        """An operation got through: the outage, if there was one, is over."""
+        if self.since is not None:
+            down_s = round(self._clock() - self.since, 3)
+            self.since = None
+            self._log.warning("%s is back after %.1f s", self._what, down_s,
+                              extra={"outage": "ended", "down_s": down_s})  # fmt: skip
+
+
+def _one_line(cause: BaseException | str) -> str:
+    if isinstance(cause, BaseException):
+        root = cause.__cause__ or cause
+        cause = f"{type(root).__name__}: {root}" if str(root) else type(root).__name__
+    return " ".join(cause.split())
+
+
 class OutageLog:
-    """Says once that something is unreachable (a WARNING line, no traceback: an outage is
-    expected), and once that it is back; a bug (any other error) gets its traceback."""
+    """What a loop says of its failures: a bug (any error but StoreUnavailable) gets its
+    traceback at ERROR; an outage of the store, which the store says itself (`StoreOutage`),
+    is noted once at DEBUG, and once more when the loop works again."""
 
     def __init__(self, log: logging.Logger, what: str) -> None:
         self._log = log
@@ -65,14 +109,14 @@ class OutageLog:
         if isinstance(exc, StoreUnavailable):
             if not self._down:
                 self._down = True
-                self._log.warning("%s: %s", self._what, exc)
+                self._log.debug("%s: %s", self._what, exc)
         else:
             self._log.error("%s failed", self._what, exc_info=exc)
 
     def succeeded(self) -> None:
         if self._down:
             self._down = False
-            self._log.warning("%s: working again", self._what)
+            self._log.debug("%s: working again", self._what)
 
 
 async def supervised(

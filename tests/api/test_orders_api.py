@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 from orderflow.api.errors import PROBLEMS
 from orderflow.api.routes import ROUTES
 from orderflow.domain import OrderStatus
+from orderflow.errors import StoreRefusedData
 from orderflow.shipping import PermanentFailure
 from orderflow.store.memory import InMemoryOrderStore
 from tests.api.conftest import (
@@ -458,6 +460,9 @@ async def test_cancel_a_shipped_order_is_409(
     [
         (b'{"reason": 5}', JSON_HEADERS, 422, "reason"),
         (json.dumps({"reason": "r" * 501}).encode(), JSON_HEADERS, 422, "reason"),
+        (b'{"reason": "a\\u0000b"}', JSON_HEADERS, 422, "reason"),
+        (b'{"reason": "two\\nlines"}', JSON_HEADERS, 422, "reason"),
+        (b'{"reason": " "}', JSON_HEADERS, 422, "reason"),
         (b'{"why": "x"}', JSON_HEADERS, 422, "why"),
         (b"{bad", JSON_HEADERS, 400, None),
         (b'{"reason": "x"}', {"content-type": "text/plain"}, 415, None),
@@ -615,7 +620,11 @@ async def test_bulk_times_without_an_offset_are_utc(client: httpx.AsyncClient) -
         ({"from": "yesterday"}, "from"),
         ({"to": 5}, "to"),
         ({"reason_contains": ""}, "reason_contains"),
+        ({"reason_contains": "\u0000"}, "reason_contains"),
         ({"reason": "r" * 501}, "reason"),
+        ({"reason": "a\u0000b"}, "reason"),
+        ({"from": "0001-01-01T00:00:00+14:00"}, "from"),
+        ({"to": "9999-12-31T23:59:59-14:00"}, "to"),
         ({"status": "failed"}, "status"),
     ],
 )
@@ -627,6 +636,53 @@ async def test_a_bad_bulk_body_is_422_naming_the_field(
     response = await client.post(f"/orders/{action}", json=body)
     assert_problem(response, 422, "invalid-request", field)
     assert await status_of(client, pending) == "pending"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"from": "0001-01-01T00:00:00+14:00"},
+        {"to": "9999-12-31T23:59:59-14:00"},
+        {"from": "0001-01-01T00:00:00+00:01", "reason_contains": "down"},
+    ],
+)
+@pytest.mark.parametrize("action", ["retry", "cancel"])
+async def test_a_bulk_time_out_of_range_in_utc_is_a_422_as_the_query_says_400(
+    client: httpx.AsyncClient,
+    memory_store: InMemoryOrderStore,
+    shipper: FakeShipper,
+    action: str,
+    body: dict[str, str],
+) -> None:
+    """`POST /orders/retry {"from": "0001-01-01T00:00:00+14:00"}` (or `to` in year 9999 west
+    of UTC) answered 500 with an OverflowError traceback, where `GET /orders` said 400 "out of
+    range". One rule reads every client's time now: the body's is a 422 naming the field, with
+    the query's very words, and nothing moves."""
+    failed = await failed_order(client, memory_store, shipper, "carrier down")
+    pending = (await create(client))["id"]
+    field = "from" if "from" in body else "to"
+    response = await client.post(f"/orders/{action}", json=body)
+    assert_problem(response, 422, "invalid-request", field)
+    assert response.json()["errors"] == [{"field": field, "message": "out of range"}]
+    query = await client.get("/orders", params={field: body[field]})
+    assert_problem(query, 400, "bad-request", field)
+    assert query.json()["errors"] == response.json()["errors"]
+    assert (await status_of(client, failed), await status_of(client, pending)) == (
+        "failed",
+        "pending",
+    )
+
+
+async def test_a_reason_is_stored_trimmed(client: httpx.AsyncClient) -> None:
+    """Reasons follow the name rules, trimming included, everywhere one is given."""
+    created = await create(client)
+    await client.post(f"/orders/{created['id']}/cancel", json={"reason": "  customer called\u00a0"})
+    order = (await client.get(f"/orders/{created['id']}")).json()
+    assert order["history"][-1]["reason"] == "customer called"
+    other = await create(client)
+    assert (await client.post("/orders/cancel", json={"reason": " recall "})).json() == {"count": 1}
+    order = (await client.get(f"/orders/{other['id']}")).json()
+    assert order["history"][-1]["reason"] == "recall"
 
 
 @pytest.mark.parametrize("action", ["retry", "cancel"])
@@ -736,6 +792,31 @@ async def test_unexpected_errors_are_a_generic_500(
     body = assert_problem(response, 500, "internal-error")
     assert "secret" not in response.text
     assert body["detail"] == "An unexpected error occurred."
+
+
+async def test_a_value_the_store_refuses_is_a_500_with_its_traceback_logged_not_a_503(
+    served: Served,
+    memory_store: InMemoryOrderStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A value PostgreSQL refused was answered 503 store-unavailable with Retry-After, as if
+    the database were down. It is a bug (a value the service let through): a generic 500, no
+    Retry-After, and the traceback in the log."""
+    created = await create(served.client)
+
+    async def refusing(*args: Any, **kwargs: Any) -> None:
+        raise StoreRefusedData("the database refused a value: CharacterNotInRepertoireError")
+
+    monkeypatch.setattr(memory_store, "transition", refusing)
+    with caplog.at_level(logging.ERROR, logger="orderflow.api"):
+        response = await served.client.post(f"/orders/{created['id']}/cancel")
+    body = assert_problem(response, 500, "internal-error")
+    assert body["detail"] == "An unexpected error occurred."
+    assert "retry-after" not in response.headers
+    [logged] = [r for r in caplog.records if r.name == "orderflow.api"]
+    assert logged.exc_info is not None
+    assert logged.exc_info[0] is StoreRefusedData
 
 
 # -- documents -----------------------------------------------------------------------------------

@@ -457,6 +457,37 @@ async def test_an_idempotency_key_is_kept_with_its_order_once(store: OrderStore)
 # -- the event log --------------------------------------------------------------------------------
 
 
+async def test_whatever_a_shipper_said_is_written_storable_with_its_event(
+    store: OrderStore,
+) -> None:
+    """A shipper's failure with a NUL, a lone surrogate and a line break, and a result with
+    `\u0000` in a value and a key: refused by PostgreSQL (and waited out as an outage), kept
+    as they came in memory. An `Outcome` is storable whatever it is given: every store keeps
+    the same clean text, in the order and in its event."""
+    tokens = await held_orders(store, 3)
+    failed, shipped, noted = sorted(tokens)
+    results = await store.write_outcomes(
+        "a",
+        [
+            Outcome(failed, tokens[failed], Event.FAIL, at(101), "a\x00b\ud800c\nd"),
+            Outcome(shipped, tokens[shipped], Event.SHIP, at(101), None, {"x\x00": ["\x00"]}),
+            Outcome(noted, tokens[noted], Event.REATTEMPT, at(101), "carrier said \x00"),
+        ],
+    )
+    assert [r.status if r else None for r in results] == [
+        OrderStatus.FAILED,
+        OrderStatus.SHIPPED,
+        OrderStatus.PROCESSING,
+    ]
+    assert (await store.get_order(failed)).history[-1].reason == "a\ufffdb\ufffdc d"
+    assert (await store.get_order(shipped)).shipment == {"x\ufffd": ["\ufffd"]}
+    assert (await store.get_order(noted)).history[-1].reason == "carrier said \ufffd"
+    await store.sequence_events()
+    events = {e.order_id: e for e in await store.read_events(0, 100) if e.at == at(101)}
+    assert events[failed].reason == "a\ufffdb\ufffdc d"
+    assert events[shipped].data == {"x\ufffd": ["\ufffd"]}
+
+
 async def test_every_change_appends_its_event_in_order(store: OrderStore) -> None:
     orders = await add_many(store, 3)
     await store.transition(orders[0].id, Event.CANCEL, at(10), "no")

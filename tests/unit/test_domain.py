@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -14,14 +14,18 @@ import orderflow.domain as domain
 from orderflow.domain import (
     EVENT_TYPE,
     MAX_NAME_LENGTH,
+    MAX_REASON_LENGTH,
     Event,
     EventType,
     Item,
     OrderFilter,
     OrderStatus,
+    Outcome,
     advance,
     can_delete,
+    check_plain,
     clean_name,
+    clean_reason,
     ends_hold,
     id_matches_timestamp,
     is_order_id,
@@ -32,7 +36,10 @@ from orderflow.domain import (
     order_id_floor,
     order_id_time,
     sources_of,
+    storable_json,
+    storable_reason,
     target_of,
+    utc_instant,
 )
 from orderflow.errors import IllegalTransition
 
@@ -210,6 +217,92 @@ def test_clean_name_counts_the_length_as_sent_before_trimming() -> None:
     assert clean_name("x" * MAX_NAME_LENGTH, "name") == "x" * MAX_NAME_LENGTH
     with pytest.raises(ValueError, match="at most"):
         clean_name(" " + "x" * MAX_NAME_LENGTH, "name")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "must not be blank"),
+        ("\u200b ", "must not be blank"),
+        ("a\x00b", "must not contain control characters"),
+        ("tab\there", "must not contain control characters"),
+        ("lone \udc00", "must not contain control characters"),
+        ("r" * (MAX_REASON_LENGTH + 1), f"must be at most {MAX_REASON_LENGTH} characters"),
+    ],
+)
+def test_an_operators_reason_follows_the_name_rules(value: str, problem: str) -> None:
+    """A reason with a NUL was stored as it came in memory, and was a 503 on PostgreSQL. Now
+    a reason follows the rules of names (up to MAX_REASON_LENGTH): refused naming the field,
+    and stored trimmed."""
+    with pytest.raises(ValueError, match=f"^reason: {problem}$"):
+        clean_reason(value)
+    assert clean_reason("  carrier back ") == "carrier back"
+    assert clean_reason("r" * MAX_REASON_LENGTH) == "r" * MAX_REASON_LENGTH
+
+
+def test_a_text_to_search_for_is_kept_as_sent_without_control_characters() -> None:
+    """`check_plain` (reason_contains): kept as sent, spaces included; control characters and
+    lone surrogates refused."""
+    assert check_plain(" carrier ", "reason_contains") == " carrier "
+    for bad in ("\x00", "a\nb", "\ud800"):
+        with pytest.raises(ValueError, match=r"^reason_contains: must not contain control"):
+            check_plain(bad, "reason_contains")
+
+
+def test_a_shippers_reason_becomes_one_storable_line() -> None:
+    """`storable_reason`: NUL, other control characters and lone surrogates become U+FFFD, a
+    line break or a tab a space; a clean reason is the very string."""
+    clean = "HTTP 503 from receiver: busy"
+    assert storable_reason(clean) is clean
+    assert storable_reason("a\x00b\ud800c\x7fd") == "a\ufffdb\ufffdc\ufffdd"
+    assert storable_reason("line one\r\nline two\tend") == "line one  line two end"
+    assert storable_reason("Zoë\u00a0\u200b") == "Zoë\u00a0\u200b"  # printable or not, shown
+
+
+def test_a_shipment_result_loses_what_no_store_can_hold_in_every_string_and_key() -> None:
+    """`storable_json`: NUL and lone surrogates become U+FFFD in strings and keys at any
+    depth; other values, and a result with nothing to clean, are left as they are."""
+    result = {"tracking": "t-1", "n": 2, "ok": True, "none": None, "tags": ["a", {"b": 1.5}]}
+    assert storable_json(result) is result
+    dirty = {"x": "a\x00b", "k\x00": [1, "\ud800", {"deep\x00": ("c\x00",)}], "tab": "a\tb"}
+    assert storable_json(dirty) == {
+        "x": "a\ufffdb",
+        "k\ufffd": [1, "\ufffd", {"deep\ufffd": ["c\ufffd"]}],
+        "tab": "a\tb",
+    }
+
+
+def test_an_outcome_is_storable_whatever_the_shipper_said() -> None:
+    """`Outcome` cleans its reason and result as it is made, so no store refuses it."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    outcome = Outcome("o", 1, Event.FAIL, at, "a\x00b\nc", {"x": "\x00"})
+    assert (outcome.reason, outcome.shipment) == ("a\ufffdb c", {"x": "\ufffd"})
+    plain = Outcome("o", 1, Event.SHIP, at, None, {"x": "y"})
+    assert (plain.reason, plain.shipment) == (None, {"x": "y"})
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14))),
+        datetime(1, 1, 1, 0, 0, tzinfo=timezone(timedelta(minutes=1))),
+    ],
+)
+def test_a_clients_time_without_a_utc_time_is_out_of_range(at: datetime) -> None:
+    """`utc_instant`: a time in range with its offset but not in UTC is a ValueError naming
+    the field (the bulk actions answered 500 with an OverflowError)."""
+    with pytest.raises(ValueError, match=r"^from: out of range$"):
+        utc_instant(at, "from")
+
+
+def test_a_clients_time_is_taken_to_utc_and_without_an_offset_is_utc() -> None:
+    """`utc_instant`: an offset is applied; no offset means UTC."""
+    east = datetime(2026, 1, 1, 1, 30, tzinfo=timezone(timedelta(hours=1)))
+    assert utc_instant(east, "to") == datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
+    assert utc_instant(datetime(2026, 1, 1), "to") == datetime(2026, 1, 1, tzinfo=UTC)
+    edge = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=-14)))
+    assert utc_instant(edge, "to") == datetime(1, 1, 1, 14, tzinfo=UTC)
 
 
 def test_order_filter_matches_reasons_case_insensitively() -> None:

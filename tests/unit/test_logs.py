@@ -77,6 +77,27 @@ def test_text_values_that_would_break_the_line_are_reprd(stream: io.StringIO) ->
     assert line.endswith(r"odd empty='' multi='a\nb'")
 
 
+def test_a_message_carrying_a_shippers_words_stays_one_line_in_both_formats(
+    stream: io.StringIO,
+) -> None:
+    """A failure reason logged as it came from a shipper (a NUL, a line break, a lone
+    surrogate) broke the text line (a NUL byte in the log, a second line) and made the JSON
+    formatter fail ("--- Logging error ---" and a traceback). Now text escapes them as a
+    string's repr does, and JSON writes what it can encode."""
+    configure_logging("info", stream=stream)
+    log.warning("order_id=%s failed: %s", "o-1", "a\x00b\nc\ud800d")
+    [line] = lines(stream)
+    assert line.endswith(r"failed: a\x00b\nc\ud800d")
+    stream.seek(0)
+    stream.truncate()
+    configure_logging("info", "json", stream=stream)
+    log.warning("order_id=%s failed: %s", "o-1", "a\x00b\nc\ud800d", extra={"why": "\ud800"})
+    [line] = lines(stream)
+    entry = json.loads(line)
+    assert entry["message"] == "order_id=o-1 failed: a\x00b\nc\ufffdd"
+    assert entry["why"] == "\ufffd"
+
+
 def test_text_traceback_follows_on_the_next_lines(stream: io.StringIO) -> None:
     configure_logging("info", stream=stream)
     try:

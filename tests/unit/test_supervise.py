@@ -1,4 +1,4 @@
-"""The background loops' helpers: Backoff, OutageLog and `supervised`."""
+"""The background loops' helpers: Backoff, StoreOutage, OutageLog and `supervised`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import random
 import pytest
 
 from orderflow.errors import OutcomeUnknown, StoreUnavailable
-from orderflow.supervise import Backoff, OutageLog, supervised
+from orderflow.supervise import Backoff, OutageLog, StoreOutage, supervised
 from tests.conftest import eventually
 
 
@@ -48,7 +48,44 @@ def test_a_zero_backoff_never_waits() -> None:
 
 
 def test_an_outage_is_said_once_and_its_end_once(caplog: pytest.LogCaptureFixture) -> None:
-    """OutageLog: one WARNING for an outage however long, one when working again, no traceback."""
+    """StoreOutage: one WARNING for an outage however many meet it, one when it is over (with
+    how long it lasted), no traceback, in the service's words with the cause named."""
+    now = [100.0]
+    outage = StoreOutage(logging.getLogger("orderflow.test"), "the database", lambda: now[0])
+    with caplog.at_level(logging.DEBUG, logger="orderflow.test"):
+        outage.ended()  # nothing was down: nothing to say
+        for _ in range(5):
+            try:
+                raise StoreUnavailable("the database is unavailable") from ConnectionResetError(
+                    104, "Connection reset\nby peer"
+                )
+            except StoreUnavailable as exc:
+                outage.began(exc)
+        outage.began(OutcomeUnknown("connection lost"))  # still the same outage
+        outage.began("the notification connection was lost")
+        now[0] += 6.25
+        outage.ended()
+        outage.ended()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            "the database is unavailable (ConnectionResetError: [Errno 104] Connection reset by"
+            " peer); retrying until it is back",
+        ),
+        (logging.WARNING, "the database is back after 6.2 s"),
+    ]
+    assert all(r.exc_info is None for r in caplog.records)  # an outage is no bug
+    assert [(r.outage, getattr(r, "down_s", None)) for r in caplog.records] == [  # type: ignore[attr-defined]
+        ("began", None),
+        ("ended", 6.25),
+    ]
+
+
+def test_a_loop_that_meets_an_outage_leaves_the_saying_to_the_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OutageLog: a loop's failures in an outage are noted once at DEBUG, and once when it
+    works again: the store says the outage (StoreOutage), so it is not said once per loop."""
     log = OutageLog(logging.getLogger("orderflow.test"), "fetching ready orders")
     with caplog.at_level(logging.DEBUG, logger="orderflow.test"):
         log.succeeded()  # nothing was down: nothing to say
@@ -58,22 +95,27 @@ def test_an_outage_is_said_once_and_its_end_once(caplog: pytest.LogCaptureFixtur
         log.succeeded()
         log.succeeded()
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.WARNING, "fetching ready orders: database down"),
-        (logging.WARNING, "fetching ready orders: working again"),
+        (logging.DEBUG, "fetching ready orders: database down"),
+        (logging.DEBUG, "fetching ready orders: working again"),
     ]
-    assert all(r.exc_info is None for r in caplog.records)  # an outage is no bug
+    assert all(r.exc_info is None for r in caplog.records)
 
 
 def test_a_second_outage_is_said_again(caplog: pytest.LogCaptureFixture) -> None:
-    """After a recovery, the next outage is said again."""
+    """After a recovery, the next outage is said again, by the store and by each loop."""
+    outage = StoreOutage(logging.getLogger("orderflow.test"), "the database", lambda: 0.0)
     log = OutageLog(logging.getLogger("orderflow.test"), "heartbeat")
-    with caplog.at_level(logging.WARNING, logger="orderflow.test"):
+    with caplog.at_level(logging.DEBUG, logger="orderflow.test"):
         for _ in range(2):
-            log.failed(StoreUnavailable("down"))
-            log.failed(StoreUnavailable("down"))
+            for _ in range(2):
+                outage.began("down")
+                log.failed(StoreUnavailable("down"))
+            outage.ended()
             log.succeeded()
     assert [r.getMessage() for r in caplog.records] == [
+        "the database is unavailable (down); retrying until it is back",
         "heartbeat: down",
+        "the database is back after 0.0 s",
         "heartbeat: working again",
     ] * 2
 
@@ -109,7 +151,7 @@ async def test_supervised_outlives_errors_and_stops_on_cancel(
         if errors:
             raise errors.pop(0)
 
-    with caplog.at_level(logging.WARNING, logger="orderflow.test"):
+    with caplog.at_level(logging.DEBUG, logger="orderflow.test"):
         task = asyncio.create_task(
             supervised(step, every_s=0.001, log=OutageLog(logging.getLogger("orderflow.test"), "x"))
         )
@@ -122,9 +164,9 @@ async def test_supervised_outlives_errors_and_stops_on_cancel(
     await asyncio.sleep(0.01)
     assert len(rounds) == count  # nothing runs after the cancel
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.WARNING, "x: down"),
+        (logging.DEBUG, "x: down"),
         (logging.ERROR, "x failed"),
-        (logging.WARNING, "x: working again"),
+        (logging.DEBUG, "x: working again"),
     ]
 
 

@@ -3,6 +3,7 @@ instance is an ASGI application), through one `dispatch` that does what every re
 
     Host check (421) → route (404, 405 with Allow, HEAD) → Origin check on changes (403)
     → bearer token and role (401, 403) → handler → errors as problem+json
+    → ``X-Content-Type-Options: nosniff`` on every answer
 
 No wiring here: the app is handed a `Runtime` (started by whoever serves it, or by the ASGI
 lifespan when `manage_runtime` is set) and answers 503 while there is no running service.
@@ -22,6 +23,7 @@ import msgspec
 from orderflow.api.errors import HTTPProblem, problem_from_error
 from orderflow.api.http import (
     MAX_BODY_BYTES,
+    NOSNIFF,
     Request,
     Response,
     content_length,
@@ -51,6 +53,7 @@ Send = Callable[[ASGIMessage], Awaitable[None]]
 _CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _UNMATCHED = METRICS.route("unmatched")  # no route (404), or not with that method (405)
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+_OWN_SCHEMES = frozenset({"http", "https"})
 
 
 @dataclass(frozen=True)
@@ -148,12 +151,18 @@ class OrderflowApp:
         except HTTPProblem as exc:
             response = problem_response(exc)
         except OrderflowError as exc:
-            response = problem_response(problem_from_error(exc))
+            problem = problem_from_error(exc)
+            if problem.problem.status == 500:  # a bug (a value the store refused, say)
+                log.error("error on %s %s", method, request.path, exc_info=exc)
+            response = problem_response(problem)
         except Exception:
             log.exception("unhandled error on %s %s", method, request.path)
             response = problem_response(problem_from_error(OrderflowError()))
+        headers = response.headers
+        if not headers or headers[0] is not NOSNIFF:  # a handler's own list, without it
+            response.headers = headers = [NOSNIFF, *headers]
         if self._origins and (origin := request.headers.get("origin")) in self._origins:
-            response.headers = [*response.headers, ("access-control-allow-origin", origin),
+            response.headers = [*headers, ("access-control-allow-origin", origin),
                                 ("vary", "origin")]  # fmt: skip
         stats.record(method, response.status, perf_counter() - began)
         return response
@@ -173,6 +182,7 @@ class OrderflowApp:
             and request.headers.get("access-control-request-method") is not None
         ):  # a CORS preflight from an allowed origin
             return Response(204, b"", [
+                NOSNIFF,
                 ("access-control-allow-origin", origin),
                 ("access-control-allow-methods", allow),
                 ("access-control-allow-headers",
@@ -188,8 +198,16 @@ class OrderflowApp:
     def _origin_allowed(self, origin: str, request: Request) -> bool:
         if origin in self._origins:
             return True
-        host = request.headers.get("host")  # a page of our own (the dashboard) is no stranger
-        return host is not None and origin.partition("://")[2] == host
+        # A page of our own (the dashboard) is no stranger: its origin is the Host it was
+        # served from, over http or https (a proxy in front may end TLS), port included.
+        host = request.headers.get("host")
+        scheme, separator, rest = origin.partition("://")
+        return (
+            host is not None
+            and separator == "://"
+            and scheme.lower() in _OWN_SCHEMES
+            and rest.lower() == host.lower()
+        )
 
     # -- bodies ------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from orderflow.errors import (
     OrderflowError,
     OutcomeUnknown,
     ShuttingDown,
+    StoreRefusedData,
     StoreUnavailable,
 )
 
@@ -162,17 +163,24 @@ _KIND_FOR: tuple[tuple[type[OrderflowError], str], ...] = (
     (Gone, "gone"),
     (OutcomeUnknown, "outcome-unknown"),
     (StoreUnavailable, "store-unavailable"),
+    (StoreRefusedData, "internal-error"),  # a value the service let through: a bug
     (ShuttingDown, "shutting-down"),
 )
 _RETRY_AFTER = [("retry-after", "1")]
+_UNEXPECTED = "An unexpected error occurred."
 
 
 def problem_from_error(exc: OrderflowError) -> HTTPProblem:
+    """The problem `exc` is answered as; a 500 says no more than that (its traceback is
+    logged)."""
     for cls, kind in _KIND_FOR:
         if isinstance(exc, cls):
-            headers = _RETRY_AFTER if PROBLEMS[kind].status == 503 else None
+            status = PROBLEMS[kind].status
+            if status == 500:
+                break
+            headers = _RETRY_AFTER if status == 503 else None
             return HTTPProblem(kind, exc.message, headers=headers)
-    return HTTPProblem("internal-error", "An unexpected error occurred.")
+    return HTTPProblem("internal-error", _UNEXPECTED)
 
 
 def problem_from_validation(exc: msgspec.ValidationError) -> HTTPProblem:

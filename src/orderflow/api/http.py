@@ -14,7 +14,10 @@ from orderflow.api.errors import HTTPProblem, bad_query, problem_from_validation
 MAX_BODY_BYTES = 64 * 1024
 JSON = ("content-type", "application/json")
 PROBLEM_JSON = ("content-type", "application/problem+json")
-_JSON_ONLY = [JSON]  # shared: a response's headers are replaced, never changed in place
+# Every answer carries it, first: the header lists below and the handlers' own start with it,
+# and the app adds it to a list that does not (at the cost of a copy).
+NOSNIFF = ("x-content-type-options", "nosniff")
+_JSON_ONLY = [NOSNIFF, JSON]  # shared: a response's headers are replaced, never changed in place
 _encode = msgspec.json.Encoder().encode
 
 
@@ -99,7 +102,8 @@ def _pairs(query: str) -> list[tuple[str, str]]:
 
 
 class Response(msgspec.Struct, gc=False):
-    """What a handler answers: a status, a body (or a stream of chunks), headers."""
+    """What a handler answers: a status, a body (or a stream of chunks), headers (`NOSNIFF`
+    first, or the app copies them to put it there)."""
 
     status: int
     body: bytes = b""
@@ -108,12 +112,14 @@ class Response(msgspec.Struct, gc=False):
 
 
 def json_response(status: int, value: Any, *extra: tuple[str, str]) -> Response:
-    return Response(status, _encode(value), [JSON, *extra] if extra else _JSON_ONLY)
+    return Response(status, _encode(value), [NOSNIFF, JSON, *extra] if extra else _JSON_ONLY)
 
 
 def problem_response(problem: HTTPProblem) -> Response:
     return Response(
-        problem.problem.status, _encode(problem.problem), [PROBLEM_JSON, *problem.headers]
+        problem.problem.status,
+        _encode(problem.problem),
+        [NOSNIFF, PROBLEM_JSON, *problem.headers],
     )
 
 

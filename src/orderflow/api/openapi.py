@@ -1,16 +1,17 @@
 """The OpenAPI 3.1 document, generated from the route table and the wire types (whose JSON
 Schema msgspec derives from the same constants the validation uses), and the pages that make
-it readable: /docs, and one page per problem type."""
+it readable: /docs (a page with its script and style files, which builds itself from the
+document), and one page per problem type."""
 
 from __future__ import annotations
 
 import html
-from importlib import resources
 from typing import Any
 
 import msgspec
 
 from orderflow import __version__
+from orderflow.api.assets import Asset, linked_page, read
 from orderflow.api.errors import PROBLEM_BASE, PROBLEMS
 from orderflow.api.routing import Route
 from orderflow.api.schemas import QUANTITY_SCHEMA, Problem
@@ -149,18 +150,21 @@ def openapi_document(routes: tuple[Route, ...], *, auth: bool = False) -> dict[s
     return document
 
 
-def problem_html(name: str) -> bytes | None:
+def _problem_page(name: str) -> Asset:
     """The page at a problem type's address."""
-    problem = PROBLEMS.get(name)
-    if problem is None:
-        return None
+    problem = PROBLEMS[name]
     title = html.escape(problem.title)
-    return (
+    page = (
         f"<!doctype html><html lang=en><meta charset=utf-8><title>{title}</title>"
         f"<h1>{problem.status} {title}</h1><p>{html.escape(problem.description)}</p>"
         f"<p>Problem type <code>{PROBLEM_BASE}{name}</code> of the orderflow API;"
         " see <a href=/docs>/docs</a>.</p></html>"
-    ).encode()
+    )
+    return Asset.of(f"{name}.html", page.encode())
 
 
-DOCS_HTML = resources.files("orderflow.api").joinpath("docs.html").read_bytes()
+PROBLEM_PAGES: dict[str, Asset] = {name: _problem_page(name) for name in PROBLEMS}
+DOCS_FILES: dict[str, Asset] = {
+    f"/docs/{name}": read("orderflow.api", name) for name in ("docs.js", "docs.css")
+}
+DOCS_PAGE = linked_page("orderflow.api", "docs.html", DOCS_FILES)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from orderflow.api.assets import PAGE_HEADERS, REVALIDATE, file_routes, page_route
 from orderflow.api.errors import PROBLEMS, HTTPProblem, bad_query
-from orderflow.api.http import JSON, Request, Response, json_response
+from orderflow.api.http import JSON, NOSNIFF, Request, Response, json_response
+from orderflow.api.openapi import DOCS_FILES, DOCS_PAGE, PROBLEM_PAGES
 from orderflow.api.routing import Param, Route
 from orderflow.api.schemas import (
     ActionRequest,
@@ -37,6 +39,7 @@ from orderflow.domain import (
     OrderFilter,
     OrderQuery,
     OrderStatus,
+    utc_instant,
 )
 from orderflow.errors import ShuttingDown
 from orderflow.events import EventFilter, parse_types
@@ -69,7 +72,7 @@ async def create_order(app: OrderflowApp, request: Request) -> Response:
         raise HTTPProblem("bad-request", "Idempotency-Key: 1 to 255 printable ASCII characters")
     create: OrderCreate = await request.json(_decode_create)
     done = await app.runtime.service.submit(create.customer, create.items, key)
-    headers = [JSON, ("location", f"/orders/{done.order_id}")]
+    headers = [NOSNIFF, JSON, ("location", f"/orders/{done.order_id}")]
     if done.replayed:
         headers.append(("idempotent-replayed", "true"))
     return Response(201, _encode(OrderRef(done.order_id, done.status)), headers)
@@ -103,23 +106,19 @@ _SPACE_BEFORE_OFFSET = re.compile(r" (\d\d:?\d\d)$")
 
 
 def _time(params: dict[str, str], name: str) -> datetime | None:
-    """An RFC 3339 time from the query, in UTC (no offset means UTC)."""
+    """An RFC 3339 time from the query, in UTC, by the rule of every client's time
+    (`domain.utc_instant`: no offset means UTC)."""
     value = params.get(name)
     if value is None:
         return None
     if " " in value:
         value = _SPACE_BEFORE_OFFSET.sub(r"+\1", value)
     try:
-        at = msgspec.convert(value, datetime)
-        return _utc(at)
+        return utc_instant(msgspec.convert(value, datetime), name)
     except msgspec.ValidationError:
         raise bad_query(name, "not an RFC 3339 time") from None
-    except OverflowError:  # in range with its offset, out of range in UTC
-        raise bad_query(name, "out of range") from None
-
-
-def _utc(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except ValueError as exc:  # in range with its offset, out of range in UTC
+        raise bad_query(name, str(exc).partition(": ")[2]) from None
 
 
 async def get_order(app: OrderflowApp, request: Request) -> Response:
@@ -172,10 +171,8 @@ async def bulk_cancel(app: OrderflowApp, request: Request) -> Response:
 
 
 async def _bulk(app: OrderflowApp, request: Request, event: Event, default: str) -> Response:
-    bulk: BulkRequest = await request.json(_decode_bulk)
-    start = None if bulk.start is None else _utc(bulk.start)
-    end = None if bulk.end is None else _utc(bulk.end)
-    where = OrderFilter(start=start, end=end, reason_contains=bulk.reason_contains)
+    bulk: BulkRequest = await request.json(_decode_bulk)  # its times in UTC
+    where = OrderFilter(start=bulk.start, end=bulk.end, reason_contains=bulk.reason_contains)
     count = await app.runtime.service.act_in_bulk(event, where, bulk.reason or default)
     return json_response(200, BulkResult(count))
 
@@ -187,6 +184,7 @@ async def stats(app: OrderflowApp, request: Request) -> Response:
 # -- events -------------------------------------------------------------------------------------
 
 _SSE_HEADERS = [
+    NOSNIFF,
     ("content-type", "text/event-stream"),
     ("cache-control", "no-cache"),
     ("x-accel-buffering", "no"),  # proxies: do not hold the stream back
@@ -265,7 +263,10 @@ async def metrics(app: OrderflowApp, request: Request) -> Response:
             if subscription.disabled_at is None
         ]
         gauges["webhook_delivery_lag_events"] = max(0, last - min(cursors)) if cursors else 0
-    return Response(200, exposition(_registry()), [("content-type", PROMETHEUS_TEXT)])
+    return Response(200, exposition(_registry()), _PROMETHEUS_HEADERS)
+
+
+_PROMETHEUS_HEADERS = [NOSNIFF, ("content-type", PROMETHEUS_TEXT)]
 
 
 @functools.cache
@@ -277,19 +278,11 @@ async def openapi(app: OrderflowApp, request: Request) -> Response:
     return Response(200, app.openapi_json)
 
 
-async def docs(app: OrderflowApp, request: Request) -> Response:
-    from orderflow.api.openapi import DOCS_HTML
-
-    return Response(200, DOCS_HTML, [("content-type", "text/html; charset=utf-8")])
-
-
 async def problem_page(app: OrderflowApp, request: Request) -> Response:
-    from orderflow.api.openapi import problem_html
-
-    page = problem_html(request.params[0])
+    page = PROBLEM_PAGES.get(request.params[0])
     if page is None:
         raise HTTPProblem("not-found", f"no problem type {request.params[0]!r}")
-    return Response(200, page, [("content-type", "text/html; charset=utf-8")])
+    return page.answer(request, REVALIDATE, *PAGE_HEADERS)
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -376,8 +369,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/readyz", readyz, "Readiness: the store answers and the service is not"
           " stopping", 200, Health, statuses=(503,), role=None, needs_service=False),
     Route("GET", "/openapi.json", openapi, "This document", 200, role=None, needs_service=False),
-    Route("GET", "/docs", docs, "The API, readable", 200, role=None, media="text/html",
-          needs_service=False),
+    page_route("/docs", "docs", "The API, readable", DOCS_PAGE),
+    *file_routes("docs_", "the API page's", DOCS_FILES),
     Route("GET", "/problems/{name}", problem_page, "What a problem type means", 200,
           params=(Param("name", {"type": "string", "enum": list(PROBLEMS)}, "", "path", True),),
           statuses=(404,), role=None, media="text/html", needs_service=False),

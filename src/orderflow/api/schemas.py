@@ -1,6 +1,7 @@
 """Wire formats only. A full order goes out as `domain.Order` itself: no copy per response.
 
-Request types validate with the domain's rules (`domain.clean_name`, the limits); their JSON
+Request types validate with the domain's rules (`domain.clean_name`, `clean_reason`,
+`utc_instant`, the limits); their JSON
 Schema, which the OpenAPI document shows, is generated from the same constants, so what the
 document allows is what the service accepts.
 """
@@ -17,12 +18,16 @@ from orderflow.domain import (
     MAX_QUANTITY,
     MAX_REASON_LENGTH,
     NAME_PATTERN,
+    PLAIN_PATTERN,
     Item,
     Order,
     OrderEvent,
     OrderStatus,
     Timestamp,
+    check_plain,
     clean_name,
+    clean_reason,
+    utc_instant,
 )
 
 _Name = Annotated[
@@ -84,9 +89,25 @@ class OrderCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 _Reason = Annotated[
     str,
     msgspec.Meta(
+        description=(
+            f"why, for the order's history: 1 to {MAX_REASON_LENGTH} characters, no control"
+            " characters, something visible; stored trimmed"
+        ),
+        extra_json_schema={
+            "minLength": 1,
+            "maxLength": MAX_REASON_LENGTH,
+            "pattern": NAME_PATTERN,
+            "examples": ["the carrier is back"],
+        },
+    ),
+]
+_ReasonContains = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
         max_length=MAX_REASON_LENGTH,
-        description="why, for the order's history",
-        examples=["the carrier is back"],
+        description="text the latest reason contains (any case); no control characters",
+        extra_json_schema={"pattern": PLAIN_PATTERN},  # checked by `check_plain`
     ),
 ]
 
@@ -96,18 +117,32 @@ class ActionRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     reason: _Reason | None = None
 
+    def __post_init__(self) -> None:
+        if self.reason is not None:
+            msgspec.structs.force_setattr(self, "reason", clean_reason(self.reason))
+
 
 class BulkRequest(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"start": "from", "end": "to"}
 ):
-    """Which orders a bulk action takes; each condition optional (`{}` means all)."""
+    """Which orders a bulk action takes; each condition optional (`{}` means all). Times are
+    in UTC once decoded."""
 
     start: Timestamp | None = None
     end: Timestamp | None = None
-    reason_contains: (
-        Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REASON_LENGTH)] | None
-    ) = None
+    reason_contains: _ReasonContains | None = None
     reason: _Reason | None = None
+
+    def __post_init__(self) -> None:
+        start, end, contains, reason = self.start, self.end, self.reason_contains, self.reason
+        if start is not None:
+            msgspec.structs.force_setattr(self, "start", utc_instant(start, "from"))
+        if end is not None:
+            msgspec.structs.force_setattr(self, "end", utc_instant(end, "to"))
+        if contains is not None:
+            check_plain(contains, "reason_contains")
+        if reason is not None:
+            msgspec.structs.force_setattr(self, "reason", clean_reason(reason))
 
 
 class OrderRef(msgspec.Struct, frozen=True):

@@ -15,6 +15,10 @@ current token, can write the order's outcome. Four words say how a hold ends wit
 - rescue:   the store takes back the orders of a holder whose lease ran out (it stopped
             renewing): ready again, and the old holder's writes are refused;
 - retire:   a stopping holder hands back whatever it still holds (the safety net of a stop).
+
+Outages. A backend that can be unreachable says so itself, once when an outage starts and once
+when it ends (`supervise.StoreOutage`); the loops and requests that meet the outage meanwhile
+raise StoreUnavailable and add no WARNING of their own.
 """
 
 from __future__ import annotations
@@ -166,6 +170,7 @@ class OrderStore(abc.ABC):
 
         Raises:
             StoreUnavailable: nothing is known to be written (OutcomeUnknown: some may be).
+            StoreRefusedData: a value of one of them cannot be stored; none was written.
         """
 
     @abc.abstractmethod

@@ -13,11 +13,15 @@ one statement, so atomic on its own:
 - holders renew the lease on what they hold with every heartbeat; `rescue_expired` makes ready
   again what a silent holder's lease left behind, one instance at a time (an advisory lock).
 
-Errors leave as ours: a duplicate id as OrderConflict; anything from the driver or the network
-as StoreUnavailable when the statement cannot have run (no connection, or the server refused
-it), and as OutcomeUnknown when the connection broke while a change was in flight. A connection
-that breaks after its statement's answer arrived (while going back to the pool) changes
-nothing about that answer.
+Errors leave as ours: a duplicate id as OrderConflict; a value the server refused as
+StoreRefusedData; anything else from the driver or the network as StoreUnavailable when the
+statement cannot have run (no connection, or the server refused it), and as OutcomeUnknown when
+the connection broke while a change was in flight. A connection that breaks after its
+statement's answer arrived (while going back to the pool) changes nothing about that answer.
+
+An outage is said once, when it starts and when it ends (`Database.outage`), whatever meets
+it; the pool keeps no floor of connections, so the driver has none to restore (and to log
+about) during an outage: the service's own loops keep a connection in use.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class PostgresOrderStore(OrderStore):
         poll_s: float = 1.0,
     ) -> None:
         self.database = Database(pool)
+        self.outage = self.database.outage
         self._dsn = dsn
         self.server_settings = server_settings or {}
         self._poll_s = poll_s
@@ -131,7 +136,8 @@ class PostgresOrderStore(OrderStore):
         try:
             pool = await asyncpg.create_pool(
                 dsn,
-                min_size=1,
+                init_size=1,  # a database that cannot be reached fails the start
+                min_size=0,  # no floor: see the module docstring
                 max_size=max_size,
                 command_timeout=command_timeout_s,
                 timeout=10,
@@ -412,6 +418,7 @@ class PostgresOrderStore(OrderStore):
                 sql.EVENTS_CHANNEL: lambda _: self._events.numbered(),
             },
             on_reconnect=on_ready,
+            outage=self.database.outage,
             check_s=self._poll_s,
         )
         await self._listener.listen()

@@ -12,19 +12,22 @@ from typing import Any
 
 import asyncpg
 
+from orderflow.errors import StoreUnavailable
 from orderflow.store.postgres_rows import translated
-from orderflow.supervise import OutageLog, supervised
+from orderflow.supervise import OutageLog, StoreOutage, supervised
 
 log = logging.getLogger("orderflow.store.postgres")
 
 
 class Database:
     """A pool of connections (`pool`, an asyncpg pool) shared by the order store and the
-    webhook store of one process. `written` is set whenever a change was made through it."""
+    webhook store of one process. `written` is set whenever a change was made through it;
+    `outage` says an outage once when it starts and once when it ends, whoever met it."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.written = asyncio.Event()
+        self.outage = StoreOutage(log, "the database")
 
     @contextlib.asynccontextmanager
     async def connection(
@@ -35,11 +38,22 @@ class Database:
         unknown); errors while giving it back (it broke after the answer) are logged, never
         raised: the statement's answer stands. A change sets `written`, unless it
         `leaves_events` to number none (a webhook store's)."""
-        with translated():
-            connection = await self.pool.acquire(timeout=5)
+        outage = self.outage
+        try:
+            with translated():
+                connection = await self.pool.acquire(timeout=5)
+        except StoreUnavailable as exc:
+            outage.began(exc)
+            raise
         try:
             with translated(changing=changing):
                 yield connection
+        except StoreUnavailable as exc:
+            outage.began(exc)
+            raise
+        else:
+            if outage.since is not None:
+                outage.ended()
         finally:
             if changing and leaves_events:
                 self.written.set()
@@ -61,7 +75,8 @@ class Database:
 class Listener:
     """The connection that hears `channels` (name → callback with the payload), opened by
     `listen` and opened again, every `check_s`, while it is lost; `lost` is called (no more
-    than once per loss) so that whoever relied on it can look for what it missed."""
+    than once per loss) so that whoever relied on it can look for what it missed. A lost
+    connection is part of the database's outage (`outage`)."""
 
     def __init__(
         self,
@@ -70,8 +85,10 @@ class Listener:
         channels: dict[str, Callable[[str], object]],
         *,
         on_reconnect: Callable[[], object],
+        outage: StoreOutage,
         check_s: float = 2.0,
     ) -> None:
+        self._outage = outage
         self._dsn = dsn
         self._server_settings = server_settings
         self._channels = channels
@@ -94,14 +111,18 @@ class Listener:
         )
 
     async def _open(self) -> None:
-        with translated():
-            connection = await asyncpg.connect(
-                self._dsn, timeout=10, server_settings=self._server_settings
-            )
-            for channel, callback in self._channels.items():
-                await connection.add_listener(
-                    channel, lambda _c, _pid, _ch, payload, call=callback: call(payload)
+        try:
+            with translated():
+                connection = await asyncpg.connect(
+                    self._dsn, timeout=10, server_settings=self._server_settings
                 )
+                for channel, callback in self._channels.items():
+                    await connection.add_listener(
+                        channel, lambda _c, _pid, _ch, payload, call=callback: call(payload)
+                    )
+        except StoreUnavailable as exc:
+            self._outage.began(exc)
+            raise
         connection.add_termination_listener(self._lost)
         self._connection = connection
 
@@ -112,8 +133,9 @@ class Listener:
         self._on_reconnect()  # what the lost connection missed may be there now
 
     def _lost(self, _connection: Any) -> None:
+        # Polling covers what notifications would have said until it is open again.
         if not self._closing:
-            log.warning("lost the notification connection; polling until it is back")
+            self._outage.began("the notification connection was lost")
 
     async def close(self) -> None:
         self._closing = True

@@ -1,6 +1,7 @@
 """How PostgreSQL rows become orders and orders become statement arguments, and how the
 driver's errors become ours: StoreUnavailable when the statement cannot have run, OutcomeUnknown
-when the connection broke while a change was in flight."""
+when the connection broke while a change was in flight, StoreRefusedData when the server refused
+a value (a data exception, or a constraint other than a unique one): not an outage."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import asyncpg
 import msgspec
 
 from orderflow.domain import EventType, HistoryEntry, Item, Order, OrderStatus
-from orderflow.errors import OrderConflict, OrderflowError, OutcomeUnknown, StoreUnavailable
+from orderflow.errors import (
+    OrderConflict,
+    OrderflowError,
+    OutcomeUnknown,
+    StoreRefusedData,
+    StoreUnavailable,
+)
 from orderflow.metrics import METRICS
 
 encode = msgspec.json.Encoder().encode
@@ -67,6 +74,9 @@ CONNECTION_LOST = (
     OSError,
     TimeoutError,
 )
+# What the server refuses for the values it was sent (SQLSTATE classes 22 and 23): the same
+# statement fails the same way however often it is tried.
+DATA_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 @contextlib.contextmanager
@@ -85,6 +95,11 @@ def translated(*, changing: bool = False) -> Iterator[None]:
                 f"the database connection was lost during a change: {type(exc).__name__}"
             ) from exc
         raise StoreUnavailable(f"the database is unavailable: {type(exc).__name__}") from exc
+    except DATA_REFUSED as exc:
+        METRICS.store_errors["refused_data"] += 1
+        raise StoreRefusedData(
+            f"the database refused a value: {type(exc).__name__}: {exc}"
+        ) from exc
     except asyncpg.PostgresError as exc:
         METRICS.store_errors["unavailable"] += 1
         raise StoreUnavailable(f"the database refused: {type(exc).__name__}") from exc
