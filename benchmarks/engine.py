@@ -8,6 +8,7 @@ import time
 
 from benchmarks.fill import fill
 from benchmarks.report import Row
+from orderflow.claimer import Claimer
 from orderflow.clock import SystemClock
 from orderflow.domain import OrderStatus
 from orderflow.processor import Processor, ProcessorSettings
@@ -25,8 +26,8 @@ async def _ship_all(delay_s: float, concurrency: int) -> tuple[float, float]:
     clock = SystemClock()
     settings = ProcessorSettings(concurrency=concurrency)
     processor = Processor(store, SimulatedShipper(delay_s), clock, settings)
-    await processor.start()
-    service = OrderService(store, processor, clock)
+    service = OrderService(store, Claimer(store, clock, processor.wake), processor, clock)
+    await service.start()
     wall, cpu = time.perf_counter(), time.process_time()
     assert await service.trigger_processing() == COUNT
     for _ in range(100_000):  # bounded: 0.01 s a round
@@ -34,7 +35,7 @@ async def _ship_all(delay_s: float, concurrency: int) -> tuple[float, float]:
             break
         await asyncio.sleep(0.01)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    await processor.stop(grace_s=0)
+    await service.stop(grace_s=0)
     assert (await store.count_by_status()).get(OrderStatus.SHIPPED) == COUNT
     return cpu, wall
 

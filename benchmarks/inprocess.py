@@ -17,10 +17,9 @@ import uvloop
 from benchmarks.http import ORDER
 from benchmarks.nullapp import Floor, rsgi
 from benchmarks.report import Row
-from orderflow.api.app import OrderflowApp
 from orderflow.domain import OrderQuery, OrderStatus
 from orderflow.runtime import Runtime
-from orderflow.server import settle_gc
+from orderflow.server import build_app, settle_gc
 from orderflow.service import Submitted
 
 REQUESTS = 50_000
@@ -62,7 +61,7 @@ async def _per_request(app: Any, scope: _Scope, status: int) -> float:
 async def _measure() -> dict[str, float]:
     figures: dict[str, float] = {}
     runtime = Runtime()  # the defaults of `orderflow serve`: in memory
-    app = OrderflowApp(runtime)
+    app = build_app(runtime)
     await runtime.start()
     try:
         settle_gc()

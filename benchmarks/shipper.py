@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from benchmarks.fill import fill
 from benchmarks.report import Row
 from benchmarks.servers import LOAD_CORE, free_port, nullapp_command, server
+from orderflow.claimer import Claimer
 from orderflow.clock import SystemClock
 from orderflow.domain import OrderStatus
 from orderflow.processor import Processor, ProcessorSettings
@@ -38,8 +39,8 @@ async def _ship_all(shipper: Shipper) -> tuple[float, float]:
     clock = SystemClock()
     settings = ProcessorSettings(concurrency=CONCURRENCY, timeout_s=30)
     processor = Processor(store, shipper, clock, settings)
-    await processor.start()
-    service = OrderService(store, processor, clock)
+    service = OrderService(store, Claimer(store, clock, processor.wake), processor, clock)
+    await service.start()
     wall, cpu = time.perf_counter(), time.process_time()
     assert await service.trigger_processing() == COUNT
     for _ in range(60_000):  # bounded: 10 minutes
@@ -47,7 +48,7 @@ async def _ship_all(shipper: Shipper) -> tuple[float, float]:
             break
         await asyncio.sleep(0.01)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    await processor.stop(grace_s=0)
+    await service.stop(grace_s=0)
     await shipper.close()
     shipped = (await store.count_by_status()).get(OrderStatus.SHIPPED)
     assert shipped == COUNT, f"{shipped} of {COUNT} shipped"

@@ -9,8 +9,8 @@ from typing import Any
 
 from benchmarks.fill import fill
 from benchmarks.report import Row
-from orderflow.api.app import OrderflowApp
 from orderflow.runtime import Runtime
+from orderflow.server import build_app
 from orderflow.settings import Settings
 from orderflow.shipping import SimulatedShipper
 from orderflow.store.memory import InMemoryOrderStore
@@ -42,7 +42,7 @@ async def _measure() -> tuple[float, float, int]:
     store = InMemoryOrderStore()
     await fill(store, 0, COUNT)
     runtime = Runtime(Settings(shutdown_grace=0), store=store, shipper=SimulatedShipper(1.0))
-    app = OrderflowApp(runtime)
+    app = build_app(runtime)
     await runtime.start()
     worst = 0.0
     done = asyncio.Event()

@@ -14,8 +14,12 @@ import time
 from benchmarks.fill import fill
 from benchmarks.report import Row
 from benchmarks.servers import free_port, server
+from orderflow.clock import SystemClock
 from orderflow.store.memory import InMemoryOrderStore
-from orderflow.webhooks.delivery import Deliverer
+from orderflow.webhooks.delivery import Deliverer, DelivererSettings
+from orderflow.webhooks.destinations import Destinations
+from orderflow.webhooks.sender import Sender
+from orderflow.webhooks.service import WebhookService
 from orderflow.webhooks.store import InMemoryWebhookStore
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -65,9 +69,16 @@ async def _deliver(url: str, subscriptions: int, events: int) -> tuple[float, fl
     await fill(orders, 0, events)
     webhooks = InMemoryWebhookStore()
     # The receiver is on loopback, where webhooks may go only when allowed.
-    deliverer = Deliverer(orders, webhooks, concurrency=16, poll_s=0.05, allow_private=True)
+    destinations = Destinations(allow_private=True)
+    deliverer = Deliverer(
+        orders,
+        webhooks,
+        Sender(timeout_s=10.0, destinations=destinations),
+        DelivererSettings(concurrency=16, poll_s=0.05),
+    )
+    service = WebhookService(orders, webhooks, destinations, SystemClock())
     for n in range(subscriptions):
-        subscription = await deliverer.subscribe(f"{url}/hook/{n}", secret=SECRET)
+        subscription = await service.subscribe(f"{url}/hook/{n}", secret=SECRET)
         await webhooks.replay(subscription.id, 0)  # from the first event on
     wall, cpu = time.perf_counter(), time.process_time()
     await deliverer.start()

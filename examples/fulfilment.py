@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from orderflow.shipping import PermanentFailure, ShipContext
+from orderflow import PermanentFailure, ShipContext
 
 UNSHIPPABLE = "Forbidden Item"  # never ships: fails the order at once
 FLAKY = "Flaky Item"  # the courier is busy on the first attempt: shows a retry

@@ -1,17 +1,17 @@
-"""Attempts: one order's shipment under the retry policy. Each attempt runs under its deadline;
-a PermanentFailure fails the order at once; any other failure is noted in the order's history
-and tried again after a backoff (or the receiver's Retry-After, if longer), up to the last
-attempt, whose failure fails the order. An attempt whose order the shipper says was taken
-(`ShipContext.mark_taken`) ships, whatever happens after: a retry would ship it twice."""
+"""Attempts: one attempt at shipping an order, under its deadline, and what it became under
+the retry policy: shipped; failed for good (a PermanentFailure, or the last attempt's failure);
+or to be tried again after a backoff (or the receiver's Retry-After, if longer). An attempt
+whose order the shipper says was taken (`ShipContext.mark_taken`) ships, whatever happens
+after: a retry would ship it twice. The processor runs the attempts and writes what each
+became; nothing here writes to the store."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from orderflow.clock import Clock
 from orderflow.deadline import Deadline
@@ -33,24 +33,25 @@ log = logging.getLogger("orderflow.processor")
 _CUT_OFF_GRACE_S = 1.0
 
 
-def _ignore(order_id: str) -> None:
-    return None
+class Tried(NamedTuple):
+    """What an attempt became: `event` is SHIP or FAIL (final, with the reason and the
+    shipment's result), or REATTEMPT (`reason` notes why, for the order's history; the next
+    attempt follows after `delay_s`)."""
 
-
-class Dropped(Exception):
-    """The order was cancelled or taken away while it waited for its next attempt."""
+    event: Event
+    reason: str | None = None
+    shipment: dict[str, Any] | None = None
+    delay_s: float = 0.0
 
 
 class _Take:
     """Whether, and when, the shipper of one attempt said its order was taken; `mark` is the
     attempt's `ShipContext.mark_taken`."""
 
-    __slots__ = ("_loop", "_note_taken", "_order_id", "_wait_s", "live", "taken_at")
+    __slots__ = ("_loop", "_wait_s", "live", "taken_at")
 
-    def __init__(self, order_id: str, note_taken: Callable[[str], None], wait_s: float) -> None:
+    def __init__(self, wait_s: float) -> None:
         self._loop = asyncio.get_running_loop()
-        self._order_id = order_id
-        self._note_taken = note_taken
         self._wait_s = wait_s
         self.live = True  # a take after the attempt ended changes nothing
         self.taken_at: float | None = None  # the loop's time
@@ -58,7 +59,6 @@ class _Take:
     def mark(self) -> None:
         if self.taken_at is None and self.live:
             self.taken_at = self._loop.time()
-            self._note_taken(self._order_id)
 
     def cut_off(self) -> float | None:
         """Asked when the attempt's deadline falls due: None (not taken: the attempt times out),
@@ -97,70 +97,80 @@ class Attempts:
         self._max_retry_after_s = max_retry_after_s
         self._result_wait_s = result_wait_s
 
-    async def ship(
-        self,
-        order: Order,
-        note_retry: Callable[[str, str], Awaitable[None]],
-        note_taken: Callable[[str], None] = _ignore,
-    ) -> tuple[Event, str | None, dict[str, Any] | None]:
-        """(ship or fail, the reason, the shipment's result). Before each retry,
-        `note_retry(order_id, note)` writes why (it raises Dropped if the order is gone);
-        `note_taken(order_id)` is called when the shipper says the order is taken, so that a
-        shipment cut off after that (at shutdown) is known to be shipped."""
+    def begin(self, order: Order, number: int) -> Attempt:
+        """Attempt number `number` (1 for the first) at shipping `order`; run it with `run`."""
+        return Attempt(self, order, number)
+
+
+class Attempt:
+    """One attempt: `run` it once; `taken` says whether the shipper said its order was taken
+    (so that a shipment cut off after that, at shutdown, is known to be shipped)."""
+
+    __slots__ = ("_attempts", "_order", "_take", "number")
+
+    def __init__(self, attempts: Attempts, order: Order, number: int) -> None:
+        self._attempts = attempts
+        self._order = order
+        self.number = number
+        self._take = _Take(attempts._result_wait_s)
+
+    @property
+    def taken(self) -> bool:
+        return self._take.taken_at is not None
+
+    async def run(self) -> Tried:
+        """Ship once; what it became. Raises CancelledError only for a cancel from outside (a
+        user's cancel, a shutdown), never for its own deadline."""
+        policy, order, take, number = self._attempts, self._order, self._take, self.number
         order_log = logging.LoggerAdapter(log, {"order_id": order.id})
+        at = policy._clock.now() + timedelta(seconds=policy._timeout_s)
+        context = ShipContext(number, at, order_log, take.mark)
+        retry_after_s: float | None = None
+        permanent = False
+        began = time.perf_counter()
+        # Not asyncio.timeout: a take lifts this deadline, and moving a timer costs 3 µs.
         loop = asyncio.get_running_loop()
-        attempt = 1
-        while True:
-            at = self._clock.now() + timedelta(seconds=self._timeout_s)
-            take = _Take(order.id, note_taken, self._result_wait_s)
-            context = ShipContext(attempt, at, order_log, take.mark)
-            retry_after_s: float | None = None
-            permanent = False
-            began = time.perf_counter()
-            # Not asyncio.timeout: a take lifts this deadline, and moving a timer costs 3 µs.
-            deadline = Deadline(loop.time() + self._timeout_s, take.cut_off)
-            try:
-                result = await self._shipper.ship(order, context)
-            except asyncio.CancelledError:
-                if not deadline.end():  # a user's cancel, or shutdown
-                    raise
-                failure = "cut off waiting for its result" if deadline.extended else "timeout"
-            except PermanentFailure as exc:
-                failure, permanent = str(exc) or type(exc).__name__, True
-            except TimeoutError as exc:  # the shipper's own: ours is a CancelledError
-                failure = "timeout" if deadline.end() else (str(exc) or "TimeoutError")
-            except RetryableFailure as exc:
-                failure, retry_after_s = str(exc) or type(exc).__name__, exc.retry_after_s
-            except Exception as exc:
-                failure = str(exc) or type(exc).__name__
-            else:
-                METRICS.shipment_seconds.observe(time.perf_counter() - began)
-                return Event.SHIP, None, result
-            finally:
-                deadline.end()
-                take.live = False
+        deadline = Deadline(loop.time() + policy._timeout_s, take.cut_off)
+        try:
+            result = await policy._shipper.ship(order, context)
+        except asyncio.CancelledError:
+            if not deadline.end():  # a user's cancel, or shutdown
+                raise
+            failure = "cut off waiting for its result" if deadline.extended else "timeout"
+        except PermanentFailure as exc:
+            failure, permanent = str(exc) or type(exc).__name__, True
+        except TimeoutError as exc:  # the shipper's own: ours is a CancelledError
+            failure = "timeout" if deadline.end() else (str(exc) or "TimeoutError")
+        except RetryableFailure as exc:
+            failure, retry_after_s = str(exc) or type(exc).__name__, exc.retry_after_s
+        except Exception as exc:
+            failure = str(exc) or type(exc).__name__
+        else:
             METRICS.shipment_seconds.observe(time.perf_counter() - began)
-            if take.taken_at is not None:  # a retry would ship it twice
-                order_log.warning(
-                    "the order was taken, then its shipment failed (%s): shipped, no result stored",
-                    failure,
-                )
-                return Event.SHIP, None, None
-            if permanent:
-                METRICS.failures["permanent"] += 1
-                return Event.FAIL, failure, None
-            if attempt >= self._max_attempts:
-                METRICS.failures[failure_class(failure, permanent=False)] += 1
-                return Event.FAIL, failure, None
-            METRICS.reattempts += 1
-            delay_s = self._backoff.delay_s(attempt)
-            if retry_after_s is not None:
-                delay_s = max(delay_s, min(retry_after_s, self._max_retry_after_s))
-            note = (
-                f"attempt {attempt} of {self._max_attempts} failed ({failure});"
-                f" retrying in {delay_s:.2f}s"
+            return Tried(Event.SHIP, None, result)
+        finally:
+            deadline.end()
+            take.live = False
+        METRICS.shipment_seconds.observe(time.perf_counter() - began)
+        if take.taken_at is not None:  # a retry would ship it twice
+            order_log.warning(
+                "the order was taken, then its shipment failed (%s): shipped, no result stored",
+                failure,
             )
-            await note_retry(order.id, note)
-            log.debug("order_id=%s %s", order.id, note)
-            await asyncio.sleep(delay_s)
-            attempt += 1
+            return Tried(Event.SHIP)
+        if permanent:
+            METRICS.failures["permanent"] += 1
+            return Tried(Event.FAIL, failure)
+        if number >= policy._max_attempts:
+            METRICS.failures[failure_class(failure, permanent=False)] += 1
+            return Tried(Event.FAIL, failure)
+        METRICS.reattempts += 1
+        delay_s = policy._backoff.delay_s(number)
+        if retry_after_s is not None:
+            delay_s = max(delay_s, min(retry_after_s, policy._max_retry_after_s))
+        note = (
+            f"attempt {number} of {policy._max_attempts} failed ({failure});"
+            f" retrying in {delay_s:.2f}s"
+        )
+        log.debug("order_id=%s %s", order.id, note)
+        return Tried(Event.REATTEMPT, note, None, delay_s)

@@ -26,12 +26,21 @@ _MICROSECOND = timedelta(microseconds=1)
 
 class Claimer:
     """Args:
-    on_claimed: called after each batch that claimed something (wakes the fetcher).
+    on_claimed: called after each batch that claimed something (wakes the processor).
     batch: orders claimed per store call; between batches the loop serves others.
+    auto_process: claim soon after each `claim_soon` (and every `poll_interval_s`, so that what
+        came in during an outage is claimed after it), not only on a trigger.
     """
 
     def __init__(
-        self, store: OrderStore, clock: Clock, on_claimed: Callable[[], None], *, batch: int = 1000
+        self,
+        store: OrderStore,
+        clock: Clock,
+        on_claimed: Callable[[], None],
+        *,
+        batch: int = 1000,
+        auto_process: bool = False,
+        poll_interval_s: float = 1.0,
     ) -> None:
         if batch < 1:
             raise ValueError("the claim batch must be at least 1")
@@ -39,20 +48,21 @@ class Claimer:
         self._clock = clock
         self._on_claimed = on_claimed
         self._batch = batch
+        self._auto_process = auto_process
+        self._poll_interval_s = poll_interval_s
         self._lock = asyncio.Lock()
         self._wanted = asyncio.Event()
         self._accepting = False
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, *, auto_process: bool = False, poll_interval_s: float = 1.0) -> None:
-        """Take triggers from now on; with `auto_process`, also claim soon after `claim_soon`
-        (and every `poll_interval_s`, so what came in during an outage is claimed after it)."""
+    def start(self) -> None:
+        """Take triggers from now on (and, with auto-process, claim by itself)."""
         self._accepting = True
-        if auto_process:
+        if self._auto_process:
             self._task = asyncio.create_task(
                 supervised(
                     self.trigger,
-                    every_s=poll_interval_s,
+                    every_s=self._poll_interval_s,
                     log=OutageLog(log, "auto-process claim"),
                     wake=self._wanted,
                 ),

@@ -12,8 +12,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from orderflow import __version__
-from orderflow.settings import DEFAULTS, ENV_PREFIX, SettingError, Settings, listed, load_settings
+from orderflow.errors import SettingError
+from orderflow.settings import DEFAULTS, ENV_PREFIX, Settings, listed, load_settings
+from orderflow.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 _ALL_INTERFACES = ("0.0.0.0", "::", "")
@@ -195,9 +196,9 @@ def serve(server: str, **options: Any) -> None:
     from orderflow.logs import configure_logging
 
     granian_logging = configure_logging(settings.log_level, settings.log_format)
-    from orderflow.api.app import OrderflowApp
-    from orderflow.runtime import Runtime, StartupError
-    from orderflow.server import bind, raise_open_files_limit, run, serve
+    from orderflow.errors import StartupError
+    from orderflow.runtime import Runtime
+    from orderflow.server import bind, build_app, raise_open_files_limit, run, serve
 
     try:
         http = http_settings(settings)
@@ -206,7 +207,7 @@ def serve(server: str, **options: Any) -> None:
         fail(str(exc))
     raise_open_files_limit()
     runtime = Runtime(settings)
-    app = OrderflowApp(runtime, http)
+    app = build_app(runtime, http)
 
     def ready(port: int) -> None:
         import logging
@@ -250,7 +251,7 @@ def http_settings(settings: Settings) -> Any:
 
     from orderflow.api.app import LOOPBACK_HOSTS, HttpSettings
     from orderflow.api.auth import Auth
-    from orderflow.runtime import StartupError
+    from orderflow.errors import StartupError
 
     loopback = settings.host in LOOPBACK_HOSTS or settings.host.startswith("127.")
     auth = None

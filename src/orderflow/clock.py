@@ -1,8 +1,12 @@
-"""The one source of time and id entropy; tests inject their own."""
+"""The one source of time and id entropy (tests inject their own), and the names a running
+process holds work under."""
 
 from __future__ import annotations
 
+import os
 import random
+import secrets
+import socket
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -28,3 +32,9 @@ class SystemClock:
 
     def entropy(self) -> int:
         return self._rng.getrandbits(64)
+
+
+def new_owner_id() -> str:
+    """A name to hold work under (a processor's orders, a deliverer's subscriptions), unique
+    across hosts and restarts: host, pid, random."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"

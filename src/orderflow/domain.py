@@ -23,6 +23,7 @@ MAX_QUANTITY = 1_000_000
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_REASON_LENGTH = 500  # an operator's reason for a retry or a cancel
+MAX_SEQ = 999_999_999_999_999_999  # the largest event seq the API takes (18 digits)
 
 
 class OrderStatus(enum.StrEnum):
@@ -346,6 +347,8 @@ _MICROSECOND = timedelta(microseconds=1)
 _ENTROPY_BITS = 64
 _MAX_MICROS = (1 << 56) - 1
 _HEX = frozenset("0123456789abcdef")
+#: `is_order_id` as a pattern, for the OpenAPI document.
+ORDER_ID_PATTERN = f"^{ORDER_ID_PREFIX}[0-9a-f]{{{_ID_DIGITS}}}$"
 
 
 def micros_since_epoch(at: datetime) -> int:
@@ -405,6 +408,18 @@ class Page(msgspec.Struct, frozen=True):
 
     orders: list[Order]
     next_cursor: str | None
+
+
+class ReasonCount(msgspec.Struct, frozen=True):
+    reason: str
+    count: int
+
+
+class Stats(msgspec.Struct, frozen=True):
+    """Orders by status (every status), and the most frequent reasons of failed orders."""
+
+    by_status: dict[OrderStatus, int]
+    failed_reasons: list[ReasonCount]
 
 
 class OrderFilter(msgspec.Struct, frozen=True, kw_only=True):

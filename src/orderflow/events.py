@@ -47,7 +47,7 @@ class EventFilter:
         )
 
 
-class Subscription:
+class Reader:
     """One live reader's messages, at most `limit` waiting. `overflowed` once it fell that far
     behind: its stream ends, and the reader resumes from the store. (A deque and one waiter
     rather than an asyncio.Queue: the hub offers every event to every reader.)"""
@@ -134,7 +134,7 @@ class EventHub:
         self._keep_alive_s = keep_alive_s
         self._poll_s = poll_s
         self._queue_limit = queue_limit
-        self._subscriptions: set[Subscription] = set()
+        self._subscriptions: set[Reader] = set()
         self._wake = Wakeup()
         self._task: asyncio.Task[None] | None = None
         self._keep_alive: asyncio.Task[None] | None = None
@@ -191,11 +191,19 @@ class EventHub:
             if not self._subscriptions:  # (a reader that came meanwhile keeps its start)
                 self.position = max(self.position, last)
 
-    async def subscribe(self, wanted: EventFilter) -> Subscription:
+    async def ready_to_stream(self, after: int | None) -> None:
+        """Raise what a stream resuming after seq `after` (None: from now on) would meet as it
+        starts: Gone when the events after `after` were pruned, StoreUnavailable when the store
+        does not answer; so that the route answers 410 or 503 rather than a broken stream."""
+        if after is not None:
+            await self._store.read_events(after, 1)
+        await self.refresh()
+
+    async def subscribe(self, wanted: EventFilter) -> Reader:
         """A live reader from the hub's position on (see `refresh`); wakes the hub for anything
         newer."""
         await self.refresh()
-        subscription = Subscription(self, self.position, wanted, self._queue_limit)
+        subscription = Reader(self, self.position, wanted, self._queue_limit)
         if self._closed:
             subscription._end()
         else:
@@ -203,7 +211,7 @@ class EventHub:
             self._wake.set_soon()
         return subscription
 
-    def unsubscribe(self, subscription: Subscription) -> None:
+    def unsubscribe(self, subscription: Reader) -> None:
         self._subscriptions.discard(subscription)
 
     async def _pump(self) -> None:
@@ -323,4 +331,4 @@ def parse_types(values: Iterable[str]) -> frozenset[EventType]:
     return frozenset(types)
 
 
-__all__ = ["KEEP_ALIVE", "EventFilter", "EventHub", "Gone", "Subscription", "parse_types", "sse"]
+__all__ = ["KEEP_ALIVE", "EventFilter", "EventHub", "Gone", "Reader", "parse_types", "sse"]

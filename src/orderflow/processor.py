@@ -27,15 +27,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
-import secrets
-import socket
 from dataclasses import dataclass
 from typing import Any
 
-from orderflow.attempts import Attempts, Dropped
-from orderflow.claimer import Claimer
-from orderflow.clock import Clock
+from orderflow.attempts import Attempt, Attempts
+from orderflow.clock import Clock, new_owner_id
 from orderflow.domain import Event, Order, Outcome, ends_hold
 from orderflow.errors import OrderflowError
 from orderflow.metrics import METRICS
@@ -64,8 +60,6 @@ class ProcessorSettings:
         poll_interval_s: how often to look for ready orders when nobody said there are some.
         heartbeat_s: how often to renew the lease on what this processor holds.
         lease_s: how long the store keeps our orders for us without a heartbeat.
-        claim_batch: orders claimed per store call.
-        auto_process: claim each order soon after it arrives, instead of on a trigger.
     """
 
     concurrency: int = 64
@@ -78,23 +72,16 @@ class ProcessorSettings:
     poll_interval_s: float = 1.0
     heartbeat_s: float = 2.0
     lease_s: float = 15.0
-    claim_batch: int = 1000
-    auto_process: bool = False
 
     def __post_init__(self) -> None:
-        if min(self.concurrency, self.claim_batch, self.max_attempts) < 1:
-            raise ValueError("concurrency, claim_batch and max_attempts must be >= 1")
+        if min(self.concurrency, self.max_attempts) < 1:
+            raise ValueError("concurrency and max_attempts must be >= 1")
         if min(self.timeout_s, self.poll_interval_s, self.heartbeat_s) <= 0:
             raise ValueError("timeouts and intervals must be > 0")
         if self.retry_backoff_s < 0:
             raise ValueError("the retry backoff must be >= 0")
         if self.lease_s < 3 * self.heartbeat_s - 1e-9:
             raise ValueError("the lease must be at least three heartbeats long")
-
-
-def new_owner_id() -> str:
-    """A name for this processor, unique across hosts and restarts (host, pid, random)."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class Processor:
@@ -130,7 +117,6 @@ class Processor:
             max_retry_after_s=settings.max_retry_after_s,
             result_wait_s=settings.result_wait_s,
         )
-        self.claimer = Claimer(store, clock, self.wake, batch=settings.claim_batch)
         self.holdings: dict[str, int] = {}  # order id → token: what this processor holds
         self._holding = asyncio.Lock()  # an acquire and a renewal never overlap
         self._queue: collections.deque[Order] = collections.deque()  # held, not started
@@ -141,7 +127,7 @@ class Processor:
         self._heartbeat: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._aborted: set[str] = set()
-        self._taken: set[str] = set()  # shipments in flight whose order was taken (mark_taken)
+        self._attempt: dict[str, Attempt] = {}  # the attempt in flight (or last) of a shipment
         self._stopping = False
         self._outcomes = OutcomeWriter(store, self.owner, lambda: self._stopping)
 
@@ -180,10 +166,6 @@ class Processor:
             ),
             name="orderflow-heartbeat",
         )
-        self.claimer.start(
-            auto_process=self.settings.auto_process,
-            poll_interval_s=self.settings.poll_interval_s,
-        )
 
     def wake(self) -> None:
         """Look for ready orders now (a trigger, here or in another process, claimed some)."""
@@ -207,7 +189,6 @@ class Processor:
         cancel the rest; every order held and not finished goes back to pending (with a shared
         store: ready for the other processes), with why. Heartbeats go on until the end, so no
         lease runs out while we still ship."""
-        await self.claimer.stop()
         self._stopping = True
         for task in self._loops:
             task.cancel()
@@ -315,13 +296,19 @@ class Processor:
     async def _process(self, order: Order, task: asyncio.Task[None]) -> None:
         order_id = order.id
         self._inflight[order_id] = task
+        number = 1
         try:
-            event, reason, shipment = await self._attempts.ship(
-                order, self._note_retry, self._taken.add
-            )
-        except Dropped:
-            self._inflight.pop(order_id, None)
-            return
+            while True:
+                attempt = self._attempts.begin(order, number)
+                self._attempt[order_id] = attempt
+                event, reason, shipment, delay_s = await attempt.run()
+                if event is not Event.REATTEMPT:
+                    break
+                if await self._write(order_id, event, reason) is None:
+                    self._inflight.pop(order_id, None)
+                    return  # cancelled or taken away while it waited to be tried again
+                await asyncio.sleep(delay_s)
+                number += 1
         except asyncio.CancelledError:
             self._inflight.pop(order_id, None)
             if order_id in self._aborted:
@@ -329,7 +316,7 @@ class Processor:
                 if task.uncancel() == 0:
                     log.debug("order_id=%s shipment stopped", order_id)
                     return
-            elif order_id in self._taken:
+            elif self._attempt[order_id].taken:
                 # Shutdown, but the order was taken already: handed back, it would ship twice.
                 log.warning(
                     "order_id=%s cut off by shutdown after it was taken: shipped, no result stored",
@@ -340,17 +327,13 @@ class Processor:
                 await self._finish(order_id, self._give_back, "shutdown: shipment interrupted")
             raise
         finally:
-            self._taken.discard(order_id)
+            self._attempt.pop(order_id, None)
         self._inflight.pop(order_id, None)
         if order_id in self._aborted:  # the shipper swallowed our cancellation
             self._aborted.discard(order_id)
             task.uncancel()
             return
         await self._finish(order_id, event, reason, shipment)
-
-    async def _note_retry(self, order_id: str, note: str) -> None:
-        if await self._write(order_id, Event.REATTEMPT, note) is None:
-            raise Dropped  # cancelled or taken away while we waited to retry
 
     async def _write(
         self,

@@ -1,9 +1,13 @@
-"""Runtime: the start and stop of the whole service, whoever serves its HTTP API.
+"""Runtime: the start and stop of the whole service, whoever serves its HTTP API, and the face
+of the running service that the route tables' handlers are handed (`service`, `events`,
+`webhooks`, `refresh_gauges`).
 
-Start: open the store, load the snapshot, build the shipper and the processor, start them.
-Stop: stop processing, close the shipper, save the snapshot, close the store; each step runs
-even when the one before it failed. A start that fails closes what it opened, and says why in
-the user's terms (`StartupError`).
+Start: open the stores, load the snapshot, build the shipper, the claimer, the processor, the
+services, the event hub and the webhook deliverer, and start them. Stop: stop claiming and
+processing, close the shipper, save the snapshot, close the stores; each step runs even when
+the one before it failed. A start that fails closes what it opened, and says why in the
+user's terms (`StartupError`). This is the one place that knows which backends go together and
+how each flag maps onto the parts.
 """
 
 from __future__ import annotations
@@ -16,32 +20,36 @@ from pathlib import Path
 
 from aiohttp.abc import AbstractResolver
 
+from orderflow.claimer import Claimer
 from orderflow.clock import Clock, SystemClock
 from orderflow.domain import Event, Order, OrderStatus, advance, id_matches_timestamp, is_order_id
-from orderflow.errors import StoreUnavailable
+from orderflow.errors import SnapshotError, StartupError, StoreUnavailable
 from orderflow.events import EventHub
+from orderflow.metrics import METRICS
 from orderflow.processor import Processor, ProcessorSettings
 from orderflow.service import OrderService
-from orderflow.settings import Settings
-from orderflow.shipping import Shipper, SimulatedShipper
-from orderflow.snapshot import SnapshotError, SnapshotFile
-from orderflow.store import open_store
+from orderflow.settings import Settings, listed
+from orderflow.shippers import load_shipper
+from orderflow.shipping import Shipper
+from orderflow.signing import check_secret
+from orderflow.snapshot import SnapshotFile
 from orderflow.store.base import OrderStore
-from orderflow.store.memory import InMemoryOrderStore, MemoryState
+from orderflow.store.memory import InMemoryOrderStore
 from orderflow.supervise import OutageLog, supervised
-from orderflow.webhooks import open_webhook_store
-from orderflow.webhooks.delivery import Deliverer
+from orderflow.webhooks.delivery import Deliverer, DelivererSettings
+from orderflow.webhooks.destinations import Destinations
+from orderflow.webhooks.model import check_url, parse_schedule
+from orderflow.webhooks.sender import Sender
+from orderflow.webhooks.service import WebhookService
+from orderflow.webhooks.store import InMemoryWebhookStore, WebhookStore
 
 log = logging.getLogger("orderflow.runtime")
 
 
-class StartupError(Exception):
-    """The service cannot start; the message says why, naming the flag or file at fault."""
-
-
 class Runtime:
     """Args:
-    store, shipper, clock: given instead of built from `settings` (tests).
+    store, webhook_store, shipper, clock: given instead of built from `settings` (tests); a
+        given order store without a webhook store gets one in memory.
     webhook_resolver: resolves the names of webhook receivers (tests; default: the system's).
     """
 
@@ -50,6 +58,7 @@ class Runtime:
         settings: Settings | None = None,
         *,
         store: OrderStore | None = None,
+        webhook_store: WebhookStore | None = None,
         shipper: Shipper | None = None,
         clock: Clock | None = None,
         webhook_resolver: AbstractResolver | None = None,
@@ -58,51 +67,47 @@ class Runtime:
         self._webhook_resolver = webhook_resolver
         self.clock = clock or SystemClock()
         self._given_store = store
+        self._given_webhook_store = webhook_store
         self._given_shipper = shipper
         self.started = False
         self._snapshot: SnapshotFile | None = None
         self._loops: list[asyncio.Task[None]] = []
         self.store: OrderStore
+        self.webhook_store: WebhookStore
         self.shipper: Shipper
+        self.claimer: Claimer
         self.processor: Processor
         self.service: OrderService
         self.events: EventHub
-        self.webhooks: Deliverer
+        self.webhooks: WebhookService
+        self.deliverer: Deliverer
 
     async def start(self) -> None:
         """Open, load, build and start everything. Raises StartupError."""
         settings = self.settings
         if settings.snapshot and not settings.database_url.startswith("memory:"):
             raise StartupError(
-                "--snapshot: only for the in-memory store; PostgreSQL keeps the orders itself"
+                "--snapshot: only for the in-memory store; a database keeps the orders itself"
             )
-        self.store = (
-            self._given_store if self._given_store is not None else await _open_store(settings)
-        )
+        deliverer_settings, webhook_urls = webhook_settings(settings)
+        if self._given_store is not None:
+            self.store = self._given_store
+            self.webhook_store = self._given_webhook_store or InMemoryWebhookStore()
+        else:
+            self.store, self.webhook_store = await open_stores(settings)
         try:
             if settings.snapshot:
                 self._load_snapshot(Path(settings.snapshot))
-            self.shipper = (
-                self._given_shipper if self._given_shipper is not None else load_shipper(settings)
-            )
-            self.processor = Processor(
-                self.store, self.shipper, self.clock, processor_settings(settings)
-            )
-            self.service = OrderService(
-                self.store, self.processor, self.clock, idempotency_ttl_s=settings.idempotency_ttl
-            )
-            await self.processor.start()
-            self.events = EventHub(
-                self.store,
-                poll_s=settings.poll_interval,
-                keep_alive_s=settings.sse_keep_alive,
-                stream_bytes=settings.sse_stream_bytes,
-            )
-            self.webhooks = _deliverer(settings, self.store, self._webhook_resolver)
+            self.shipper = self._given_shipper or _shipper(settings)
+            self._build(settings, deliverer_settings)
+            await self.service.start()
             self.store.watch_events(self._events_arrived)
             await self.events.start()
             try:
-                await self.webhooks.start()
+                if webhook_urls:
+                    assert settings.webhook_secret is not None
+                    await self.webhooks.subscribe_at_start(webhook_urls, settings.webhook_secret)
+                await self.deliverer.start()
             except StoreUnavailable as exc:
                 raise StartupError(f"--webhook: {exc}") from None
             except ValueError as exc:  # a URL that leads where webhooks may not go
@@ -117,9 +122,43 @@ class Runtime:
         self._loop(self._prune_events, min(60.0, settings.event_retention / 10), "pruning events")
         self.started = True
 
+    def _build(self, settings: Settings, deliverer_settings: DelivererSettings) -> None:
+        store, clock = self.store, self.clock
+        self.processor = Processor(store, self.shipper, clock, processor_settings(settings))
+        self.claimer = Claimer(
+            store,
+            clock,
+            self.processor.wake,
+            auto_process=settings.auto_process,
+            poll_interval_s=settings.poll_interval,
+        )
+        self.service = OrderService(
+            store, self.claimer, self.processor, clock, idempotency_ttl_s=settings.idempotency_ttl
+        )
+        self.events = EventHub(
+            store,
+            poll_s=settings.poll_interval,
+            keep_alive_s=settings.sse_keep_alive,
+            stream_bytes=settings.sse_stream_bytes,
+        )
+        destinations = Destinations(
+            allow_private=settings.webhook_allow_private,
+            resolver=self._webhook_resolver,
+            timeout_s=settings.webhook_timeout,
+        )
+        sender = Sender(timeout_s=settings.webhook_timeout, destinations=destinations)
+        self.deliverer = Deliverer(store, self.webhook_store, sender, deliverer_settings)
+        self.webhooks = WebhookService(
+            store,
+            self.webhook_store,
+            destinations,
+            clock,
+            changed=self.deliverer.subscriptions_changed,
+        )
+
     def _events_arrived(self) -> None:
         self.events.wake()
-        self.webhooks.wake()
+        self.deliverer.wake()
 
     def _loop(self, step: Callable[[], Awaitable[object]], every_s: float, what: str) -> None:
         self._loops.append(
@@ -138,8 +177,9 @@ class Runtime:
             await asyncio.sleep(0)
 
     def _load_snapshot(self, path: Path) -> None:
-        store = self.store
-        assert isinstance(store, InMemoryOrderStore)
+        snapshots = self.store.snapshots
+        if snapshots is None:
+            raise StartupError("--snapshot: only for the in-memory store")
         snapshot = SnapshotFile(path, recover=self.settings.snapshot_recover)
         try:
             state = snapshot.read()
@@ -157,9 +197,24 @@ class Runtime:
                     return advance(order, Event.RELEASE, now, "restart: was processing")
                 return order
 
-            store.load(state, arrived)
+            snapshots.load(state, arrived)
         snapshot.mark_loaded()
         self._snapshot = snapshot
+
+    async def refresh_gauges(self) -> None:
+        """Read the store-wide figures into the metrics (the same on every instance), and this
+        instance's own; nothing while the service is not running."""
+        if not self.started:
+            return
+        gauges, store = METRICS.gauges, self.store
+        gauges["by_status"] = await store.count_by_status()
+        oldest = await store.oldest_pending()
+        age = 0.0 if oldest is None else (self.clock.now() - oldest).total_seconds()
+        gauges["oldest_pending_age_seconds"] = max(0.0, age)
+        gauges["shipments_in_flight"] = self.processor.in_flight
+        gauges["held_orders"] = len(self.processor.holdings)
+        last = gauges["event_log_last_seq"] = await store.last_event_seq()
+        gauges["webhook_delivery_lag_events"] = await self.webhooks.lag(last)
 
     async def stop(self) -> None:
         """Stop everything, each step even if the one before failed; the snapshot is saved
@@ -173,45 +228,48 @@ class Runtime:
                 try:
                     await self.events.close()  # streams end cleanly, first
                 finally:
-                    await self.processor.stop(self.settings.shutdown_grace)
+                    await self.service.stop(self.settings.shutdown_grace)
             finally:
-                await self.webhooks.stop(self.settings.shutdown_grace)
+                await self.deliverer.stop(self.settings.shutdown_grace)
                 for task in self._loops:
                     task.cancel()
                 await asyncio.gather(*self._loops, return_exceptions=True)
                 await self.shipper.close()
         finally:
             try:
-                if self._snapshot is not None:
-                    store = self.store
-                    assert isinstance(store, InMemoryOrderStore)
-                    self._snapshot.save(store.dump())
+                if self._snapshot is not None and self.store.snapshots is not None:
+                    self._snapshot.save(self.store.snapshots.dump())
             finally:
+                await self.webhook_store.close()
                 await self.store.close()
         log.info("stopped")
 
 
-async def _open_store(settings: Settings) -> OrderStore:
-    try:
-        return await open_store(
-            settings.database_url,
-            migrate=settings.migrate,
-            event_retention=settings.event_retention_count,
-            poll_s=settings.poll_interval,
+async def open_stores(settings: Settings) -> tuple[OrderStore, WebhookStore]:
+    """The order store `--database-url` names by its scheme (``memory://``, the default, or
+    ``postgresql://…``, migrated first unless `--no-migrate`), and the webhook store that goes
+    with it: the same database, or, in memory, one that lasts as long as the process. The one
+    place that picks backends. Raises StartupError."""
+    url = settings.database_url
+    scheme = url.partition("://")[0]
+    if scheme == "memory":
+        return InMemoryOrderStore(event_retention=settings.event_retention_count), (
+            InMemoryWebhookStore()
         )
-    except ValueError as exc:
-        raise StartupError(f"--database-url: {exc}") from None
-    except StoreUnavailable as exc:
-        raise StartupError(f"--database-url: {exc}") from None
+    if scheme in ("postgresql", "postgres"):
+        from orderflow.store.postgres import PostgresOrderStore  # only then the driver
+        from orderflow.webhooks.postgres import PostgresWebhookStore
 
-
-def _deliverer(
-    settings: Settings, store: OrderStore, resolver: AbstractResolver | None = None
-) -> Deliverer:
-    try:
-        return Deliverer.from_settings(settings, store, open_webhook_store(store), resolver)
-    except ValueError as exc:
-        raise StartupError(str(exc)) from None
+        try:
+            store = await PostgresOrderStore.connect(
+                url, apply_migrations=settings.migrate, poll_s=settings.poll_interval
+            )
+        except StoreUnavailable as exc:
+            raise StartupError(f"--database-url: {exc}") from None
+        return store, PostgresWebhookStore(store.database)
+    raise StartupError(
+        f"--database-url: unsupported scheme {scheme!r} (use memory:// or postgresql://)"
+    )
 
 
 def processor_settings(settings: Settings) -> ProcessorSettings:
@@ -223,36 +281,46 @@ def processor_settings(settings: Settings) -> ProcessorSettings:
         poll_interval_s=settings.poll_interval,
         heartbeat_s=settings.heartbeat_interval,
         lease_s=settings.lease_timeout,
-        auto_process=settings.auto_process,
     )
 
 
-def load_shipper(settings: Settings) -> Shipper:
-    """The shipper `--shipper` names. Raises StartupError."""
-    spec = settings.shipper
-    if spec == "simulated":
-        return SimulatedShipper(
-            settings.ship_delay, settings.ship_jitter, settings.ship_failure_rate
-        )
+def webhook_settings(settings: Settings) -> tuple[DelivererSettings, list[str]]:
+    """The deliverer's settings from the --webhook* flags, and the URLs to subscribe at start
+    (checked: well formed, and no forbidden literal address). Raises StartupError naming the
+    flag."""
     try:
-        if spec.startswith("python:"):
-            from orderflow.shippers.python import load_python_shipper
-
-            return load_python_shipper(spec.removeprefix("python:"))
-        if spec.startswith(("http://", "https://")):
-            from orderflow.shippers.http import HttpShipper
-
-            if not settings.shipper_secret:
-                raise ValueError("--shipper-secret (a whsec_ key) is needed to sign the calls")
-            return HttpShipper(spec, settings.shipper_secret, timeout_s=settings.process_timeout)
+        schedule = parse_schedule(settings.webhook_retry_schedule)
     except ValueError as exc:
-        message = str(exc)
-        raise StartupError(
-            message if message.startswith("--") else f"--shipper: {message}"
-        ) from None
-    raise StartupError(
-        f"--shipper: {spec!r} is not simulated, python:module:function or an http(s):// URL"
+        raise StartupError(f"--webhook-retry-schedule: {exc}") from None
+    urls = listed(settings.webhook)
+    policy = Destinations(allow_private=settings.webhook_allow_private)
+    try:
+        for url in urls:
+            check_url(url)
+            policy.check_literal(url)
+    except ValueError as exc:
+        raise StartupError(f"--webhook: {str(exc).removeprefix('url: ')}") from None
+    if urls and not settings.webhook_secret:
+        raise StartupError("--webhook-secret (a whsec_ key) is needed to sign the calls")
+    if settings.webhook_secret:
+        try:
+            check_secret(settings.webhook_secret)
+        except ValueError as exc:
+            raise StartupError(f"--webhook-secret: {str(exc).removeprefix('secret: ')}") from None
+    deliverer = DelivererSettings(
+        schedule_s=schedule,
+        timeout_s=settings.webhook_timeout,
+        poll_s=settings.poll_interval,
+        lease_s=settings.webhook_timeout + settings.lease_timeout,
     )
+    return deliverer, urls
 
 
-__all__ = ["MemoryState", "Runtime", "StartupError"]
+def _shipper(settings: Settings) -> Shipper:
+    try:
+        return load_shipper(settings)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
+__all__ = ["Runtime", "StartupError", "open_stores", "processor_settings", "webhook_settings"]

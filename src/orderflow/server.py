@@ -1,5 +1,6 @@
 """Serving: the runtime and the app in one process, over granian's RSGI (its native protocol)
-or uvicorn's ASGI, until SIGINT or SIGTERM.
+or uvicorn's ASGI, until SIGINT or SIGTERM; and `build_app`, where the features' route tables
+are joined and handed to the app with the runtime as their services (the composition root).
 
 The order of a start makes every failure show before anyone can connect: the listening socket
 is bound (a busy port fails here), the runtime starts (store, snapshot, shipper), and only then
@@ -20,12 +21,36 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from orderflow.api.app import OrderflowApp
-from orderflow.runtime import Runtime, StartupError
+from orderflow.api.app import HttpSettings, OrderflowApp
+from orderflow.api.routes import EVENT_ROUTES, META_ROUTES, ORDER_ROUTES
+from orderflow.api.routing import Route
+from orderflow.dashboard import DASHBOARD_ROUTES
+from orderflow.errors import StartupError
+from orderflow.runtime import Runtime
+from orderflow.webhooks.routes import WEBHOOK_ROUTES
 
 log = logging.getLogger("orderflow.server")
 
 BACKLOG = 4096
+
+
+#: Every route the service serves (the app adds those that describe the API); the runtime
+#: satisfies what each table's handlers ask of their services, which mypy checks here.
+ROUTES: tuple[Route[Runtime], ...] = (
+    *ORDER_ROUTES,
+    *EVENT_ROUTES,
+    *WEBHOOK_ROUTES,
+    *META_ROUTES,
+    *DASHBOARD_ROUTES,
+)
+
+
+def build_app(
+    runtime: Runtime, settings: HttpSettings | None = None, *, manage_runtime: bool = False
+) -> OrderflowApp[Runtime]:
+    """The app serving every route over `runtime` (`manage_runtime`: the ASGI lifespan
+    starts and stops it)."""
+    return OrderflowApp(ROUTES, runtime, runtime, settings, manage_lifespan=manage_runtime)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -86,7 +111,7 @@ def raise_open_files_limit() -> int:
 
 async def serve(
     runtime: Runtime,
-    app: OrderflowApp,
+    app: OrderflowApp[Runtime],
     sock: socket.socket,
     *,
     server: str = "granian",
@@ -123,7 +148,7 @@ async def serve(
                 idle_timeout_s=idle_timeout_s,
                 logging_config=granian_logging,
                 log_level=log_level,
-                before_stop=lambda: _before_stop(app),
+                before_stop=lambda: _before_stop(runtime),
             )
     finally:
         try:
@@ -194,15 +219,15 @@ async def serve_granian(
             loop.remove_signal_handler(sig)
 
 
-async def _before_stop(app: OrderflowApp) -> None:
+async def _before_stop(runtime: Runtime) -> None:
     """Refuse new work and end the event streams (granian waits for every response to end
     before it stops); the runtime stops after that."""
     log.info("stopping: no new work; shipments in flight get the shutdown grace")
-    app.runtime.service.stopping = True
-    await app.runtime.events.close()
+    runtime.service.stopping = True
+    await runtime.events.close()
 
 
-async def _serve_uvicorn(app: OrderflowApp, sock: socket.socket) -> None:
+async def _serve_uvicorn(app: OrderflowApp[Runtime], sock: socket.socket) -> None:
     import uvicorn
 
     config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)

@@ -1,4 +1,5 @@
-"""OrderService: what the API can ask of orderflow, over one OrderStore and one Processor.
+"""OrderService: what the API can ask of orderflow, over one OrderStore, the Claimer that moves
+pending orders to processing, and the Processor that ships them.
 
 Where the store answers OutcomeUnknown (the connection broke while a change was in flight),
 the service looks whether the change was made before it says so: a change that committed is
@@ -14,6 +15,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from orderflow.claimer import Claimer
 from orderflow.clock import Clock
 from orderflow.domain import (
     Event,
@@ -23,6 +25,7 @@ from orderflow.domain import (
     OrderQuery,
     OrderStatus,
     Page,
+    Stats,
     is_order_id,
     new_order,
     new_order_id,
@@ -38,7 +41,7 @@ from orderflow.errors import (
 )
 from orderflow.metrics import METRICS
 from orderflow.processor import Processor
-from orderflow.store.base import IdempotencyRecord, JsonPage, OrderStore, Stats
+from orderflow.store.base import IdempotencyRecord, JsonPage, OrderStore
 
 log = logging.getLogger("orderflow.service")
 
@@ -63,17 +66,33 @@ class OrderService:
     def __init__(
         self,
         store: OrderStore,
+        claimer: Claimer,
         processor: Processor,
         clock: Clock,
         *,
         idempotency_ttl_s: float = 86_400.0,
     ) -> None:
         self.store = store
+        self.claimer = claimer
         self.processor = processor
         self._clock = clock
         self.idempotency_ttl_s = idempotency_ttl_s
         self._keys_in_flight: set[str] = set()
         self.stopping = False
+
+    async def start(self) -> None:
+        """Start shipping, then take triggers (and, with auto-process, claim by itself)."""
+        await self.processor.start()
+        self.claimer.start()
+
+    async def stop(self, grace_s: float) -> None:
+        """Take no more work: stop claiming, then stop the processor (shipments in flight get
+        `grace_s` seconds; see `Processor.stop`)."""
+        self.stopping = True
+        try:
+            await self.claimer.stop()
+        finally:
+            await self.processor.stop(grace_s)
 
     async def submit(
         self, customer: str, items: tuple[Item, ...], idempotency_key: str | None = None
@@ -96,7 +115,7 @@ class OrderService:
                 await self._confirm(unknown, self._exists(order.id))
             log.debug("order_id=%s submitted", order.id)
             METRICS.submitted += 1
-            self.processor.claimer.claim_soon()
+            self.claimer.claim_soon()
             return Submitted(order.id, order.status)
         if idempotency_key in self._keys_in_flight:
             raise IdempotencyInFlight()
@@ -113,7 +132,7 @@ class OrderService:
         if existing is None or existing.order_id == order.id:
             log.debug("order_id=%s submitted", order.id)
             METRICS.submitted += 1
-            self.processor.claimer.claim_soon()
+            self.claimer.claim_soon()
             return Submitted(order.id, order.status)
         if existing.fingerprint != fingerprint:
             raise IdempotencyMismatch()
@@ -186,7 +205,7 @@ class OrderService:
         """Claim every pending order for shipping; returns how many. Raises ShuttingDown."""
         if self.stopping:
             raise ShuttingDown()
-        claimed = await self.processor.claimer.trigger()
+        claimed = await self.claimer.trigger()
         log.info("trigger: %d orders claimed for shipping", claimed)
         return claimed
 

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from orderflow.errors import SettingError
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 ENV_PREFIX = "ORDERFLOW_"
 
@@ -67,14 +69,6 @@ _BOUNDS = (
     (re.compile(r"Expected `\w+` <= (\S+)"), "must be at most {}"),
     (re.compile(r"Expected `\w+` < (\S+)"), "must be less than {}"),
 )
-
-
-class SettingError(ValueError):
-    """A setting is wrong; `flag` names it as the user typed it."""
-
-    def __init__(self, flag: str, message: str) -> None:
-        super().__init__(f"{flag}: {message}")
-        self.flag = flag
 
 
 def flag_of(name: str) -> str:

@@ -1,5 +1,6 @@
-"""Shippers: how an order leaves the building. The contract every shipper keeps, the simulated
-one that stands in for a carrier, and `load_shipper`, which picks one from `--shipper`.
+"""Shippers: how an order leaves the building. The contract every shipper keeps, and the
+simulated one that stands in for a carrier (the others are in `shippers/`, where
+`load_shipper` picks one from `--shipper`).
 
 A shipper is called once per attempt, as ``await shipper.ship(order, context)``:
 
@@ -28,25 +29,12 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from orderflow.domain import Order
+from orderflow.errors import PermanentFailure, RetryableFailure
 
 MAX_RESULT_BYTES = 4096
 # How long a shipper may take to return its result once the order is taken (`mark_taken`): the
 # HTTP shipper reads a 2xx's body this long after its head (or till the deadline, if later).
 RESULT_WAIT_S = 5.0
-
-
-class PermanentFailure(Exception):
-    """The shipment cannot succeed (a refused address, say): the order fails at once, with this
-    message as its reason, and is not tried again."""
-
-
-class RetryableFailure(Exception):
-    """This attempt failed but another may succeed; `retry_after_s`, when given, is the least
-    time to wait before it (the receiver's ``Retry-After``)."""
-
-    def __init__(self, reason: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after_s = retry_after_s
 
 
 def _not_attempted() -> None:
@@ -111,3 +99,14 @@ class SimulatedShipper:
 
     async def close(self) -> None:
         return None
+
+
+__all__ = [
+    "MAX_RESULT_BYTES",
+    "RESULT_WAIT_S",
+    "PermanentFailure",
+    "RetryableFailure",
+    "ShipContext",
+    "Shipper",
+    "SimulatedShipper",
+]

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
-from orderflow import __version__
+from orderflow.version import __version__
 
 # "whsec_" then the standard base64 (with its padding) of a key of 24 to 64 bytes, as the
 # Standard Webhooks specification advises: 8 to 21 groups of 4 (24 to 63 bytes), or a last

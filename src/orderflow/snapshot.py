@@ -24,17 +24,13 @@ from typing import Any
 import msgspec
 
 from orderflow.domain import Order, OrderEvent
-from orderflow.store.base import IdempotencyRecord
-from orderflow.store.memory import MemoryState
+from orderflow.errors import SnapshotError
+from orderflow.store.base import IdempotencyRecord, MemoryState
 
 log = logging.getLogger("orderflow.snapshot")
 
 FORMAT = "orderflow-snapshot"
 VERSION = 2
-
-
-class SnapshotError(Exception):
-    """The snapshot cannot be used; the message says why, in the user's terms."""
 
 
 class _Header(msgspec.Struct, frozen=True):

@@ -25,7 +25,7 @@ from orderflow.api.app import HttpSettings, OrderflowApp
 from orderflow.api.errors import PROBLEMS
 from orderflow.domain import new_order_id
 from orderflow.runtime import Runtime
-from orderflow.server import bind, serve
+from orderflow.server import bind, build_app, serve
 from orderflow.settings import Settings
 from orderflow.store.memory import InMemoryOrderStore
 from tests.conftest import BASE_TIME, FakeShipper, ManualClock
@@ -89,9 +89,9 @@ async def serve_api(
             fields.setdefault("process_timeout", 5.0)
             runtime = Runtime(Settings(**fields), store=memory_store, shipper=shipper, clock=clock)
             if adapter == "asgi":
-                app = OrderflowApp(runtime, http, manage_runtime=True)
+                app = build_app(runtime, http, manage_runtime=True)
                 return await stack.enter_async_context(serve_over_asgi(app))
-            app = OrderflowApp(runtime, http)
+            app = build_app(runtime, http)
             return await stack.enter_async_context(serve_over_rsgi(app))
 
         yield start
@@ -118,7 +118,7 @@ async def serve_over_asgi(app: OrderflowApp) -> AsyncIterator[Served]:
             transport=httpx.ASGITransport(app=manager.app), base_url="http://127.0.0.1"
         ) as client,
     ):
-        yield Served("asgi", app, app.runtime, client)
+        yield Served("asgi", app, app.services, client)
 
 
 @contextlib.asynccontextmanager
@@ -128,7 +128,7 @@ async def serve_over_rsgi(app: OrderflowApp) -> AsyncIterator[Served]:
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     server = asyncio.create_task(
         serve(
-            app.runtime,
+            app.services,
             app,
             sock,
             idle_timeout_s=app.settings.idle_timeout_s,
@@ -144,7 +144,7 @@ async def serve_over_rsgi(app: OrderflowApp) -> AsyncIterator[Served]:
             raise AssertionError("serve() returned before it was ready")
         port = ready.result()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            yield Served("rsgi", app, app.runtime, client, port)
+            yield Served("rsgi", app, app.services, client, port)
     finally:
         await _stop_server(server)
 

@@ -12,7 +12,6 @@ import pytest
 
 from orderflow.api.app import HttpSettings
 from orderflow.api.auth import ROLES, Auth
-from orderflow.api.routes import ROUTES
 from orderflow.api.routing import Route
 from tests.api.conftest import (
     ACCEPT_JSON,
@@ -23,6 +22,7 @@ from tests.api.conftest import (
     create,
     sample_path,
 )
+from tests.helpers import ROUTES
 
 TOKENS = {
     "read": "read-token-0123456789",

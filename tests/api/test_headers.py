@@ -16,7 +16,6 @@ from orderflow.api.app import HttpSettings
 from orderflow.api.assets import CONTENT_SECURITY_POLICY
 from orderflow.api.errors import PROBLEMS
 from orderflow.api.openapi import DOCS_FILES
-from orderflow.api.routes import ROUTES
 from tests.api.conftest import (
     ACCEPT_JSON,
     JSON_HEADERS,
@@ -28,6 +27,7 @@ from tests.api.conftest import (
     sample_path,
     status_of,
 )
+from tests.helpers import ROUTES
 
 NOSNIFF = "nosniff"
 HTML_ROUTES = sorted(route.path for route in ROUTES if route.media == "text/html")

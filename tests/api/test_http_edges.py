@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from orderflow.api.app import HttpSettings, OrderflowApp
+from orderflow.api.app import HttpSettings
 from orderflow.api.http import MAX_BODY_BYTES, HTTPProblem, Request
-from orderflow.api.routes import ROUTES
 from orderflow.runtime import Runtime
+from orderflow.server import build_app
 from orderflow.store.memory import InMemoryOrderStore
 from tests.api.conftest import (
     ACCEPT_JSON,
@@ -34,6 +34,7 @@ from tests.api.conftest import (
     sample_path,
     status_of,
 )
+from tests.helpers import ROUTES
 
 # -- methods and HEAD ----------------------------------------------------------------------------
 
@@ -366,7 +367,7 @@ async def _within(seconds: float, awaitable: Awaitable[RawResponse]) -> RawRespo
 async def test_a_cancel_from_outside_wins_over_a_late_body(server: str) -> None:
     """A shutdown that cancels a handler in the very moment its body is found late: the
     handler is cancelled (it does not go on with a 408 as if nothing else had happened)."""
-    app = OrderflowApp(Runtime(), HttpSettings(idle_timeout_s=1))
+    app = build_app(Runtime(), HttpSettings(idle_timeout_s=1))
 
     async def never() -> bytes:
         await asyncio.Event().wait()

@@ -22,17 +22,25 @@ import schemathesis.hooks
 import schemathesis.python.asgi
 from schemathesis.engine import events
 
-from orderflow.api.app import LOOPBACK_HOSTS, HttpSettings, OrderflowApp
+from orderflow.api.app import LOOPBACK_HOSTS, HttpSettings
 from orderflow.api.auth import Auth
 from orderflow.api.openapi import openapi_document
-from orderflow.api.routes import IDEMPOTENCY_KEY_PATTERN, ORDER_ID_PATTERN, ROUTES
+from orderflow.api.routes import IDEMPOTENCY_KEY_PATTERN
 from orderflow.api.routing import Route
-from orderflow.domain import MAX_NAME_LENGTH, MAX_QUANTITY, NAME_PATTERN, new_order_id
+from orderflow.domain import (
+    MAX_NAME_LENGTH,
+    MAX_QUANTITY,
+    NAME_PATTERN,
+    ORDER_ID_PATTERN,
+    new_order_id,
+)
 from orderflow.runtime import Runtime
+from orderflow.server import build_app
 from orderflow.settings import Settings
 from orderflow.webhooks.model import URL_PATTERN, url_host
 from tests.api.conftest import ADAPTERS, ServeFactory, serve_over_rsgi
 from tests.conftest import BASE_TIME
+from tests.helpers import ROUTES
 from tests.webhooks.receiver import Names
 
 
@@ -368,7 +376,7 @@ async def test_schemathesis_finds_no_disagreement_between_document_and_service(
     schemathesis.hook("before_call")(no_webhook_address)
     try:
         if adapter == "rsgi":
-            app = OrderflowApp(runtime)
+            app = build_app(runtime)
             async with serve_over_rsgi(app) as served:
                 url = f"{served.origin}/openapi.json"
                 # Off the loop: the server answers on this loop while schemathesis blocks.
@@ -378,7 +386,7 @@ async def test_schemathesis_finds_no_disagreement_between_document_and_service(
                 findings, phases, transitions = await asyncio.to_thread(run_schemathesis, schema)
         else:  # schemathesis serves the app itself: its own loop, Host "testserver"
             hosts = LOOPBACK_HOSTS | {schemathesis.python.asgi.HOST}
-            app = OrderflowApp(runtime, HttpSettings(allowed_hosts=hosts), manage_runtime=True)
+            app = build_app(runtime, HttpSettings(allowed_hosts=hosts), manage_runtime=True)
             try:
                 schema = schemathesis.openapi.from_asgi(
                     "/openapi.json", app, config=schemathesis_config()

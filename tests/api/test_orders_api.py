@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from orderflow.api.errors import PROBLEMS
-from orderflow.api.routes import ROUTES
 from orderflow.domain import OrderStatus
 from orderflow.errors import StoreRefusedData
 from orderflow.shipping import PermanentFailure
@@ -30,6 +29,7 @@ from tests.api.conftest import (
     status_of,
 )
 from tests.conftest import FakeShipper, eventually, settled
+from tests.helpers import ROUTES
 
 
 async def ship_pending(client: httpx.AsyncClient, store: InMemoryOrderStore) -> int:

@@ -10,11 +10,12 @@ from importlib import resources
 import httpx
 import pytest
 
-from orderflow.api.app import HttpSettings, OrderflowApp
+from orderflow.api.app import HttpSettings
 from orderflow.api.auth import Auth
-from orderflow.api.routes import ROUTES
 from orderflow.dashboard import DASHBOARD_ROUTES, FILES
 from orderflow.runtime import Runtime
+from orderflow.server import build_app
+from tests.helpers import ROUTES
 
 TYPES = {
     "/dashboard/app.js": "text/javascript; charset=utf-8",
@@ -25,7 +26,7 @@ TYPES = {
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     """The app with auth on, its service not started: the dashboard needs neither."""
-    app = OrderflowApp(Runtime(), HttpSettings(auth=Auth([("operate", "x" * 16)])))
+    app = build_app(Runtime(), HttpSettings(auth=Auth([("operate", "x" * 16)])))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client

@@ -8,8 +8,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from orderflow.api.assets import CONTENT_SECURITY_POLICY
-from orderflow.api.routes import ROUTES
 from tests.browser.conftest import ServerFactory
+from tests.helpers import ROUTES
 
 pytestmark = pytest.mark.e2e
 

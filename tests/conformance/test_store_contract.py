@@ -17,6 +17,7 @@ from orderflow.domain import (
     OrderQuery,
     OrderStatus,
     Outcome,
+    ReasonCount,
     new_order,
     new_order_id,
 )
@@ -28,7 +29,7 @@ from orderflow.errors import (
     OrderConflict,
     OrderNotFound,
 )
-from orderflow.store.base import IdempotencyRecord, OrderStore, ReasonCount
+from orderflow.store.base import IdempotencyRecord, OrderStore
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 LEASE_S = 15.0

@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
-from orderflow.api.app import OrderflowApp
 from orderflow.domain import Event, Hold, OrderStatus, Outcome
 from orderflow.errors import OrderNotFound, OutcomeUnknown, StoreUnavailable
 from orderflow.runtime import Runtime
+from orderflow.server import build_app
 from orderflow.settings import Settings
 from orderflow.store.postgres import PostgresOrderStore
 from tests.conftest import FakeShipper, eventually
@@ -162,7 +162,7 @@ async def test_an_id_with_a_nul_is_never_sent_to_postgresql(
     sent = proxy.cut_before(b"\x00nul-marker")
     runtime = Runtime(Settings(shutdown_grace=0), store=proxied_store, shipper=FakeShipper())
     await runtime.start()
-    app = OrderflowApp(runtime)
+    app = build_app(runtime)
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"

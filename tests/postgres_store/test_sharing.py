@@ -11,7 +11,6 @@ import pytest
 
 from orderflow.domain import Event, Hold, OrderStatus, Outcome
 from orderflow.errors import NotHeld, OutcomeUnknown, StoreUnavailable
-from orderflow.store import open_store
 from orderflow.store import postgres_sql as sql
 from orderflow.store.postgres import PostgresOrderStore
 from orderflow.store.postgres_rows import translated
@@ -182,7 +181,7 @@ async def test_a_statement_that_gets_no_answer_is_unavailable_not_a_hang() -> No
 
 async def test_an_unreachable_database_is_unavailable_not_a_crash() -> None:
     with pytest.raises(StoreUnavailable) as caught:
-        await open_store("postgresql://postgres@127.0.0.1:1/nowhere")
+        await PostgresOrderStore.connect("postgresql://postgres@127.0.0.1:1/nowhere")
     assert not isinstance(caught.value, OutcomeUnknown)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from orderflow.claimer import Claimer
 from orderflow.processor import Processor, ProcessorSettings
 from orderflow.service import OrderService
 from orderflow.store.base import OrderStore
@@ -37,26 +38,39 @@ StartService = Callable[..., Awaitable[OrderService]]
 async def start_service(
     memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
 ) -> AsyncIterator[StartService]:
-    """A factory of services whose processor runs: `await start_service(store=…, shipper=…,
-    concurrency=…, …)` takes ProcessorSettings fields (defaults: the `memory_store` and
-    `shipper` fixtures); every processor it started is stopped (grace 0) at the end."""
+    """A factory of services whose claimer and processor run: `await start_service(store=…,
+    shipper=…, concurrency=…, claim_batch=…, auto_process=…, …)` takes ProcessorSettings
+    fields and the claimer's (defaults: the `memory_store` and `shipper` fixtures); every one
+    it started is stopped (grace 0) at the end."""
     services: list[OrderService] = []
 
     async def start(
-        *, store: OrderStore | None = None, shipper_: Any = None, **fields: Any
+        *,
+        store: OrderStore | None = None,
+        shipper_: Any = None,
+        claim_batch: int = 1000,
+        auto_process: bool = False,
+        **fields: Any,
     ) -> OrderService:
         store = memory_store if store is None else store
-        processor = Processor(
-            store, shipper if shipper_ is None else shipper_, clock, ProcessorSettings(**fields)
+        settings = ProcessorSettings(**fields)
+        processor = Processor(store, shipper if shipper_ is None else shipper_, clock, settings)
+        claimer = Claimer(
+            store,
+            clock,
+            processor.wake,
+            batch=claim_batch,
+            auto_process=auto_process,
+            poll_interval_s=settings.poll_interval_s,
         )
-        await processor.start()
-        service = OrderService(store, processor, clock)
+        service = OrderService(store, claimer, processor, clock)
+        await service.start()
         services.append(service)
         return service
 
     yield start
     for service in services:  # a second stop (the test stopped it already) does nothing
-        await service.processor.stop(grace_s=0)
+        await service.stop(grace_s=0)
 
 
 async def submit_many(service: OrderService, count: int, customer: str = "Ada") -> list[str]:

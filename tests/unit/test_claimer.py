@@ -201,6 +201,6 @@ async def test_without_auto_process_a_submit_is_not_claimed(
     """Without auto-process, `claim_soon` does nothing and orders stay pending."""
     service = await start_service(auto_process=False, poll_interval_s=0.01)
     [order_id] = await submit_many(service, 1)
-    service.processor.claimer.claim_soon()  # does nothing without auto-process
+    service.claimer.claim_soon()  # does nothing without auto-process
     await asyncio.sleep(0.05)  # a few poll intervals: nothing may claim it meanwhile
     assert (await memory_store.get_order(order_id)).status is OrderStatus.PENDING

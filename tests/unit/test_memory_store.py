@@ -15,10 +15,11 @@ from orderflow.domain import (
     OrderQuery,
     OrderStatus,
     Outcome,
+    ReasonCount,
     advance,
 )
 from orderflow.errors import Gone, OrderConflict
-from orderflow.store.base import IdempotencyRecord, ReasonCount
+from orderflow.store.base import IdempotencyRecord
 from orderflow.store.memory import InMemoryOrderStore
 from orderflow.store.memory_events import EventLog
 from tests.conftest import BASE_TIME, ManualClock, make_order

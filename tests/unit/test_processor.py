@@ -665,7 +665,7 @@ async def test_shutdown_cutting_off_a_taken_shipment_records_it_shipped(
     await service.trigger_processing()
     await shipper.taken.wait()
     with caplog.at_level(logging.WARNING, logger="orderflow.processor"):
-        await service.processor.stop(grace_s=0)
+        await service.stop(grace_s=0)
     shipped = await store.get_order(order_id)
     assert (shipped.status, shipped.shipment) == (OrderStatus.SHIPPED, None)
     assert shipper.cancelled == {order_id}
@@ -690,7 +690,7 @@ async def test_shutdown_releases_shipments_in_flight_with_the_reason(
     await service.trigger_processing()
     for order_id in ids:
         await shipper.started_event(order_id).wait()
-    await service.processor.stop(grace_s=0)
+    await service.stop(grace_s=0)
     for order_id in ids:
         back = await memory_store.get_order(order_id)
         assert back.status is OrderStatus.PENDING
@@ -726,7 +726,7 @@ async def test_shutdown_lets_shipments_finish_within_the_grace(
     [order_id] = await submit_many(service, 1)
     await service.trigger_processing()
     await shipper.started_event(order_id).wait()
-    stopping = asyncio.create_task(service.processor.stop(grace_s=30))
+    stopping = asyncio.create_task(service.stop(grace_s=30))
     await store.stopping.wait()
     assert not stopping.done()
     shipper.release(order_id)
@@ -748,7 +748,7 @@ async def test_shutdown_cuts_off_only_what_is_still_shipping_when_the_grace_is_o
     await service.trigger_processing()
     await shipper.started_event(quick).wait()
     await shipper.started_event(slow).wait()
-    stopping = asyncio.create_task(service.processor.stop(grace_s=0.5))
+    stopping = asyncio.create_task(service.stop(grace_s=0.5))
     await store.stopping.wait()
     shipper.release(quick)  # finishes within the grace
     await stopping
@@ -771,7 +771,7 @@ async def test_shutdown_hands_back_queued_orders_and_puts_ready_ones_back(
     await service.trigger_processing()  # one ships, one is queued, three stay ready
     await shipper.started_event(ids[0]).wait()
     await eventually(lambda: service.processor.queued == 1)
-    await service.processor.stop(grace_s=0)
+    await service.stop(grace_s=0)
     reasons = [(await memory_store.get_order(i)).history[-1].reason for i in ids]
     assert reasons == ["shutdown: shipment interrupted"] + ["shutdown: not started"] * 4
     assert (await memory_store.count_by_status())[OrderStatus.PENDING] == 5
@@ -794,7 +794,7 @@ async def test_with_a_shared_store_outcomes_are_batched_and_the_rest_handed_back
     await shipper.started_event(ids[1]).wait()
     shipper.release(ids[0])
     await eventually(status_is(store, ids[0], OrderStatus.SHIPPED))
-    await service.processor.stop(grace_s=0)
+    await service.stop(grace_s=0)
     # Everything unfinished is ready again for the other processes, not pending.
     for order_id in ids[1:]:
         back = await store.get_order(order_id)
@@ -1110,7 +1110,6 @@ async def test_the_simulated_shipper_waits_and_can_fail() -> None:
     "options",
     [
         {"concurrency": 0},
-        {"claim_batch": 0},
         {"max_attempts": 0},
         {"timeout_s": 0},
         {"poll_interval_s": 0},
@@ -1119,7 +1118,7 @@ async def test_the_simulated_shipper_waits_and_can_fail() -> None:
     ],
 )
 def test_processor_settings_refuse_bad_values(options: dict[str, float]) -> None:
-    """ProcessorSettings refuses zero workers, batches or attempts, non-positive intervals, a
+    """ProcessorSettings refuses zero workers or attempts, non-positive intervals, a
     negative backoff, a lease under three heartbeats."""
     with pytest.raises(ValueError, match="must"):
         ProcessorSettings(**options)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from orderflow.claimer import Claimer
 from orderflow.domain import Event, OrderFilter, OrderStatus
 from orderflow.errors import IllegalTransition
 from orderflow.processor import Processor, ProcessorSettings
@@ -27,16 +28,15 @@ class ProcessorModel(RuleBasedStateMachine):
         self.store = InMemoryOrderStore()
         self.shipper = FakeShipper()
         clock = ManualClock()
-        processor = Processor(
-            self.store, self.shipper, clock, ProcessorSettings(concurrency=3, claim_batch=4)
-        )
-        self.service = OrderService(self.store, processor, clock)
-        self.run(processor.start())
+        processor = Processor(self.store, self.shipper, clock, ProcessorSettings(concurrency=3))
+        claimer = Claimer(self.store, clock, processor.wake, batch=4)
+        self.service = OrderService(self.store, claimer, processor, clock)
+        self.run(self.service.start())
         self.model: dict[str, OrderStatus] = {}
         self.doomed: set[str] = set()  # orders whose next shipment will fail
 
     def teardown(self) -> None:
-        self.run(self.service.processor.stop(grace_s=0))
+        self.run(self.service.stop(grace_s=0))
         self.loop.close()
 
     def run(self, coro: Any) -> Any:

@@ -4,17 +4,17 @@ runs every step, whatever failed before it."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import orderflow.runtime as runtime_module
 from orderflow.domain import OrderStatus
-from orderflow.errors import ShuttingDown
-from orderflow.runtime import Runtime, StartupError, processor_settings
+from orderflow.errors import ShuttingDown, StartupError
+from orderflow.runtime import Runtime, processor_settings
 from orderflow.settings import Settings
 from orderflow.snapshot import SnapshotFile
 from orderflow.store.memory import InMemoryOrderStore
+from orderflow.webhooks.store import InMemoryWebhookStore
 from tests.conftest import FakeShipper, ManualClock, RuntimeFactory, eventually, make_order
 from tests.unit.conftest import ClosingMemoryStore
 
@@ -28,11 +28,11 @@ async def test_a_snapshot_with_a_database_is_refused_without_connecting(
     """--snapshot with a postgresql:// URL is refused before any store is opened."""
     opened: list[str] = []
 
-    async def open_store(url: str, **options: Any) -> InMemoryOrderStore:
-        opened.append(url)
-        return InMemoryOrderStore()
+    async def open_stores(settings: Settings) -> tuple[InMemoryOrderStore, InMemoryWebhookStore]:
+        opened.append(settings.database_url)
+        return InMemoryOrderStore(), InMemoryWebhookStore()
 
-    monkeypatch.setattr(runtime_module, "open_store", open_store)
+    monkeypatch.setattr(runtime_module, "open_stores", open_stores)
     path = tmp_path / "orders.jsonl"
     runtime = Runtime(Settings(snapshot=str(path), database_url=url), clock=clock)
     with pytest.raises(StartupError, match=r"^--snapshot: only for the in-memory store"):
@@ -108,8 +108,17 @@ async def test_a_stop_closes_the_store_even_when_the_snapshot_cannot_be_saved(
 
 
 async def test_a_runtime_never_started_stops_at_once(clock: ManualClock) -> None:
-    """stop() of a runtime that never started does nothing."""
-    await Runtime(Settings(), store=ClosingMemoryStore(), clock=clock).stop()
+    """stop() of a runtime that never started touches nothing: the store it was given stays
+    open, and the runtime can still start (and stop) after it."""
+    store = ClosingMemoryStore()
+    runtime = Runtime(Settings(shutdown_grace=0), store=store, clock=clock)
+    await runtime.stop()
+    assert not store.closed
+    assert not runtime.started
+    await runtime.start()
+    assert runtime.started
+    await runtime.stop()
+    assert store.closed
 
 
 async def test_the_runtime_passes_the_flags_to_the_processor() -> None:
@@ -122,7 +131,6 @@ async def test_the_runtime_passes_the_flags_to_the_processor() -> None:
         poll_interval=0.5,
         heartbeat_interval=1.0,
         lease_timeout=3.0,
-        auto_process=True,
     )
     derived = processor_settings(settings)
     assert (
@@ -133,8 +141,7 @@ async def test_the_runtime_passes_the_flags_to_the_processor() -> None:
         derived.poll_interval_s,
         derived.heartbeat_s,
         derived.lease_s,
-        derived.auto_process,
-    ) == (3, 4.5, 5, 0.25, 0.5, 1.0, 3.0, True)
+    ) == (3, 4.5, 5, 0.25, 0.5, 1.0, 3.0)
 
 
 async def test_a_started_runtime_serves_and_ships(runtime: Runtime, shipper: FakeShipper) -> None:
@@ -175,6 +182,6 @@ async def test_a_stop_stops_the_processor_even_when_ending_the_event_streams_fai
         assert shipper.closed
         assert path.exists()
         with pytest.raises(ShuttingDown):  # the processor was stopped: it takes no trigger
-            await processor.claimer.trigger()
+            await runtime.claimer.trigger()
     finally:
         await processor.stop(0)

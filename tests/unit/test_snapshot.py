@@ -7,18 +7,19 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
 
 import orderflow.runtime as runtime_module
 from orderflow.domain import Event, OrderStatus, Outcome
-from orderflow.runtime import Runtime, StartupError
+from orderflow.errors import SnapshotError, StartupError
+from orderflow.runtime import Runtime
 from orderflow.settings import Settings
-from orderflow.snapshot import SnapshotError, SnapshotFile, check_snapshot_path
+from orderflow.snapshot import SnapshotFile, check_snapshot_path
 from orderflow.store.base import IdempotencyRecord
 from orderflow.store.memory import InMemoryOrderStore, MemoryState
+from orderflow.webhooks.store import InMemoryWebhookStore
 from tests.conftest import FakeShipper, ManualClock, RuntimeFactory, make_order
 from tests.unit.conftest import ClosingMemoryStore
 
@@ -404,11 +405,11 @@ async def test_a_damaged_snapshot_fails_the_start_closes_the_store_it_opened_and
     path.write_bytes(data)
     opened: list[ClosingMemoryStore] = []
 
-    async def open_store(url: str, **options: Any) -> ClosingMemoryStore:
+    async def open_stores(settings: Settings) -> tuple[ClosingMemoryStore, InMemoryWebhookStore]:
         opened.append(ClosingMemoryStore())
-        return opened[-1]
+        return opened[-1], InMemoryWebhookStore()
 
-    monkeypatch.setattr(runtime_module, "open_store", open_store)
+    monkeypatch.setattr(runtime_module, "open_stores", open_stores)
     runtime = Runtime(Settings(snapshot=str(path)), clock=clock)
     with pytest.raises(
         StartupError, match=f"^--snapshot: the snapshot {re.escape(str(path))} is damaged"

@@ -23,6 +23,7 @@ from orderflow.domain import (
     OrderQuery,
     OrderStatus,
     Outcome,
+    ReasonCount,
     ends_hold,
     new_order,
     new_order_id,
@@ -30,7 +31,6 @@ from orderflow.domain import (
     sources_of,
 )
 from orderflow.errors import IllegalTransition, NotHeld, OrderConflict
-from orderflow.store.base import ReasonCount
 from orderflow.store.memory import InMemoryOrderStore
 from tests.unit.test_domain import ALLOWED as TABLE
 

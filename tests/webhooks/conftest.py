@@ -86,10 +86,12 @@ async def on_each_store(request: pytest.FixtureRequest) -> AsyncIterator[OnEachS
     unless `settings` say otherwise; one per test, stopped at the end."""
     async with contextlib.AsyncExitStack() as stack:
         store: OrderStore
+        webhook_store: WebhookStore
         if request.param == "memory":
-            store = InMemoryOrderStore()
+            store, webhook_store = InMemoryOrderStore(), InMemoryWebhookStore()
         else:
-            store = await same_schema(await stack.enter_async_context(schema_store()))
+            postgres = await same_schema(await stack.enter_async_context(schema_store()))
+            store, webhook_store = postgres, PostgresWebhookStore(postgres.database)
         started: list[Runtime] = []
 
         async def start(webhook_resolver: AbstractResolver | None = None, **fields: Any) -> Runtime:
@@ -98,6 +100,7 @@ async def on_each_store(request: pytest.FixtureRequest) -> AsyncIterator[OnEachS
             runtime = Runtime(
                 settings,
                 store=store,
+                webhook_store=webhook_store,
                 shipper=FakeShipper(),
                 clock=ManualClock(),
                 webhook_resolver=webhook_resolver,

@@ -15,13 +15,18 @@ from orderflow.domain import Order
 from orderflow.errors import StoreUnavailable
 from orderflow.runtime import Runtime
 from orderflow.store.memory import InMemoryOrderStore
-from orderflow.webhooks.model import DeliveryRecord, Outcome, Subscription, new_webhook_id
+from orderflow.webhooks.model import DeliveryOutcome, DeliveryRecord, Subscription, new_webhook_id
 from tests.conftest import RuntimeFactory, eventually
 from tests.webhooks.conftest import FAST, OnEachStore, submit
 from tests.webhooks.receiver import SECRET, Names, Receiver
 
 LONG_LABEL = "a" * 64
-SPENT = [Outcome.RETRYING, Outcome.RETRYING, Outcome.RETRYING, Outcome.GIVEN_UP]  # FAST: 3 waits
+SPENT = [
+    DeliveryOutcome.RETRYING,
+    DeliveryOutcome.RETRYING,
+    DeliveryOutcome.RETRYING,
+    DeliveryOutcome.GIVEN_UP,
+]  # FAST: 3 waits
 
 
 async def stored_as_before(runtime: Runtime, url: str) -> Subscription:
@@ -29,8 +34,8 @@ async def stored_as_before(runtime: Runtime, url: str) -> Subscription:
     that would refuse it now (or one another version let through)."""
     head = await runtime.store.last_event_seq()
     subscription = Subscription(new_webhook_id(), url, (), SECRET, True, runtime.clock.now(), head)
-    await runtime.webhooks.store.add(subscription)
-    runtime.webhooks.wake()
+    await runtime.webhook_store.add(subscription)
+    runtime.deliverer.wake()
     return subscription
 
 
@@ -38,8 +43,8 @@ async def spent(runtime: Runtime, subscription: Subscription) -> list[DeliveryRe
     """The attempts at event 1 once its schedule is spent, the first first."""
 
     async def given_up() -> list[DeliveryRecord] | None:
-        log = await runtime.webhooks.store.deliveries(subscription.id)
-        return log[::-1] if log and log[0].outcome is Outcome.GIVEN_UP else None
+        log = await runtime.webhooks.deliveries(subscription.id)
+        return log[::-1] if log and log[0].outcome is DeliveryOutcome.GIVEN_UP else None
 
     return await eventually(given_up)
 
@@ -66,9 +71,9 @@ async def test_a_host_no_resolver_takes_is_a_failed_attempt_retried_then_given_u
         assert "is not a valid host name" in attempt.error
         assert "label too long" in attempt.error
         assert "\n" not in attempt.error
-    assert (await runtime.webhooks.store.get(broken.id)).cursor == 1  # given up: moved on
+    assert (await runtime.webhooks.get(broken.id)).cursor == 1  # given up: moved on
     await eventually(lambda: receiver.seqs_acked() == [1])  # the other one was delivered
-    assert (await runtime.webhooks.store.get(healthy.id)).cursor >= 0
+    assert (await runtime.webhooks.get(healthy.id)).cursor >= 0
     assert errors_logged(caplog) == []
 
 
@@ -165,9 +170,9 @@ async def test_an_outage_of_the_order_store_is_no_failed_attempt(
     orders.down = True
     await submit(runtime, 1)
     await eventually(lambda: "delivering webhooks: the order store is down" in caplog.text)
-    assert await runtime.webhooks.store.deliveries(subscription.id) == []
+    assert await runtime.webhooks.deliveries(subscription.id) == []
     orders.down = False
     await eventually(lambda: receiver.seqs_acked() == [1])
-    [delivered] = await eventually(lambda: runtime.webhooks.store.deliveries(subscription.id))
-    assert (delivered.attempt, delivered.outcome) == (1, Outcome.DELIVERED)
+    [delivered] = await eventually(lambda: runtime.webhooks.deliveries(subscription.id))
+    assert (delivered.attempt, delivered.outcome) == (1, DeliveryOutcome.DELIVERED)
     assert errors_logged(caplog) == []

@@ -14,7 +14,7 @@ from orderflow.domain import EventType
 from orderflow.errors import Gone
 from orderflow.runtime import Runtime
 from orderflow.store.memory import InMemoryOrderStore
-from orderflow.webhooks.model import Outcome, Subscription
+from orderflow.webhooks.model import DeliveryOutcome, Subscription
 from tests.conftest import RuntimeFactory, eventually, make_order, settled
 from tests.postgres import same_schema, schema_store
 from tests.webhooks.conftest import FAST, Deliver, submit
@@ -22,7 +22,7 @@ from tests.webhooks.receiver import SECRET, Received, Receiver, Reply, order_jso
 
 
 async def the_subscription(runtime: Runtime) -> Subscription:
-    [subscription] = await runtime.webhooks.store.list_subscriptions()
+    [subscription] = await runtime.webhooks.subscriptions()
     return subscription
 
 
@@ -40,7 +40,7 @@ async def all_acked(runtime: Runtime, receiver: Receiver) -> list[int]:
         return len(receiver.acked) >= last
 
     async def recorded() -> bool:  # the receiver answers before the deliverer settles
-        subscriptions = await runtime.webhooks.store.list_subscriptions()
+        subscriptions = await runtime.webhooks.subscriptions()
         return all(s.cursor == last and s.retry_at is None for s in subscriptions)
 
     await eventually(done, timeout_s=15)
@@ -117,7 +117,7 @@ async def test_unwanted_types_are_skipped_and_the_cursor_moves_past_them(
     last = 9
 
     async def caught_up() -> bool:
-        return (await runtime.webhooks.store.get(subscription.id)).cursor == last
+        return (await runtime.webhooks.get(subscription.id)).cursor == last
 
     await eventually(caught_up)
     assert [r.body["type"] for r in receiver.received] == ["order.shipped"] * 3
@@ -146,11 +146,11 @@ async def test_a_receiver_down_for_a_while_gets_every_event_in_order_none_twice(
     assert receiver.arrived["evt_1"] > 1  # it was tried while the receiver was down
     first_ok = next(r.at for r in receiver.received if r.at >= down_until)
     assert all(r.at >= first_ok for r in receiver.received if r.webhook_id != "evt_1")
-    log = await runtime.webhooks.store.deliveries((await the_subscription(runtime)).id)
+    log = await runtime.webhooks.deliveries((await the_subscription(runtime)).id)
     retried = [d for d in log if d.seq == 1]
     assert [d.attempt for d in reversed(retried)] == list(range(1, len(retried) + 1))
-    assert retried[0].outcome is Outcome.DELIVERED
-    assert {d.outcome for d in retried[1:]} == {Outcome.RETRYING}
+    assert retried[0].outcome is DeliveryOutcome.DELIVERED
+    assert {d.outcome for d in retried[1:]} == {DeliveryOutcome.RETRYING}
     assert {(d.status_code, d.error) for d in retried[1:]} == {(503, "HTTP 503")}
 
 
@@ -191,8 +191,8 @@ async def test_410_disables_the_subscription_and_replay_enables_it_again(
     await submit(runtime, 1)
     await asyncio.sleep(0.3)
     assert [r.webhook_id for r in receiver.received] == ["evt_1"]  # nothing more sent
-    [record] = await runtime.webhooks.store.deliveries(subscription.id)
-    assert (record.status_code, record.outcome) == (410, Outcome.DISABLED)
+    [record] = await runtime.webhooks.deliveries(subscription.id)
+    assert (record.status_code, record.outcome) == (410, DeliveryOutcome.DISABLED)
 
     gone = False
     replayed = await runtime.webhooks.replay(subscription.id, None)
@@ -211,13 +211,13 @@ async def test_a_redirect_is_not_followed(deliver: Deliver, receiver: Receiver) 
     await submit(runtime, 1)
     await all_acked(runtime, receiver)
     assert {r.path for r in receiver.received} == {"/hook"}
-    log = await runtime.webhooks.store.deliveries((await the_subscription(runtime)).id)
+    log = await runtime.webhooks.deliveries((await the_subscription(runtime)).id)
     assert (log[-1].status_code, log[-1].error, log[-1].outcome) == (
         307,
         "HTTP 307: redirects are not followed",
-        Outcome.RETRYING,
+        DeliveryOutcome.RETRYING,
     )
-    assert log[0].outcome is Outcome.DELIVERED
+    assert log[0].outcome is DeliveryOutcome.DELIVERED
 
 
 async def test_a_timeout_and_a_refused_connection_are_retried(
@@ -232,7 +232,7 @@ async def test_a_timeout_and_a_refused_connection_are_retried(
     runtime = await deliver(webhook_timeout=0.3)
     await submit(runtime, 1)
     await all_acked(runtime, receiver)
-    log = await runtime.webhooks.store.deliveries((await the_subscription(runtime)).id)
+    log = await runtime.webhooks.deliveries((await the_subscription(runtime)).id)
     assert (log[-1].status_code, log[-1].error) == (None, "timeout after 0.3s")
     assert 250 <= log[-1].latency_ms < 1000
 
@@ -243,7 +243,7 @@ async def test_a_timeout_and_a_refused_connection_are_retried(
     await submit(runtime, 1)
 
     async def refused() -> bool:
-        log = await runtime.webhooks.store.deliveries(subscription.id)
+        log = await runtime.webhooks.deliveries(subscription.id)
         return bool(log) and log[-1].error == f"connection refused by 127.0.0.1:{closed.port}"
 
     await eventually(refused)
@@ -266,9 +266,13 @@ async def test_a_spent_schedule_gives_the_event_up_and_goes_on(
     await eventually(caught_up)
     assert receiver.seqs_acked() == [1, 3]
     assert receiver.arrived["evt_2"] == 3  # the first attempt and two retries
-    log = await runtime.webhooks.store.deliveries((await the_subscription(runtime)).id)
+    log = await runtime.webhooks.deliveries((await the_subscription(runtime)).id)
     given_up = [d for d in log if d.seq == 2]
-    assert [d.outcome for d in given_up] == [Outcome.GIVEN_UP, Outcome.RETRYING, Outcome.RETRYING]
+    assert [d.outcome for d in given_up] == [
+        DeliveryOutcome.GIVEN_UP,
+        DeliveryOutcome.RETRYING,
+        DeliveryOutcome.RETRYING,
+    ]
 
 
 async def test_an_unordered_subscription_goes_past_a_failing_event(
@@ -288,7 +292,7 @@ async def test_an_unordered_subscription_goes_past_a_failing_event(
     assert sorted(acked) == [1, 2, 3, 4]
     assert acked.index(2) > acked.index(3)  # later events went past the failing one
     assert set(receiver.acked.values()) == {1}
-    assert (await runtime.webhooks.store.get(subscription.id)).retry_at is None
+    assert (await runtime.webhooks.get(subscription.id)).retry_at is None
 
 
 async def test_the_ordered_default_holds_later_events_back_behind_a_failing_one(
@@ -364,8 +368,8 @@ async def test_a_subscription_behind_the_pruned_log_skips_to_what_is_kept(
     subscription = await the_subscription(runtime)
     await runtime.webhooks.replay(subscription.id, None)  # no waiting for the minute
     await eventually(lambda: receiver.seqs_acked() == [4, 5, 6])
-    log = await runtime.webhooks.store.deliveries(subscription.id)
-    pruned = next(d for d in log if d.outcome is Outcome.PRUNED)
+    log = await runtime.webhooks.deliveries(subscription.id)
+    pruned = next(d for d in log if d.outcome is DeliveryOutcome.PRUNED)
     assert pruned.error == "events 1 to 3 were pruned before they were delivered"
 
 
@@ -381,15 +385,13 @@ async def test_the_deliveries_log_says_what_each_attempt_became(
     runtime = await deliver()
     await submit(runtime, 1)
     await all_acked(runtime, receiver)
-    delivered, failed = await runtime.webhooks.store.deliveries(
-        (await the_subscription(runtime)).id
-    )
+    delivered, failed = await runtime.webhooks.deliveries((await the_subscription(runtime)).id)
     assert (failed.seq, failed.webhook_id, failed.attempt, failed.status_code) == (
         1, "evt_1", 1, 502,
     )  # fmt: skip
-    assert (failed.error, failed.outcome) == ("HTTP 502", Outcome.RETRYING)
+    assert (failed.error, failed.outcome) == ("HTTP 502", DeliveryOutcome.RETRYING)
     assert (delivered.attempt, delivered.status_code, delivered.error) == (2, 200, None)
-    assert delivered.outcome is Outcome.DELIVERED
+    assert delivered.outcome is DeliveryOutcome.DELIVERED
     assert delivered.latency_ms > 0
     assert delivered.at >= failed.at
 
@@ -422,10 +424,10 @@ async def test_a_stop_mid_delivery_releases_the_claim(deliver: Deliver, receiver
     runtime = await deliver()
     await submit(runtime, 1)
     await receiver.arrival.wait()
-    await runtime.webhooks.stop(grace_s=0)
+    await runtime.deliverer.stop(grace_s=0)
     release.set()
     subscription = await the_subscription(runtime)
-    claim = await runtime.webhooks.store.claim("another", 1, 10)
+    claim = await runtime.webhook_store.claim("another", 1, 10)
     assert claim is not None
     assert claim.subscription.id == subscription.id
     assert claim.subscription.cursor == 0  # not delivered: the next holder sends it again
@@ -445,5 +447,5 @@ async def test_on_postgresql_delivery_state_survives_a_restart(
         second = await start_runtime(store=await same_schema(orders), **flags)
         await submit(second, 1)
         await eventually(lambda: receiver.seqs_acked() == [1, 2, 3, 4, 5])
-        assert len(await second.webhooks.store.list_subscriptions()) == 1  # not a second one
+        assert len(await second.webhooks.subscriptions()) == 1  # not a second one
         assert set(receiver.acked.values()) == {1}

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from orderflow.runtime import StartupError
+from orderflow.errors import StartupError
 from orderflow.webhooks.destinations import Destinations, RefusedDestination, forbidden_kind
 from tests.conftest import RuntimeFactory
 from tests.webhooks.receiver import SECRET, Names
@@ -129,5 +129,5 @@ async def test_a_webhook_flag_whose_name_resolves_inside_stops_the_start(
     started = await start_runtime(
         webhook="http://public.test/,http://nowhere.test/", **flags
     )  # nothing sent: no event
-    urls = {s.url for s in await started.webhooks.store.list_subscriptions()}
+    urls = {s.url for s in await started.webhooks.subscriptions()}
     assert urls == {"http://public.test/", "http://nowhere.test/"}

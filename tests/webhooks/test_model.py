@@ -10,10 +10,10 @@ import re
 import jsonschema_rs
 import pytest
 
-from orderflow.runtime import StartupError, _deliverer
+from orderflow.errors import StartupError
+from orderflow.runtime import webhook_settings
 from orderflow.settings import Settings
 from orderflow.signing import SECRET_PATTERN, check_secret, new_secret
-from orderflow.store.memory import InMemoryOrderStore
 from orderflow.webhooks.delivery import DEFAULT_SCHEDULE_S
 from orderflow.webhooks.model import (
     MAX_RETRY_AFTER_S,
@@ -153,7 +153,7 @@ def test_bad_webhook_flags_stop_the_start_naming_the_flag(
     fields: dict[str, str], message: str
 ) -> None:
     with pytest.raises(StartupError) as refused:
-        _deliverer(Settings(**fields), InMemoryOrderStore())  # type: ignore[arg-type]
+        webhook_settings(Settings(**fields))  # type: ignore[arg-type]
     assert str(refused.value).startswith(message)
     assert "whsec_x" not in str(refused.value)
 
@@ -162,7 +162,8 @@ def test_allow_private_lets_the_webhook_flag_name_an_internal_address() -> None:
     settings = Settings(
         webhook="http://127.0.0.1:9/", webhook_secret=SECRET, webhook_allow_private=True
     )
-    assert _deliverer(settings, InMemoryOrderStore()).destinations.allow_private
+    _, urls = webhook_settings(settings)
+    assert urls == ["http://127.0.0.1:9/"]
 
 
 def test_the_flags_configure_the_deliverer() -> None:
@@ -173,6 +174,7 @@ def test_the_flags_configure_the_deliverer() -> None:
         webhook_timeout=3,
         lease_timeout=7,
     )
-    deliverer = _deliverer(settings, InMemoryOrderStore())
+    deliverer, urls = webhook_settings(settings)
     assert deliverer.schedule_s == (1.0, 2.0)
-    assert (deliverer.timeout_s, deliverer.lease_s) == (3.0, 10.0)
+    assert (deliverer.timeout_s, deliverer.lease) == (3.0, 10.0)
+    assert urls == ["http://a/1", "http://b/2"]

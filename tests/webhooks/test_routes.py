@@ -14,10 +14,11 @@ import pytest
 from asgi_lifespan import LifespanManager
 from standardwebhooks import Webhook
 
-from orderflow.api.app import HttpSettings, OrderflowApp
+from orderflow.api.app import HttpSettings
 from orderflow.api.auth import Auth
 from orderflow.domain import Item
 from orderflow.runtime import Runtime
+from orderflow.server import build_app
 from orderflow.settings import Settings
 from orderflow.signing import SECRET_PATTERN
 from orderflow.store.memory import InMemoryOrderStore
@@ -52,7 +53,7 @@ def api() -> Api:
             clock=ManualClock(),
             webhook_resolver=Names() if resolver is None else resolver,
         )
-        app = OrderflowApp(runtime, http, manage_runtime=True)
+        app = build_app(runtime, http, manage_runtime=True)
         async with (
             LifespanManager(app) as manager,
             httpx.AsyncClient(

@@ -11,14 +11,14 @@ import msgspec
 import pytest
 
 from orderflow.domain import EventType
+from orderflow.errors import WebhookNotFound
 from orderflow.signing import new_secret
 from orderflow.webhooks.model import (
     Claim,
+    DeliveryOutcome,
     DeliveryRecord,
-    Outcome,
     Settlement,
     Subscription,
-    WebhookNotFound,
     message_id,
     new_webhook_id,
 )
@@ -37,9 +37,11 @@ def subscription(
     )
 
 
-def record(seq: int, outcome: Outcome = Outcome.DELIVERED, attempt: int = 1) -> DeliveryRecord:
-    status = 200 if outcome is Outcome.DELIVERED else 503
-    error = None if outcome is Outcome.DELIVERED else "HTTP 503"
+def record(
+    seq: int, outcome: DeliveryOutcome = DeliveryOutcome.DELIVERED, attempt: int = 1
+) -> DeliveryRecord:
+    status = 200 if outcome is DeliveryOutcome.DELIVERED else 503
+    error = None if outcome is DeliveryOutcome.DELIVERED else "HTTP 503"
     return DeliveryRecord(seq, message_id(seq), attempt, status, 1.5, error, outcome, AT)
 
 
@@ -192,7 +194,7 @@ async def test_an_ordered_subscription_waits_for_its_retry(webhooks: WebhookStor
     await webhooks.add(kept)
     claim = await claimed(webhooks)
     retry = Settlement(
-        cursor=2, seq=3, retry_attempt=1, retry_in_s=0.3, record=record(3, Outcome.RETRYING)
+        cursor=2, seq=3, retry_attempt=1, retry_in_s=0.3, record=record(3, DeliveryOutcome.RETRYING)
     )
     assert await webhooks.settle(claim, retry, LEASE_S)
     await webhooks.release(claim, 2)

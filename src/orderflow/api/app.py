@@ -1,28 +1,28 @@
-"""OrderflowApp: serves the route table over granian's RSGI (``__rsgi__``) or over ASGI (the
-instance is an ASGI application), through one `dispatch` that does what every request needs:
+"""OrderflowApp: serves the route tables it is handed over granian's RSGI (``__rsgi__``) or over
+ASGI (the instance is an ASGI application), through one `dispatch` that does what every request
+needs:
 
     Host check (421) → route (404, 405 with Allow, HEAD) → Origin check on changes (403)
     → bearer token and role (401, 403) → handler → errors as problem+json
     → ``X-Content-Type-Options: nosniff`` on every answer
 
-No wiring here: the app is handed a `Runtime` (started by whoever serves it, or by the ASGI
-lifespan when `manage_runtime` is set) and answers 503 while there is no running service.
+No wiring here, and no feature known: the app is handed its routes, the services its handlers
+take, and the service's lifespan (started by whoever serves it, or by the ASGI lifespan when
+`manage_lifespan` is set); it answers 503 on the routes that need the service while it is not
+running. It adds the routes that describe the API (`openapi.description_routes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
-
-import msgspec
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from orderflow.api.errors import HTTPProblem, problem_from_error
 from orderflow.api.http import (
-    MAX_BODY_BYTES,
     NOSNIFF,
     Request,
     Response,
@@ -32,15 +32,14 @@ from orderflow.api.http import (
     timed_out,
     too_large,
 )
-from orderflow.api.openapi import openapi_document
-from orderflow.api.routes import ROUTES
+from orderflow.api.openapi import description_routes
 from orderflow.api.routing import Route, Router
+from orderflow.api.schemas import MAX_BODY_BYTES
 from orderflow.errors import OrderflowError, ShuttingDown
 from orderflow.metrics import METRICS
 
 if TYPE_CHECKING:
     from orderflow.api.auth import Auth
-    from orderflow.runtime import Runtime
 
 log = logging.getLogger("orderflow.api")
 access_log = logging.getLogger("orderflow.access")
@@ -74,34 +73,54 @@ class HttpSettings:
     idle_timeout_s: float = 30.0
     auth: Auth | None = None
     access_log: bool = False
-    routes: tuple[Route, ...] = field(default=ROUTES)
 
 
-class OrderflowApp:
+class Lifespan(Protocol):
+    """What the app knows of the service it serves: whether it runs, and how to start and stop
+    it (only when the app manages it)."""
+
+    @property
+    def started(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+T = TypeVar("T")
+
+
+class OrderflowApp(Generic[T]):
     """Args:
-    runtime: the service to serve.
-    manage_runtime: start and stop `runtime` from the ASGI lifespan (tests, uvicorn).
+    routes: the route tables to serve, joined (the composition root joins them).
+    services: what each handler is handed, first (see `routing`).
+    lifespan: the service's state; its start and stop when `manage_lifespan`.
+    manage_lifespan: start and stop `lifespan` from the ASGI lifespan (tests, uvicorn).
     """
 
     def __init__(
         self,
-        runtime: Runtime,
+        routes: Sequence[Route[T]],
+        services: T,
+        lifespan: Lifespan,
         settings: HttpSettings | None = None,
         *,
-        manage_runtime: bool = False,
+        manage_lifespan: bool = False,
     ) -> None:
-        self.runtime = runtime
+        self.services = services
+        self.lifespan = lifespan
         self.settings = settings = settings or HttpSettings()
-        self._manage_runtime = manage_runtime
-        self.router = Router(settings.routes)
+        self._manage_lifespan = manage_lifespan
+        self.routes: tuple[Route[T], ...] = (
+            *routes,
+            *description_routes(routes, auth=settings.auth is not None),
+        )
+        self.router = Router(self.routes)
         self._hosts = settings.allowed_hosts
         self._host_ok: dict[str | None, bool] = {}
         self._origins = settings.allowed_origins
         self._auth = settings.auth
         self._access_log = settings.access_log
-        self.openapi_json = msgspec.json.encode(
-            openapi_document(settings.routes, auth=settings.auth is not None)
-        )
         # Bodies being read (what cancels each: see `read`), and the watchdog tick they
         # started at: one check a second for all of them, instead of a timer per request.
         self._reading: dict[Any, int] = {}
@@ -145,9 +164,9 @@ class OrderflowApp:
                     )
             if self._auth is not None and route.role is not None:
                 request.role = self._auth.check(request.headers.get("authorization"), route.role)
-            if route.needs_service and not self.runtime.started:
+            if route.needs_service and not self.lifespan.started:
                 raise ShuttingDown("the service is not running")
-            response = await route.handler(self, request)
+            response = await route.handler(self.services, request)
         except HTTPProblem as exc:
             response = problem_response(exc)
         except OrderflowError as exc:
@@ -173,7 +192,7 @@ class OrderflowApp:
             self._host_ok[host] = allowed
         return allowed
 
-    def _not_allowed(self, request: Request, methods: dict[str, Route]) -> Response:
+    def _not_allowed(self, request: Request, methods: dict[str, Route[Any]]) -> Response:
         allow = self.router.allow[id(methods)]
         origin = request.headers.get("origin")
         if (
@@ -359,12 +378,12 @@ class OrderflowApp:
             message = await receive()
             kind = message["type"]
             try:
-                if kind == "lifespan.startup" and self._manage_runtime:
-                    await self.runtime.start()
+                if kind == "lifespan.startup" and self._manage_lifespan:
+                    await self.lifespan.start()
                 elif kind == "lifespan.shutdown":
                     self.close()
-                    if self._manage_runtime:
-                        await self.runtime.stop()
+                    if self._manage_lifespan:
+                        await self.lifespan.stop()
             except Exception as exc:
                 log.exception("%s failed", kind)
                 await send({"type": f"{kind}.failed", "message": repr(exc)})

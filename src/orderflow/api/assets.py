@@ -11,13 +11,9 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from orderflow.api.http import NOSNIFF, Request, Response
 from orderflow.api.routing import Handler, Route
-
-if TYPE_CHECKING:
-    from orderflow.api.app import OrderflowApp
 
 _CONTENT_TYPES = {
     "html": "text/html; charset=utf-8",
@@ -89,17 +85,17 @@ def linked_page(package: str, name: str, files: Mapping[str, Asset]) -> Asset:
     return Asset.of(name, html.encode())
 
 
-def page_route(path: str, name: str, summary: str, page: Asset) -> Route:
+def page_route(path: str, name: str, summary: str, page: Asset) -> Route[object]:
     """GET `path`: `page`, with `PAGE_HEADERS`; `name` is its handler's name (its OpenAPI
     operationId)."""
 
-    async def handler(app: OrderflowApp, request: Request) -> Response:
+    async def handler(services: object, request: Request) -> Response:
         return page.answer(request, REVALIDATE, *PAGE_HEADERS)
 
     return _route(path, _named(handler, name), summary, page)
 
 
-def file_routes(prefix: str, whose: str, files: Mapping[str, Asset]) -> tuple[Route, ...]:
+def file_routes(prefix: str, whose: str, files: Mapping[str, Asset]) -> tuple[Route[object], ...]:
     """GET each path of `files`: the file, kept for good when asked for by its versioned name
     (as the page links it). Each handler is named `prefix` + the file's name; `whose` names
     the page in each summary ("the dashboard's")."""
@@ -110,10 +106,10 @@ def file_routes(prefix: str, whose: str, files: Mapping[str, Asset]) -> tuple[Ro
     )  # fmt: skip
 
 
-def _serving(asset: Asset) -> Handler:
+def _serving(asset: Asset) -> Handler[object]:
     versioned = f"v={asset.version}"
 
-    async def handler(app: OrderflowApp, request: Request) -> Response:
+    async def handler(services: object, request: Request) -> Response:
         return asset.answer(request, IMMUTABLE if request.query == versioned else REVALIDATE)
 
     return handler
@@ -123,12 +119,12 @@ def _file_name(path: str) -> str:
     return path.rpartition("/")[2].replace(".", "_")
 
 
-def _named(handler: Handler, name: str) -> Handler:
+def _named(handler: Handler[object], name: str) -> Handler[object]:
     handler.__name__ = handler.__qualname__ = name
     return handler
 
 
-def _route(path: str, handler: Handler, summary: str, asset: Asset) -> Route:
+def _route(path: str, handler: Handler[object], summary: str, asset: Asset) -> Route[object]:
     return Route(
         "GET",
         path,

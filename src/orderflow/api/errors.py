@@ -8,7 +8,7 @@ import re
 
 import msgspec
 
-from orderflow.api.schemas import FieldError, Problem
+from orderflow.api.schemas import MAX_BODY_BYTES, FieldError, Problem
 from orderflow.errors import (
     Gone,
     IdempotencyInFlight,
@@ -87,7 +87,7 @@ PROBLEMS: dict[str, ProblemType] = {
     "body-too-large": ProblemType(
         413,
         "Body too large",
-        "The body is over 64 KiB.",
+        f"The body is over {MAX_BODY_BYTES // 1024} KiB.",
     ),
     "unsupported-media-type": ProblemType(
         415,

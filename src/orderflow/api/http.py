@@ -10,8 +10,8 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from orderflow.api.errors import HTTPProblem, bad_query, problem_from_validation
+from orderflow.api.schemas import MAX_BODY_BYTES
 
-MAX_BODY_BYTES = 64 * 1024
 JSON = ("content-type", "application/json")
 PROBLEM_JSON = ("content-type", "application/problem+json")
 # Every answer carries it, first: the header lists below and the handlers' own start with it,

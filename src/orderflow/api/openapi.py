@@ -1,20 +1,30 @@
-"""The OpenAPI 3.1 document, generated from the route table and the wire types (whose JSON
-Schema msgspec derives from the same constants the validation uses), and the pages that make
-it readable: /docs (a page with its script and style files, which builds itself from the
-document), and one page per problem type."""
+"""The OpenAPI 3.1 document, generated from the routes served and the wire types (whose JSON
+Schema msgspec derives from the same constants the validation uses), and the routes that serve
+it and make it readable: /docs (a page with its script and style files, which builds itself
+from the document), and one page per problem type."""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
-from orderflow import __version__
-from orderflow.api.assets import Asset, linked_page, read
-from orderflow.api.errors import PROBLEM_BASE, PROBLEMS
-from orderflow.api.routing import Route
-from orderflow.api.schemas import QUANTITY_SCHEMA, Problem
+from orderflow.api.assets import (
+    PAGE_HEADERS,
+    REVALIDATE,
+    Asset,
+    file_routes,
+    linked_page,
+    page_route,
+    read,
+)
+from orderflow.api.errors import PROBLEM_BASE, PROBLEMS, HTTPProblem
+from orderflow.api.http import Request, Response
+from orderflow.api.routing import Param, Route
+from orderflow.api.schemas import MAX_BODY_BYTES, QUANTITY_SCHEMA, Problem
+from orderflow.version import __version__
 
 _REF = "#/components/schemas/{name}"
 _WHY = {
@@ -26,7 +36,7 @@ _WHY = {
     408: "The body did not arrive within --http-idle-timeout",
     409: "The order's status does not allow this (or an Idempotency-Key is in flight)",
     410: "No longer kept",
-    413: "The body is over 64 KiB",
+    413: f"The body is over {MAX_BODY_BYTES // 1024} KiB",
     415: "The body is not JSON",
     421: "The Host header is not one this service answers for",
     422: "The body is valid JSON but breaks a rule; `errors` names the fields",
@@ -55,7 +65,7 @@ def _problem(status: int) -> dict[str, Any]:
     return answer
 
 
-def _operation(route: Route, *, auth: bool, head: bool = False) -> dict[str, Any]:
+def _operation(route: Route[Any], *, auth: bool, head: bool = False) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": ("head_" if head else "") + route.handler.__name__,
         "summary": route.summary,
@@ -115,7 +125,8 @@ def _operation(route: Route, *, auth: bool, head: bool = False) -> dict[str, Any
     return operation
 
 
-def openapi_document(routes: tuple[Route, ...], *, auth: bool = False) -> dict[str, Any]:
+def openapi_document(routes: Sequence[Route[Any]], *, auth: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes` (`auth`: they take bearer tokens)."""
     types = {route.answer for route in routes if route.answer is not None}
     types |= {route.body for route in routes if route.body is not None}
     _, components = msgspec.json.schema_components(
@@ -168,3 +179,31 @@ DOCS_FILES: dict[str, Asset] = {
     f"/docs/{name}": read("orderflow.api", name) for name in ("docs.js", "docs.css")
 }
 DOCS_PAGE = linked_page("orderflow.api", "docs.html", DOCS_FILES)
+
+
+def description_routes(routes: Sequence[Route[Any]], *, auth: bool) -> tuple[Route[object], ...]:
+    """The routes that describe the API served by `routes` (and by these): ``/openapi.json``,
+    ``/docs`` and its files, and ``/problems/{name}``. Their handlers need no service."""
+
+    async def openapi(services: object, request: Request) -> Response:
+        return Response(200, document)  # made below, once every route is known
+
+    own: tuple[Route[object], ...] = (
+        Route("GET", "/openapi.json", openapi, "This document", 200, role=None,
+              needs_service=False),
+        page_route("/docs", "docs", "The API, readable", DOCS_PAGE),
+        *file_routes("docs_", "the API page's", DOCS_FILES),
+        Route("GET", "/problems/{name}", problem_page, "What a problem type means", 200,
+              params=(Param("name", {"type": "string", "enum": list(PROBLEMS)}, "", "path",
+                            True),),
+              statuses=(404,), role=None, media="text/html", needs_service=False),
+    )  # fmt: skip
+    document = msgspec.json.encode(openapi_document((*routes, *own), auth=auth))
+    return own
+
+
+async def problem_page(services: object, request: Request) -> Response:
+    page = PROBLEM_PAGES.get(request.params[0])
+    if page is None:
+        raise HTTPProblem("not-found", f"no problem type {request.params[0]!r}")
+    return page.answer(request, REVALIDATE, *PAGE_HEADERS)

@@ -1,6 +1,8 @@
-"""The one route table: each endpoint is one `Route` (method, path, handler, request and answer
-types, parameters, statuses, role). Routing, ``405 Allow``, HEAD and the OpenAPI document all
-come from it; the handlers below see only our `Request` and answer a `Response`.
+"""The service's own route tables: orders (`ORDER_ROUTES`), the event log (`EVENT_ROUTES`) and
+operations (`META_ROUTES`). Each endpoint is one `Route` (method, path, handler, request and
+answer types, parameters, statuses, role); routing, ``405 Allow``, HEAD and the OpenAPI document
+all come from them. The handlers take the running service's face (`Services`) and our
+`Request`, and answer a `Response`; they talk to the services only, never to a store.
 """
 
 from __future__ import annotations
@@ -8,14 +10,12 @@ from __future__ import annotations
 import functools
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 
-from orderflow.api.assets import PAGE_HEADERS, REVALIDATE, file_routes, page_route
-from orderflow.api.errors import PROBLEMS, HTTPProblem, bad_query
+from orderflow.api.errors import HTTPProblem, bad_query
 from orderflow.api.http import JSON, NOSNIFF, Request, Response, json_response
-from orderflow.api.openapi import DOCS_FILES, DOCS_PAGE, PROBLEM_PAGES
 from orderflow.api.routing import Param, Route
 from orderflow.api.schemas import (
     ActionRequest,
@@ -29,31 +29,42 @@ from orderflow.api.schemas import (
     OrderRef,
     ProcessingStarted,
 )
-from orderflow.dashboard import DASHBOARD_ROUTES
 from orderflow.domain import (
     DEFAULT_PAGE,
     MAX_PAGE,
+    MAX_SEQ,
+    ORDER_ID_PATTERN,
     Event,
     EventType,
     Order,
     OrderFilter,
     OrderQuery,
     OrderStatus,
+    Stats,
+    is_order_id,
     utc_instant,
 )
-from orderflow.errors import ShuttingDown
-from orderflow.events import EventFilter, parse_types
+from orderflow.events import EventFilter, EventHub, parse_types
 from orderflow.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
-from orderflow.metrics import METRICS, exposition
+from orderflow.metrics import exposition
 from orderflow.metrics import registry as metrics_registry
-from orderflow.store.base import Stats
-from orderflow.webhooks.routes import WEBHOOK_ROUTES
-
-if TYPE_CHECKING:
-    from orderflow.api.app import OrderflowApp
+from orderflow.service import OrderService
 
 
-ORDER_ID_PATTERN = "^order_[0-9a-f]{30}$"
+class Services(Protocol):
+    """What these routes need of the running service (the runtime is one)."""
+
+    @property
+    def service(self) -> OrderService: ...
+
+    @property
+    def events(self) -> EventHub: ...
+
+    async def refresh_gauges(self) -> None:
+        """Read the store-wide gauges (orders by status, the oldest pending, …) into the
+        metrics, if the service runs."""
+
+
 IDEMPOTENCY_KEY_PATTERN = "^[\\x21-\\x7e]{1,255}$"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _STATUSES = tuple(status.value for status in OrderStatus)
@@ -66,41 +77,49 @@ _decode_action = msgspec.json.Decoder(ActionRequest).decode
 _decode_bulk = msgspec.json.Decoder(BulkRequest).decode
 
 
-async def create_order(app: OrderflowApp, request: Request) -> Response:
+async def create_order(services: Services, request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if key is not None and _IDEMPOTENCY_KEY.match(key) is None:
         raise HTTPProblem("bad-request", "Idempotency-Key: 1 to 255 printable ASCII characters")
     create: OrderCreate = await request.json(_decode_create)
-    done = await app.runtime.service.submit(create.customer, create.items, key)
+    done = await services.service.submit(create.customer, create.items, key)
     headers = [NOSNIFF, JSON, ("location", f"/orders/{done.order_id}")]
     if done.replayed:
         headers.append(("idempotent-replayed", "true"))
     return Response(201, _encode(OrderRef(done.order_id, done.status)), headers)
 
 
-async def list_orders(app: OrderflowApp, request: Request) -> Response:
+async def list_orders(services: Services, request: Request) -> Response:
     params = request.query_params(("from", "to", "status", "limit", "cursor"))
-    start, end = _time(params, "from"), _time(params, "to")
+    cursor = params.get("cursor")
+    if cursor is not None and not is_order_id(cursor):
+        raise bad_query("cursor", "not a cursor this API returned")
+    query = OrderQuery(
+        start=_time(params, "from"),
+        end=_time(params, "to"),
+        status=_status(params),
+        limit=_limit(params),
+        cursor=cursor,
+    )
+    return json_response(200, await services.service.list_orders_json(query))
+
+
+def _status(params: dict[str, Any]) -> OrderStatus | None:
     status = params.get("status")
-    if status is not None and status not in _STATUSES:
+    if status is None:
+        return None
+    if status not in _STATUSES:
         raise bad_query("status", f"not one of {', '.join(_STATUSES)}")
+    return OrderStatus(status)
+
+
+def _limit(params: dict[str, Any]) -> int:
     limit = params.get("limit", str(DEFAULT_PAGE))
     if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAGE):
         raise bad_query("limit", f"not a whole number from 1 to {MAX_PAGE}")
-    cursor = params.get("cursor")
-    if cursor is not None and _ORDER_ID.match(cursor) is None:
-        raise bad_query("cursor", "not a cursor this API returned")
-    query = OrderQuery(
-        start=start,
-        end=end,
-        status=None if status is None else OrderStatus(status),
-        limit=int(limit),
-        cursor=cursor,
-    )
-    return json_response(200, await app.runtime.service.list_orders_json(query))
+    return int(limit)
 
 
-_ORDER_ID = re.compile(ORDER_ID_PATTERN)
 # An unescaped '+' before an offset arrives as a space (form encoding).
 _SPACE_BEFORE_OFFSET = re.compile(r" (\d\d:?\d\d)$")
 
@@ -121,29 +140,29 @@ def _time(params: dict[str, str], name: str) -> datetime | None:
         raise bad_query(name, str(exc).partition(": ")[2]) from None
 
 
-async def get_order(app: OrderflowApp, request: Request) -> Response:
-    return Response(200, await app.runtime.service.get_order_json(request.params[0]))
+async def get_order(services: Services, request: Request) -> Response:
+    return Response(200, await services.service.get_order_json(request.params[0]))
 
 
-async def get_status(app: OrderflowApp, request: Request) -> Response:
-    order = await app.runtime.service.get_order(request.params[0])
+async def get_status(services: Services, request: Request) -> Response:
+    order = await services.service.get_order(request.params[0])
     return json_response(200, OrderRef(order.id, order.status))
 
 
-async def delete_order(app: OrderflowApp, request: Request) -> Response:
-    await app.runtime.service.delete_order(request.params[0])
+async def delete_order(services: Services, request: Request) -> Response:
+    await services.service.delete_order(request.params[0])
     return json_response(200, Message("Order deleted"))
 
 
-async def cancel_order(app: OrderflowApp, request: Request) -> Response:
+async def cancel_order(services: Services, request: Request) -> Response:
     action = await _optional_body(request)
-    order = await app.runtime.service.cancel_order(request.params[0], action.reason)
+    order = await services.service.cancel_order(request.params[0], action.reason)
     return json_response(200, OrderRef(order.id, order.status))
 
 
-async def retry_order(app: OrderflowApp, request: Request) -> Response:
+async def retry_order(services: Services, request: Request) -> Response:
     action = await _optional_body(request)
-    order = await app.runtime.service.retry_order(request.params[0], action.reason)
+    order = await services.service.retry_order(request.params[0], action.reason)
     return json_response(200, OrderRef(order.id, order.status))
 
 
@@ -157,28 +176,28 @@ async def _optional_body(request: Request) -> ActionRequest:
     return action
 
 
-async def trigger(app: OrderflowApp, request: Request) -> Response:
-    count = await app.runtime.service.trigger_processing()
+async def trigger(services: Services, request: Request) -> Response:
+    count = await services.service.trigger_processing()
     return json_response(202, ProcessingStarted("Processing started", count))
 
 
-async def bulk_retry(app: OrderflowApp, request: Request) -> Response:
-    return await _bulk(app, request, Event.RETRY, "retried in bulk by an operator")
+async def bulk_retry(services: Services, request: Request) -> Response:
+    return await _bulk(services, request, Event.RETRY, "retried in bulk by an operator")
 
 
-async def bulk_cancel(app: OrderflowApp, request: Request) -> Response:
-    return await _bulk(app, request, Event.CANCEL, "cancelled in bulk by an operator")
+async def bulk_cancel(services: Services, request: Request) -> Response:
+    return await _bulk(services, request, Event.CANCEL, "cancelled in bulk by an operator")
 
 
-async def _bulk(app: OrderflowApp, request: Request, event: Event, default: str) -> Response:
+async def _bulk(services: Services, request: Request, event: Event, default: str) -> Response:
     bulk: BulkRequest = await request.json(_decode_bulk)  # its times in UTC
     where = OrderFilter(start=bulk.start, end=bulk.end, reason_contains=bulk.reason_contains)
-    count = await app.runtime.service.act_in_bulk(event, where, bulk.reason or default)
+    count = await services.service.act_in_bulk(event, where, bulk.reason or default)
     return json_response(200, BulkResult(count))
 
 
-async def stats(app: OrderflowApp, request: Request) -> Response:
-    return json_response(200, await app.runtime.service.stats())
+async def stats(services: Services, request: Request) -> Response:
+    return json_response(200, await services.service.stats())
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -192,40 +211,33 @@ _SSE_HEADERS = [
 _TYPES = tuple(t.value for t in EventType)
 
 
-async def events(app: OrderflowApp, request: Request) -> Response:
+async def events(services: Services, request: Request) -> Response:
     params = request.query_params(("order_id", "status", "after", "limit"), ("type",))
     try:
         types = parse_types(params.get("type", ()))
     except ValueError as exc:
         raise bad_query("type", f"{exc} is not one of {', '.join(_TYPES)}") from None
-    status = params.get("status")
-    if status is not None and status not in _STATUSES:
-        raise bad_query("status", f"not one of {', '.join(_STATUSES)}")
-    wanted = EventFilter(
-        params.get("order_id"), types, None if status is None else OrderStatus(status)
-    )
+    wanted = EventFilter(params.get("order_id"), types, _status(params))
     after = _seq(params.get("after"), "after")
     last_event_id = _seq(request.headers.get("last-event-id"), "Last-Event-ID")
     if after is None:
         after = last_event_id
-    hub = app.runtime.events
+    hub = services.events
     accept = request.headers.get("accept") or ""
     if "application/json" in accept and "text/event-stream" not in accept:
-        limit = params.get("limit", str(DEFAULT_PAGE))
-        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_PAGE):
-            raise bad_query("limit", f"not a whole number from 1 to {MAX_PAGE}")
-        found, position = await hub.page(after, int(limit), wanted)
+        found, position = await hub.page(after, _limit(params), wanted)
         return json_response(200, EventPage(found, len(found), position))
-    if after is not None:
-        await app.runtime.store.read_events(after, 1)  # Gone (410) before the stream starts
-    await hub.refresh()  # an unreachable store: 503 before the stream starts
+    await hub.ready_to_stream(after)  # 410 or 503 before the stream starts
     return Response(200, b"", _SSE_HEADERS, hub.stream(after, wanted))
+
+
+_SEQ_PATTERN = f"^[0-9]{{1,{len(str(MAX_SEQ))}}}$"
 
 
 def _seq(value: str | None, name: str) -> int | None:
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+    if not (value.isascii() and value.isdigit() and len(value) <= len(str(MAX_SEQ))):
         raise bad_query(name, "not an event id (a seq) this API sent")
     return int(value)
 
@@ -236,33 +248,17 @@ _encode = msgspec.json.Encoder().encode
 _HEALTHY = _encode(Health("ok"))
 
 
-async def healthz(app: OrderflowApp, request: Request) -> Response:
+async def healthz(services: Services, request: Request) -> Response:
     return Response(200, _HEALTHY)
 
 
-async def readyz(app: OrderflowApp, request: Request) -> Response:
-    if not app.runtime.started:
-        raise ShuttingDown("the service is not running")
-    await app.runtime.service.ready()
+async def readyz(services: Services, request: Request) -> Response:
+    await services.service.ready()
     return Response(200, _encode(Health("ready")))
 
 
-async def metrics(app: OrderflowApp, request: Request) -> Response:
-    runtime, gauges = app.runtime, METRICS.gauges
-    if runtime.started:  # store-wide figures, read now: the same on every instance
-        gauges["by_status"] = await runtime.store.count_by_status()
-        oldest = await runtime.store.oldest_pending()
-        age = 0.0 if oldest is None else (runtime.clock.now() - oldest).total_seconds()
-        gauges["oldest_pending_age_seconds"] = max(0.0, age)
-        gauges["shipments_in_flight"] = runtime.processor.in_flight
-        gauges["held_orders"] = len(runtime.processor.holdings)
-        last = gauges["event_log_last_seq"] = await runtime.store.last_event_seq()
-        cursors = [
-            subscription.cursor
-            for subscription in await runtime.webhooks.store.list_subscriptions()
-            if subscription.disabled_at is None
-        ]
-        gauges["webhook_delivery_lag_events"] = max(0, last - min(cursors)) if cursors else 0
+async def metrics(services: Services, request: Request) -> Response:
+    await services.refresh_gauges()  # store-wide figures, read now: alike on every instance
     return Response(200, exposition(_registry()), _PROMETHEUS_HEADERS)
 
 
@@ -272,17 +268,6 @@ _PROMETHEUS_HEADERS = [NOSNIFF, ("content-type", PROMETHEUS_TEXT)]
 @functools.cache
 def _registry() -> Any:
     return metrics_registry()
-
-
-async def openapi(app: OrderflowApp, request: Request) -> Response:
-    return Response(200, app.openapi_json)
-
-
-async def problem_page(app: OrderflowApp, request: Request) -> Response:
-    page = PROBLEM_PAGES.get(request.params[0])
-    if page is None:
-        raise HTTPProblem("not-found", f"no problem type {request.params[0]!r}")
-    return page.answer(request, REVALIDATE, *PAGE_HEADERS)
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -296,7 +281,11 @@ _BULK = (
     " Atomic per order, in batches; safe to run alongside anything else."
 )
 
-ROUTES: tuple[Route, ...] = (
+_LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                         "default": DEFAULT_PAGE})  # fmt: skip
+_STATUS = {"type": "string", "enum": list(_STATUSES)}
+
+ORDER_ROUTES: tuple[Route[Services], ...] = (
     Route("POST", "/orders", create_order, "Submit an order", 201, OrderRef, OrderCreate,
           params=(Param("Idempotency-Key", {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
                         "Repeat a submit safely: the same key and body answer the first answer"
@@ -310,9 +299,8 @@ ROUTES: tuple[Route, ...] = (
           params=(
               Param("from", _TIME, "inclusive; RFC 3339 (without an offset: UTC)"),
               Param("to", _TIME, "exclusive; RFC 3339 (without an offset: UTC)"),
-              Param("status", {"type": "string", "enum": list(_STATUSES)}),
-              Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
-                              "default": DEFAULT_PAGE}),
+              Param("status", _STATUS),
+              _LIMIT,
               Param("cursor", {"type": "string", "pattern": ORDER_ID_PATTERN},
                     "next_cursor of the previous page"),
           ), statuses=(400, 503)),
@@ -338,19 +326,20 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/orders/{id}/retry", retry_order, "Send a failed order back to pending", 200,
           OrderRef, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503), role="operate",
           description=_REASON_BODY, body_required=False),
+)  # fmt: skip
+
+EVENT_ROUTES: tuple[Route[Services], ...] = (
     Route("GET", "/events", events, "Order events: a live stream, or a page of past ones", 200,
           EventPage, params=(
-              Param("after", {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999},
+              Param("after", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
                     "resume after this event's seq (or send Last-Event-ID)"),
-              Param("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+              Param("Last-Event-ID", {"type": "string", "pattern": _SEQ_PATTERN},
                     "resume after this event (what EventSource sends)", "header"),
               Param("order_id", {"type": "string"}, "only this order's events"),
               Param("type", {"type": "array", "items": {"type": "string", "enum": list(_TYPES)}},
                     "only these types (repeat the parameter)"),
-              Param("status", {"type": "string", "enum": list(_STATUSES)},
-                    "only events that left the order in this status"),
-              Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
-                              "default": DEFAULT_PAGE}, "with Accept: application/json"),
+              Param("status", _STATUS, "only events that left the order in this status"),
+              Param(_LIMIT.name, _LIMIT.schema, "with Accept: application/json"),
           ), statuses=(400, 410, 503), also_media=("text/event-stream",),
           description="With `Accept: text/event-stream` (what EventSource sends), a stream of"
           " Server-Sent Events (`id:` the seq, `event:` the type, `data:` the event as JSON),"
@@ -360,6 +349,9 @@ ROUTES: tuple[Route, ...] = (
           " resumes. With `Accept: application/json`, a page of past events (without `after`,"
           " from the oldest kept); `next_cursor` is the `after` to poll with next. 410 when"
           " the events asked for are past --event-retention."),
+)  # fmt: skip
+
+META_ROUTES: tuple[Route[Services], ...] = (
     Route("GET", "/metrics", metrics, "Metrics in the Prometheus text format", 200,
           statuses=(503,), media="text/plain", needs_service=False,
           description="Counters and histograms of this instance, and store-wide gauges (orders"
@@ -367,13 +359,5 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", healthz, "Liveness: the process answers", 200, Health, role=None,
           needs_service=False),
     Route("GET", "/readyz", readyz, "Readiness: the store answers and the service is not"
-          " stopping", 200, Health, statuses=(503,), role=None, needs_service=False),
-    Route("GET", "/openapi.json", openapi, "This document", 200, role=None, needs_service=False),
-    page_route("/docs", "docs", "The API, readable", DOCS_PAGE),
-    *file_routes("docs_", "the API page's", DOCS_FILES),
-    Route("GET", "/problems/{name}", problem_page, "What a problem type means", 200,
-          params=(Param("name", {"type": "string", "enum": list(PROBLEMS)}, "", "path", True),),
-          statuses=(404,), role=None, media="text/html", needs_service=False),
+          " stopping", 200, Health, statuses=(503,), role=None),
 )  # fmt: skip
-
-ROUTES = (*ROUTES, *WEBHOOK_ROUTES, *DASHBOARD_ROUTES)

@@ -1,20 +1,26 @@
 """Routes: what one endpoint is (`Route`, its `Param`s), and the `Router` that finds the routes
-of a request's path. The table itself is `api/routes.py`; this is what it is made of."""
+of a request's path. The tables are the features' own (`api/routes.py`, `webhooks/routes.py`,
+the dashboard's); this is what they are made of.
+
+A handler is called as ``await handler(services, request)``: `services` is whatever the app was
+handed to pass on (the running service's face), and each table says, in its handlers' first
+parameter, the Protocol it needs of it. A `Route` is contravariant in that type, so the app
+that serves several tables type-checks only when its services satisfy every table's Protocol.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import unquote
 
 from orderflow.api.http import Request, Response
 from orderflow.metrics import METRICS, RouteStats
 
-if TYPE_CHECKING:
-    from orderflow.api.app import OrderflowApp
+S = TypeVar("S", contravariant=True)
 
-Handler = Callable[["OrderflowApp", Request], Awaitable[Response]]
+Handler = Callable[[S, Request], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
@@ -29,8 +35,8 @@ class Param:
 
 
 @dataclass(frozen=True)
-class Route:
-    """One endpoint.
+class Route(Generic[S]):
+    """One endpoint, whose handler takes services of type `S`.
 
     Attributes:
         statuses: what it may answer besides `ok`, beyond what every route may (the app adds
@@ -42,7 +48,7 @@ class Route:
 
     method: str
     path: str
-    handler: Handler
+    handler: Handler[S]
     summary: str
     ok: int = 200
     answer: Any = None
@@ -69,10 +75,10 @@ class Router:
     two `rpartition`s and dict lookups; a literal segment wins over a parameter
     (``/orders/stats`` is not an order, ``/orders/status/{id}`` is not ``/orders/{id}/…``)."""
 
-    def __init__(self, routes: tuple[Route, ...]) -> None:
-        self.static: dict[str, dict[str, Route]] = {}
-        self._last: dict[str, dict[str, Route]] = {}  # "/orders" → /orders/{id}
-        self._middle: dict[tuple[str, str], dict[str, Route]] = {}  # ("/orders", "cancel")
+    def __init__(self, routes: Sequence[Route[Any]]) -> None:
+        self.static: dict[str, dict[str, Route[Any]]] = {}
+        self._last: dict[str, dict[str, Route[Any]]] = {}  # "/orders" → /orders/{id}
+        self._middle: dict[tuple[str, str], dict[str, Route[Any]]] = {}  # ("/orders", "cancel")
         for route in routes:
             head, _, tail = route.path.rpartition("/")
             if "{" not in route.path:
@@ -93,7 +99,7 @@ class Router:
             for methods in every
         }
 
-    def find(self, path: str) -> tuple[dict[str, Route], tuple[str, ...]] | None:
+    def find(self, path: str) -> tuple[dict[str, Route[Any]], tuple[str, ...]] | None:
         methods = self.static.get(path)
         if methods is not None:
             return methods, ()

@@ -30,6 +30,8 @@ from orderflow.domain import (
     utc_instant,
 )
 
+MAX_BODY_BYTES = 64 * 1024  # the most a request body may be
+
 _Name = Annotated[
     str,
     msgspec.Meta(

@@ -3,8 +3,7 @@ through its own HTTP API, in plain JavaScript with no build step. Its files are 
 package once, at import, into a fixed table (`api.assets`); each file is a route of its own, so a
 request never names a file to read, and a path not in the table is the router's 404.
 
-Imported by `orderflow.api.routes`, at its end: it builds `Route`s, so the route table's module
-must be (nearly) done by then.
+The composition root serves `DASHBOARD_ROUTES` beside the other tables; they need no service.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ FILES: dict[str, Asset] = {
 }
 PAGE = linked_page(__name__, "index.html", FILES)
 
-DASHBOARD_ROUTES: tuple[Route, ...] = (
+DASHBOARD_ROUTES: tuple[Route[object], ...] = (
     page_route("/", "dashboard_root", "The dashboard (as at /dashboard)", PAGE),
     page_route(
         "/dashboard",

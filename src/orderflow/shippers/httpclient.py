@@ -21,11 +21,11 @@ from orderflow.shippers.httpconnection import (
     CannotConnect,
     Connection,
     ConnectionClosed,
-    Headers,
     HeadTooLarge,
     HttpClientError,
     ProtocolViolation,
-    Response,
+    Reply,
+    ReplyHeaders,
     Timeout,
 )
 
@@ -33,11 +33,11 @@ __all__ = [
     "CannotConnect",
     "ConnectionClosed",
     "HeadTooLarge",
-    "Headers",
     "HttpClient",
     "HttpClientError",
     "ProtocolViolation",
-    "Response",
+    "Reply",
+    "ReplyHeaders",
     "Timeout",
 ]
 
@@ -95,7 +95,7 @@ class HttpClient:
         max_body: int,
         body_timeout_s: float | None = None,
         on_head: Callable[[int], None] | None = None,
-    ) -> Response:
+    ) -> Reply:
         """POST `body` to `target` (a path, with its query) with `headers`; the answer.
 
         `timeout_s` bounds the whole call: waiting for a connection, connecting, sending,
@@ -208,7 +208,7 @@ class HttpClient:
         request: bytes,
         max_body: int,
         on_head: Callable[[int], None] | None,
-    ) -> Response:
+    ) -> Reply:
         self._busy.add(conn)
         try:
             response = await conn.send(request, max_body, on_head)

@@ -59,7 +59,7 @@ class Timeout(HttpClientError, TimeoutError):
     its connection was closed."""
 
 
-class Headers(Mapping[str, str]):
+class ReplyHeaders(Mapping[str, str]):
     """An answer's headers; names are case-insensitive, and a repeated header's values are
     joined by ", "."""
 
@@ -78,16 +78,16 @@ class Headers(Mapping[str, str]):
         return len(self._items)
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"ReplyHeaders({self._items!r})"
 
 
 @dataclass(frozen=True, slots=True)
-class Response:
+class Reply:
     """An answer: its status, headers, and body (at most `max_body` bytes: `truncated` says
     there were more)."""
 
     status: int
-    headers: Headers
+    headers: ReplyHeaders
     body: bytes
     truncated: bool
 
@@ -99,7 +99,7 @@ class Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport  # set by connection_made, before any use
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[Response] | None = None
+        self.waiter: asyncio.Future[Reply] | None = None
         self.on_head: Callable[[int], None] | None = None
         self.max_body = 0
         self.status = 0  # of the final answer; 0 until its head is in
@@ -115,7 +115,7 @@ class Connection(asyncio.Protocol):
 
     def send(
         self, request: bytes, max_body: int, on_head: Callable[[int], None] | None
-    ) -> asyncio.Future[Response]:
+    ) -> asyncio.Future[Reply]:
         self.max_body, self.status, self.body, self.on_head = max_body, 0, bytearray(), on_head
         self.truncated = self.received = self.until_close = self.reusable = False
         self.head_bytes = self.framing_bytes = self.body_bytes = 0
@@ -204,7 +204,7 @@ class Connection(asyncio.Protocol):
         self.fail(ConnectionClosed(f"the receiver closed the connection {how}{why}"))
 
     def on_message_begin(self) -> None:
-        self.headers = {}  # a new dict: a Response already made keeps its own
+        self.headers = {}  # a new dict: a Reply already made keeps its own
         self.status_bytes = self.header_count = 0
         if self.status:  # a second answer to one request
             self.abort()
@@ -262,7 +262,7 @@ class Connection(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             body = bytes(self.body[: self.max_body] if self.truncated else self.body)
             self.waiter.set_result(
-                Response(self.status, Headers(self.headers), body, self.truncated)
+                Reply(self.status, ReplyHeaders(self.headers), body, self.truncated)
             )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Protocol
 
 import msgspec
 
@@ -40,6 +41,7 @@ from orderflow.domain import (
     OrderStatus,
     Outcome,
     Page,
+    Stats,
 )
 from orderflow.errors import OrderNotFound
 
@@ -53,16 +55,25 @@ class IdempotencyRecord(msgspec.Struct, frozen=True, gc=False):
     created_at: datetime
 
 
-class ReasonCount(msgspec.Struct, frozen=True):
-    reason: str
-    count: int
+class MemoryState(msgspec.Struct, frozen=True):
+    """Everything a store in memory keeps, as a snapshot writes it and loads it back."""
+
+    orders: list[Order]
+    idempotency: list[IdempotencyRecord]
+    events: list[OrderEvent]
+    last_event_seq: int
 
 
-class Stats(msgspec.Struct, frozen=True):
-    """Orders by status (every status), and the most frequent reasons of failed orders."""
+class Snapshots(Protocol):
+    """What a store that keeps its orders in this process only gives, so that they outlive a
+    planned restart (`snapshot.SnapshotFile`)."""
 
-    by_status: dict[OrderStatus, int]
-    failed_reasons: list[ReasonCount]
+    def dump(self) -> MemoryState:
+        """Everything, for a snapshot; call when nothing is being written."""
+
+    def load(self, state: MemoryState, on_order: Callable[[Order], Order] | None = None) -> None:
+        """Add everything in `state` to this empty store; `on_order` may change each order on
+        the way in. Raises OrderConflict when the store is not empty."""
 
 
 class JsonPage(msgspec.Struct, frozen=True, gc=False):
@@ -81,6 +92,12 @@ class OrderStore(abc.ABC):
     #: Whether other processes share this store: a stopping processor then hands its orders
     #: back for them (handback) instead of putting them back to pending (release).
     shared = False
+
+    @property
+    def snapshots(self) -> Snapshots | None:
+        """The store's snapshots, if it keeps its orders in this process only (None: it keeps
+        them itself, and `--snapshot` is refused)."""
+        return None
 
     # -- orders ------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ ready queue beside them, all behind one threading.Lock.
 A row keeps the order as its JSON (`memory_rows`): a page of orders is a join of bytes, and a
 million orders fit in well under 500 bytes each. The lock is never held across an `await`:
 every method does its work in one synchronous block, so the store is safe from threads and
-tasks alike. `dump` and `load` are the state a snapshot writes and reads back.
+tasks alike. It is its own `Snapshots`: `dump` and `load` are the state a snapshot writes and
+reads back.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ from orderflow.domain import (
     OrderStatus,
     Outcome,
     Page,
+    ReasonCount,
+    Stats,
     ends_hold,
     next_status,
     order_id_floor,
     order_id_time,
 )
 from orderflow.errors import IllegalTransition, NotHeld, OrderConflict, OrderNotFound
-from orderflow.store.base import IdempotencyRecord, JsonPage, OrderStore, ReasonCount, Stats
+from orderflow.store.base import IdempotencyRecord, JsonPage, MemoryState, OrderStore, Snapshots
 from orderflow.store.memory_events import EventLog
 from orderflow.store.memory_rows import (
     Row,
@@ -51,15 +54,6 @@ from orderflow.store.memory_rows import (
     tail_of,
 )
 from orderflow.store.memory_table import MAX_WALK, OrderTable
-
-
-class MemoryState(msgspec.Struct, frozen=True):
-    """Everything the store keeps, as a snapshot writes it and loads it back."""
-
-    orders: list[Order]
-    idempotency: list[IdempotencyRecord]
-    events: list[OrderEvent]
-    last_event_seq: int
 
 
 class InMemoryOrderStore(OrderStore):
@@ -350,6 +344,10 @@ class InMemoryOrderStore(OrderStore):
         return self._events.prune(before, keep, limit)
 
     # -- snapshots, and a self-check for tests -----------------------------------------------
+
+    @property
+    def snapshots(self) -> Snapshots:
+        return self
 
     def dump(self) -> MemoryState:
         """Everything, for a snapshot; call when nothing is being written."""

@@ -10,7 +10,7 @@ orders fit in well under 500 bytes each). The JSON is split where the order chan
 
 A row as submitted (pending, its one history entry at its timestamp) has no tail: it follows
 from the timestamp at the end of the head, so a new order costs one encoding. Nor has a row as
-claimed: it follows from the timestamp and the claim (one `Claim` for a whole batch), so a
+claimed: it follows from the timestamp and the claim (one `ClaimStamp` for a whole batch), so a
 trigger of a million orders writes no JSON. An `Order` is read back by decoding the row
 (`order_of`), for the paths that need objects (a shipment, a change), never for a listing.
 """
@@ -42,7 +42,7 @@ class _Tail(msgspec.Struct, gc=False):
     shipment: dict[str, Any] | None
 
 
-class Claim(msgspec.Struct, frozen=True, gc=False):
+class ClaimStamp(msgspec.Struct, frozen=True, gc=False):
     """When a batch of orders was claimed, as a time and as JSON: shared by the batch."""
 
     at: datetime
@@ -57,7 +57,7 @@ class Row(msgspec.Struct, frozen=True, gc=False):
     head: bytes
     status: OrderStatus
     tail: bytes | None = None
-    claim: Claim | None = None
+    claim: ClaimStamp | None = None
 
 
 _decode_head = msgspec.json.Decoder(_Head).decode
@@ -109,12 +109,12 @@ def tail_of(
     return _encode(_Tail(status, updated_at, history, shipment))[1:]
 
 
-def claim_at(at: datetime) -> Claim:
+def claim_at(at: datetime) -> ClaimStamp:
     """The claim of a batch at `at`."""
-    return Claim(at, _encode(at))
+    return ClaimStamp(at, _encode(at))
 
 
-def claimed(row: Row, claim: Claim) -> Row:
+def claimed(row: Row, claim: ClaimStamp) -> Row:
     """`row` (pending) claimed for shipping by `claim`."""
     if row.tail is None:  # the usual case: nothing to write
         return Row(row.head, OrderStatus.PROCESSING, None, claim)

@@ -45,6 +45,7 @@ from orderflow.domain import (
     OrderStatus,
     Outcome,
     Page,
+    Stats,
     ends_hold,
     next_status,
     order_id_floor,
@@ -59,7 +60,7 @@ from orderflow.errors import (
     StoreUnavailable,
 )
 from orderflow.store import postgres_sql as sql
-from orderflow.store.base import IdempotencyRecord, OrderStore, Stats
+from orderflow.store.base import IdempotencyRecord, OrderStore
 from orderflow.store.migrations import migrate
 from orderflow.store.postgres_db import Database, Listener
 from orderflow.store.postgres_events import PostgresCounts, PostgresEventLog

@@ -18,10 +18,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from orderflow.domain import OrderEvent, OrderStatus
+from orderflow.domain import OrderEvent, OrderStatus, ReasonCount, Stats
 from orderflow.errors import EventsPruned
 from orderflow.store import postgres_sql as sql
-from orderflow.store.base import ReasonCount, Stats
 from orderflow.store.postgres_db import Database
 from orderflow.store.postgres_rows import EVENT_TYPE, STATUS, decode_object
 from orderflow.supervise import OutageLog, supervised

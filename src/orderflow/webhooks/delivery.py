@@ -1,5 +1,6 @@
 """Deliverer: sends the event log to webhook subscriptions, signed per the Standard Webhooks
-specification, at least once and, per subscription, in seq order.
+specification, at least once and, per subscription, in seq order. (Subscribing, listing and
+replaying are the `WebhookService`'s; the deliverer only delivers.)
 
 Every instance runs one. It claims due subscriptions one at a time (at most `concurrency` held
 at once) and runs a *round* on each: read the events after the cursor, skip the unwanted ones,
@@ -26,27 +27,14 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Sequence
-from urllib.parse import urlsplit
+from dataclasses import dataclass
 
-from aiohttp.abc import AbstractResolver
-
-from orderflow.clock import Clock, SystemClock
-from orderflow.domain import EventType
-from orderflow.processor import new_owner_id
-from orderflow.settings import DEFAULTS, Settings, listed
-from orderflow.signing import check_secret, new_secret
+from orderflow.clock import Clock, SystemClock, new_owner_id
+from orderflow.settings import DEFAULTS
 from orderflow.store.base import OrderStore
 from orderflow.supervise import OutageLog, Wakeup, supervised
-from orderflow.webhooks.destinations import Destinations
-from orderflow.webhooks.model import (
-    Claim,
-    Subscription,
-    check_url,
-    new_webhook_id,
-    parse_schedule,
-)
-from orderflow.webhooks.rounds import Round
+from orderflow.webhooks.model import Claim, parse_schedule
+from orderflow.webhooks.rounds import Round, RoundContext
 from orderflow.webhooks.sender import Sender
 from orderflow.webhooks.store import WebhookStore
 
@@ -58,67 +46,69 @@ _RELEASE_TIMEOUT_S = 5.0
 DEFAULT_SCHEDULE_S = parse_schedule(DEFAULTS.webhook_retry_schedule)
 
 
-class Deliverer:
-    """Delivers the events of `orders`' log to the subscriptions in `store`.
+@dataclass(frozen=True)
+class DelivererSettings:
+    """How the deliverer works; durations in seconds.
 
-    Args:
+    Attributes:
         schedule_s: the waits before each retry of an event (the last spent: give up).
         timeout_s: the most one attempt may take, connecting included.
         concurrency: the most subscriptions this instance delivers to at once.
         poll_s: how often to look for due subscriptions nobody announced (another instance's).
-        lease_s: how long a claim lasts without a write (default: `timeout_s` + 15 s); another
+        lease_s: how long a claim lasts without a write (None: `timeout_s` + 15 s); another
             instance takes over a dead one's subscriptions after it.
-        subscribe: URLs to subscribe (to every event, ordered) at start, unless a subscription
-            to that URL exists; signed with `secret`.
-        allow_private: let webhooks go to private, loopback and other internal addresses
-            (see `destinations`); off, such a subscription is refused, and so is a connection.
-        resolver: resolves the receivers' names (default: the system's); tests give their own.
-
-    Raises:
-        ValueError: a message naming what is wrong (a URL, the secret, a number).
     """
+
+    schedule_s: tuple[float, ...] = DEFAULT_SCHEDULE_S
+    timeout_s: float = 10.0
+    concurrency: int = 16
+    poll_s: float = 1.0
+    lease_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("the webhook concurrency must be at least 1")
+        if not self.timeout_s > 0:
+            raise ValueError(f"the webhook timeout must be more than 0 s, not {self.timeout_s}")
+
+    @property
+    def lease(self) -> float:
+        return self.lease_s if self.lease_s is not None else self.timeout_s + 15.0
+
+
+class Deliverer:
+    """Delivers the events of `orders`' log to the subscriptions in `store`, through `sender`
+    (which is its own: `stop` closes it)."""
 
     def __init__(
         self,
         orders: OrderStore,
         store: WebhookStore,
+        sender: Sender,
+        settings: DelivererSettings | None = None,
         *,
-        schedule_s: Sequence[float] = DEFAULT_SCHEDULE_S,
-        timeout_s: float = 10.0,
-        concurrency: int = 16,
-        poll_s: float = 1.0,
-        lease_s: float | None = None,
-        subscribe: Sequence[str] = (),
-        secret: str | None = None,
         owner: str | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        allow_private: bool = False,
-        resolver: AbstractResolver | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("the webhook concurrency must be at least 1")
-        self.destinations = Destinations(
-            allow_private=allow_private, resolver=resolver, timeout_s=timeout_s
-        )
-        for url in subscribe:
-            check_url(url)
-            self.destinations.check_literal(url)
-        if subscribe and secret is None:
-            raise ValueError("a secret is needed to sign the calls of subscriptions made at start")
-        self.store = store
-        self.orders = orders
-        self.schedule_s = tuple(schedule_s)
-        self.sender = Sender(timeout_s=timeout_s, destinations=self.destinations)
-        self.timeout_s = timeout_s
-        self.lease_s = lease_s if lease_s is not None else timeout_s + 15.0
-        self._concurrency = concurrency
-        self._poll_s = poll_s
-        self._subscribe = tuple(subscribe)
-        self._secret = None if secret is None else check_secret(secret)
+        self.settings = settings = settings or DelivererSettings()
+        self._orders = orders
+        self._store = store
+        self._sender = sender
         self.owner = owner or new_owner_id()
-        self.clock = clock or SystemClock()
-        self.rng = rng or random.Random()
+        self._context = RoundContext(
+            orders=orders,
+            store=store,
+            sender=sender,
+            clock=clock or SystemClock(),
+            rng=rng or random.Random(),
+            schedule_s=settings.schedule_s,
+            timeout_s=settings.timeout_s,
+            lease_s=settings.lease,
+            stopping=lambda: self.stopping,
+            wake_in=self.wake_in,
+            unforeseen=self.unforeseen,
+        )
         self._claims = 0
         self._rounds: set[asyncio.Task[bool]] = set()
         self._releases: set[asyncio.Task[None]] = set()
@@ -134,134 +124,33 @@ class Deliverer:
         self._round_log = OutageLog(log, "delivering webhooks")
         self._unforeseen: set[type[BaseException]] = set()  # kinds of error logged once
 
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        orders: OrderStore,
-        store: WebhookStore,
-        resolver: AbstractResolver | None = None,
-    ) -> Deliverer:
-        """A deliverer configured by the --webhook* flags. Raises ValueError naming the flag."""
-        try:
-            schedule = parse_schedule(settings.webhook_retry_schedule)
-        except ValueError as exc:
-            raise ValueError(f"--webhook-retry-schedule: {exc}") from None
-        urls = listed(settings.webhook)
-        policy = Destinations(allow_private=settings.webhook_allow_private)
-        try:
-            for url in urls:
-                check_url(url)
-                policy.check_literal(url)
-        except ValueError as exc:
-            raise ValueError(f"--webhook: {str(exc).removeprefix('url: ')}") from None
-        if urls and not settings.webhook_secret:
-            raise ValueError("--webhook-secret (a whsec_ key) is needed to sign the calls")
-        if settings.webhook_secret:
-            try:
-                check_secret(settings.webhook_secret)
-            except ValueError as exc:
-                raise ValueError(f"--webhook-secret: {str(exc).removeprefix('secret: ')}") from None
-        return cls(
-            orders,
-            store,
-            schedule_s=schedule,
-            timeout_s=settings.webhook_timeout,
-            poll_s=settings.poll_interval,
-            lease_s=settings.webhook_timeout + settings.lease_timeout,
-            subscribe=urls,
-            secret=settings.webhook_secret,
-            allow_private=settings.webhook_allow_private,
-            resolver=resolver,
-        )
-
-    # -- what the API asks -------------------------------------------------------------------
-
-    async def subscribe(
-        self,
-        url: str,
-        types: Sequence[EventType] = (),
-        secret: str | None = None,
-        ordered: bool = True,
-    ) -> Subscription:
-        """A new subscription to the events from now on; `secret` generated when None.
-        Raises ValueError "url: …" (a malformed URL, or one that is or resolves to a forbidden
-        address) or "secret: …"."""
-        check_url(url)
-        await self.destinations.check(url)
-        head = await self.orders.last_event_seq()
-        subscription = Subscription(
-            new_webhook_id(),
-            url,
-            tuple(dict.fromkeys(types)),
-            new_secret() if secret is None else check_secret(secret),
-            ordered,
-            self.clock.now(),
-            head,
-        )
-        await self.store.add(subscription)
-        self._subscribed = True
-        self._made += 1
-        log.info("webhook %s subscribed: %s", subscription.id, _where(url))
-        return subscription
-
-    async def replay(self, webhook_id: str, after_seq: int | None) -> Subscription:
-        """Deliver the events after `after_seq` again (None: resume from the cursor), with
-        backoff cleared and the subscription enabled again; a seq beyond the newest event
-        means from the newest on. Raises WebhookNotFound, and Gone when the events after
-        `after_seq` were pruned from the log."""
-        await self.store.get(webhook_id)
-        if after_seq is not None:
-            after_seq = min(after_seq, await self.orders.last_event_seq())
-            await self.orders.read_events(after_seq, 1)  # raises Gone
-        subscription = await self.store.replay(webhook_id, after_seq)
-        self._subscribed = True
-        self._made += 1
-        self.wake()
-        return subscription
-
     # -- start and stop ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Make the subscriptions asked for at start (if missing), then deliver until `stop`.
-        Raises ValueError "--webhook: …" when such a URL resolves to a forbidden address."""
+        """Deliver until `stop`."""
         self._loop = asyncio.get_running_loop()
         self._wake.bind()
-        for url in self._subscribe:
-            await self._subscribe_at_start(url)
         self._task = asyncio.create_task(
             supervised(
                 self._fill,
-                every_s=self._poll_s,
+                every_s=self.settings.poll_s,
                 log=OutageLog(log, "claiming webhook subscriptions"),
                 wake=self._wake,
             ),
             name="orderflow-webhooks",
         )
 
-    async def _subscribe_at_start(self, url: str) -> None:
-        assert self._secret is not None
-        try:
-            await self.destinations.check(url)
-        except ValueError as exc:
-            raise ValueError(f"--webhook: {str(exc).removeprefix('url: ')}") from None
-        head = await self.orders.last_event_seq()
-        wanted = Subscription(new_webhook_id(), url, (), self._secret, True, self.clock.now(), head)
-        subscription, added = await self.store.ensure(wanted)
-        if added:
-            log.info("webhook %s subscribed at start: %s", subscription.id, _where(url))
-        elif subscription.secret != self._secret:
-            log.warning(
-                "webhook %s to %s exists with another secret; it keeps its own",
-                subscription.id,
-                _where(url),
-            )
-
     def wake(self) -> None:
         """There may be new events (callable from any thread, and often: it only sets a flag,
         and not even that while there is no subscription; the polls look for new ones)."""
         if self._subscribed:
             self._wake.set_soon()
+
+    def subscriptions_changed(self) -> None:
+        """Subscriptions were made or replayed here: look for due ones now."""
+        self._subscribed = True
+        self._made += 1
+        self.wake()
 
     async def stop(self, grace_s: float = 0.0) -> None:
         """Stop claiming; rounds stop after the attempt in flight, which may take `grace_s`
@@ -281,7 +170,7 @@ class Deliverer:
         if self._releases:
             await asyncio.wait(self._releases, timeout=_RELEASE_TIMEOUT_S)
         try:
-            await self.sender.close()
+            await self._sender.close()
         except Exception:  # stopping: nothing left to do about it
             log.debug("closing the webhook HTTP client failed", exc_info=True)
 
@@ -290,16 +179,17 @@ class Deliverer:
     async def _fill(self) -> None:
         """Claim due subscriptions while there is room, a round for each."""
         head: int | None = None
-        while len(self._rounds) < self._concurrency and not self.stopping:
+        lease_s = self.settings.lease
+        while len(self._rounds) < self.settings.concurrency and not self.stopping:
             if head is None:
-                head = await self.orders.last_event_seq()
+                head = await self._orders.last_event_seq()
             self._claims += 1
             began = time.monotonic()
-            claim = await self.store.claim(f"{self.owner}#{self._claims}", head, self.lease_s)
+            claim = await self._store.claim(f"{self.owner}#{self._claims}", head, lease_s)
             if claim is None:
                 if not self._rounds:
                     made = self._made
-                    exists = await self.store.any()
+                    exists = await self._store.any()
                     if made == self._made:  # (none was made here meanwhile)
                         self._subscribed = exists
                 return
@@ -353,7 +243,8 @@ class Deliverer:
     async def _round(self, claim: Claim, began: float) -> bool:
         """Deliver what is due of one subscription; True if it got anywhere (then there may be
         more to do at once; else the next poll will do)."""
-        state = Round(self, claim, began + self.lease_s, time.monotonic() + _ROUND_S)
+        lease_until = began + self.settings.lease
+        state = Round(self._context, claim, lease_until, time.monotonic() + _ROUND_S)
         try:
             progressed = await state.run()
         except Exception as exc:
@@ -367,9 +258,3 @@ class Deliverer:
             self._releases.add(release)
             release.add_done_callback(self._releases.discard)
             await asyncio.shield(release)
-
-
-def _where(url: str) -> str:
-    """`url` for a log line: its scheme and host only (a query may carry a token)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/…"

@@ -21,7 +21,6 @@ from datetime import datetime
 import msgspec
 
 from orderflow.domain import EventType
-from orderflow.errors import NotFound
 
 WEBHOOK_ID_PREFIX = "wh_"
 WEBHOOK_ID_PATTERN = "^wh_[0-9a-f]{24}$"
@@ -51,10 +50,6 @@ URL_PATTERN = r"^https?://(?:" + _IPV4 + "|" + _NAME + r")(?::" + _PORT + r")?(?
 _URL = re.compile(URL_PATTERN)
 _ANY_HOST = re.compile(r"^https?://([A-Za-z0-9_.-]+)(?::" + _PORT + r")?(?:[/?][!\x22$-~]*)?$")
 _WEBHOOK_ID = re.compile(WEBHOOK_ID_PATTERN)
-
-
-class WebhookNotFound(NotFound):
-    """Webhook subscription not found."""
 
 
 class Subscription(msgspec.Struct, frozen=True, gc=False):
@@ -105,7 +100,7 @@ class Claim(msgspec.Struct, frozen=True, gc=False):
     retries: tuple[Retry, ...] = ()
 
 
-class Outcome(enum.StrEnum):
+class DeliveryOutcome(enum.StrEnum):
     """What became of an attempt (or of events nobody attempted)."""
 
     DELIVERED = "delivered"  # the receiver answered 2xx
@@ -132,7 +127,7 @@ class DeliveryRecord(msgspec.Struct, frozen=True, gc=False):
     status_code: int | None
     latency_ms: float
     error: str | None
-    outcome: Outcome
+    outcome: DeliveryOutcome
     at: datetime
 
 

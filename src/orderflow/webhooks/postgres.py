@@ -15,17 +15,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from orderflow.domain import EventType
-from orderflow.errors import OutcomeUnknown
+from orderflow.errors import OutcomeUnknown, WebhookNotFound
 from orderflow.store.postgres_db import Database
 from orderflow.webhooks import postgres_sql as sql
 from orderflow.webhooks.model import (
     Claim,
+    DeliveryOutcome,
     DeliveryRecord,
-    Outcome,
     Retry,
     Settlement,
     Subscription,
-    WebhookNotFound,
 )
 from orderflow.webhooks.store import MAX_RETRIES_CLAIMED, WebhookStore
 
@@ -174,7 +173,7 @@ class PostgresWebhookStore(WebhookStore):
                 row["status_code"],
                 row["latency_ms"],
                 row["error"],
-                Outcome(row["outcome"]),
+                DeliveryOutcome(row["outcome"]),
                 row["at"],
             )
             for row in rows

@@ -7,28 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from standardwebhooks import Webhook
 
+from orderflow.clock import Clock
 from orderflow.domain import OrderEvent
 from orderflow.errors import Gone
+from orderflow.store.base import OrderStore
 from orderflow.webhooks.model import (
     Claim,
+    DeliveryOutcome,
     DeliveryRecord,
-    Outcome,
     Settlement,
     message_id,
     retry_delay_s,
 )
 from orderflow.webhooks.schemas import Delivery
-from orderflow.webhooks.sender import Answer
-
-if TYPE_CHECKING:
-    from orderflow.webhooks.delivery import Deliverer
+from orderflow.webhooks.sender import Answer, Sender
+from orderflow.webhooks.store import WebhookStore
 
 log = logging.getLogger("orderflow.webhooks")
 
@@ -40,15 +43,34 @@ _REASON_CHARS = 200  # of an unforeseen error's text, in the deliveries log
 _encode = msgspec.json.Encoder().encode
 
 
+@dataclass(frozen=True, kw_only=True)
+class RoundContext:
+    """What a round needs of the deliverer that runs it: the stores, the sender, the clock,
+    the retry schedule and timings (seconds), whether it is stopping, a way to be woken when a
+    retry comes due, and where an unforeseen sending error is told."""
+
+    orders: OrderStore
+    store: WebhookStore
+    sender: Sender
+    clock: Clock
+    rng: random.Random
+    schedule_s: Sequence[float]
+    timeout_s: float
+    lease_s: float
+    stopping: Callable[[], bool]
+    wake_in: Callable[[float], None]
+    unforeseen: Callable[[str, Exception], None]
+
+
 class Round:
     """A claim being worked on: where its cursor is, and until when its lease lasts
     (monotonic)."""
 
-    def __init__(self, deliverer: Deliverer, claim: Claim, lease_until: float, ends_at: float):
-        self.deliverer = deliverer
-        self.orders = deliverer.orders
-        self.clock = deliverer.clock
-        self.rng = deliverer.rng
+    def __init__(self, context: RoundContext, claim: Claim, lease_until: float, ends_at: float):
+        self.context = context
+        self.orders = context.orders
+        self.clock = context.clock
+        self.rng = context.rng
         self.claim = claim
         self.subscription = claim.subscription
         self.cursor = claim.subscription.cursor
@@ -67,7 +89,7 @@ class Round:
     async def release(self) -> None:
         try:
             async with asyncio.timeout(_RELEASE_TIMEOUT_S):
-                await self.deliverer.store.release(self.claim, self.cursor)
+                await self.context.store.release(self.claim, self.cursor)
         except Exception as exc:  # its lease runs out instead
             log.warning(
                 "could not release webhook %s (%s); its lease will run out",
@@ -76,7 +98,7 @@ class Round:
             )
 
     def over(self) -> bool:
-        return self.deliverer.stopping or time.monotonic() >= self.ends_at
+        return self.context.stopping() or time.monotonic() >= self.ends_at
 
     async def retry_due(self) -> None:
         """An unordered subscription's events that failed before and are due again."""
@@ -88,7 +110,7 @@ class Round:
             except Gone:
                 found = []
             if not found or found[0].seq != retry.seq:
-                record = self.record(retry.seq, retry.attempt, Outcome.PRUNED, "pruned")
+                record = self.record(retry.seq, retry.attempt, DeliveryOutcome.PRUNED, "pruned")
                 pruned = Settlement(cursor=self.cursor, seq=retry.seq, record=record)
                 if not await self.settle(pruned):
                     return
@@ -137,7 +159,7 @@ class Round:
             high,
         )
         error = f"events {self.cursor + 1} to {high} were pruned before they were delivered"
-        record = self.record(high, 0, Outcome.PRUNED, error)
+        record = self.record(high, 0, DeliveryOutcome.PRUNED, error)
         pruned = min((seq for seq in retries if seq <= high), default=None)
         if not await self.settle(Settlement(cursor=high, seq=pruned, record=record)):
             return False
@@ -149,7 +171,7 @@ class Round:
     async def deliver(self, event: OrderEvent, attempt: int, *, new: bool) -> bool:
         """One attempt at `event` (`new`: the next after the cursor, else a retry the cursor
         went past), and its settlement; whether the round goes on."""
-        short = self.lease_until - time.monotonic() < self.deliverer.timeout_s + _LEASE_SLACK_S
+        short = self.lease_until - time.monotonic() < self.context.timeout_s + _LEASE_SLACK_S
         if short and not await self.settle(Settlement(cursor=self.cursor)):
             return False  # the lease could not be extended: no attempt may outlast it
         at = self.clock.now()
@@ -157,17 +179,17 @@ class Round:
         subscription = self.subscription
         delay_s: float | None = None
         if answer.delivered:
-            outcome = Outcome.DELIVERED
+            outcome = DeliveryOutcome.DELIVERED
         elif answer.status_code == 410:
-            outcome = Outcome.DISABLED
+            outcome = DeliveryOutcome.DISABLED
         else:
             delay_s = retry_delay_s(
-                self.deliverer.schedule_s, attempt, answer.retry_after_s, self.rng
+                self.context.schedule_s, attempt, answer.retry_after_s, self.rng
             )
-            outcome = Outcome.GIVEN_UP if delay_s is None else Outcome.RETRYING
-        passes = outcome is Outcome.RETRYING and not subscription.ordered
+            outcome = DeliveryOutcome.GIVEN_UP if delay_s is None else DeliveryOutcome.RETRYING
+        passes = outcome is DeliveryOutcome.RETRYING and not subscription.ordered
         cursor = self.cursor
-        if new and (outcome in (Outcome.DELIVERED, Outcome.GIVEN_UP) or passes):
+        if new and (outcome in (DeliveryOutcome.DELIVERED, DeliveryOutcome.GIVEN_UP) or passes):
             cursor = event.seq
         record = DeliveryRecord(
             event.seq,
@@ -181,22 +203,22 @@ class Round:
         )
         settlement = Settlement(
             cursor=cursor,
-            seq=event.seq if attempt > 1 or outcome is Outcome.RETRYING else None,
-            retry_attempt=attempt if outcome is Outcome.RETRYING else None,
+            seq=event.seq if attempt > 1 or outcome is DeliveryOutcome.RETRYING else None,
+            retry_attempt=attempt if outcome is DeliveryOutcome.RETRYING else None,
             retry_in_s=delay_s or 0.0,
-            disable=_DISABLED_REASON if outcome is Outcome.DISABLED else None,
+            disable=_DISABLED_REASON if outcome is DeliveryOutcome.DISABLED else None,
             record=record,
         )
         if not await self.settle(settlement):
             return False
         self.cursor = cursor
-        if outcome is Outcome.RETRYING:
+        if outcome is DeliveryOutcome.RETRYING:
             assert delay_s is not None
-            self.deliverer.wake_in(delay_s)
+            self.context.wake_in(delay_s)
             log.debug(
                 "webhook %s: %s failed (%s)", subscription.id, record.webhook_id, answer.error
             )
-        elif outcome is Outcome.GIVEN_UP:
+        elif outcome is DeliveryOutcome.GIVEN_UP:
             log.warning(
                 "webhook %s: gave up on %s after %d attempts: %s",
                 subscription.id,
@@ -204,20 +226,22 @@ class Round:
                 attempt,
                 answer.error,
             )
-        elif outcome is Outcome.DISABLED:
+        elif outcome is DeliveryOutcome.DISABLED:
             log.warning("webhook %s disabled: %s", subscription.id, _DISABLED_REASON)
-        return outcome in (Outcome.DELIVERED, Outcome.GIVEN_UP) or passes
+        return outcome in (DeliveryOutcome.DELIVERED, DeliveryOutcome.GIVEN_UP) or passes
 
     async def settle(self, settlement: Settlement) -> bool:
         sent = time.monotonic()
-        if await self.deliverer.store.settle(self.claim, settlement, self.deliverer.lease_s):
-            self.lease_until = sent + self.deliverer.lease_s
+        if await self.context.store.settle(self.claim, settlement, self.context.lease_s):
+            self.lease_until = sent + self.context.lease_s
             self.progressed |= settlement.record is not None
             return True
         log.info("webhook %s: claim lost (replayed, deleted or taken over)", self.subscription.id)
         return False
 
-    def record(self, seq: int, attempt: int, outcome: Outcome, error: str) -> DeliveryRecord:
+    def record(
+        self, seq: int, attempt: int, outcome: DeliveryOutcome, error: str
+    ) -> DeliveryRecord:
         return DeliveryRecord(
             seq, message_id(seq), attempt, None, 0.0, error, outcome, self.clock.now()
         )
@@ -232,11 +256,11 @@ class Round:
         try:
             data: Any = order if order is not None else {"id": event.order_id}
             body = _encode(Delivery(event.type, event.at, data))
-            return await self.deliverer.sender.send(
+            return await self.context.sender.send(
                 self.subscription.url, self.signer, message_id(event.seq), body, at, attempt
             )
         except Exception as exc:
-            self.deliverer.unforeseen(self.subscription.id, exc)
+            self.context.unforeseen(self.subscription.id, exc)
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             return Answer(None, f"sending failed: {reason[:_REASON_CHARS]}", _ms(began))
 

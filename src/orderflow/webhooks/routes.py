@@ -1,13 +1,10 @@
-"""The webhook routes, as `Route` entries (`WEBHOOK_ROUTES`) that `api/routes.py` appends to
-the route table: subscriptions (create, list, show, delete), their deliveries log, and replay.
-
-`api/routes.py` imports this module at its very end, once `Route` and `Param` exist; so import
-the route table (or the app), never this module first.
-"""
+"""The webhook routes (`WEBHOOK_ROUTES`): subscriptions (create, list, show, delete), their
+deliveries log, and replay. The handlers take what they need of the running service
+(`WebhookServices`: the webhook service) and talk to nothing else."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 
@@ -15,7 +12,8 @@ from orderflow.api.errors import HTTPProblem
 from orderflow.api.http import JSON, Request, Response, json_response
 from orderflow.api.routing import Param, Route
 from orderflow.api.schemas import FieldError, Message
-from orderflow.webhooks.model import WEBHOOK_ID_PATTERN, WebhookNotFound, is_webhook_id
+from orderflow.errors import WebhookNotFound
+from orderflow.webhooks.model import WEBHOOK_ID_PATTERN, is_webhook_id
 from orderflow.webhooks.schemas import (
     DeliveryList,
     ReplayRequest,
@@ -26,18 +24,19 @@ from orderflow.webhooks.schemas import (
     created,
     public,
 )
+from orderflow.webhooks.service import WebhookService
 
-if TYPE_CHECKING:
-    from orderflow.api.app import OrderflowApp
-    from orderflow.webhooks.delivery import Deliverer
+
+class WebhookServices(Protocol):
+    """What the webhook routes need of the running service."""
+
+    @property
+    def webhooks(self) -> WebhookService: ...
+
 
 _encode = msgspec.json.Encoder().encode
 _decode_create = msgspec.json.Decoder(WebhookCreate).decode
 _decode_replay = msgspec.json.Decoder(ReplayRequest).decode
-
-
-def _webhooks(app: OrderflowApp) -> Deliverer:
-    return app.runtime.webhooks
 
 
 def _id(request: Request) -> str:
@@ -48,10 +47,10 @@ def _id(request: Request) -> str:
     return webhook_id
 
 
-async def create_webhook(app: OrderflowApp, request: Request) -> Response:
+async def create_webhook(services: WebhookServices, request: Request) -> Response:
     create: WebhookCreate = await request.json(_decode_create)
     try:
-        subscription = await _webhooks(app).subscribe(
+        subscription = await services.webhooks.subscribe(
             create.url, create.types, create.secret, create.ordered
         )
     except ValueError as exc:  # where the URL leads: known only once its host is looked up
@@ -61,28 +60,28 @@ async def create_webhook(app: OrderflowApp, request: Request) -> Response:
     return Response(201, _encode(created(subscription)), headers)
 
 
-async def list_webhooks(app: OrderflowApp, request: Request) -> Response:
+async def list_webhooks(services: WebhookServices, request: Request) -> Response:
     request.query_params(())
-    subscriptions = await _webhooks(app).store.list_subscriptions()
+    subscriptions = await services.webhooks.subscriptions()
     return json_response(200, WebhookList([public(s) for s in subscriptions], len(subscriptions)))
 
 
-async def get_webhook(app: OrderflowApp, request: Request) -> Response:
-    return json_response(200, public(await _webhooks(app).store.get(_id(request))))
+async def get_webhook(services: WebhookServices, request: Request) -> Response:
+    return json_response(200, public(await services.webhooks.get(_id(request))))
 
 
-async def delete_webhook(app: OrderflowApp, request: Request) -> Response:
-    await _webhooks(app).store.delete(_id(request))
+async def delete_webhook(services: WebhookServices, request: Request) -> Response:
+    await services.webhooks.delete(_id(request))
     return json_response(200, Message("Webhook deleted"))
 
 
-async def list_deliveries(app: OrderflowApp, request: Request) -> Response:
+async def list_deliveries(services: WebhookServices, request: Request) -> Response:
     request.query_params(())
-    deliveries = await _webhooks(app).store.deliveries(_id(request))
+    deliveries = await services.webhooks.deliveries(_id(request))
     return json_response(200, DeliveryList(deliveries, len(deliveries)))
 
 
-async def replay_webhook(app: OrderflowApp, request: Request) -> Response:
+async def replay_webhook(services: WebhookServices, request: Request) -> Response:
     webhook_id = _id(request)
     replay = ReplayRequest()
     if request.headers.get("content-type") is not None or request.headers.get(
@@ -90,7 +89,7 @@ async def replay_webhook(app: OrderflowApp, request: Request) -> Response:
     ) not in (None, "0"):
         replay = await request.json(_decode_replay)
     after_seq = None if replay.after_seq is None else int(replay.after_seq)
-    subscription = await _webhooks(app).replay(webhook_id, after_seq)
+    subscription = await services.webhooks.replay(webhook_id, after_seq)
     return json_response(200, public(subscription))
 
 
@@ -109,7 +108,7 @@ _DELIVERY = (
     " seq order, one at a time; `ordered: false` lets later events go past a failing one."
 )
 
-WEBHOOK_ROUTES: tuple[Route, ...] = (
+WEBHOOK_ROUTES: tuple[Route[WebhookServices], ...] = (
     Route("POST", "/webhooks", create_webhook, "Subscribe a URL to order events", 201,
           WebhookCreated, WebhookCreate, statuses=(422, 503), role="operate",
           description=_DELIVERY + " Events from now on are delivered; the answer is the only"

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from orderflow.domain import EventType
+from orderflow.domain import MAX_SEQ, EventType
 from orderflow.signing import SECRET_PATTERN, check_secret
 from orderflow.webhooks.model import (
     MAX_URL_LENGTH,
@@ -67,7 +67,6 @@ class WebhookCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             msgspec.structs.force_setattr(self, "types", types)
 
 
-MAX_SEQ = 999_999_999_999_999_999
 # A whole number, as JSON Schema's "integer" means: 2 and 2.0 alike (checked in __post_init__).
 _Seq = Annotated[
     int | float,

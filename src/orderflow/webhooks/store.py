@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from orderflow.clock import Clock, SystemClock
+from orderflow.errors import WebhookNotFound
 from orderflow.webhooks.model import (
     KEEP_DELIVERIES,
     Claim,
@@ -26,7 +27,6 @@ from orderflow.webhooks.model import (
     Retry,
     Settlement,
     Subscription,
-    WebhookNotFound,
 )
 
 MAX_RETRIES_CLAIMED = 100  # due retries handed out with one claim
