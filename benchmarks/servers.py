@@ -33,6 +33,15 @@ def server(
     command: list[str], port: int, ready_path: str = "/", core: str | None = SERVER_CORE
 ) -> Iterator[str]:
     """Run `command` (which serves on `port`) pinned to `core` (None: any); yield its URL."""
+    with served(command, port, ready_path, core) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def served(
+    command: list[str], port: int, ready_path: str = "/", core: str | None = SERVER_CORE
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`server`, yielding the process too (taskset runs the command in its own process)."""
     process = subprocess.Popen(
         command if core is None else pinned(core, command),
         stdout=subprocess.DEVNULL,
@@ -51,7 +60,7 @@ def server(
             time.sleep(0.1)
         else:
             raise RuntimeError(f"{command} did not start")
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
