@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 import pytest
 from hypothesis import settings
 
-from orderflow.domain import Item, Order, OrderStatus, new_order, new_order_id
+from orderflow.domain import Item, Order, OrderStatus, Parcel, new_order, new_order_id
 from orderflow.runtime import Runtime
 from orderflow.settings import Settings
 from orderflow.shipping import ShipContext
@@ -80,7 +80,8 @@ class FakeShipper:
     def started_event(self, order_id: str) -> asyncio.Event:
         return self.started.setdefault(order_id, asyncio.Event())
 
-    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
+    async def ship(self, order: Parcel, context: ShipContext) -> dict[str, Any] | None:
+        context.deadline  # noqa: B018 - read during the attempt, as a real shipper reads it
         self.contexts.setdefault(order.id, []).append(context)
         self.started_event(order.id).set()
         try:
@@ -186,13 +187,14 @@ async def start_runtime(
     memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
 ) -> AsyncIterator[RuntimeFactory]:
     """A factory of started runtimes: `await start_runtime(concurrency=8, …)` takes Settings
-    fields (shutdown_grace defaults to 0) and `store=`, `shipper=`, `clock=`,
+    fields (shutdown_grace defaults to 0) and `store=`, `webhook_store=`, `shipper=`, `clock=`,
     `webhook_resolver=` overrides; every runtime it started is stopped at the end."""
     started: list[Runtime] = []
 
     async def start(
         *,
         store: Any = None,
+        webhook_store: Any = None,
         shipper_: Any = None,
         clock_: Any = None,
         webhook_resolver: Any = None,
@@ -202,6 +204,7 @@ async def start_runtime(
         runtime = Runtime(
             Settings(**fields),
             store=memory_store if store is None else store,
+            webhook_store=webhook_store,
             shipper=shipper if shipper_ is None else shipper_,
             clock=clock if clock_ is None else clock_,
             webhook_resolver=webhook_resolver,

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import timedelta
 from typing import Any, NamedTuple
 
 from orderflow.clock import Clock
-from orderflow.deadline import Deadline
-from orderflow.domain import Event, Order
+from orderflow.deadline import Deadlines
+from orderflow.domain import Event, Parcel
 from orderflow.metrics import METRICS, failure_class
 from orderflow.shipping import (
     RESULT_WAIT_S,
@@ -44,30 +43,6 @@ class Tried(NamedTuple):
     delay_s: float = 0.0
 
 
-class _Take:
-    """Whether, and when, the shipper of one attempt said its order was taken; `mark` is the
-    attempt's `ShipContext.mark_taken`."""
-
-    __slots__ = ("_loop", "_wait_s", "live", "taken_at")
-
-    def __init__(self, wait_s: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wait_s = wait_s
-        self.live = True  # a take after the attempt ended changes nothing
-        self.taken_at: float | None = None  # the loop's time
-
-    def mark(self) -> None:
-        if self.taken_at is None and self.live:
-            self.taken_at = self._loop.time()
-
-    def cut_off(self) -> float | None:
-        """Asked when the attempt's deadline falls due: None (not taken: the attempt times out),
-        or when to cut it off instead: no sooner than `wait_s` after the take."""
-        if self.taken_at is None:
-            return None
-        return max(self.taken_at + self._wait_s, self._loop.time()) + _CUT_OFF_GRACE_S
-
-
 class Attempts:
     """Args:
     timeout_s: how long one attempt may take before it fails with "timeout" (unless the order
@@ -91,48 +66,69 @@ class Attempts:
     ) -> None:
         self._shipper = shipper
         self._clock = clock
-        self._timeout_s = timeout_s
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._max_retry_after_s = max_retry_after_s
         self._result_wait_s = result_wait_s
+        self._timeout_s = timeout_s
+        self._timeout = timedelta(seconds=timeout_s)
+        self._deadlines = Deadlines()
 
-    def begin(self, order: Order, number: int) -> Attempt:
-        """Attempt number `number` (1 for the first) at shipping `order`; run it with `run`."""
-        return Attempt(self, order, number)
+    def begin(self, parcel: Parcel, number: int, task: asyncio.Task[Any]) -> Attempt:
+        """Attempt number `number` (1 for the first) at shipping `parcel`, in `task` (the one
+        its deadline cancels); run it with `run`."""
+        return Attempt(self, parcel, number, task)
 
 
 class Attempt:
     """One attempt: `run` it once; `taken` says whether the shipper said its order was taken
     (so that a shipment cut off after that, at shutdown, is known to be shipped)."""
 
-    __slots__ = ("_attempts", "_order", "_take", "number")
+    __slots__ = ("_attempts", "_parcel", "_taken_at", "_task", "live", "number")
 
-    def __init__(self, attempts: Attempts, order: Order, number: int) -> None:
+    def __init__(
+        self, attempts: Attempts, parcel: Parcel, number: int, task: asyncio.Task[Any]
+    ) -> None:
         self._attempts = attempts
-        self._order = order
+        self._parcel = parcel
+        self._task = task
         self.number = number
-        self._take = _Take(attempts._result_wait_s)
+        self.live = True  # a take after the attempt ended changes nothing
+        self._taken_at: float | None = None  # the loop's time
 
     @property
     def taken(self) -> bool:
-        return self._take.taken_at is not None
+        return self._taken_at is not None
+
+    def _mark_taken(self) -> None:
+        if self._taken_at is None and self.live:
+            self._taken_at = asyncio.get_running_loop().time()
+
+    def _cut_off(self) -> float | None:
+        """Asked when the deadline falls due: None (not taken: the attempt times out), or when
+        to cut it off instead: no sooner than `result_wait_s` after the take."""
+        taken_at = self._taken_at
+        if taken_at is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        return max(taken_at + self._attempts._result_wait_s, now) + _CUT_OFF_GRACE_S
 
     async def run(self) -> Tried:
         """Ship once; what it became. Raises CancelledError only for a cancel from outside (a
         user's cancel, a shutdown), never for its own deadline."""
-        policy, order, take, number = self._attempts, self._order, self._take, self.number
-        order_log = logging.LoggerAdapter(log, {"order_id": order.id})
-        at = policy._clock.now() + timedelta(seconds=policy._timeout_s)
-        context = ShipContext(number, at, order_log, take.mark)
+        policy, parcel, number = self._attempts, self._parcel, self.number
+        deadline = policy._deadlines.start(policy._timeout_s, self._cut_off, self._task)
+        began = deadline.when - policy._timeout_s
+        context = ShipContext(
+            number,
+            policy._clock.now() + policy._timeout,
+            mark_taken=self._mark_taken,
+            order_id=parcel.id,
+        )
         retry_after_s: float | None = None
         permanent = False
-        began = time.perf_counter()
-        # Not asyncio.timeout: a take lifts this deadline, and moving a timer costs 3 µs.
-        loop = asyncio.get_running_loop()
-        deadline = Deadline(loop.time() + policy._timeout_s, take.cut_off)
         try:
-            result = await policy._shipper.ship(order, context)
+            result = await policy._shipper.ship(parcel, context)
         except asyncio.CancelledError:
             if not deadline.end():  # a user's cancel, or shutdown
                 raise
@@ -146,14 +142,14 @@ class Attempt:
         except Exception as exc:
             failure = str(exc) or type(exc).__name__
         else:
-            METRICS.shipment_seconds.observe(time.perf_counter() - began)
+            METRICS.shipment_seconds.observe(deadline.loop.time() - began)
             return Tried(Event.SHIP, None, result)
         finally:
             deadline.end()
-            take.live = False
-        METRICS.shipment_seconds.observe(time.perf_counter() - began)
-        if take.taken_at is not None:  # a retry would ship it twice
-            order_log.warning(
+            self.live = False
+        METRICS.shipment_seconds.observe(deadline.loop.time() - began)
+        if self._taken_at is not None:  # a retry would ship it twice
+            context.log.warning(
                 "the order was taken, then its shipment failed (%s): shipped, no result stored",
                 failure,
             )
@@ -172,5 +168,5 @@ class Attempt:
             f"attempt {number} of {policy._max_attempts} failed ({failure});"
             f" retrying in {delay_s:.2f}s"
         )
-        log.debug("order_id=%s %s", order.id, note)
+        log.debug("order_id=%s %s", parcel.id, note)
         return Tried(Event.REATTEMPT, note, None, delay_s)

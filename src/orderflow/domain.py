@@ -306,11 +306,62 @@ class Hold(msgspec.Struct, frozen=True, gc=False):
     token: int
 
 
-class Held(msgspec.Struct, frozen=True, gc=False):
-    """An order handed to a holder by `OrderStore.acquire`, with the token of that hold."""
+_encode_order = msgspec.json.Encoder().encode
+_decode_order = msgspec.json.Decoder(Order).decode
 
-    order: Order
-    token: int
+
+class Parcel:
+    """An order on its way out, as the store had it when it handed it over: the `order`, and
+    its `json` (byte for byte what the API shows of it), each made from the other when first
+    asked. A store in memory keeps orders as JSON and a database row gives objects, and most
+    shippers need only one of the two (or, like the simulated one, neither)."""
+
+    __slots__ = ("_json", "_order", "id")
+
+    def __init__(
+        self, order_id: str, *, json: bytes | None = None, order: Order | None = None
+    ) -> None:
+        if json is None and order is None:
+            raise ValueError("a parcel needs the order or its JSON")
+        self.id = order_id
+        self._json = json
+        self._order = order
+
+    @property
+    def order(self) -> Order:
+        order = self._order
+        if order is None:
+            assert self._json is not None
+            order = self._order = _decode_order(self._json)
+        return order
+
+    @property
+    def json(self) -> bytes:
+        json = self._json
+        if json is None:
+            json = self._json = _encode_order(self._order)
+        return json
+
+    def __repr__(self) -> str:
+        return f"Parcel({self.id!r})"
+
+
+class Held:
+    """An order handed to a holder by `OrderStore.acquire` (its `parcel`), with the token of
+    that hold."""
+
+    __slots__ = ("parcel", "token")
+
+    def __init__(self, parcel: Parcel, token: int) -> None:
+        self.parcel = parcel
+        self.token = token
+
+    @property
+    def order(self) -> Order:
+        return self.parcel.order
+
+    def __repr__(self) -> str:
+        return f"Held({self.parcel.id!r}, {self.token})"
 
 
 class Outcome(msgspec.Struct, frozen=True, gc=False):
@@ -377,6 +428,12 @@ def order_id_floor(at: datetime) -> str:
 def _id_of(value: int) -> str:
     # The 30 hex digits of a 120-bit number (bytes.hex is several times faster than format).
     return ORDER_ID_PREFIX + value.to_bytes(_ID_DIGITS // 2).hex()
+
+
+def order_id_micros(order_id: str) -> int:
+    """The creation time encoded in a well-formed order id, in microseconds since 1970."""
+    start = len(ORDER_ID_PREFIX)
+    return int(order_id[start : start + ID_TIME_CHARS], 16)
 
 
 def order_id_time(order_id: str) -> datetime:

@@ -28,11 +28,10 @@ import asyncio
 import collections
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-from orderflow.attempts import Attempt, Attempts
+from orderflow.attempts import Attempts
 from orderflow.clock import Clock, new_owner_id
-from orderflow.domain import Event, Order, Outcome, ends_hold
+from orderflow.domain import Event, Parcel
 from orderflow.errors import OrderflowError
 from orderflow.metrics import METRICS
 from orderflow.outcomes import OutcomeWriter
@@ -57,6 +56,8 @@ class ProcessorSettings:
         result_wait_s: once the shipper says the order is taken (`ShipContext.mark_taken`), how
             long more it has for its result (or till the deadline, if later); a second after
             that it is cut off, and the order ships without one.
+        outcome_window_s: on a shared store, how long finished shipments' outcomes gather
+            before their write (one round trip for the batch).
         poll_interval_s: how often to look for ready orders when nobody said there are some.
         heartbeat_s: how often to renew the lease on what this processor holds.
         lease_s: how long the store keeps our orders for us without a heartbeat.
@@ -69,6 +70,7 @@ class ProcessorSettings:
     max_backoff_s: float = 30.0
     max_retry_after_s: float = 300.0
     result_wait_s: float = RESULT_WAIT_S
+    outcome_window_s: float = 0.0
     poll_interval_s: float = 1.0
     heartbeat_s: float = 2.0
     lease_s: float = 15.0
@@ -119,7 +121,7 @@ class Processor:
         )
         self.holdings: dict[str, int] = {}  # order id → token: what this processor holds
         self._holding = asyncio.Lock()  # an acquire and a renewal never overlap
-        self._queue: collections.deque[Order] = collections.deque()  # held, not started
+        self._queue: collections.deque[Parcel] = collections.deque()  # held, not started
         self._queued = asyncio.Event()
         self._fetch_wanted = asyncio.Event()
         self._workers: set[asyncio.Task[None]] = set()
@@ -127,9 +129,15 @@ class Processor:
         self._heartbeat: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._aborted: set[str] = set()
-        self._attempt: dict[str, Attempt] = {}  # the attempt in flight (or last) of a shipment
         self._stopping = False
-        self._outcomes = OutcomeWriter(store, self.owner, lambda: self._stopping)
+        self._outcomes = OutcomeWriter(
+            store,
+            self.owner,
+            clock,
+            self.holdings,
+            lambda: self._stopping,
+            window_s=settings.outcome_window_s,
+        )
 
     @property
     def in_flight(self) -> int:
@@ -175,9 +183,9 @@ class Processor:
         """Stop shipping `order_id` if this processor holds it (the store says it was cancelled,
         or taken away); True if it did. Call only after the store says so."""
         held = self.holdings.pop(order_id, None) is not None
-        queued = [order for order in self._queue if order.id == order_id]
-        for order in queued:  # a queued copy must not ship, nor be queued twice later
-            self._queue.remove(order)
+        queued = [parcel for parcel in self._queue if parcel.id == order_id]
+        for parcel in queued:  # a queued copy must not ship, nor be queued twice later
+            self._queue.remove(parcel)
         task = self._inflight.get(order_id)
         if task is not None and order_id not in self._aborted:
             self._aborted.add(order_id)
@@ -202,9 +210,8 @@ class Processor:
         waiting = list(self._queue)
         self._queue.clear()
         self._queued.set()  # idle workers wake up and leave
-        await asyncio.gather(
-            *(self._finish(o.id, self._give_back, "shutdown: not started") for o in waiting)
-        )
+        for parcel in waiting:
+            self._give_back_later(parcel.id, "shutdown: not started")
         if self._workers:
             _, late = await asyncio.wait(self._workers, timeout=grace_s)
             if late:
@@ -213,7 +220,7 @@ class Processor:
                     task.cancel("shutdown")
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers.clear()
-        await self._outcomes.close()  # every worker is done: nothing more to write
+        await self._outcomes.close()  # every worker is done: what they handed over is written
         if self._heartbeat is not None:  # nor anything to keep alive
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
@@ -237,11 +244,11 @@ class Processor:
             async with self._holding:
                 acquired = await self._store.acquire(self.owner, room, self.settings.lease_s)
                 for held in acquired:
-                    order_id = held.order.id
+                    order_id = held.parcel.id
                     known = order_id in self.holdings
                     self.holdings[order_id] = held.token
                     if not known:
-                        self._queue.append(held.order)
+                        self._queue.append(held.parcel)
                     # Known: still queued or shipping here; that copy now goes on under the new
                     # token, and ships once.
             if acquired:
@@ -266,7 +273,7 @@ class Processor:
 
     # -- shipping ----------------------------------------------------------------------------
 
-    async def _next(self) -> Order | None:
+    async def _next(self) -> Parcel | None:
         while not self._queue and not self._stopping:
             self._queued.clear()
             await self._queued.wait()
@@ -275,40 +282,38 @@ class Processor:
     async def _work(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        while (order := await self._next()) is not None:
-            if order.id not in self.holdings:  # cancelled or taken away while queued
+        holdings, inflight, fetch_wanted = self.holdings, self._inflight, self._fetch_wanted
+        while (parcel := await self._next()) is not None:
+            order_id = parcel.id
+            if order_id not in holdings:  # cancelled or taken away while queued
                 continue
-            if order.id in self._inflight:  # its last shipment here is still being stopped
-                self._queue.append(order)
+            if order_id in inflight:  # its last shipment here is still being stopped
+                self._queue.append(parcel)
                 await asyncio.sleep(0.01)
                 continue
             try:
-                await self._process(order, task)
+                await self._process(parcel, task)
             except Exception:  # a bug must cost one order's attempt, never a worker
-                log.exception("order_id=%s shipment abandoned", order.id)
-                self._inflight.pop(order.id, None)
-                try:
-                    await self._finish(order.id, self._give_back, "internal error: abandoned")
-                except Exception:  # left to rescue, or to retire at shutdown
-                    log.exception("order_id=%s could not be given back", order.id)
-            self._fetch_wanted.set()  # a worker is free
+                log.exception("order_id=%s shipment abandoned", order_id)
+                inflight.pop(order_id, None)
+                self._give_back_later(order_id, "internal error: abandoned")
+            fetch_wanted.set()  # a worker is free
 
-    async def _process(self, order: Order, task: asyncio.Task[None]) -> None:
-        order_id = order.id
+    async def _process(self, parcel: Parcel, task: asyncio.Task[None]) -> None:
+        """Ship `parcel`, every attempt its hold allows, and hand its outcome to the writer."""
+        order_id = parcel.id
         self._inflight[order_id] = task
-        number = 1
+        attempt = self._attempts.begin(parcel, 1, task)
         try:
             while True:
-                attempt = self._attempts.begin(order, number)
-                self._attempt[order_id] = attempt
-                event, reason, shipment, delay_s = await attempt.run()
-                if event is not Event.REATTEMPT:
+                tried = await attempt.run()
+                if tried.event is not Event.REATTEMPT:
                     break
-                if await self._write(order_id, event, reason) is None:
+                if not await self._outcomes.write(order_id, Event.REATTEMPT, tried.reason):
                     self._inflight.pop(order_id, None)
                     return  # cancelled or taken away while it waited to be tried again
-                await asyncio.sleep(delay_s)
-                number += 1
+                await asyncio.sleep(tried.delay_s)
+                attempt = self._attempts.begin(parcel, attempt.number + 1, task)
         except asyncio.CancelledError:
             self._inflight.pop(order_id, None)
             if order_id in self._aborted:
@@ -316,70 +321,24 @@ class Processor:
                 if task.uncancel() == 0:
                     log.debug("order_id=%s shipment stopped", order_id)
                     return
-            elif self._attempt[order_id].taken:
+            elif attempt.taken:
                 # Shutdown, but the order was taken already: handed back, it would ship twice.
                 log.warning(
                     "order_id=%s cut off by shutdown after it was taken: shipped, no result stored",
                     order_id,
                 )
-                await self._finish(order_id, Event.SHIP, None)
+                self._outcomes.submit(order_id, Event.SHIP)
             else:  # shutdown; nothing cancels this task twice
-                await self._finish(order_id, self._give_back, "shutdown: shipment interrupted")
+                self._give_back_later(order_id, "shutdown: shipment interrupted")
             raise
-        finally:
-            self._attempt.pop(order_id, None)
         self._inflight.pop(order_id, None)
         if order_id in self._aborted:  # the shipper swallowed our cancellation
             self._aborted.discard(order_id)
             task.uncancel()
             return
-        await self._finish(order_id, event, reason, shipment)
+        self._outcomes.submit(order_id, tried.event, tried.reason, tried.shipment)
 
-    async def _write(
-        self,
-        order_id: str,
-        event: Event,
-        reason: str | None,
-        shipment: dict[str, Any] | None = None,
-    ) -> Order | None:
-        """Write an outcome under our current hold of the order; None if we no longer hold it.
-        An order acquired again meanwhile (a lease that ran out) is written under the new
-        token: the work was done once, by us."""
-        at = self._clock.now()
-        while (token := self.holdings.get(order_id)) is not None:
-            written = await self._outcomes.write(
-                Outcome(order_id, token, event, at, reason, shipment)
-            )
-            current = self.holdings.get(order_id)
-            METRICS.transitions[event.value, "refused" if written is None else "written"] += 1
-            if written is None and current not in (None, token):
-                continue  # acquired again meanwhile: write under the new hold
-            if current == token and (written is None or ends_hold(event)):
-                del self.holdings[order_id]
-            return written
-        return None
-
-    async def _finish(
-        self,
-        order_id: str,
-        event: Event,
-        reason: str | None,
-        shipment: dict[str, Any] | None = None,
-    ) -> None:
-        if event is self._give_back:
-            METRICS.handbacks += 1
-        try:
-            order = await self._write(order_id, event, reason, shipment)
-        except OrderflowError as exc:  # only when stopping: left to retire, or to rescue
-            log.warning("order_id=%s outcome %s not written: %s", order_id, event.value, exc)
-            return
-        if order is None:
-            log.debug("order_id=%s outcome %s dropped: no longer ours", order_id, event.value)
-        elif event is Event.SHIP:
-            lead = order.updated_at - order.timestamp
-            METRICS.submit_to_shipped_seconds.observe(lead.total_seconds())
-            log.debug("order_id=%s shipped", order_id)
-        elif event is Event.FAIL:
-            log.warning("order_id=%s failed: %s", order_id, reason)
-        else:
-            log.debug("order_id=%s %s", order_id, order.status.value)
+    def _give_back_later(self, order_id: str, reason: str) -> None:
+        """Let go of an unfinished order (released here, or handed back for the others)."""
+        METRICS.handbacks += 1
+        self._outcomes.submit(order_id, self._give_back, reason)

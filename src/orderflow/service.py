@@ -202,12 +202,13 @@ class OrderService:
         return order
 
     async def trigger_processing(self) -> int:
-        """Claim every pending order for shipping; returns how many. Raises ShuttingDown."""
+        """Ship every order pending now: returns how many there are, at once; they are claimed
+        in the background, slice by slice (see `Claimer`). Raises ShuttingDown."""
         if self.stopping:
             raise ShuttingDown()
-        claimed = await self.claimer.trigger()
-        log.info("trigger: %d orders claimed for shipping", claimed)
-        return claimed
+        pending = await self.claimer.trigger()
+        log.info("trigger: %d orders pending, claimed for shipping", pending)
+        return pending
 
     async def act_in_bulk(self, event: Event, where: OrderFilter, reason: str | None) -> int:
         """Apply `event` (retry or cancel) to every order it can move that matches `where`, in

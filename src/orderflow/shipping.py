@@ -2,7 +2,9 @@
 simulated one that stands in for a carrier (the others are in `shippers/`, where
 `load_shipper` picks one from `--shipper`).
 
-A shipper is called once per attempt, as ``await shipper.ship(order, context)``:
+A shipper is called once per attempt, as ``await shipper.ship(parcel, context)``: `parcel`
+is the order (`parcel.order`, or as JSON, `parcel.json`; the other form is made only if asked
+for), `context` the attempt's `ShipContext`:
 
 - it returns None, or a JSON object: the shipment's result (a tracking number, say), stored on
   the order (at most `MAX_RESULT_BYTES` encoded);
@@ -24,12 +26,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from orderflow.domain import Order
+from orderflow.domain import Parcel
 from orderflow.errors import PermanentFailure, RetryableFailure
+
+_log = logging.getLogger("orderflow.processor")
 
 MAX_RESULT_BYTES = 4096
 # How long a shipper may take to return its result once the order is taken (`mark_taken`): the
@@ -41,7 +44,6 @@ def _not_attempted() -> None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
 class ShipContext:
     """What a shipper knows of the attempt besides the order.
 
@@ -56,17 +58,43 @@ class ShipContext:
             the shipper has `RESULT_WAIT_S` more for its result, or till the deadline if later
             (a second after that it is cancelled), and a failure ships with no result. Calling
             it again changes nothing; a user's cancel still cancels the call at once.
+
+    The engine makes `log` only when a shipper reads it: most attempts of a busy service
+    never do, and a logger adapter costs more than the rest of the attempt's bookkeeping.
     """
 
-    attempt: int
-    deadline: datetime
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
-    mark_taken: Callable[[], None] = field(default=_not_attempted, repr=False, compare=False)
+    __slots__ = ("_log", "_order_id", "attempt", "deadline", "mark_taken")
+
+    def __init__(
+        self,
+        attempt: int,
+        deadline: datetime,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        mark_taken: Callable[[], None] = _not_attempted,
+        *,
+        order_id: str = "",
+    ) -> None:
+        self.attempt = attempt
+        self.deadline = deadline
+        self.mark_taken = mark_taken
+        self._log = log
+        self._order_id = order_id
+
+    @property
+    def log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+        log = self._log
+        if log is None:
+            log = self._log = logging.LoggerAdapter(_log, {"order_id": self._order_id})
+        return log
+
+    def __repr__(self) -> str:
+        return f"ShipContext(attempt={self.attempt}, order_id={self._order_id!r})"
 
 
 class Shipper(Protocol):
-    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
-        """Ship `order`; return its result (or None) once shipped. Raise to fail the attempt."""
+    async def ship(self, parcel: Parcel, context: ShipContext) -> dict[str, Any] | None:
+        """Ship the order `parcel` holds; return its result (or None) once shipped. Raise to
+        fail the attempt."""
 
     async def close(self) -> None:
         """Release what the shipper holds (connections); called once, at shutdown."""
@@ -89,7 +117,7 @@ class SimulatedShipper:
         self.failure_rate = failure_rate
         self._rng = rng or random.Random()
 
-    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
+    async def ship(self, parcel: Parcel, context: ShipContext) -> dict[str, Any] | None:
         delay_s = self.delay_s + (self._rng.uniform(0, self.jitter_s) if self.jitter_s else 0.0)
         # Always await, even for 0 s: a worker must yield to the loop between orders.
         await asyncio.sleep(delay_s)
@@ -104,6 +132,7 @@ class SimulatedShipper:
 __all__ = [
     "MAX_RESULT_BYTES",
     "RESULT_WAIT_S",
+    "Parcel",
     "PermanentFailure",
     "RetryableFailure",
     "ShipContext",

@@ -45,7 +45,7 @@ async def acquire(direct: PostgresOrderStore, through: PostgresOrderStore) -> Ch
     async def made() -> None:  # held as acquire said: the holder can write under its token
         outcome = Outcome(order_id, held.token, Event.SHIP, LATER)
         [written] = await direct.write_outcomes("w", [outcome])
-        assert written is not None
+        assert written is True
 
     return made
 
@@ -77,7 +77,7 @@ async def outcome(direct: PostgresOrderStore, through: PostgresOrderStore) -> Ch
     [written] = await through.write_outcomes(
         "w", [Outcome(held.order.id, held.token, Event.SHIP, LATER)]
     )
-    assert written is not None
+    assert written is True
 
     async def made() -> None:
         assert (await direct.get_order(held.order.id)).status is OrderStatus.SHIPPED

@@ -111,9 +111,9 @@ async def test_refused_changes_leave_no_event(store: PostgresOrderStore) -> None
         await store.delete_pending(first, LATER)
     with pytest.raises(NotHeld):
         await store.transition(second, Event.SHIP, LATER, hold=Hold("w", 99))
-    assert await store.write_outcomes("w", [Outcome(second, 99, Event.SHIP, LATER)]) == [None]
+    assert await store.write_outcomes("w", [Outcome(second, 99, Event.SHIP, LATER)]) == [False]
     assert await store.write_outcomes("x", [Outcome(first, held.token, Event.FAIL, LATER)]) == [
-        None
+        False
     ]
     assert await store.retire("nobody", LATER) == 0
     assert await store.rescue_expired(LATER) == 0

@@ -16,6 +16,7 @@ from orderflow.errors import StoreRefusedData, StoreUnavailable
 from orderflow.metrics import METRICS
 from orderflow.outcomes import OutcomeWriter
 from orderflow.store.postgres import PostgresOrderStore
+from tests.conftest import ManualClock
 from tests.postgres_store.conftest import LATER, add_orders, add_ready
 
 pytestmark = pytest.mark.postgres
@@ -51,11 +52,19 @@ async def test_a_value_the_database_refuses_is_a_data_error_not_an_outage(
     assert (await store.get_order(order_id)).status is OrderStatus.PENDING
 
 
-def unchecked(outcome: Outcome, **fields: Any) -> Outcome:
-    """`outcome` with `fields` set past its own cleaning: the bug of a value let through."""
-    for name, value in fields.items():
-        msgspec.structs.force_setattr(outcome, name, value)
-    return outcome
+def let_through(store: PostgresOrderStore, unclean: dict[str, dict[str, Any]]) -> None:
+    """Make `store.write_outcomes` set `unclean[order_id]`'s fields, past its own cleaning, on
+    the first outcome of that order it writes: the bug of a value let through, as it reaches
+    the database."""
+    write = store.write_outcomes
+
+    async def unchecked(owner: str, outcomes: list[Outcome]) -> list[bool]:
+        for outcome in outcomes:
+            for name, value in unclean.pop(outcome.order_id, {}).items():
+                msgspec.structs.force_setattr(outcome, name, value)
+        return await write(owner, outcomes)
+
+    store.write_outcomes = unchecked  # type: ignore[method-assign]
 
 
 async def test_the_writer_never_waits_out_a_refused_outcome_and_writes_the_rest_of_its_batch(
@@ -66,26 +75,22 @@ async def test_the_writer_never_waits_out_a_refused_outcome_and_writes_the_rest_
     refused one is written without its reason and result, the bug logged with its traceback:
     every order moves on."""
     ids = await add_ready(store, 3)
-    held = {h.order.id: h.token for h in await store.acquire("w", 3, lease_s=60)}
-    outcomes = [
-        Outcome(ids[0], held[ids[0]], Event.SHIP, LATER, shipment={"tracking": "t-0"}),
-        unchecked(Outcome(ids[1], held[ids[1]], Event.FAIL, LATER, "ok"), reason="a\x00b"),
-        unchecked(Outcome(ids[2], held[ids[2]], Event.SHIP, LATER), shipment={"x": "\x00"}),
-    ]
-    writer = OutcomeWriter(store, "w", lambda: False)
+    holdings = {h.order.id: h.token for h in await store.acquire("w", 3, lease_s=60)}
+    let_through(store, {ids[1]: {"reason": "a\x00b"}, ids[2]: {"shipment": {"x": "\x00"}}})
+    writer = OutcomeWriter(store, "w", ManualClock(LATER), holdings, lambda: False)
     writer.start()
-    try:
-        with caplog.at_level(logging.ERROR, logger="orderflow.outcomes"):
-            async with asyncio.timeout(10):
-                written = await asyncio.gather(*(writer.write(o) for o in outcomes))
-    finally:
-        await writer.close()
-    assert [order.status if order else None for order in written] == [
+    with caplog.at_level(logging.ERROR, logger="orderflow.outcomes"):
+        writer.submit(ids[0], Event.SHIP, None, {"tracking": "t-0"})
+        writer.submit(ids[1], Event.FAIL, "ok")
+        writer.submit(ids[2], Event.SHIP)
+        async with asyncio.timeout(10):
+            await writer.close()
+    shipped, failed, bare = [await store.get_order(i) for i in ids]
+    assert [shipped.status, failed.status, bare.status] == [
         OrderStatus.SHIPPED,
         OrderStatus.FAILED,
         OrderStatus.SHIPPED,
     ]
-    shipped, failed, bare = [await store.get_order(i) for i in ids]
     assert shipped.shipment == {"tracking": "t-0"}
     assert failed.history[-1].reason is not None
     assert "refused" in failed.history[-1].reason
@@ -94,6 +99,7 @@ async def test_the_writer_never_waits_out_a_refused_outcome_and_writes_the_rest_
     assert len(refused) == 2
     assert all(r.exc_info is not None and r.exc_info[0] is StoreRefusedData for r in refused)
     assert store.outage.since is None
+    assert holdings == {}
 
 
 async def test_a_refused_outcome_with_nothing_to_leave_out_fails_at_once(
@@ -103,8 +109,8 @@ async def test_a_refused_outcome_with_nothing_to_leave_out_fails_at_once(
     around: it says so at once (StoreRefusedData), never waits."""
     [order_id] = await add_ready(store, 1)
     [held] = await store.acquire("w", 1, lease_s=60)
-    odd = unchecked(Outcome(order_id, held.token, Event.SHIP, LATER), order_id="order_\x00")
-    writer = OutcomeWriter(store, "w", lambda: False)
+    let_through(store, {order_id: {"order_id": "order_\x00"}})
+    writer = OutcomeWriter(store, "w", ManualClock(LATER), {order_id: held.token}, lambda: False)
     async with asyncio.timeout(10):
         with pytest.raises(StoreRefusedData):
-            await writer.write(odd)
+            await writer.write(order_id, Event.SHIP)

@@ -204,3 +204,36 @@ async def test_without_auto_process_a_submit_is_not_claimed(
     service.claimer.claim_soon()  # does nothing without auto-process
     await asyncio.sleep(0.05)  # a few poll intervals: nothing may claim it meanwhile
     assert (await memory_store.get_order(order_id)).status is OrderStatus.PENDING
+
+
+async def test_a_trigger_that_takes_long_answers_early_and_claims_the_rest_after(
+    clock: ManualClock,
+) -> None:
+    """A trigger whose slices take longer than `answer_within_s` answers then, with the count
+    of what it claimed and what is still to be claimed; the rest is claimed in the background,
+    every one of them, while orders submitted after the trigger stay pending."""
+    slices = 0
+
+    class _Slow(InMemoryOrderStore):
+        async def claim_pending(
+            self, at: datetime, limit: int, created_before: datetime | None = None
+        ) -> int:
+            nonlocal slices
+            slices += 1
+            await asyncio.sleep(0.01)
+            return await super().claim_pending(at, limit, created_before)
+
+    store = _Slow()
+    await _add(store, clock, 40)
+    claimer = Claimer(store, clock, lambda: None, batch=4, answer_within_s=0.025)
+    claimer.start()
+    try:
+        assert await claimer.trigger() == 40
+        assert slices < 10  # answered before every slice was done
+        late = await _add(store, clock, 3)  # submitted after the trigger: not its orders
+        await eventually(lambda: claimer.claimed == 40)
+        counts = await store.count_by_status()
+        assert (counts[OrderStatus.PROCESSING], counts[OrderStatus.PENDING]) == (40, 3)
+        assert [(await store.get_order(i)).status for i in late] == [OrderStatus.PENDING] * 3
+    finally:
+        await claimer.stop()

@@ -1,4 +1,5 @@
-"""Deadline: a task's timeout that may, when it falls due, wait once more instead."""
+"""Deadlines: tasks' timeouts under one timer; each may, when it falls due, wait once more
+instead."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import asyncio
 
 import pytest
 
-from orderflow.deadline import Deadline
+from orderflow.deadline import Deadlines
 
 
 async def test_it_cancels_the_task_when_due_and_knows_the_cancel_is_its_own() -> None:
-    loop = asyncio.get_running_loop()
-    deadline = Deadline(loop.time() + 0.01)
+    deadline = Deadlines().start(0.01)
     with pytest.raises(asyncio.CancelledError):
         await asyncio.sleep(5)
     assert (deadline.end(), deadline.expired, deadline.extended) == (True, True, False)
@@ -28,7 +28,7 @@ async def test_later_is_asked_once_when_due_and_moves_it() -> None:
         return loop.time() + 0.05
 
     began = loop.time()
-    deadline = Deadline(began + 0.01, later)
+    deadline = Deadlines().start(0.01, later)
     with pytest.raises(asyncio.CancelledError):
         await asyncio.sleep(5)
     assert deadline.end()
@@ -39,8 +39,7 @@ async def test_later_is_asked_once_when_due_and_moves_it() -> None:
 
 @pytest.mark.parametrize("when", [None, -1.0], ids=["no-later-time", "a-time-past"])
 async def test_a_later_that_gives_no_later_time_does_not_move_it(when: float | None) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = Deadline(loop.time() + 0.01, lambda: when)
+    deadline = Deadlines().start(0.01, lambda: when)
     with pytest.raises(asyncio.CancelledError):
         await asyncio.sleep(5)
     assert deadline.end()
@@ -48,10 +47,8 @@ async def test_a_later_that_gives_no_later_time_does_not_move_it(when: float | N
 
 
 async def test_another_cancel_is_not_its_own() -> None:
-    loop = asyncio.get_running_loop()
-
     async def guarded() -> bool:
-        deadline = Deadline(loop.time() + 5)
+        deadline = Deadlines().start(5)
         try:
             await asyncio.sleep(5)
         except asyncio.CancelledError:
@@ -65,8 +62,7 @@ async def test_another_cancel_is_not_its_own() -> None:
 
 
 async def test_ended_in_time_it_never_fires() -> None:
-    loop = asyncio.get_running_loop()
-    deadline = Deadline(loop.time() + 0.01)
+    deadline = Deadlines().start(0.01)
     assert not deadline.end()
     await asyncio.sleep(0.05)
     assert not deadline.expired
@@ -87,7 +83,7 @@ async def _outside_a_task(loop: asyncio.AbstractEventLoop) -> None:
 
     def make() -> None:
         try:
-            Deadline(loop.time() + 1)
+            Deadlines().start(1)
         except RuntimeError as exc:
             future.set_exception(exc)
         else:
@@ -95,3 +91,38 @@ async def _outside_a_task(loop: asyncio.AbstractEventLoop) -> None:
 
     loop.call_soon(make)
     await future
+
+
+async def test_many_tasks_share_one_timer_and_each_falls_due_at_its_time() -> None:
+    """Deadlines of several lengths, under one timer: each task is cancelled at its own time,
+    the ones that ended in time never fire, and the ended ones leave the heap."""
+    deadlines = Deadlines()
+    fired: list[int] = []
+
+    async def guarded(n: int, timeout_s: float, work_s: float) -> None:
+        deadline = deadlines.start(timeout_s)
+        try:
+            await asyncio.sleep(work_s)
+        except asyncio.CancelledError:
+            assert deadline.end()
+            fired.append(n)
+        finally:
+            deadline.end()
+
+    await asyncio.gather(
+        guarded(0, 0.06, 5), guarded(1, 0.02, 5), guarded(2, 0.5, 0), guarded(3, 0.04, 0.001)
+    )
+    assert fired == [1, 0]  # the shortest first; the others ended in time
+    assert deadlines.pending == 0
+
+
+async def test_ended_deadlines_behind_a_long_one_are_swept_out() -> None:
+    """Thousands of attempts that end, all begun after one that runs on (their deadlines fall
+    after its own: it stays at the top), do not pile up in the heap."""
+    deadlines = Deadlines()
+    long = deadlines.start(30)
+    for _ in range(25_000):
+        deadlines.start(30).end()
+    assert deadlines.pending < 12_000
+    assert not long.end()
+    assert deadlines.pending < 12_000

@@ -19,7 +19,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from orderflow import __version__
-from orderflow.domain import Item
+from orderflow.domain import Item, Parcel
 from orderflow.shippers.http import HttpShipper
 from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure, ShipContext
 from tests.conftest import make_order
@@ -27,6 +27,7 @@ from tests.unit.test_httpclient import self_signed
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ORDER = make_order(items=(Item("Widget", 2), Item("Gadget", 1)))
+PARCEL = Parcel(ORDER.id, order=ORDER)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -117,9 +118,9 @@ async def test_every_request_is_signed_and_carries_the_attempt_and_deadline(
     first, second = context(attempt=1), context(attempt=2)
     receiver.answer(503)
     with pytest.raises(RetryableFailure):
-        await shipper.ship(ORDER, first)
+        await shipper.ship(PARCEL, first)
     receiver.answer(200)
-    await shipper.ship(ORDER, second)
+    await shipper.ship(PARCEL, second)
 
     assert len(receiver.requests) == 2
     for (headers, body), sent in zip(receiver.requests, (first, second), strict=True):
@@ -137,7 +138,7 @@ async def test_every_request_is_signed_and_carries_the_attempt_and_deadline(
 async def test_a_signature_with_another_secret_does_not_verify(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
-    await shipper.ship(ORDER, context())
+    await shipper.ship(PARCEL, context())
     headers, body = receiver.requests[0]
     other = "whsec_" + "A" * 32
     with pytest.raises(Exception, match="signature"):
@@ -148,7 +149,7 @@ async def test_2xx_with_a_json_object_is_the_result(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
     receiver.answer(201, b'{"carrier": "acme", "tracking": "T1"}')
-    assert await shipper.ship(ORDER, context()) == {"carrier": "acme", "tracking": "T1"}
+    assert await shipper.ship(PARCEL, context()) == {"carrier": "acme", "tracking": "T1"}
 
 
 @pytest.mark.parametrize("body", [b"", b"OK", b"<html>thanks</html>", b"null"])
@@ -156,7 +157,7 @@ async def test_2xx_without_a_json_object_is_shipped_with_no_result(
     receiver: Receiver, shipper: HttpShipper, body: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     receiver.answer(200, body)
-    assert await shipper.ship(ORDER, context()) is None
+    assert await shipper.ship(PARCEL, context()) is None
     assert caplog.records == []
 
 
@@ -181,7 +182,7 @@ async def test_2xx_with_json_not_a_small_object_is_shipped_with_a_warning(
 ) -> None:
     receiver.answer(200, body)
     with caplog.at_level(logging.WARNING, logger="test"):
-        assert await shipper.ship(ORDER, context()) is None
+        assert await shipper.ship(PARCEL, context()) is None
     assert f"receiver answered HTTP 200 {warning}: shipped, no result stored" in caplog.text
 
 
@@ -199,7 +200,7 @@ async def test_2xx_whose_body_breaks_off_is_shipped_with_a_warning(
 
     receiver.handler = break_off
     with caplog.at_level(logging.WARNING, logger="test"):
-        assert await shipper.ship(ORDER, context()) is None
+        assert await shipper.ship(PARCEL, context()) is None
     assert "then its body failed" in caplog.text
 
 
@@ -209,7 +210,7 @@ async def test_4xx_is_a_permanent_failure_with_the_status_and_body_start(
 ) -> None:
     receiver.answer(status, b'{"error": "bad address"}\n' + b"z" * 1000)
     with pytest.raises(PermanentFailure) as caught:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(PARCEL, context())
     reason = str(caught.value)
     assert reason.startswith(f'HTTP {status} from receiver: {{"error": "bad address"}} zzz')
     assert "\n" not in reason
@@ -222,7 +223,7 @@ async def test_busy_statuses_and_5xx_are_retryable(
 ) -> None:
     receiver.answer(status, b"try later")
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(PARCEL, context())
     assert str(caught.value) == f"HTTP {status} from receiver: try later"
     assert caught.value.retry_after_s is None
 
@@ -233,7 +234,7 @@ async def test_retry_after_in_seconds_is_honoured(
 ) -> None:
     receiver.answer(status, headers={"Retry-After": "2"})
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(PARCEL, context())
     assert caught.value.retry_after_s == 2
 
 
@@ -243,7 +244,7 @@ async def test_retry_after_as_an_http_date_is_honoured(
     when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     receiver.answer(503, headers={"Retry-After": when})
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(PARCEL, context())
     assert caught.value.retry_after_s is not None
     assert 20 <= caught.value.retry_after_s <= 31
 
@@ -257,14 +258,14 @@ async def test_retry_after_is_capped_and_a_bad_one_ignored(
 ) -> None:
     receiver.answer(429, headers={"Retry-After": value})
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(PARCEL, context())
     assert caught.value.retry_after_s == expected
 
 
 async def test_a_redirect_is_not_followed(receiver: Receiver, shipper: HttpShipper) -> None:
     receiver.answer(302, headers={"Location": "/elsewhere"})
     with pytest.raises(PermanentFailure, match=r"^HTTP 302 from receiver: redirects are not"):
-        await shipper.ship(ORDER, context())
+        await shipper.ship(PARCEL, context())
     assert len(receiver.requests) == 1
 
 
@@ -276,7 +277,7 @@ async def test_a_receiver_that_hangs_past_the_timeout_fails_the_attempt(
     try:
         async with asyncio.timeout(5):
             with pytest.raises(RetryableFailure, match=r"^timeout after 0\.2s$"):
-                await shipper.ship(ORDER, context())
+                await shipper.ship(PARCEL, context())
             await receiver.disconnected.wait()
     finally:
         await shipper.close()
@@ -288,12 +289,12 @@ async def test_the_attempts_deadline_bounds_the_timeout(
     receiver.hang()
     async with asyncio.timeout(5):
         with pytest.raises(RetryableFailure, match=r"^timeout after 0\.[0-3]"):
-            await shipper.ship(ORDER, context(deadline_s=0.3))
+            await shipper.ship(PARCEL, context(deadline_s=0.3))
 
 
 async def test_a_passed_deadline_sends_nothing(receiver: Receiver, shipper: HttpShipper) -> None:
     with pytest.raises(RetryableFailure, match="deadline passed"):
-        await shipper.ship(ORDER, context(deadline_s=-1))
+        await shipper.ship(PARCEL, context(deadline_s=-1))
     assert receiver.requests == []
 
 
@@ -301,7 +302,7 @@ async def test_cancelling_the_call_closes_the_connection(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
     receiver.hang()
-    call = asyncio.create_task(shipper.ship(ORDER, context()))
+    call = asyncio.create_task(shipper.ship(PARCEL, context()))
     async with asyncio.timeout(5):
         await receiver.waiting.wait()
         call.cancel()
@@ -319,7 +320,7 @@ async def test_connections_are_reused(receiver: Receiver, shipper: HttpShipper) 
 
     receiver.handler = note_peer
     for _ in range(5):
-        await shipper.ship(ORDER, context())
+        await shipper.ship(PARCEL, context())
     assert len(peers) == 1
 
 
@@ -330,7 +331,7 @@ async def test_a_refused_connection_is_retryable() -> None:
     shipper = HttpShipper(f"http://127.0.0.1:{port}/", SECRET, timeout_s=5)
     try:
         with pytest.raises(RetryableFailure, match="connection refused"):
-            await shipper.ship(ORDER, context())
+            await shipper.ship(PARCEL, context())
     finally:
         await shipper.close()
 
@@ -345,7 +346,7 @@ async def test_the_receiver_closing_without_an_answer_is_retryable(
 
     receiver.handler = drop
     with pytest.raises(RetryableFailure, match="closed the connection"):
-        await shipper.ship(ORDER, context())
+        await shipper.ship(PARCEL, context())
 
 
 async def test_an_https_receiver_is_verified_against_the_given_ssl_context(
@@ -366,9 +367,9 @@ async def test_an_https_receiver_is_verified_against_the_given_ssl_context(
     )
     default = HttpShipper(url, SECRET, timeout_s=5)
     try:
-        assert await trusting.ship(ORDER, context()) is None
+        assert await trusting.ship(PARCEL, context()) is None
         with pytest.raises(RetryableFailure, match="certificate"):
-            await default.ship(ORDER, context())
+            await default.ship(PARCEL, context())
         assert len(receiver.requests) == 1
     finally:
         await trusting.close()
@@ -391,7 +392,7 @@ async def test_2xx_whose_body_times_out_is_shipped_with_a_warning(
     shipper = HttpShipper(receiver.url, SECRET, timeout_s=0.5, result_wait_s=1)
     try:
         with caplog.at_level(logging.WARNING, logger="test"):
-            assert await shipper.ship(ORDER, context()) is None
+            assert await shipper.ship(PARCEL, context()) is None
         assert (
             "receiver answered HTTP 200, then its body failed (timeout after 1s reading the"
             " body): shipped, no result stored"
@@ -414,7 +415,7 @@ async def test_a_non_2xx_whose_body_breaks_off_is_retryable(
 
     receiver.handler = break_off
     with pytest.raises(RetryableFailure, match=r"closed the connection .*\(after HTTP 404\)$"):
-        await shipper.ship(ORDER, context())
+        await shipper.ship(PARCEL, context())
 
 
 @pytest.mark.parametrize(
@@ -462,7 +463,7 @@ async def test_the_path_and_query_are_sent_escaped(receiver: Receiver) -> None:
     receiver.handler = note_target
     shipper = HttpShipper(receiver.url + "/é x?shop=a b&n=1%2F2#frag", SECRET, timeout_s=5)
     try:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(PARCEL, context())
     finally:
         await shipper.close()
     assert targets == ["/hooks/orders/%C3%A9%20x?shop=a%20b&n=1%2F2"]
@@ -482,7 +483,7 @@ async def test_a_2xx_head_marks_the_order_taken_before_its_body_is_read(
         return response
 
     receiver.handler = head_then_body
-    assert await shipper.ship(ORDER, context(mark_taken=taken.set)) == {"tracking": "T"}
+    assert await shipper.ship(PARCEL, context(mark_taken=taken.set)) == {"tracking": "T"}
 
 
 @pytest.mark.parametrize("status", [302, 404, 429, 503])
@@ -492,7 +493,7 @@ async def test_an_answer_other_than_2xx_does_not_mark_the_order_taken(
     takes: list[None] = []
     receiver.answer(status)
     with pytest.raises((PermanentFailure, RetryableFailure)):
-        await shipper.ship(ORDER, context(mark_taken=lambda: takes.append(None)))
+        await shipper.ship(PARCEL, context(mark_taken=lambda: takes.append(None)))
     assert takes == []
 
 
@@ -503,7 +504,7 @@ async def test_a_2xx_whose_head_is_over_its_bounds_is_retryable_and_not_taken(
     takes: list[None] = []
     receiver.answer(200, headers={f"x-h{n}": "1" for n in range(120)})
     with pytest.raises(RetryableFailure, match=r"^the answer has over 100 headers$"):
-        await shipper.ship(ORDER, context(mark_taken=lambda: takes.append(None)))
+        await shipper.ship(PARCEL, context(mark_taken=lambda: takes.append(None)))
     assert takes == []
 
 
@@ -525,7 +526,7 @@ async def test_a_2xx_at_the_deadline_gets_result_wait_s_for_its_body(
     receiver.handler = late
     shipper = HttpShipper(receiver.url, SECRET, timeout_s=1, result_wait_s=30)
     try:
-        assert await shipper.ship(ORDER, context()) == {"tracking": "T"}
+        assert await shipper.ship(PARCEL, context()) == {"tracking": "T"}
         assert body_sent.is_set()
     finally:
         await shipper.close()

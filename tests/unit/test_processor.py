@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from orderflow.domain import Event, EventType, Held, Hold, Order, OrderStatus, Outcome
+from orderflow.domain import Event, EventType, Held, Hold, Order, OrderStatus, Outcome, Parcel
 from orderflow.errors import ShuttingDown, StoreUnavailable
 from orderflow.processor import ProcessorSettings
 from orderflow.shipping import (
@@ -813,7 +813,7 @@ class _RecordingOutcomes(InMemoryOrderStore):
         super().__init__()
         self.outcomes: list[tuple[str, int, Event, bool]] = []
 
-    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[bool]:
         written = await super().write_outcomes(owner, outcomes)
         self.outcomes += [
             (o.order_id, o.token, o.event, w is not None)
@@ -983,7 +983,7 @@ class _FlakyStore(InMemoryOrderStore):
 
     failed = False
 
-    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[bool]:
         if any(o.event is Event.SHIP for o in outcomes) and not self.failed:
             self.failed = True
             raise RuntimeError("disk on fire")
@@ -1013,7 +1013,7 @@ class _OutageStore(InMemoryOrderStore):
 
     outages = 2
 
-    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[bool]:
         if self.outages:
             self.outages -= 1
             raise StoreUnavailable("database restarting")
@@ -1097,9 +1097,10 @@ async def test_the_simulated_shipper_waits_and_can_fail() -> None:
     arguments."""
     order = make_order()
     context = ShipContext(1, BASE_TIME, logging.getLogger("test"))
-    assert await SimulatedShipper(delay_s=0, jitter_s=0.001).ship(order, context) is None
+    parcel = Parcel(order.id, order=order)
+    assert await SimulatedShipper(delay_s=0, jitter_s=0.001).ship(parcel, context) is None
     with pytest.raises(RetryableFailure, match="simulated"):
-        await SimulatedShipper(delay_s=0, failure_rate=1.0).ship(order, context)
+        await SimulatedShipper(delay_s=0, failure_rate=1.0).ship(parcel, context)
     with pytest.raises(ValueError, match="delay"):
         SimulatedShipper(delay_s=-1)
     with pytest.raises(ValueError, match="failure_rate"):

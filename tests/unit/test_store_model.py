@@ -166,12 +166,13 @@ class StoreModel(RuleBasedStateMachine):
         shipment = {"t": order_id[-4:]} if event is Event.SHIP else None
         at = self.tick()
         if batched:
-            [written] = self.run(
+            [done] = self.run(
                 self.store.write_outcomes(
                     owner, [Outcome(order_id, token, event, at, reason, shipment)]
                 )
             )
-            assert (written is not None) == (legal and ours)
+            assert done == (legal and ours)
+            written = self.run(self.store.get_order(order_id)) if done else None
         else:
             try:
                 written = self.run(

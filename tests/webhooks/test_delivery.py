@@ -15,6 +15,7 @@ from orderflow.errors import Gone
 from orderflow.runtime import Runtime
 from orderflow.store.memory import InMemoryOrderStore
 from orderflow.webhooks.model import DeliveryOutcome, Subscription
+from orderflow.webhooks.postgres import PostgresWebhookStore
 from tests.conftest import RuntimeFactory, eventually, make_order, settled
 from tests.postgres import same_schema, schema_store
 from tests.webhooks.conftest import FAST, Deliver, submit
@@ -439,12 +440,18 @@ async def test_on_postgresql_delivery_state_survives_a_restart(
 ) -> None:
     flags = {**FAST, "webhook": receiver.url, "webhook_secret": SECRET}
     async with schema_store() as orders:
-        first = await start_runtime(store=await same_schema(orders), **flags)
+        store = await same_schema(orders)
+        first = await start_runtime(
+            store=store, webhook_store=PostgresWebhookStore(store.database), **flags
+        )
         await submit(first, 3)
         await eventually(lambda: receiver.seqs_acked() == [1, 2, 3])
         await first.stop()
         await orders.add(make_order())  # while no instance runs
-        second = await start_runtime(store=await same_schema(orders), **flags)
+        store = await same_schema(orders)
+        second = await start_runtime(
+            store=store, webhook_store=PostgresWebhookStore(store.database), **flags
+        )
         await submit(second, 1)
         await eventually(lambda: receiver.seqs_acked() == [1, 2, 3, 4, 5])
         assert len(await second.webhooks.subscriptions()) == 1  # not a second one

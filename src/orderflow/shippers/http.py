@@ -34,7 +34,7 @@ from urllib.parse import quote, urlsplit
 import msgspec
 from standardwebhooks import Webhook
 
-from orderflow.domain import Order
+from orderflow.domain import Parcel
 from orderflow.shippers.httpclient import HttpClient, HttpClientError, Timeout
 from orderflow.shipping import (
     MAX_RESULT_BYTES,
@@ -98,13 +98,13 @@ class HttpShipper:
         # and a second, smaller cap would only queue them here.
         self._client = HttpClient(origin, max_connections=None, ssl_context=ssl_context)
 
-    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
+    async def ship(self, parcel: Parcel, context: ShipContext) -> dict[str, Any] | None:
         now = datetime.now(UTC)
         timeout_s = min(self.timeout_s, (context.deadline - now).total_seconds())
         if timeout_s <= 0:
             raise RetryableFailure("the attempt's deadline passed before the order was sent")
-        body = _encode(order)
-        headers = signed_headers(self._webhook, order.id, now, body)
+        body = parcel.json
+        headers = signed_headers(self._webhook, parcel.id, now, body)
         headers["orderflow-attempt"] = str(context.attempt)
         headers["orderflow-deadline"] = _rfc3339(context.deadline)
 

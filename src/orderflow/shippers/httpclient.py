@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-from orderflow.deadline import Deadline
+from orderflow.deadline import Deadlines
 from orderflow.shippers.httpconnection import (
     CannotConnect,
     Connection,
@@ -78,6 +78,7 @@ class HttpClient:
         self.idle_timeout_s = idle_timeout_s
         self._ssl = (ssl_context or ssl.create_default_context()) if tls else None
         self._host_line = f"host: {authority}\r\n"
+        self._deadlines = Deadlines()
         self._slots = None if max_connections is None else asyncio.Semaphore(max_connections)
         self._idle: deque[Connection] = deque()  # oldest first; reused newest first
         self._busy: set[Connection] = set()
@@ -122,8 +123,7 @@ class HttpClient:
                 return None
             return conn.head_at + body_timeout_s
 
-        loop = asyncio.get_running_loop()
-        deadline = Deadline(loop.time() + timeout_s, body_due)
+        deadline = self._deadlines.start(timeout_s, body_due)
         try:
             if self._slots is not None:
                 await self._slots.acquire()

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from orderflow.domain import Order
+from orderflow.domain import Parcel
 from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, ShipContext
 
 ShipFunction = Callable[[dict[str, Any], ShipContext], Awaitable[dict[str, Any] | None]]
@@ -35,7 +35,7 @@ class PythonShipper:
         self._function = function
         self.name = name
 
-    async def ship(self, order: Order, context: ShipContext) -> dict[str, Any] | None:
+    async def ship(self, parcel: Parcel, context: ShipContext) -> dict[str, Any] | None:
         """The function's result, checked and copied out as plain JSON data.
 
         Raises:
@@ -45,7 +45,7 @@ class PythonShipper:
         """
         # The API's own encoding, decoded: lists, not tuples, and timestamps as strings
         # (msgspec.to_builtins is faster by 1 µs but keeps tuples).
-        result = await self._function(_decode(_encode(order)), context)
+        result = await self._function(_decode(parcel.json), context)
         if result is None:
             return None
         if not isinstance(result, dict):

@@ -180,10 +180,10 @@ class OrderStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[bool]:
         """Apply each outcome of orders `owner` holds (each checked against (owner, its
-        token)), in one round trip where the backend can; the order as written, or None where
-        it was not (or no longer) held so. Each is atomic on its own.
+        token)), in one round trip where the backend can; True where it was written, False
+        where the order was not (or no longer) held so. Each is atomic on its own.
 
         Raises:
             StoreUnavailable: nothing is known to be written (OutcomeUnknown: some may be).

@@ -23,7 +23,6 @@ from orderflow.domain import (
     Event,
     EventType,
     Held,
-    HistoryEntry,
     Hold,
     Order,
     OrderEvent,
@@ -32,6 +31,7 @@ from orderflow.domain import (
     OrderStatus,
     Outcome,
     Page,
+    Parcel,
     ReasonCount,
     Stats,
     ends_hold,
@@ -44,6 +44,7 @@ from orderflow.store.base import IdempotencyRecord, JsonPage, MemoryState, Order
 from orderflow.store.memory_events import EventLog
 from orderflow.store.memory_rows import (
     Row,
+    advanced,
     claim_at,
     claimed,
     last_reason,
@@ -51,9 +52,10 @@ from orderflow.store.memory_rows import (
     render,
     render_many,
     row_of,
-    tail_of,
 )
 from orderflow.store.memory_table import MAX_WALK, OrderTable
+
+_encode = msgspec.json.Encoder().encode
 
 
 class InMemoryOrderStore(OrderStore):
@@ -73,6 +75,8 @@ class InMemoryOrderStore(OrderStore):
         self._next_token = 1
         self._keys: dict[str, IdempotencyRecord] = {}
         self._events = EventLog(event_retention, self._lock)
+        self._at: datetime | None = None  # the time of the last change, and its JSON
+        self._at_json = b""
 
     # -- orders ------------------------------------------------------------------------------
 
@@ -139,7 +143,8 @@ class InMemoryOrderStore(OrderStore):
         hold: Hold | None = None,
     ) -> Order:
         with self._lock:
-            return self._apply(order_id, event, at, reason, hold, None)
+            row = self._apply(order_id, event, at, reason, hold, None)
+        return order_of(row)
 
     def _apply(
         self,
@@ -149,45 +154,53 @@ class InMemoryOrderStore(OrderStore):
         reason: str | None,
         hold: Hold | None,
         shipment: dict[str, Any] | None,
-    ) -> Order:
-        """One checked transition, under the lock; returns the order as changed."""
+        notify: bool = True,
+    ) -> Row:
+        """One checked transition, under the lock; returns the row as changed. The row is
+        rewritten as bytes (`memory_rows.advanced`), never decoded. `notify`: tell the event
+        log's listener now (else the caller does, once, after a batch)."""
         old = self._rows.get(order_id)
         if old is None:
             raise OrderNotFound(f"no order with id {order_id!r}")
         status = next_status(old.status, event)
-        if hold is not None and self._holds.get(order_id) != hold:
-            raise NotHeld(f"order {order_id} is not held by {hold.owner} under {hold.token}")
-        before = order_of(old)
-        history = (*before.history, HistoryEntry(status, at, reason))
-        if shipment is None:
-            shipment = before.shipment
+        if hold is not None:
+            held = self._holds.get(order_id)
+            if held is None or held.token != hold.token or held.owner != hold.owner:
+                raise NotHeld(f"order {order_id} is not held by {hold.owner} under {hold.token}")
         if ends_hold(event):
             self._holds.pop(order_id, None)
             if event is Event.HANDBACK:
                 self._ready.append(order_id)
-        new = Row(old.head, status, tail_of(status, at, history, shipment))
-        self._table.replace(order_id, old, new, before.history[-1].reason, reason)
-        self._events.append(EVENT_TYPE[event], order_id, status, at, reason, shipment)
-        return Order(order_id, before.customer, before.items, before.timestamp, status, at,
-                     history, shipment)  # fmt: skip
+        if at is not self._at:  # a batch of changes shares its time: encoded once
+            self._at, self._at_json = at, _encode(at)
+        new = advanced(old, status, self._at_json, reason, shipment)
+        old_reason = last_reason(old) if old.status is OrderStatus.FAILED else None
+        self._table.replace(order_id, old, new, old_reason, reason)
+        self._events.append(
+            EVENT_TYPE[event], order_id, status, at, reason, shipment, notify=notify
+        )
+        return new
 
-    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
-        written: list[Order | None] = []
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[bool]:
+        written: list[bool] = []
         with self._lock:
             for outcome in outcomes:
                 try:
-                    order = self._apply(
+                    self._apply(
                         outcome.order_id,
                         outcome.event,
                         outcome.at,
                         outcome.reason,
                         Hold(owner, outcome.token),
                         outcome.shipment,
+                        notify=False,
                     )
                 except (OrderNotFound, OrderConflict):
-                    written.append(None)
+                    written.append(False)
                 else:
-                    written.append(order)
+                    written.append(True)
+            if any(written):
+                self._events.notify()
         return written
 
     async def claim_pending(
@@ -205,7 +218,7 @@ class InMemoryOrderStore(OrderStore):
         return len(ids)
 
     async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:
-        picked: list[tuple[Row, int]] = []
+        picked: list[tuple[str, Row, int]] = []
         with self._lock:
             ready, rows, holds = self._ready, self._rows, self._holds
             while ready and len(picked) < limit:
@@ -220,8 +233,8 @@ class InMemoryOrderStore(OrderStore):
                     token = self._next_token
                     self._next_token += 1
                     holds[order_id] = Hold(owner, token)
-                    picked.append((row, token))
-        return [Held(order_of(row), token) for row, token in picked]
+                    picked.append((order_id, row, token))
+        return [Held(Parcel(i, json=render(row)), token) for i, row, token in picked]
 
     async def renew(
         self, owner: str, holds: Mapping[str, int], lease_s: float, at: datetime

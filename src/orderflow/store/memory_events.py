@@ -70,12 +70,20 @@ class EventLog:
         at: datetime,
         reason: str | None = None,
         data: dict[str, Any] | None = None,
+        *,
+        notify: bool = True,
     ) -> None:
-        """Append one event; the caller holds the lock."""
+        """Append one event; the caller holds the lock. `notify`: tell the listener now (a
+        caller appending many tells it once, after the last: `notify()`)."""
         entries = self._entries
         entries.append(_Entry(type, order_id, status, at, reason, data))
         if len(entries) - self._start > self._retention:
             self._drop(1)
+        if notify and self.listener is not None:
+            self.listener()
+
+    def notify(self) -> None:
+        """Tell the listener there are new events."""
         if self.listener is not None:
             self.listener()
 

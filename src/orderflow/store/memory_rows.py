@@ -124,6 +124,47 @@ def claimed(row: Row, claim: ClaimStamp) -> Row:
     return Row(row.head, OrderStatus.PROCESSING, tail)
 
 
+_STATUS = {status: b'"status":"%s","updated_at":' % status.value.encode() for status in OrderStatus}
+_ENTRY = {status: b'{"status":"%s","at":' % status.value.encode() for status in OrderStatus}
+_HISTORY = b',"history":['
+_SHIPMENT = b'],"shipment":'
+_NO_SHIPMENT = b"null"
+
+
+def advanced(
+    row: Row,
+    status: OrderStatus,
+    at_json: bytes,
+    reason: str | None = None,
+    shipment: dict[str, Any] | None = None,
+) -> Row:
+    """`row` after a change to `status` at the time `at_json` (a timestamp as JSON: a batch
+    of changes encodes its time once), with `reason`, and `shipment` when it brings one: its
+    history gets the change's entry. Written as bytes around what the row holds, never decoded:
+    byte for byte what `tail_of` writes for the order so changed (the tests hold it to that)."""
+    entry = _ENTRY[status] + at_json
+    entry += b"}" if reason is None else b',"reason":' + _encode(reason) + b"}"
+    tail = row.tail
+    if tail is None:
+        if row.claim is None:  # as submitted
+            entries = _ENTRY[OrderStatus.PENDING] + row.head[-_STAMP:] + b"}"
+        else:  # as claimed
+            entries = (_ENTRY[OrderStatus.PENDING] + row.head[-_STAMP:] + b"},"
+                       + _ENTRY[OrderStatus.PROCESSING] + row.claim.json + b"}")  # fmt: skip
+        kept = _NO_SHIPMENT
+    else:
+        # No history entry holds `],"shipment":` (its strings are escaped), so the first is
+        # the end of the history, whatever the shipment after it holds.
+        start = tail.index(_HISTORY) + len(_HISTORY)
+        end = tail.index(_SHIPMENT, start)
+        entries, kept = tail[start:end], tail[end + len(_SHIPMENT) : -1]
+    result = kept if shipment is None else _encode(shipment)
+    new_tail = b"".join(
+        (_STATUS[status], at_json, _HISTORY, entries, b",", entry, _SHIPMENT, result, b"}")
+    )
+    return Row(row.head, status, new_tail)
+
+
 def render(row: Row) -> bytes:
     """The order's JSON, byte for byte what `msgspec.json.encode(order)` writes."""
     return render_many((row,))[1:-1]

@@ -45,6 +45,7 @@ from orderflow.domain import (
     OrderStatus,
     Outcome,
     Page,
+    Parcel,
     Stats,
     ends_hold,
     next_status,
@@ -261,7 +262,7 @@ class PostgresOrderStore(OrderStore):
         assert hold is not None
         raise NotHeld(f"order {order_id} is not held by {hold.owner} under {hold.token}")
 
-    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[Order | None]:
+    async def write_outcomes(self, owner: str, outcomes: list[Outcome]) -> list[bool]:
         targets = [target_of(o.event) for o in outcomes]
         async with self.database.connection(changing=True) as db:
             rows = await db.fetch(
@@ -277,8 +278,8 @@ class PostgresOrderStore(OrderStore):
                 [json_or_none(o.shipment) for o in outcomes],
                 owner,
             )
-        written = {row["id"]: to_order(row) for row in rows}
-        return [written.get(o.order_id) for o in outcomes]
+        written = {row["id"] for row in rows}
+        return [o.order_id in written for o in outcomes]
 
     async def claim_pending(
         self, at: datetime, limit: int, created_before: datetime | None = None
@@ -293,8 +294,8 @@ class PostgresOrderStore(OrderStore):
     async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:
         async with self.database.connection(changing=True) as db:
             rows = await db.fetch(sql.ACQUIRE, owner, limit, lease_s)
-        held = [Held(to_order(row), row["attempt"]) for row in rows]
-        held.sort(key=lambda h: h.order.id)
+        held = [Held(Parcel(row["id"], order=to_order(row)), row["attempt"]) for row in rows]
+        held.sort(key=lambda h: h.parcel.id)
         return held
 
     async def renew(
