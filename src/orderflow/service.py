@@ -113,7 +113,6 @@ class OrderService:
                 await self.store.add(order)
             except OutcomeUnknown as unknown:
                 await self._confirm(unknown, self._exists(order.id))
-            log.debug("order_id=%s submitted", order.id)
             METRICS.submitted += 1
             self.claimer.claim_soon()
             return Submitted(order.id, order.status)
@@ -130,7 +129,6 @@ class OrderService:
         finally:
             self._keys_in_flight.discard(idempotency_key)
         if existing is None or existing.order_id == order.id:
-            log.debug("order_id=%s submitted", order.id)
             METRICS.submitted += 1
             self.claimer.claim_soon()
             return Submitted(order.id, order.status)

@@ -305,7 +305,12 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
                     "next_cursor of the previous page"),
           ), statuses=(400, 503)),
     Route("POST", "/orders/process", trigger, "Start shipping every order pending now", 202,
-          ProcessingStarted, statuses=(503,), role="operate"),
+          ProcessingStarted, statuses=(503,), role="operate",
+          description="Moves every order pending now to processing, in slices, and answers once"
+          " they are all moved or after 0.2 s, whichever comes first: the rest are moved after"
+          " the answer, every one of them (unless cancelled or deleted meanwhile). `orders`"
+          " counts them all, moved or still to move. Orders submitted after the call wait for"
+          " the next one (or --auto-process)."),
     Route("POST", "/orders/retry", bulk_retry, "Retry failed orders in bulk", 200, BulkResult,
           BulkRequest, statuses=(422, 503), role="operate", description=_BULK,
           example={"reason_contains": "timeout"}),
