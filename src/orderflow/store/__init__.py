@@ -11,10 +11,10 @@ __all__ = ["InMemoryOrderStore", "OrderStore", "open_store"]
 async def open_store(
     url: str, *, migrate: bool = True, event_retention: int = 100_000, poll_s: float = 1.0
 ) -> OrderStore:
-    """A ready store for `url`: ``memory://`` (the default) or ``postgresql://…`` (schema
-    migrations applied first unless `migrate` is false). `event_retention` bounds the event log
-    of the in-memory store, in events; a shared store looks every `poll_s` for what other
-    processes did that no notification said.
+    """A ready store for `url`: ``memory://`` (the default), ``sqlite:///path.db`` or
+    ``postgresql://…`` (schema migrations applied first unless `migrate` is false).
+    `event_retention` bounds the event log of the in-memory store, in events; a shared store
+    looks every `poll_s` for what other processes did that no notification said.
 
     Raises:
         ValueError: the scheme is not one we know.
@@ -27,4 +27,10 @@ async def open_store(
         from orderflow.store.postgres import PostgresOrderStore  # only then import the driver
 
         return await PostgresOrderStore.connect(url, apply_migrations=migrate, poll_s=poll_s)
-    raise ValueError(f"unsupported scheme {scheme!r} (use memory:// or postgresql://)")
+    if scheme == "sqlite":
+        from orderflow.store.sqlite import SqliteOrderStore  # only then import the driver
+
+        return await SqliteOrderStore.open(url, apply_migrations=migrate)
+    raise ValueError(
+        f"unsupported scheme {scheme!r} (use memory://, sqlite:///path.db or postgresql://)"
+    )
