@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -134,9 +135,8 @@ class SqliteOrderStore(OrderStore):
         """What a run that ended without a clean stop held: nobody holds it now."""
         after, rescued = "", 0
         while True:
-            ids = await self.database.write(
-                lambda c, after=after: changes.rescue_processing(c, at, after, _BATCH), "rescue"
-            )
+            rescue = functools.partial(changes.rescue_processing, at=at, after=after, limit=_BATCH)
+            ids = await self.database.write(rescue, "rescue")
             rescued += len(ids)
             if len(ids) < _BATCH:
                 break

@@ -13,7 +13,8 @@ __all__ = ["InMemoryWebhookStore", "WebhookStore", "open_webhook_store"]
 
 def open_webhook_store(orders: OrderStore) -> WebhookStore:
     """The webhook store that goes with `orders`: the same PostgreSQL database (and pool) for
-    a PostgresOrderStore, else one in memory (subscriptions last as long as the process)."""
+    a PostgresOrderStore, the same file for a SqliteOrderStore, else one in memory
+    (subscriptions last as long as the process)."""
     if not isinstance(orders, InMemoryOrderStore):
         from orderflow.store.postgres import PostgresOrderStore  # only then import the driver
 
@@ -21,4 +22,10 @@ def open_webhook_store(orders: OrderStore) -> WebhookStore:
             from orderflow.webhooks.postgres import PostgresWebhookStore
 
             return PostgresWebhookStore(orders.database)
+        from orderflow.store.sqlite import SqliteOrderStore
+
+        if isinstance(orders, SqliteOrderStore):
+            from orderflow.webhooks.sqlite import SqliteWebhookStore
+
+            return SqliteWebhookStore(orders.database)
     return InMemoryWebhookStore()
