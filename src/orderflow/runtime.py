@@ -74,7 +74,8 @@ class Runtime:
         settings = self.settings
         if settings.snapshot and not settings.database_url.startswith("memory:"):
             raise StartupError(
-                "--snapshot: only for the in-memory store; PostgreSQL keeps the orders itself"
+                "--snapshot: only for the in-memory store; SQLite and PostgreSQL keep the orders"
+                " themselves"
             )
         self.store = (
             self._given_store if self._given_store is not None else await _open_store(settings)

@@ -429,7 +429,13 @@ async def migrate_file(url: str) -> list[str]:
     server holds the file. Returns the names applied."""
     target = SqliteUrl(url)
     create_private(target.path)
-    lock = FileLock(target.path)
+    try:
+        lock = FileLock(target.path)
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(
+            f"{target.path} is in use by a running orderflow: stop it first (a server applies"
+            " the migrations at start)"
+        ) from exc
     try:
         return await asyncio.to_thread(_prepare, target.path, target.synchronous, True)
     finally:
