@@ -75,6 +75,7 @@ log = logging.getLogger("orderflow.store.sqlite")
 
 _BATCH = 10_000  # orders one transaction releases or rescues, keys one prunes
 _row = changes.row_of
+_ADD_MANY: Any = changes.add_many
 
 
 class SqliteOrderStore(OrderStore):
@@ -164,7 +165,12 @@ class SqliteOrderStore(OrderStore):
         self, order: Order, idempotency: IdempotencyRecord | None = None
     ) -> IdempotencyRecord | None:
         row = row_of(order)
-        return await self.database.write(lambda c: changes.add(c, order, row, idempotency), "add")
+        return await self.database.write(
+            lambda c: changes.add(c, order, row, idempotency),
+            "add",
+            many=_ADD_MANY if idempotency is None else None,
+            item=(order, row),
+        )
 
     def _row(self, order_id: str) -> Any:
         return self.database.read(lambda db: db.execute(sql.FIND_ROW, (order_id,)).fetchone())

@@ -1,14 +1,17 @@
-"""SqliteDatabase: one SQLite file as the stores use it. Writes go to one writer thread that
-commits them in groups; reads run on the caller's thread, each on a connection of its own.
+"""SqliteDatabase: one SQLite file as the stores use it. Writes are made in groups, each
+committed by a thread of its own; reads run on the caller's thread, each on a connection of
+its own.
 
-Group commit. The writer thread owns the one connection that writes. It takes every write
-queued while it was busy, runs them in one transaction (each under a savepoint of its own, so
-one that fails leaves nothing of itself behind and the rest go on), commits once (with
-``synchronous=FULL``, the commit is on the disk when COMMIT returns), and only then answers
-each caller, on the caller's own event loop. Concurrent writes thus share one fsync, and
-neither the commit nor its fsync ever runs on an event loop. A commit that fails (the disk is
-full, an I/O error) fails every write of its group, with nothing of the group applied, and the
-database is in an outage (`outage`, and `ping` fails) until a commit succeeds again.
+Group commit. The writes a round of the event loop makes wait for the connection that writes
+to be free. Then one of the loops runs all that are waiting in one transaction: the statements
+run there (a few microseconds each, like the in-memory store's work, and never a wait for
+another thread), and the commit goes to the committer thread, which runs COMMIT (with
+``synchronous=FULL``, the commit is on the disk when COMMIT returns) and only then answers each
+write, on its own event loop. Meanwhile new writes gather for the next group: concurrent writes
+share one fsync, and neither a commit nor its fsync ever runs on an event loop. A commit that
+fails (the disk is full, an I/O error) fails every write of its group, with nothing of the group
+applied, and the database is in an outage (`outage`, and `ping` fails) until a commit succeeds
+again.
 
 Reads run where they are asked, on a connection each thread opens once: with WAL, readers see
 the last commit and never wait for the writer, and a point read costs microseconds, less than
@@ -24,6 +27,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -36,14 +40,14 @@ log = logging.getLogger("orderflow.store.sqlite")
 T = TypeVar("T")
 Connect = Callable[[bool], Any]  # writing → a new connection, pragmas set
 Translate = Callable[[BaseException], BaseException]  # ours, or the bug as it is
-MAX_GROUP = 2000  # writes one transaction takes at most
+MAX_GROUP = 500  # writes one group takes at most (its statements run on an event loop)
 KILL_AT = "ORDERFLOW_TEST_KILL_AT"
 
 
 class Change:
-    """What one write sees: the writing connection (`db`), and what it leaves for the group:
-    `deltas` to counters (flushed once per group, before the commit), whether it appended
-    events (`notify`: the listener hears of them after the commit)."""
+    """What the writes of a group see: the writing connection (`db`), and what they leave:
+    `deltas` to counters (flushed once, before the commit), whether they appended events
+    (`notify`: the listener hears of them after the commit)."""
 
     __slots__ = ("db", "deltas", "notify")
 
@@ -54,7 +58,7 @@ class Change:
 
 
 class _Write(Generic[T]):
-    __slots__ = ("body", "error", "future", "kind", "loop", "result")
+    __slots__ = ("body", "error", "future", "item", "kind", "loop", "many", "result")
 
     def __init__(
         self,
@@ -62,13 +66,22 @@ class _Write(Generic[T]):
         kind: str,
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future[T],
+        many: Callable[[Change, list[Any]], list[T]] | None,
+        item: Any,
     ) -> None:
         self.body = body
         self.kind = kind
         self.loop = loop
         self.future = future
+        self.many = many
+        self.item = item
         self.result: Any = None
         self.error: BaseException | None = None
+
+
+class _Careful(Exception):
+    """A write raised what may have left part of it behind: the group is run again, each
+    write under a savepoint."""
 
 
 class KillHook:
@@ -121,96 +134,179 @@ class SqliteDatabase:
         self._flush = flush
         self._kill = kill
         self.outage = StoreOutage(log, "the database file")
-        #: Called (from the writer thread) after a commit of writes that appended events.
+        #: Called (from the committer thread) after a commit of writes that appended events.
         self.listener: Callable[[], None] | None = None
-        self._queue: queue.SimpleQueue[_Write[Any] | None] = queue.SimpleQueue()
         self._local = threading.local()
         self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self._writer_db = connect(True)
+        # Under _mutex: the writes waiting for the next group, whether the writing connection
+        # is taken (a group is being written or committed), whether a loop will run a group.
+        self._mutex = threading.Lock()
+        self._waiting: list[_Write[Any]] = []
+        self._taken = False
+        self._called = False
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="orderflow-sqlite-writer")
+        self._commits: queue.SimpleQueue[tuple[list[_Write[Any]], Change] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._commit_groups, name="orderflow-committer")
         self._thread.start()
 
     # -- writing -----------------------------------------------------------------------------
 
-    async def write(self, body: Callable[[Change], T], kind: str) -> T:
-        """Run `body` in the writer thread, within the next group's transaction; its result
-        once the group committed. Raises what `body` raised (translated), or StoreUnavailable
-        (OutcomeUnknown: the commit failed in a way that may have reached the disk)."""
-        if self._closed:
-            raise StoreUnavailable("the store is closed")
-        loop = asyncio.get_running_loop()
+    async def write(
+        self,
+        body: Callable[[Change], T],
+        kind: str,
+        *,
+        many: Callable[[Change, list[Any]], list[T]] | None = None,
+        item: Any = None,
+    ) -> T:
+        """Run `body` within the next group's transaction; its result once the group
+        committed. Raises what `body` raised (translated), or StoreUnavailable (OutcomeUnknown:
+        the commit failed in a way that may have reached the disk).
+
+        `body` may raise one of ours (OrderflowError) only before its first write: it is then
+        taken to have written nothing. Anything else it raises has the group run again with a
+        savepoint for each write. With `many`, writes that follow one another with the same
+        `many` are made in one call, `many(change, [item, …])`, one result per item (one
+        multi-row statement costs one trip into SQLite where each row would cost one); should
+        it raise, each is made alone, by its `body`."""
+        # asyncio.get_running_loop() makes a system call (getpid) each time, and system calls
+        # are dear here: this thread's running loop is remembered.
+        loop = getattr(self._local, "loop", None)
+        if loop is None or not loop.is_running():
+            loop = self._local.loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Write(body, kind, loop, future))
+        write = _Write(body, kind, loop, future, many, item)
+        with self._mutex:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
+            self._waiting.append(write)
+            call = not (self._taken or self._called)
+            self._called = self._called or call
+        if call:  # at the end of this round: the round's other writes join the group
+            loop.call_soon(self._write_group)
         return await future
 
-    def _run(self) -> None:
+    def _write_group(self) -> None:
+        """Write what waits, as one group, here (a loop's thread); its commit goes to the
+        committer thread."""
+        with self._mutex:
+            self._called = False
+            if self._taken or not self._waiting:
+                return
+            self._taken = True
+            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
         db = self._writer_db
-        try:
-            while (first := self._queue.get()) is not None:
-                group = [first]
-                stop = False
-                while len(group) < MAX_GROUP:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stop = True
-                        break
-                    group.append(more)
-                self._commit(db, group)
-                if stop:
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                db.close()
-
-    def _commit(self, db: Any, group: list[_Write[Any]]) -> None:
-        deltas: Counter[tuple[str, str]] = Counter()
-        notify = False
+        change = Change(db)
         try:
             db.execute("BEGIN IMMEDIATE")
-            for write in group:
+            try:
+                self._apply(change, group)
+            except _Careful:
+                db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
                 change = Change(db)
-                db.execute("SAVEPOINT w")
+                self._apply_carefully(change, group)
+            if self._flush is not None and change.deltas:
+                self._flush(db, change.deltas)
+        except Exception as exc:
+            failed = exc if isinstance(exc, StoreUnavailable) else self._translate(exc)
+            self._roll_back(db)
+            self._fail(group, failed)
+            self._release()
+            return
+        self._commits.put((group, change))
+
+    def _release(self) -> None:
+        """The writing connection is free: the writes that gathered meanwhile go next, on the
+        loop of the oldest of them."""
+        with self._mutex:
+            self._taken = False
+            if not self._waiting or self._called:
+                return
+            self._called = True
+            loop = self._waiting[0].loop
+        try:
+            loop.call_soon_threadsafe(self._write_group)
+        except RuntimeError:  # that loop is closed: its writes are nobody's now
+            with self._mutex:
+                self._called = False
+                self._waiting = [w for w in self._waiting if w.loop is not loop]
+            self._release()
+
+    def _commit_groups(self) -> None:
+        db = self._writer_db
+        while (next_ := self._commits.get()) is not None:
+            group, change = next_
+            try:
+                db.execute("COMMIT")
+            except Exception as exc:
+                failed = self._translate(exc)
+                if "IOERR" in str(getattr(exc, "sqlite_errorname", "")):
+                    failed = OutcomeUnknown(f"the database file failed to commit: {exc}")
+                self._roll_back(db)
+                self._fail(group, failed)
+                self._release()
+                continue
+            if self.outage.since is not None:
+                self.outage.ended()
+            if self._kill is not None:
+                self._kill.committed({write.kind for write in group})
+            if change.notify and self.listener is not None:
+                self.listener()
+            self._answer(group)
+            self._release()
+
+    def _apply(self, change: Change, group: list[_Write[Any]]) -> None:
+        """Every write of `group`, runs of the same `many` in one call; raises _Careful when
+        one may have left part of itself behind."""
+        at, end = 0, len(group)
+        while at < end:
+            write = group[at]
+            run = at + 1
+            if write.many is not None:
+                while run < end and group[run].many is write.many:
+                    run += 1
+            if run - at > 1:
+                writes = group[at:run]
+                try:
+                    results = write.many(change, [w.item for w in writes])  # type: ignore[misc]
+                except Exception as exc:
+                    raise _Careful from exc
+                for each, result in zip(writes, results, strict=True):
+                    each.result = result
+            else:
                 try:
                     write.result = write.body(change)
                 except Exception as exc:
                     error = self._translate(exc)
                     if isinstance(error, StoreUnavailable):
                         raise error from exc
+                    if not isinstance(error, OrderflowError):
+                        raise _Careful from exc
                     write.error = error
-                    db.execute("ROLLBACK TO w")
-                    db.execute("RELEASE w")
-                    continue
-                db.execute("RELEASE w")
-                deltas.update(change.deltas)
-                notify = notify or change.notify
-            if self._flush is not None and deltas:
-                self._flush(db, deltas)
-        except Exception as exc:
-            failed = exc if isinstance(exc, StoreUnavailable) else self._translate(exc)
-            self._roll_back(db)
-            self._fail(group, failed)
-            return
-        try:
-            db.execute("COMMIT")
-        except Exception as exc:
-            failed = self._translate(exc)
-            if "IOERR" in str(getattr(exc, "sqlite_errorname", "")):
-                failed = OutcomeUnknown(f"the database file failed to commit: {exc}")
-            self._roll_back(db)
-            self._fail(group, failed)
-            return
-        if self.outage.since is not None:
-            self.outage.ended()
-        if self._kill is not None:
-            self._kill.committed({write.kind for write in group})
-        if notify and self.listener is not None:
-            self.listener()
-        self._answer(group)
+            at = run
+
+    def _apply_carefully(self, change: Change, group: list[_Write[Any]]) -> None:
+        """Every write of `group` alone, under a savepoint: one that fails leaves nothing."""
+        db = change.db
+        for write in group:
+            write.error = None
+            deltas, notify = Counter(change.deltas), change.notify
+            db.execute("SAVEPOINT w")
+            try:
+                write.result = write.body(change)
+            except Exception as exc:
+                error = self._translate(exc)
+                if isinstance(error, StoreUnavailable):
+                    raise error from exc
+                write.error = error
+                db.execute("ROLLBACK TO w")
+                change.deltas, change.notify = deltas, notify
+            db.execute("RELEASE w")
 
     def _roll_back(self, db: Any) -> None:
         with contextlib.suppress(Exception):
@@ -282,12 +378,24 @@ class SqliteDatabase:
         )
 
     def close(self) -> None:
-        """Let the writer finish what is queued, then close every connection."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
+        """Let the group under way commit, fail what still waits, close every connection."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            waiting, self._waiting = self._waiting, []
+        for write in waiting:
+            write.error = StoreUnavailable("the store is closed")
+        self._answer(waiting)
+        for _ in range(10_000):  # a group being written goes on to its commit, 10 s at most
+            with self._mutex:
+                if not self._taken:
+                    break
+            time.sleep(0.001)
+        self._commits.put(None)
         self._thread.join()
+        with contextlib.suppress(Exception):
+            self._writer_db.close()
         with self._readers_lock:
             for db in self._readers:
                 with contextlib.suppress(Exception):

@@ -9,6 +9,8 @@ together or not at all.
 
 from __future__ import annotations
 
+import functools
+
 from orderflow.domain import OrderStatus
 
 # -- connections ---------------------------------------------------------------------------------
@@ -44,6 +46,29 @@ PENDING = OrderStatus.PENDING.value
 INSERT_ORDER = (
     "INSERT INTO orders (id, status, head, tail, claim, reason) VALUES (?, ?, ?, ?, NULL, ?)"
 )
+MAX_ROWS = 500  # rows one multi-row statement writes at most
+
+
+@functools.cache
+def insert_orders(count: int) -> str:
+    """INSERT_ORDER for `count` orders at once (one trip into SQLite, not one a row)."""
+    return (
+        INSERT_ORDER.partition(" VALUES ")[0]
+        + " VALUES "
+        + ", ".join(["(?, ?, ?, ?, NULL, ?)"] * count)
+    )
+
+
+@functools.cache
+def insert_events(count: int) -> str:
+    """INSERT_EVENT for `count` events at once."""
+    return (
+        INSERT_EVENT.partition(" VALUES ")[0]
+        + " VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
+    )
+
+
 INSERT_KEY = (
     "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES (?, ?, ?, ?)"
 )
