@@ -385,6 +385,7 @@ def _prepare(path: Path, synchronous: str, apply_migrations: bool) -> list[str]:
             if version:
                 problem = reader.execute(sql.QUICK_CHECK).fetchone()[0]
                 if problem != "ok":
+                    problem = " ".join(problem.replace("*** in database main ***", "").split())
                     raise StoreUnavailable(f"{path} is damaged ({problem}); restore a backup")
         finally:
             reader.close()
