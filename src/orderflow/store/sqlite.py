@@ -151,10 +151,13 @@ class SqliteOrderStore(OrderStore):
         )
 
     def synchronous(self) -> str:
-        """The writer's synchronous setting as SQLite reports it (full or normal)."""
-        return self.database.read(
-            lambda db: _SYNCHRONOUS[db.execute(sql.SYNCHRONOUS_OF).fetchone()[0]]
-        )
+        """The synchronous setting of the writing connection, as SQLite reports it there
+        (full or normal)."""
+        return _SYNCHRONOUS[self.database.on_writer(sql.SYNCHRONOUS_OF)]
+
+    def journal_mode(self) -> str:
+        """The journal mode of the writing connection, as SQLite reports it there (wal)."""
+        return str(self.database.on_writer(sql.JOURNAL_MODE))
 
     async def ping(self) -> None:
         await self.database.ping()

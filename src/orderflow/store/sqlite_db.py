@@ -147,6 +147,9 @@ class SqliteDatabase:
         self._taken = False
         self._called = False
         self._closed = False
+        #: Groups committed, and writes in them (group commit: many writes, one commit).
+        self.commits = 0
+        self.committed_writes = 0
         self._commits: queue.SimpleQueue[tuple[list[_Write[Any]], Change] | None] = (
             queue.SimpleQueue()
         )
@@ -251,6 +254,8 @@ class SqliteDatabase:
                 self._fail(group, failed)
                 self._release()
                 continue
+            self.commits += 1
+            self.committed_writes += len(group)
             if self.outage.since is not None:
                 self.outage.ended()
             if self._kill is not None:
@@ -376,6 +381,21 @@ class SqliteDatabase:
             ),
             "ping",
         )
+
+    def on_writer(self, statement: str) -> Any:
+        """Run `statement` (a pragma) on the writing connection, between two groups; its first
+        value, if any: the writer's settings as SQLite applies them, read or changed."""
+        while True:
+            with self._mutex:
+                if not self._taken:
+                    self._taken = True
+                    break
+            time.sleep(0.001)
+        try:
+            row = self._writer_db.execute(statement).fetchone()
+            return None if row is None else row[0]
+        finally:
+            self._release()
 
     def close(self) -> None:
         """Let the group under way commit, fail what still waits, close every connection."""
