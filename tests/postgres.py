@@ -52,6 +52,29 @@ async def schema_store(
         await admin.close()
 
 
+async def new_schema() -> dict[str, str]:
+    """A new schema, migrated: the server settings that put a store in it (drop it with
+    `drop_schema`)."""
+    admin = await admin_connection()
+    schema = f"orderflow_test_{secrets.token_hex(4)}"
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await admin.close()
+    settings = {"search_path": schema}
+    store = await PostgresOrderStore.connect(DATABASE_URL, server_settings=settings, max_size=1)
+    await store.close()
+    return settings
+
+
+async def drop_schema(server_settings: dict[str, str]) -> None:
+    admin = await admin_connection()
+    try:
+        await admin.execute(f"DROP SCHEMA {server_settings['search_path']} CASCADE")
+    finally:
+        await admin.close()
+
+
 async def same_schema(store: PostgresOrderStore) -> PostgresOrderStore:
     """Another store (another pool, as another process would have) on `store`'s schema."""
     return await PostgresOrderStore.connect(

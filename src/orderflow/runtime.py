@@ -87,7 +87,8 @@ class Runtime:
         settings = self.settings
         if settings.snapshot and not settings.database_url.startswith("memory:"):
             raise StartupError(
-                "--snapshot: only for the in-memory store; a database keeps the orders itself"
+                "--snapshot: only for the in-memory store; SQLite and PostgreSQL keep the orders"
+                " themselves"
             )
         deliverer_settings, webhook_urls = webhook_settings(settings)
         if self._given_store is not None:
@@ -246,10 +247,11 @@ class Runtime:
 
 
 async def open_stores(settings: Settings) -> tuple[OrderStore, WebhookStore]:
-    """The order store `--database-url` names by its scheme (``memory://``, the default, or
-    ``postgresql://…``, migrated first unless `--no-migrate`), and the webhook store that goes
-    with it: the same database, or, in memory, one that lasts as long as the process. The one
-    place that picks backends. Raises StartupError."""
+    """The order store `--database-url` names by its scheme (``memory://``, the default,
+    ``sqlite:///path.db`` or ``postgresql://…``; a database is migrated first unless
+    `--no-migrate`), and the webhook store that goes with it: the same database, or, in
+    memory, one that lasts as long as the process. The one place that picks backends. Raises
+    StartupError."""
     url = settings.database_url
     scheme = url.partition("://")[0]
     if scheme == "memory":
@@ -267,8 +269,18 @@ async def open_stores(settings: Settings) -> tuple[OrderStore, WebhookStore]:
         except StoreUnavailable as exc:
             raise StartupError(f"--database-url: {exc}") from None
         return store, PostgresWebhookStore(store.database)
+    if scheme == "sqlite":
+        from orderflow.store.sqlite import SqliteOrderStore  # only then the driver
+        from orderflow.webhooks.sqlite import SqliteWebhookStore
+
+        try:
+            sqlite = await SqliteOrderStore.open(url, apply_migrations=settings.migrate)
+        except (ValueError, StoreUnavailable) as exc:
+            raise StartupError(f"--database-url: {exc}") from None
+        return sqlite, SqliteWebhookStore(sqlite.database)
     raise StartupError(
-        f"--database-url: unsupported scheme {scheme!r} (use memory:// or postgresql://)"
+        f"--database-url: unsupported scheme {scheme!r} (use memory://, sqlite:///path.db or"
+        " postgresql://)"
     )
 
 

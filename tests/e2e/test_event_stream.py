@@ -11,6 +11,7 @@ import socket
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -72,12 +73,15 @@ def the_log(server: Server) -> list[dict[str, Any]]:
             after = page["next_cursor"]
 
 
-@pytest.fixture(params=["memory", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def writer_and_reader(request: pytest.FixtureRequest, serve: type[Server]) -> tuple[Server, Server]:
-    """Where orders go and where the stream is read: one server in memory, or two instances
-    sharing one PostgreSQL database, each shipping."""
-    if request.param == "memory":
-        server = serve(*FAST)
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def writer_and_reader(
+    request: pytest.FixtureRequest, serve: type[Server], tmp_path: Path
+) -> tuple[Server, Server]:
+    """Where orders go and where the stream is read: one server in memory or on a SQLite file,
+    or two instances sharing one PostgreSQL database, each shipping."""
+    if request.param in ("memory", "sqlite"):
+        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'o.db'}"
+        server = serve("--database-url", url, *FAST)
         return server, server
     url = request.getfixturevalue("database_url")
     return serve("--database-url", url, *FAST, *TIMERS), serve(

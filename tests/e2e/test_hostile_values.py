@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,11 +25,14 @@ SHIPPER = "python:tests.e2e.unstorable_shipper:ship"
 CLEAN_RESULT = {"x": "a\ufffdb", "k\ufffd": ["\ufffd"]}
 
 
-@pytest.fixture(params=["memory", "postgres"])
-def store_flags(request: pytest.FixtureRequest) -> tuple[str, ...]:
-    """`--database-url` for each store (PostgreSQL: a new, empty database)."""
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store_flags(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, ...]:
+    """`--database-url` for each store (SQLite: a new file; PostgreSQL: a new, empty
+    database)."""
     if request.param == "memory":
         return ("--database-url", "memory://")
+    if request.param == "sqlite":
+        return ("--database-url", f"sqlite:///{tmp_path / 'o.db'}")
     return ("--database-url", request.getfixturevalue("database_url"))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +18,16 @@ from orderflow.runtime import Runtime
 from orderflow.settings import Settings
 from orderflow.store.base import OrderStore
 from orderflow.store.memory import InMemoryOrderStore
+from orderflow.store.sqlite import SqliteOrderStore
 from orderflow.webhooks.postgres import PostgresWebhookStore
+from orderflow.webhooks.sqlite import SqliteWebhookStore
 from orderflow.webhooks.store import InMemoryWebhookStore, WebhookStore
 from tests.conftest import FakeShipper, ManualClock, RuntimeFactory
 from tests.postgres import same_schema, schema_store
+from tests.sqlite import file_store, sqlite_url
 from tests.webhooks.receiver import SECRET, Receiver
 
-BACKENDS = ["memory", "postgres"]
+BACKENDS = ["memory", "sqlite", "postgres"]
 # Retries after 50, 100 and 200 ms; look for due work every 50 ms.
 FAST = {
     "webhook_retry_schedule": "0.05,0.1,0.2",
@@ -34,9 +38,12 @@ FAST = {
 
 
 @pytest.fixture(params=BACKENDS)
-async def webhooks(request: pytest.FixtureRequest) -> AsyncIterator[WebhookStore]:
+async def webhooks(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[WebhookStore]:
     if request.param == "memory":
         yield InMemoryWebhookStore()
+    elif request.param == "sqlite":
+        async with file_store(tmp_path) as orders:
+            yield SqliteWebhookStore(orders.database)
     else:
         async with schema_store() as orders:
             yield PostgresWebhookStore(orders.database)
@@ -80,7 +87,9 @@ OnEachStore = Callable[..., Awaitable[Runtime]]
 
 
 @pytest.fixture(params=BACKENDS)
-async def on_each_store(request: pytest.FixtureRequest) -> AsyncIterator[OnEachStore]:
+async def on_each_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[OnEachStore]:
     """`await on_each_store(webhook_resolver=…, **settings)`: a runtime started on a new order
     store of each backend (the webhooks' store goes with it), the fake shipper, FAST timers
     unless `settings` say otherwise; one per test, stopped at the end."""
@@ -89,6 +98,9 @@ async def on_each_store(request: pytest.FixtureRequest) -> AsyncIterator[OnEachS
         webhook_store: WebhookStore
         if request.param == "memory":
             store, webhook_store = InMemoryOrderStore(), InMemoryWebhookStore()
+        elif request.param == "sqlite":
+            sqlite = await SqliteOrderStore.open(sqlite_url(tmp_path))
+            store, webhook_store = sqlite, SqliteWebhookStore(sqlite.database)
         else:
             postgres = await same_schema(await stack.enter_async_context(schema_store()))
             store, webhook_store = postgres, PostgresWebhookStore(postgres.database)
@@ -112,3 +124,5 @@ async def on_each_store(request: pytest.FixtureRequest) -> AsyncIterator[OnEachS
         yield start
         for runtime in started:
             await runtime.stop()
+        if not started and isinstance(store, SqliteOrderStore):  # a runtime closes its store
+            await store.close()

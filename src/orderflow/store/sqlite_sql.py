@@ -1,0 +1,163 @@
+"""Every statement SqliteOrderStore and its parts run, as named data, and the pragmas each
+connection starts with (a test asks SQLite for the plan of each read and write that must use
+an index).
+
+A change is a few statements in the writer's transaction (see sqlite_db): each reads the row,
+lets the domain decide, writes the row, appends the event and moves the counts; they commit
+together or not at all.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from orderflow.domain import OrderStatus
+
+# -- connections ---------------------------------------------------------------------------------
+
+# The writer: WAL (readers never wait for it), each commit synced as `synchronous` says (FULL:
+# on the disk before COMMIT returns; NORMAL: survives the process, may lose the last commits on
+# power loss). The WAL is checkpointed every 1000 pages (SQLite's default) and cut back to
+# 64 MiB after a checkpoint; freed pages are reused, so the file stays the size of its peak.
+WRITER_PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = {synchronous}",
+    "PRAGMA journal_size_limit = 67108864",
+    "PRAGMA wal_autocheckpoint = 1000",
+    "PRAGMA cache_size = -32768",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA foreign_keys = OFF",
+)
+READER_PRAGMAS = (
+    "PRAGMA query_only = ON",
+    "PRAGMA cache_size = -16384",
+    "PRAGMA busy_timeout = 5000",
+)
+SYNCHRONOUS_OF = "PRAGMA synchronous"  # 2: FULL, 1: NORMAL
+JOURNAL_MODE = "PRAGMA journal_mode"
+QUICK_CHECK = "PRAGMA quick_check(1)"
+
+ABOVE_ALL_IDS = "order_g"  # sorts after every id ("g" follows the hex digits)
+PROCESSING = OrderStatus.PROCESSING.value
+PENDING = OrderStatus.PENDING.value
+
+# -- orders -----------------------------------------------------------------------------------
+
+INSERT_ORDER = (
+    "INSERT INTO orders (id, status, head, tail, claim, reason) VALUES (?, ?, ?, ?, NULL, ?)"
+)
+MAX_ROWS = 500  # rows one multi-row statement writes at most
+
+
+@functools.cache
+def insert_orders(count: int) -> str:
+    """INSERT_ORDER for `count` orders at once (one trip into SQLite, not one a row)."""
+    return (
+        INSERT_ORDER.partition(" VALUES ")[0]
+        + " VALUES "
+        + ", ".join(["(?, ?, ?, ?, NULL, ?)"] * count)
+    )
+
+
+@functools.cache
+def insert_events(count: int) -> str:
+    """INSERT_EVENT for `count` events at once."""
+    return (
+        INSERT_EVENT.partition(" VALUES ")[0]
+        + " VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
+    )
+
+
+INSERT_KEY = (
+    "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES (?, ?, ?, ?)"
+)
+FIND_KEY = "SELECT key, fingerprint, order_id, created_at FROM idempotency_keys WHERE key = ?"
+PRUNE_KEYS = (
+    "DELETE FROM idempotency_keys WHERE key IN (SELECT key FROM idempotency_keys"
+    " WHERE created_at < ? ORDER BY created_at LIMIT ?)"
+)
+# What a change needs of a row: the order as JSON parts, its latest reason, its hold.
+FIND_FOR_CHANGE = "SELECT status, head, tail, claim, reason, owner, token FROM orders WHERE id = ?"
+FIND_ROW = "SELECT head, status, tail, claim FROM orders WHERE id = ?"
+UPDATE_ORDER = (
+    "UPDATE orders SET status = ?, tail = ?, claim = NULL, reason = ?, owner = ? WHERE id = ?"
+)
+DELETE_ORDER = "DELETE FROM orders WHERE id = ?"
+
+
+def _listing(by_status: bool, after: bool) -> str:
+    status = "status = ? AND " if by_status else ""
+    return (
+        f"SELECT head, status, tail, claim, id FROM orders WHERE {status}"
+        f"id {'>' if after else '>='} ? AND id < ? ORDER BY id LIMIT ?"
+    )
+
+
+# A page: one id range (after the cursor, or from the range's start), by the primary key or,
+# with a status, by (status, id); one row more than the page, to know whether more follow.
+# Keyed by (status given, the lower bound excluded).
+LIST_ORDERS = {(s, a): _listing(s, a) for s in (False, True) for a in (False, True)}
+
+# Claim: the oldest pending orders below an id bound. A row as submitted (no tail) takes the
+# batch's claim and nothing else; another has its tail rewritten.
+PENDING_BELOW = (
+    "SELECT id, tail FROM orders WHERE status = 'pending' AND id < ? ORDER BY id LIMIT ?"
+)
+CLAIM_PLAIN = "UPDATE orders SET status = 'processing', claim = ?, reason = NULL WHERE id = ?"
+CLAIM_TAIL = "UPDATE orders SET status = 'processing', tail = ?, reason = NULL WHERE id = ?"
+# Ready orders, oldest first, for a holder; and what a holder holds.
+READY = (
+    "SELECT id, head, tail, claim FROM orders"
+    " WHERE status = 'processing' AND owner IS NULL ORDER BY id LIMIT ?"
+)
+HOLD = "UPDATE orders SET owner = ?, token = ? WHERE id = ?"
+HELD_BY = "SELECT id, token FROM orders WHERE owner = ?"
+READY_IDS = (
+    "SELECT id FROM orders WHERE status = 'processing' AND owner IS NULL ORDER BY id LIMIT ?"
+)
+PROCESSING_IDS = "SELECT id FROM orders WHERE status = 'processing' AND id > ? ORDER BY id LIMIT ?"
+# A bulk action's stretch: orders of one status in [low, high), oldest first, with the reason
+# the filter looks at. Keyed by whether the lower bound is excluded.
+STRETCH = {
+    after: f"SELECT id, reason FROM orders WHERE status = ? AND id {'>' if after else '>='} ?"
+    " AND id < ? ORDER BY id LIMIT ?"
+    for after in (False, True)
+}
+OLDEST_PENDING = "SELECT id FROM orders WHERE status = 'pending' ORDER BY id LIMIT 1"
+TOKEN = "SELECT value FROM meta WHERE key = 'token'"
+SET_TOKEN = "UPDATE meta SET value = ? WHERE key = 'token'"
+
+# -- counts and the event log ------------------------------------------------------------------
+
+STATUS_COUNTS = "SELECT status, count FROM status_counts"
+FAILED_REASONS = (
+    "SELECT reason, count FROM failure_counts WHERE count > 0 ORDER BY count DESC, reason LIMIT ?"
+)
+MOVE_STATUS = "UPDATE status_counts SET count = count + ? WHERE status = ?"
+MOVE_FAILURE = (
+    "INSERT INTO failure_counts (reason, count) VALUES (?, ?)"
+    " ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count"
+)
+DROP_NO_FAILURES = "DELETE FROM failure_counts WHERE count = 0"
+
+INSERT_EVENT = (
+    "INSERT INTO events (type, order_id, status, at, reason, data) VALUES (?, ?, ?, ?, ?, ?)"
+)
+READ_EVENTS = (
+    "SELECT seq, type, order_id, status, at, reason, data FROM events"
+    " WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+PRUNED_THROUGH = "SELECT value FROM meta WHERE key = 'pruned_through'"
+SET_PRUNED_THROUGH = "UPDATE meta SET value = ? WHERE key = 'pruned_through'"
+LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+# The oldest events, in seq order, as far as a prune may go: (seq, at).
+OLDEST_EVENTS = "SELECT seq, at FROM events ORDER BY seq LIMIT ?"
+PRUNE_EVENTS = "DELETE FROM events WHERE seq <= ?"
+
+# -- at start -------------------------------------------------------------------------------------
+
+# Whatever a run that ended without a clean stop held: nobody holds it now. Webhook claims too.
+RELEASE_WEBHOOK_CLAIMS = (
+    "UPDATE webhooks SET owner = NULL, lease_expires_at = ? WHERE owner IS NOT NULL"
+)
