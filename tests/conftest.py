@@ -1,5 +1,5 @@
 """Shared fixtures: a clock tests control, an order factory, a shipper tests steer, a way to wait
-for a condition, and a running service (runtime) over the in-memory store."""
+for a condition, a running service (runtime) over the in-memory store, and a webhook receiver."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from orderflow.shipping import ShipContext
 from orderflow.store.base import OrderStore
 from orderflow.store.memory import InMemoryOrderStore
 from tests.postgres import create_database, drop_database
+from tests.receivers import Receiver
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
@@ -219,6 +220,16 @@ async def start_runtime(
 async def runtime(start_runtime: RuntimeFactory) -> Runtime:
     """A started runtime over the in-memory store, the fake shipper and the manual clock."""
     return await start_runtime(concurrency=4, process_timeout=5)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A receiver in the test's loop that accepts everything (tests change its `answer`);
+    every request it got must have verified."""
+    started = await Receiver().start()
+    yield started
+    await started.close()
+    assert not started.failures, started.failures
 
 
 @pytest.fixture

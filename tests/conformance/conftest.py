@@ -1,4 +1,5 @@
-"""One `store` fixture over every backend: each test in this folder runs once per store."""
+"""The stores under the contracts, over every backend (tests/backends.py): each test in this
+folder takes `store` (an OrderStore) or `webhooks` (a WebhookStore) and runs once per backend."""
 
 from __future__ import annotations
 
@@ -7,18 +8,17 @@ from collections.abc import AsyncIterator
 import pytest
 
 from orderflow.store.base import OrderStore
-from orderflow.store.memory import InMemoryOrderStore
-from tests.postgres import schema_store
-
-BACKENDS = ["memory", "postgres"]
+from orderflow.webhooks.store import WebhookStore
+from tests.backends import BACKENDS, open_store, webhook_store
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[OrderStore]:
-    if request.param == "memory":
-        backend = InMemoryOrderStore()
-        yield backend
-        await backend.close()
-    else:
-        async with schema_store() as postgres:
-            yield postgres
+    async with open_store(request.param) as opened:
+        yield opened
+
+
+@pytest.fixture(params=BACKENDS)
+async def webhooks(request: pytest.FixtureRequest) -> AsyncIterator[WebhookStore]:
+    async with open_store(request.param) as orders:
+        yield webhook_store(orders)

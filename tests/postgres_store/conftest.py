@@ -62,7 +62,7 @@ async def proxy() -> AsyncIterator[FaultProxy]:
         # Let every connection the test closed finish closing first: FaultProxy.stop() ends its
         # loop without running the callbacks that close sockets reset in its last moments, and
         # such a socket is a ResourceWarning (an error here) when collected.
-        await eventually(lambda: running.connections == 0 and not running._handlers)
+        await eventually(lambda: running.settled)
 
 
 def proxied_url(proxy: FaultProxy) -> str:

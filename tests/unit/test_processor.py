@@ -25,7 +25,8 @@ from orderflow.shipping import (
 )
 from orderflow.store.memory import InMemoryOrderStore
 from tests.conftest import BASE_TIME, FakeShipper, ManualClock, eventually, make_order, settled
-from tests.unit.conftest import SharedMemoryStore, StartService, submit_many
+from tests.helpers import submit_many
+from tests.unit.conftest import SharedMemoryStore, StartService
 
 
 def status_is(

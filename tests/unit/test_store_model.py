@@ -32,7 +32,7 @@ from orderflow.domain import (
 )
 from orderflow.errors import IllegalTransition, NotHeld, OrderConflict
 from orderflow.store.memory import InMemoryOrderStore
-from tests.unit.test_domain import ALLOWED as TABLE
+from tests.helpers import ALLOWED as TABLE
 
 OWNERS = ("a", "b")
 LEASE_S = 15.0
