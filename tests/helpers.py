@@ -1,15 +1,17 @@
 """Helpers the test folders share (fixtures live in the nearest conftest.py): what the app
 serves, the transition table as the tests state it, orders submitted over HTTP or in process,
-free ports and HTTP clients, webhook timers, a certificate."""
+a shipment's context, free ports and HTTP clients, webhook timers, a certificate."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +23,7 @@ from orderflow.domain import Event, Item, OrderStatus
 from orderflow.runtime import Runtime
 from orderflow.server import build_app
 from orderflow.service import OrderService
+from orderflow.shipping import ShipContext
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,6 +113,18 @@ async def submit_many(
     """Submit `count` orders in process (`customer` may hold ``{n}``, the order's number);
     their ids, oldest first."""
     return [(await service.submit(customer.format(n=n), items)).order_id for n in range(count)]
+
+
+def ship_context(
+    attempt: int = 1, deadline_s: float = 5, mark_taken: Callable[[], None] | None = None
+) -> ShipContext:
+    """What a shipper is handed: attempt `attempt`, due `deadline_s` from now, logging to
+    "test"."""
+    deadline = datetime.now(UTC) + timedelta(seconds=deadline_s)
+    log = logging.getLogger("test")
+    if mark_taken is None:
+        return ShipContext(attempt=attempt, deadline=deadline, log=log)
+    return ShipContext(attempt=attempt, deadline=deadline, log=log, mark_taken=mark_taken)
 
 
 # -- the network -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from orderflow import __version__
 from tests.conftest import eventually_sync
 from tests.e2e.conftest import all_orders, start_refused
-from tests.faults.proxy import FaultProxy
+from tests.faultproxy import FaultProxy
 from tests.helpers import ORDER, ROOT, free_port, http_client, is_listening, submit
 from tests.servers import Server
 

@@ -1,6 +1,7 @@
-"""What the fault-injection suite needs: real `orderflow serve` processes (started and ended by
-PID), a FaultProxy between them and PostgreSQL, a shipper that records every shipment in a file,
-and the invariants checked from the database after every fault."""
+"""What the fault-injection suite needs: a `cluster` of real `orderflow serve` processes
+(tests/servers.py; ended by PID) whose shipper records every shipment in a file, with the
+`proxy` (tests/conftest.py) between them and PostgreSQL, and the invariants checked from the
+database after every fault."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually_sync
-from tests.faults.proxy import FaultProxy
 from tests.helpers import submit as submit_orders
 from tests.postgres import query
 from tests.servers import Server
@@ -70,12 +70,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield started
     finally:
         started.close()
-
-
-@pytest.fixture
-def proxy() -> Iterator[FaultProxy]:
-    with FaultProxy(("127.0.0.1", 5432)) as running:
-        yield running
 
 
 def histories(url: str) -> dict[str, list[str]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.faultproxy import FaultProxy
 from tests.faults.conftest import (
     RECORDER,
     TIMERS,
@@ -19,7 +20,6 @@ from tests.faults.conftest import (
     submit,
     wait_for,
 )
-from tests.faults.proxy import FaultProxy
 from tests.postgres import query
 
 ORDER = {"customer": "Ada", "items": [{"name": "Widget", "quantity": 1}]}

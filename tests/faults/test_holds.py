@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from tests.faultproxy import FaultProxy
 from tests.faults.conftest import (
     HEARTBEAT_S,
     LEASE_S,
@@ -25,7 +26,6 @@ from tests.faults.conftest import (
     wait_for,
     wait_until_held,
 )
-from tests.faults.proxy import FaultProxy
 from tests.postgres import query
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.faultproxy import FaultProxy
 from tests.faults.conftest import TIMERS, Cluster, submit, wait_for
-from tests.faults.proxy import FaultProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 

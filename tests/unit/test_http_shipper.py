@@ -7,7 +7,7 @@ import email.utils
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,9 @@ from standardwebhooks import Webhook
 from orderflow import __version__
 from orderflow.domain import Item
 from orderflow.shippers.http import HttpShipper
-from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure, ShipContext
+from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure
 from tests.conftest import make_order
-from tests.helpers import self_signed
+from tests.helpers import self_signed, ship_context
 from tests.receivers import SECRET, Received, Receiver, replying
 
 ORDER = make_order(items=(Item("Widget", 2), Item("Gadget", 1)))
@@ -49,20 +49,10 @@ async def shipper(receiver: Receiver) -> AsyncIterator[HttpShipper]:
         await shipper.close()
 
 
-def context(
-    attempt: int = 1, deadline_s: float = 5, mark_taken: Callable[[], None] | None = None
-) -> ShipContext:
-    deadline = datetime.now(UTC) + timedelta(seconds=deadline_s)
-    log = logging.getLogger("test")
-    if mark_taken is None:
-        return ShipContext(attempt=attempt, deadline=deadline, log=log)
-    return ShipContext(attempt=attempt, deadline=deadline, log=log, mark_taken=mark_taken)
-
-
 async def test_every_request_is_signed_and_carries_the_attempt_and_deadline(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
-    first, second = context(attempt=1), context(attempt=2)
+    first, second = ship_context(attempt=1), ship_context(attempt=2)
     receiver.answer = replying(503)
     with pytest.raises(RetryableFailure):
         await shipper.ship(ORDER, first)
@@ -86,7 +76,7 @@ async def test_every_request_is_signed_and_carries_the_attempt_and_deadline(
 async def test_a_signature_with_another_secret_does_not_verify(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
-    await shipper.ship(ORDER, context())
+    await shipper.ship(ORDER, ship_context())
     headers, body = receiver.received[0].headers, receiver.received[0].raw
     other = "whsec_" + "A" * 32
     with pytest.raises(Exception, match="signature"):
@@ -97,7 +87,7 @@ async def test_2xx_with_a_json_object_is_the_result(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
     receiver.answer = replying(201, b'{"carrier": "acme", "tracking": "T1"}')
-    assert await shipper.ship(ORDER, context()) == {"carrier": "acme", "tracking": "T1"}
+    assert await shipper.ship(ORDER, ship_context()) == {"carrier": "acme", "tracking": "T1"}
 
 
 @pytest.mark.parametrize("body", [b"", b"OK", b"<html>thanks</html>", b"null"])
@@ -105,7 +95,7 @@ async def test_2xx_without_a_json_object_is_shipped_with_no_result(
     receiver: Receiver, shipper: HttpShipper, body: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     receiver.answer = replying(200, body)
-    assert await shipper.ship(ORDER, context()) is None
+    assert await shipper.ship(ORDER, ship_context()) is None
     assert caplog.records == []
 
 
@@ -130,7 +120,7 @@ async def test_2xx_with_json_not_a_small_object_is_shipped_with_a_warning(
 ) -> None:
     receiver.answer = replying(200, body)
     with caplog.at_level(logging.WARNING, logger="test"):
-        assert await shipper.ship(ORDER, context()) is None
+        assert await shipper.ship(ORDER, ship_context()) is None
     assert f"receiver answered HTTP 200 {warning}: shipped, no result stored" in caplog.text
 
 
@@ -149,7 +139,7 @@ async def test_2xx_whose_body_breaks_off_is_shipped_with_a_warning(
 
     receiver.answer = break_off
     with caplog.at_level(logging.WARNING, logger="test"):
-        assert await shipper.ship(ORDER, context()) is None
+        assert await shipper.ship(ORDER, ship_context()) is None
     assert "then its body failed" in caplog.text
 
 
@@ -159,7 +149,7 @@ async def test_4xx_is_a_permanent_failure_with_the_status_and_body_start(
 ) -> None:
     receiver.answer = replying(status, b'{"error": "bad address"}\n' + b"z" * 1000)
     with pytest.raises(PermanentFailure) as caught:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(ORDER, ship_context())
     reason = str(caught.value)
     assert reason.startswith(f'HTTP {status} from receiver: {{"error": "bad address"}} zzz')
     assert "\n" not in reason
@@ -172,7 +162,7 @@ async def test_busy_statuses_and_5xx_are_retryable(
 ) -> None:
     receiver.answer = replying(status, b"try later")
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(ORDER, ship_context())
     assert str(caught.value) == f"HTTP {status} from receiver: try later"
     assert caught.value.retry_after_s is None
 
@@ -183,7 +173,7 @@ async def test_retry_after_in_seconds_is_honoured(
 ) -> None:
     receiver.answer = replying(status, headers={"Retry-After": "2"})
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(ORDER, ship_context())
     assert caught.value.retry_after_s == 2
 
 
@@ -193,7 +183,7 @@ async def test_retry_after_as_an_http_date_is_honoured(
     when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     receiver.answer = replying(503, headers={"Retry-After": when})
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(ORDER, ship_context())
     assert caught.value.retry_after_s is not None
     assert 20 <= caught.value.retry_after_s <= 31
 
@@ -207,14 +197,14 @@ async def test_retry_after_is_capped_and_a_bad_one_ignored(
 ) -> None:
     receiver.answer = replying(429, headers={"Retry-After": value})
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(ORDER, ship_context())
     assert caught.value.retry_after_s == expected
 
 
 async def test_a_redirect_is_not_followed(receiver: Receiver, shipper: HttpShipper) -> None:
     receiver.answer = replying(302, headers={"Location": "/elsewhere"})
     with pytest.raises(PermanentFailure, match=r"^HTTP 302 from receiver: redirects are not"):
-        await shipper.ship(ORDER, context())
+        await shipper.ship(ORDER, ship_context())
     assert len(receiver.received) == 1
 
 
@@ -226,7 +216,7 @@ async def test_a_receiver_that_hangs_past_the_timeout_fails_the_attempt(
     try:
         async with asyncio.timeout(5):
             with pytest.raises(RetryableFailure, match=r"^timeout after 0\.2s$"):
-                await shipper.ship(ORDER, context())
+                await shipper.ship(ORDER, ship_context())
             await receiver.disconnected.wait()
     finally:
         await shipper.close()
@@ -238,12 +228,12 @@ async def test_the_attempts_deadline_bounds_the_timeout(
     receiver.answer = receiver.hang
     async with asyncio.timeout(5):
         with pytest.raises(RetryableFailure, match=r"^timeout after 0\.[0-3]"):
-            await shipper.ship(ORDER, context(deadline_s=0.3))
+            await shipper.ship(ORDER, ship_context(deadline_s=0.3))
 
 
 async def test_a_passed_deadline_sends_nothing(receiver: Receiver, shipper: HttpShipper) -> None:
     with pytest.raises(RetryableFailure, match="deadline passed"):
-        await shipper.ship(ORDER, context(deadline_s=-1))
+        await shipper.ship(ORDER, ship_context(deadline_s=-1))
     assert receiver.received == []
 
 
@@ -251,7 +241,7 @@ async def test_cancelling_the_call_closes_the_connection(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
     receiver.answer = receiver.hang
-    call = asyncio.create_task(shipper.ship(ORDER, context()))
+    call = asyncio.create_task(shipper.ship(ORDER, ship_context()))
     async with asyncio.timeout(5):
         await receiver.waiting.wait()
         call.cancel()
@@ -270,7 +260,7 @@ async def test_connections_are_reused(receiver: Receiver, shipper: HttpShipper) 
 
     receiver.answer = note_peer
     for _ in range(5):
-        await shipper.ship(ORDER, context())
+        await shipper.ship(ORDER, ship_context())
     assert len(peers) == 1
 
 
@@ -281,7 +271,7 @@ async def test_a_refused_connection_is_retryable() -> None:
     shipper = HttpShipper(f"http://127.0.0.1:{port}/", SECRET, timeout_s=5)
     try:
         with pytest.raises(RetryableFailure, match="connection refused"):
-            await shipper.ship(ORDER, context())
+            await shipper.ship(ORDER, ship_context())
     finally:
         await shipper.close()
 
@@ -297,7 +287,7 @@ async def test_the_receiver_closing_without_an_answer_is_retryable(
 
     receiver.answer = drop
     with pytest.raises(RetryableFailure, match="closed the connection"):
-        await shipper.ship(ORDER, context())
+        await shipper.ship(ORDER, ship_context())
 
 
 async def test_an_https_receiver_is_verified_against_the_given_ssl_context(
@@ -313,9 +303,9 @@ async def test_an_https_receiver_is_verified_against_the_given_ssl_context(
     )
     default = HttpShipper(url, SECRET, timeout_s=5)
     try:
-        assert await trusting.ship(ORDER, context()) is None
+        assert await trusting.ship(ORDER, ship_context()) is None
         with pytest.raises(RetryableFailure, match="certificate"):
-            await default.ship(ORDER, context())
+            await default.ship(ORDER, ship_context())
         assert len(receiver.received) == 1
     finally:
         await trusting.close()
@@ -340,7 +330,7 @@ async def test_2xx_whose_body_times_out_is_shipped_with_a_warning(
     shipper = HttpShipper(receiver.url, SECRET, timeout_s=0.5, result_wait_s=1)
     try:
         with caplog.at_level(logging.WARNING, logger="test"):
-            assert await shipper.ship(ORDER, context()) is None
+            assert await shipper.ship(ORDER, ship_context()) is None
         assert (
             "receiver answered HTTP 200, then its body failed (timeout after 1s reading the"
             " body): shipped, no result stored"
@@ -364,7 +354,7 @@ async def test_a_non_2xx_whose_body_breaks_off_is_retryable(
 
     receiver.answer = break_off
     with pytest.raises(RetryableFailure, match=r"closed the connection .*\(after HTTP 404\)$"):
-        await shipper.ship(ORDER, context())
+        await shipper.ship(ORDER, ship_context())
 
 
 @pytest.mark.parametrize(
@@ -414,7 +404,7 @@ async def test_the_path_and_query_are_sent_escaped(receiver: Receiver) -> None:
     url = receiver.url_for("/hooks/orders") + "/é x?shop=a b&n=1%2F2#frag"
     shipper = HttpShipper(url, SECRET, timeout_s=5)
     try:
-        await shipper.ship(ORDER, context())
+        await shipper.ship(ORDER, ship_context())
     finally:
         await shipper.close()
     assert targets == ["/hooks/orders/%C3%A9%20x?shop=a%20b&n=1%2F2"]
@@ -435,7 +425,7 @@ async def test_a_2xx_head_marks_the_order_taken_before_its_body_is_read(
         return response
 
     receiver.answer = head_then_body
-    assert await shipper.ship(ORDER, context(mark_taken=taken.set)) == {"tracking": "T"}
+    assert await shipper.ship(ORDER, ship_context(mark_taken=taken.set)) == {"tracking": "T"}
 
 
 @pytest.mark.parametrize("status", [302, 404, 429, 503])
@@ -445,7 +435,7 @@ async def test_an_answer_other_than_2xx_does_not_mark_the_order_taken(
     takes: list[None] = []
     receiver.answer = replying(status)
     with pytest.raises((PermanentFailure, RetryableFailure)):
-        await shipper.ship(ORDER, context(mark_taken=lambda: takes.append(None)))
+        await shipper.ship(ORDER, ship_context(mark_taken=lambda: takes.append(None)))
     assert takes == []
 
 
@@ -456,7 +446,7 @@ async def test_a_2xx_whose_head_is_over_its_bounds_is_retryable_and_not_taken(
     takes: list[None] = []
     receiver.answer = replying(200, headers={f"x-h{n}": "1" for n in range(120)})
     with pytest.raises(RetryableFailure, match=r"^the answer has over 100 headers$"):
-        await shipper.ship(ORDER, context(mark_taken=lambda: takes.append(None)))
+        await shipper.ship(ORDER, ship_context(mark_taken=lambda: takes.append(None)))
     assert takes == []
 
 
@@ -479,7 +469,7 @@ async def test_a_2xx_at_the_deadline_gets_result_wait_s_for_its_body(
     receiver.answer = late
     shipper = HttpShipper(receiver.url, SECRET, timeout_s=1, result_wait_s=30)
     try:
-        assert await shipper.ship(ORDER, context()) == {"tracking": "T"}
+        assert await shipper.ship(ORDER, ship_context()) == {"tracking": "T"}
         assert body_sent.is_set()
     finally:
         await shipper.close()
