@@ -190,13 +190,14 @@ async def start_runtime(
     memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
 ) -> AsyncIterator[RuntimeFactory]:
     """A factory of started runtimes: `await start_runtime(concurrency=8, …)` takes Settings
-    fields (shutdown_grace defaults to 0) and `store=`, `shipper=`, `clock=`,
-    `webhook_resolver=` overrides; every runtime it started is stopped at the end."""
+    fields (shutdown_grace defaults to 0) and `store=`, `webhook_store=`, `shipper_=`,
+    `clock_=`, `webhook_resolver=` overrides; every runtime it started is stopped at the end."""
     started: list[Runtime] = []
 
     async def start(
         *,
         store: Any = None,
+        webhook_store: Any = None,
         shipper_: Any = None,
         clock_: Any = None,
         webhook_resolver: Any = None,
@@ -206,6 +207,7 @@ async def start_runtime(
         runtime = Runtime(
             Settings(**fields),
             store=memory_store if store is None else store,
+            webhook_store=webhook_store,
             shipper=shipper if shipper_ is None else shipper_,
             clock=clock if clock_ is None else clock_,
             webhook_resolver=webhook_resolver,
