@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,7 @@ from orderflow.domain import Item
 from orderflow.shippers.http import HttpShipper
 from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure
 from tests.conftest import make_order
-from tests.helpers import self_signed, ship_context
+from tests.helpers import free_port, self_signed, ship_context
 from tests.receivers import SECRET, Received, Receiver, replying
 
 ORDER = make_order(items=(Item("Widget", 2), Item("Gadget", 1)))
@@ -265,9 +264,7 @@ async def test_connections_are_reused(receiver: Receiver, shipper: HttpShipper) 
 
 
 async def test_a_refused_connection_is_retryable() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     shipper = HttpShipper(f"http://127.0.0.1:{port}/", SECRET, timeout_s=5)
     try:
         with pytest.raises(RetryableFailure, match="connection refused"):

@@ -21,7 +21,7 @@ from orderflow.shippers.httpclient import (
     Timeout,
 )
 from tests.conftest import eventually
-from tests.helpers import self_signed
+from tests.helpers import free_port, self_signed
 from tests.receivers import RawReceiver, Respond, answering
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -479,9 +479,7 @@ async def test_waiting_for_a_connection_counts_in_the_timeout(server: RawReceive
 
 
 async def test_a_refused_connection_says_so() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     client = HttpClient(f"http://127.0.0.1:{port}")
     try:
         with pytest.raises(CannotConnect, match=f"^connection refused by 127.0.0.1:{port}$"):
