@@ -41,12 +41,17 @@ class SortedIds(SortedList):  # type: ignore[misc]  # sortedcontainers has no ty
             the positional index come soon, for tests.
     """
 
-    def __new__(cls, load: int = SortedList.DEFAULT_LOAD_FACTOR) -> SortedIds:
+    def __new__(
+        cls, iterable: Iterable[str] = (), *, load: int = SortedList.DEFAULT_LOAD_FACTOR
+    ) -> SortedIds:
         return super().__new__(cls)  # type: ignore[no-any-return]
 
-    def __init__(self, load: int = SortedList.DEFAULT_LOAD_FACTOR) -> None:
+    def __init__(
+        self, iterable: Iterable[str] = (), *, load: int = SortedList.DEFAULT_LOAD_FACTOR
+    ) -> None:
         super().__init__()
         self._load = load
+        self.update(iterable)
 
     def check(self) -> None:
         """sortedcontainers' own check of the lists; AssertionError when they are unsound."""
