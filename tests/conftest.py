@@ -1,5 +1,6 @@
 """Shared fixtures: a clock tests control, an order factory, a shipper tests steer, a way to wait
-for a condition, and a running service (runtime) over the in-memory store."""
+for a condition, a running service (runtime) over the in-memory store, a webhook receiver, a
+new PostgreSQL database, and a FaultProxy in front of PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import settings
@@ -21,7 +23,9 @@ from orderflow.settings import Settings
 from orderflow.shipping import ShipContext
 from orderflow.store.base import OrderStore
 from orderflow.store.memory import InMemoryOrderStore
-from tests.postgres import create_database, drop_database
+from tests.faultproxy import FaultProxy
+from tests.postgres import DATABASE_URL, admin_connection, create_database, drop_database
+from tests.receivers import Receiver
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
@@ -187,8 +191,8 @@ async def start_runtime(
     memory_store: InMemoryOrderStore, shipper: FakeShipper, clock: ManualClock
 ) -> AsyncIterator[RuntimeFactory]:
     """A factory of started runtimes: `await start_runtime(concurrency=8, …)` takes Settings
-    fields (shutdown_grace defaults to 0) and `store=`, `webhook_store=`, `shipper=`, `clock=`,
-    `webhook_resolver=` overrides; every runtime it started is stopped at the end."""
+    fields (shutdown_grace defaults to 0) and `store=`, `webhook_store=`, `shipper_=`,
+    `clock_=`, `webhook_resolver=` overrides; every runtime it started is stopped at the end."""
     started: list[Runtime] = []
 
     async def start(
@@ -225,6 +229,16 @@ async def runtime(start_runtime: RuntimeFactory) -> Runtime:
 
 
 @pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A receiver in the test's loop that accepts everything (tests change its `answer`);
+    every request it got must have verified."""
+    started = await Receiver().start()
+    yield started
+    await started.close()
+    assert not started.failures, started.failures
+
+
+@pytest.fixture
 def database_url() -> Iterator[str]:
     """The URL of a new, empty PostgreSQL database, dropped afterwards."""
     url = asyncio.run(create_database())
@@ -232,3 +246,17 @@ def database_url() -> Iterator[str]:
         yield url
     finally:
         asyncio.run(drop_database(url))
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[FaultProxy]:
+    """A FaultProxy in front of the test PostgreSQL (which must be up under CI=true)."""
+    admin = await admin_connection()
+    await admin.close()
+    target = urlsplit(DATABASE_URL)
+    with FaultProxy((target.hostname or "127.0.0.1", target.port or 5432)) as running:
+        yield running
+        # Let every connection the test closed finish closing first: FaultProxy.stop() ends its
+        # loop without running the callbacks that close sockets reset in its last moments, and
+        # such a socket is a ResourceWarning (an error here) when collected.
+        await eventually(lambda: running.settled)

@@ -1,7 +1,9 @@
-"""Reaching the test PostgreSQL: ORDERFLOW_TEST_DATABASE_URL; under CI=true it must be there."""
+"""Reaching the test PostgreSQL: ORDERFLOW_TEST_DATABASE_URL; under CI=true it must be there.
+Stores in schemas of their own, databases of their own, and `query` to look at one directly."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -99,3 +101,18 @@ async def drop_database(url: str) -> None:
         await admin.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
     finally:
         await admin.close()
+
+
+def query(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    """Run one statement on the database at `url` directly (a connection of its own, from a
+    test that blocks); its rows."""
+
+    async def run() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(url, timeout=10)
+        try:
+            rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
+            return rows
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())

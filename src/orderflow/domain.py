@@ -91,6 +91,12 @@ def ends_hold(event: Event) -> bool:
     return event is not Event.REATTEMPT
 
 
+def lost_track(owner: str) -> str:
+    """The reason of a handback by a heartbeat of `owner` that no longer named the order (the
+    PostgreSQL store words it alike in its SQL)."""
+    return f"handed back: {owner} lost track of it"
+
+
 def is_terminal(status: OrderStatus) -> bool:
     return status in (OrderStatus.SHIPPED, OrderStatus.CANCELLED)
 

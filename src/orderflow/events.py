@@ -146,7 +146,7 @@ class EventHub:
         self.position = await self._store.last_event_seq()
         self._task = asyncio.create_task(
             supervised(
-                self._pump,
+                self.pump_once,
                 every_s=self._poll_s,
                 log=OutageLog(log, "reading events"),
                 wake=self._wake,
@@ -214,7 +214,14 @@ class EventHub:
     def unsubscribe(self, subscription: Reader) -> None:
         self._subscriptions.discard(subscription)
 
-    async def _pump(self) -> None:
+    @property
+    def readers(self) -> tuple[Reader, ...]:
+        """The live readers now."""
+        return tuple(self._subscriptions)
+
+    async def pump_once(self) -> None:
+        """Hand every event past the hub's position to the readers (what the hub's loop does
+        each time it wakes or polls)."""
         while True:
             if not self._subscriptions:  # nobody reads: skip ahead, read nothing
                 last = await self._store.last_event_seq()

@@ -29,9 +29,9 @@ from orderflow.server import bind, build_app, serve
 from orderflow.settings import Settings
 from orderflow.store.memory import InMemoryOrderStore
 from tests.conftest import BASE_TIME, FakeShipper, ManualClock
+from tests.helpers import ORDER
 
 ADAPTERS = ("asgi", "rsgi")
-ORDER = {"customer": "John Doe", "items": [{"name": "Monster Energy", "quantity": 2}]}
 JSON_HEADERS = {"content-type": "application/json"}
 # What a JSON client sends; a route with a stream besides (GET /events) then answers a page.
 ACCEPT_JSON = {"accept": "application/json"}

@@ -15,14 +15,13 @@ from orderflow.api.auth import ROLES, Auth
 from orderflow.api.routing import Route
 from tests.api.conftest import (
     ACCEPT_JSON,
-    ORDER,
     Served,
     ServeFactory,
     assert_problem,
     create,
     sample_path,
 )
-from tests.helpers import ROUTES
+from tests.helpers import ORDER, ROUTES
 
 TOKENS = {
     "read": "read-token-0123456789",

@@ -19,7 +19,6 @@ from orderflow.api.openapi import DOCS_FILES
 from tests.api.conftest import (
     ACCEPT_JSON,
     JSON_HEADERS,
-    ORDER,
     Served,
     ServeFactory,
     assert_problem,
@@ -27,7 +26,7 @@ from tests.api.conftest import (
     sample_path,
     status_of,
 )
-from tests.helpers import ROUTES
+from tests.helpers import ORDER, ROUTES
 
 NOSNIFF = "nosniff"
 HTML_ROUTES = sorted(route.path for route in ROUTES if route.media == "text/html")

@@ -23,7 +23,6 @@ from tests.api.conftest import (
     ACCEPT_JSON,
     JSON_HEADERS,
     NO_SUCH_ID,
-    ORDER,
     RawResponse,
     Served,
     ServeFactory,
@@ -34,7 +33,7 @@ from tests.api.conftest import (
     sample_path,
     status_of,
 )
-from tests.helpers import ROUTES
+from tests.helpers import ORDER, ROUTES
 
 # -- methods and HEAD ----------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from orderflow.webhooks.model import URL_PATTERN, url_host
 from tests.api.conftest import ADAPTERS, ServeFactory, serve_over_rsgi
 from tests.conftest import BASE_TIME
 from tests.helpers import ROUTES
-from tests.webhooks.receiver import Names
+from tests.receivers import Names
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from orderflow.store.memory import InMemoryOrderStore
 from tests.api.conftest import (
     JSON_HEADERS,
     NO_SUCH_ID,
-    ORDER,
     Served,
     ServeFactory,
     assert_problem,
@@ -29,7 +28,7 @@ from tests.api.conftest import (
     status_of,
 )
 from tests.conftest import FakeShipper, eventually, settled
-from tests.helpers import ROUTES
+from tests.helpers import ORDER, ROUTES
 
 
 async def ship_pending(client: httpx.AsyncClient, store: InMemoryOrderStore) -> int:

@@ -12,7 +12,6 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -23,7 +22,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.e2e.conftest import Server
+from tests.servers import Server
 
 CHROMIUM = os.environ.get("ORDERFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -100,15 +99,6 @@ def serve(tmp_path: Path) -> Iterator[ServerFactory]:
             server.terminate(timeout_s=15)
         except subprocess.TimeoutExpired:
             server.kill()
-
-
-def submit(client: httpx.Client, customer: str, **headers: str) -> str:
-    """Submit an order for `customer` through the API; its id."""
-    order = {"customer": customer, "items": [{"name": "Monster Energy", "quantity": 2}]}
-    response = client.post("/orders", json=order, headers=headers)
-    assert response.status_code == 201, response.text
-    order_id: str = response.json()["id"]
-    return order_id
 
 
 def row(page: Page, order_id: str) -> Locator:

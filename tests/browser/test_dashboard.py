@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import ServerFactory, open_dashboard, row, submit
+from tests.browser.conftest import ServerFactory, open_dashboard, row
 from tests.browser.shipper import REFUSED
-from tests.e2e.conftest import ROOT
+from tests.helpers import ROOT, post_order
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +30,8 @@ def test_orders_appear_live_ship_and_cancel_from_the_page(
     expect(page.get_by_test_id("orders-empty")).to_be_visible()
 
     with server.client() as client:
-        ids = [submit(client, f"Customer {n}") for n in range(4)]
-        ids.append(submit(client, "Zoë <b>Bold</b> & Co"))
+        ids = [post_order(client, f"Customer {n}") for n in range(4)]
+        ids.append(post_order(client, "Zoë <b>Bold</b> & Co"))
         expect(page.get_by_test_id("order-row")).to_have_count(5)
         for order_id in ids:
             expect(row(page, order_id)).to_have_attribute("data-status", "pending")
@@ -52,7 +52,7 @@ def test_orders_appear_live_ship_and_cancel_from_the_page(
         expect(page.get_by_test_id("count-pending")).to_have_text("0")
         expect(page.get_by_test_id("throughput-total")).to_contain_text("5 shipped")
 
-        late = submit(client, "Late Customer")
+        late = post_order(client, "Late Customer")
         row(page, late).click()
         expect(page.get_by_test_id("detail-id")).to_have_text(late)
         expect(page.get_by_test_id("detail-retry")).to_be_disabled()
@@ -84,9 +84,9 @@ def test_failed_orders_show_why_and_are_retried_one_and_in_bulk(
     server = serve("--shipper", "python:tests.browser.shipper:ship")
     open_dashboard(page, server)
     with server.client() as client:
-        ann = submit(client, "Ann")
-        bob = submit(client, "Refuse Bob")
-        cy = submit(client, "Refuse Cy")
+        ann = post_order(client, "Ann")
+        bob = post_order(client, "Refuse Bob")
+        cy = post_order(client, "Refuse Cy")
     expect(page.get_by_test_id("order-row")).to_have_count(3)
 
     page.get_by_test_id("process").click()
@@ -143,7 +143,7 @@ def test_the_table_shows_the_newest_orders_when_there_are_more_than_it_holds(
     """The API lists oldest first: the page must look for the newest 200 (at most) itself."""
     server = serve()
     with server.client() as client:
-        ids = [submit(client, f"Customer {n}") for n in range(260)]
+        ids = [post_order(client, f"Customer {n}") for n in range(260)]
         open_dashboard(page, server)
         rows = page.get_by_test_id("order-row")
         expect(rows.first).to_have_attribute("data-order-id", ids[-1])
@@ -152,7 +152,7 @@ def test_the_table_shows_the_newest_orders_when_there_are_more_than_it_holds(
         assert shown == ids[::-1][: len(shown)]  # the newest, newest first, none missing
         expect(page.get_by_test_id("orders-note")).to_contain_text("newest")
 
-        newer = submit(client, "One More")
+        newer = post_order(client, "One More")
         expect(rows.first).to_have_attribute("data-order-id", newer)
         assert rows.count() <= 200
 
@@ -172,7 +172,7 @@ def test_with_auth_on_the_page_asks_for_a_token_and_uses_it(
     server = serve("--auth-tokens", str(tokens))
     submitter = {"authorization": f"Bearer {TOKENS['submit']}"}
     with server.client() as client:
-        first = submit(client, "Before The Page", **submitter)
+        first = post_order(client, "Before The Page", headers=submitter)
 
         page.goto(server.url + "/dashboard")
         dialog = page.get_by_test_id("token-dialog")
@@ -187,7 +187,8 @@ def test_with_auth_on_the_page_asks_for_a_token_and_uses_it(
         expect(row(page, first)).to_have_attribute("data-status", "pending")
         expect(page.get_by_test_id("live")).to_have_attribute("data-state", "live")
 
-        live = submit(client, "After The Token", **submitter)  # the stream carries the token
+        # The stream carries the token.
+        live = post_order(client, "After The Token", headers=submitter)
         expect(row(page, live)).to_have_attribute("data-status", "pending")
 
         page.get_by_test_id("process").click()  # a read token may not

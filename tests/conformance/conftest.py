@@ -1,29 +1,24 @@
-"""One `store` fixture over every backend: each test in this folder runs once per store."""
+"""The stores under the contracts, over every backend (tests/backends.py): each test in this
+folder takes `store` (an OrderStore) or `webhooks` (a WebhookStore) and runs once per backend."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from orderflow.store.base import OrderStore
-from orderflow.store.memory import InMemoryOrderStore
-from tests.postgres import schema_store
-from tests.sqlite import file_store
-
-BACKENDS = ["memory", "sqlite", "postgres"]
+from orderflow.webhooks.store import WebhookStore
+from tests.backends import BACKENDS, open_store, webhook_store
 
 
 @pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OrderStore]:
-    if request.param == "memory":
-        backend = InMemoryOrderStore()
-        yield backend
-        await backend.close()
-    elif request.param == "sqlite":
-        async with file_store(tmp_path) as sqlite:
-            yield sqlite
-    else:
-        async with schema_store() as postgres:
-            yield postgres
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[OrderStore]:
+    async with open_store(request.param) as opened:
+        yield opened
+
+
+@pytest.fixture(params=BACKENDS)
+async def webhooks(request: pytest.FixtureRequest) -> AsyncIterator[WebhookStore]:
+    async with open_store(request.param) as orders:
+        yield webhook_store(orders)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,8 @@ import msgspec
 import pytest
 
 from tests.conftest import eventually_sync
-from tests.e2e.conftest import Server, http_client, submit
+from tests.helpers import http_client, submit
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 

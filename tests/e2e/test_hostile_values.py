@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -16,24 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import eventually_sync
-from tests.e2e.conftest import Server, submit
-from tests.webhooks.receiver import SECRET, Received, Receiver, Reply, ThreadedReceiver
+from tests.helpers import submit
+from tests.receivers import SECRET, Receiver, replying
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 
 SHIPPER = "python:tests.e2e.unstorable_shipper:ship"
 CLEAN_RESULT = {"x": "a\ufffdb", "k\ufffd": ["\ufffd"]}
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def store_flags(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, ...]:
-    """`--database-url` for each store (SQLite: a new file; PostgreSQL: a new, empty
-    database)."""
-    if request.param == "memory":
-        return ("--database-url", "memory://")
-    if request.param == "sqlite":
-        return ("--database-url", f"sqlite:///{tmp_path / 'o.db'}")
-    return ("--database-url", request.getfixturevalue("database_url"))
 
 
 def store_errors(client: httpx.Client) -> dict[str, float]:
@@ -197,17 +186,10 @@ def test_a_shippers_nul_is_stored_clean_and_every_order_ends(
 
 
 @pytest.fixture
-def nul_receiver() -> Iterator[Receiver]:
+def nul_receiver(threaded: Callable[[Receiver], Receiver]) -> Receiver:
     """A fulfilment receiver whose 2xx result holds `\\u0000` in a value and a key."""
-
-    async def answer(received: Received) -> Reply:
-        return 200, {"content-type": "application/json"}, b'{"x": "a\\u0000b", "k\\u0000": 1}'
-
-    threaded = ThreadedReceiver(Receiver(answer=answer))
-    try:
-        yield threaded.start()
-    finally:
-        threaded.close()
+    body = b'{"x": "a\\u0000b", "k\\u0000": 1}'
+    return threaded(Receiver(answer=replying(200, body, {"content-type": "application/json"})))
 
 
 @pytest.mark.postgres

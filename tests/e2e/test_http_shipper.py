@@ -11,23 +11,22 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from orderflow.shipping import RESULT_WAIT_S
 from tests.conftest import eventually_sync
-from tests.e2e.conftest import Server, http_client, submit
-from tests.rawreceiver import Answer, RawReceiver
-from tests.rawreceiver import Reply as RawReply
-from tests.webhooks.receiver import SECRET, Received, Receiver, Reply, ThreadedReceiver
+from tests.helpers import http_client, submit
+from tests.receivers import SECRET, RawReceiver, Received, Receiver, Reply
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def flaky_receiver() -> Iterator[Receiver]:
+def flaky_receiver(threaded: Callable[[Receiver], Receiver]) -> Receiver:
     calls = itertools.count()
 
     async def answer(received: Received) -> Reply:
@@ -37,11 +36,7 @@ def flaky_receiver() -> Iterator[Receiver]:
         result = {"tracking": "T-" + received.webhook_id, "attempt": attempt}
         return 200, {"content-type": "application/json"}, json.dumps(result).encode()
 
-    threaded = ThreadedReceiver(Receiver(answer=answer))
-    try:
-        yield threaded.start()
-    finally:
-        threaded.close()
+    return threaded(Receiver(answer=answer))
 
 
 def test_a_thousand_orders_ship_through_a_receiver_that_fails_a_third_of_the_calls(
@@ -78,39 +73,47 @@ def test_a_thousand_orders_ship_through_a_receiver_that_fails_a_third_of_the_cal
     assert len(flaky_receiver.received) >= len(ids) + retried
 
 
+# What a misbehaving receiver writes (through `receiver.send`, which counts the bytes).
+Write = Callable[[RawReceiver, asyncio.StreamWriter], Awaitable[None]]
+
+
 @pytest.fixture
-def raw_receiver() -> Iterator[Callable[[Answer], RawReceiver]]:
-    """`raw_receiver(answer)` starts a RawReceiver; every one is closed at the end."""
-    started: list[RawReceiver] = []
+def raw_receiver(threaded: Callable[[RawReceiver], RawReceiver]) -> Callable[[Write], RawReceiver]:
+    """`raw_receiver(write)` starts a RawReceiver that answers each request with what `write`
+    writes, then closes the connection."""
 
-    def start(answer: Answer) -> RawReceiver:
-        started.append(RawReceiver(answer).start())
-        return started[-1]
+    def start(write: Write) -> RawReceiver:
+        async def respond(
+            head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> bool:
+            await write(receiver, writer)
+            return False
 
-    yield start
-    for receiver in started:
-        receiver.close()
+        receiver = RawReceiver(respond)
+        return threaded(receiver)
+
+    return start
 
 
-async def _drip_body(reply: RawReply) -> None:
-    await reply.send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
-    await reply.send(b"content-length: 100\r\n\r\n{")
+async def _drip_body(receiver: RawReceiver, writer: asyncio.StreamWriter) -> None:
+    await receiver.send(writer, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+    await receiver.send(writer, b"content-length: 100\r\n\r\n{")
     for _ in range(99):
         await asyncio.sleep(1)
-        await reply.send(b" ")
+        await receiver.send(writer, b" ")
 
 
-async def _endless_chunked_body(reply: RawReply) -> None:
-    await reply.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+async def _endless_chunked_body(receiver: RawReceiver, writer: asyncio.StreamWriter) -> None:
+    await receiver.send(writer, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
     for _ in range(600):  # bounded: 5 minutes
-        await reply.send(b"1\r\n \r\n")
+        await receiver.send(writer, b"1\r\n \r\n")
         await asyncio.sleep(0.5)
 
 
-async def _endless_unframed_body(reply: RawReply) -> None:
-    await reply.send(b"HTTP/1.1 200 OK\r\n\r\n")
+async def _endless_unframed_body(receiver: RawReceiver, writer: asyncio.StreamWriter) -> None:
+    await receiver.send(writer, b"HTTP/1.1 200 OK\r\n\r\n")
     for _ in range(600):  # bounded: 5 minutes
-        await reply.send(b" ")
+        await receiver.send(writer, b" ")
         await asyncio.sleep(0.5)
 
 
@@ -120,7 +123,7 @@ async def _endless_unframed_body(reply: RawReply) -> None:
     ids=["body-one-byte-a-second", "endless-chunked-body", "endless-body-without-a-length"],
 )
 def test_a_2xx_whose_body_never_ends_is_shipped_once_and_called_once(
-    serve: type[Server], raw_receiver: Callable[[Answer], RawReceiver], answer: Answer
+    serve: type[Server], raw_receiver: Callable[[Write], RawReceiver], answer: Write
 ) -> None:
     """Regression: the attempt's deadline (3 s) cut off the 2xx's body, so the attempt failed
     ("timeout"), the order was posted again and failed: the receiver was called twice and
@@ -163,16 +166,16 @@ def _rss_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-async def _endless_header(reply: RawReply) -> None:
-    await reply.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-flood: ")
+async def _endless_header(receiver: RawReceiver, writer: asyncio.StreamWriter) -> None:
+    await receiver.send(writer, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-flood: ")
     piece = b"a" * 65536
     for _ in range(100_000):  # bounded: 6.5 GB
-        await reply.send(piece)
+        await receiver.send(writer, piece)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 def test_an_endless_header_fails_each_attempt_at_the_bound_and_the_service_stays_up(
-    serve: type[Server], raw_receiver: Callable[[Answer], RawReceiver]
+    serve: type[Server], raw_receiver: Callable[[Write], RawReceiver]
 ) -> None:
     """Regression: the answer's head was read without limit. A receiver streaming an endless
     header block was read until the deadline (hundreds of MB of RSS, kept), httptools' and

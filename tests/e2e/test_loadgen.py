@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Server, free_port
+from tests.helpers import ROOT, free_port
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 

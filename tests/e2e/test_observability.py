@@ -12,7 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import eventually_sync
-from tests.e2e.conftest import Server, submit
+from tests.helpers import submit
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -3,35 +3,22 @@ it observes (in the database, or over HTTP), never a sleep that hopes."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.conftest import eventually_sync
-from tests.e2e.conftest import Server, http_client
+from tests.helpers import submit
+from tests.postgres import query
+from tests.servers import Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-ORDER = {"customer": "Ada", "items": [{"name": "Widget", "quantity": 1}]}
+ADA = {"customer": "Ada", "items": [{"name": "Widget", "quantity": 1}]}
 TIMERS = ("--heartbeat-interval", "0.3", "--lease-timeout", "1.0", "--poll-interval", "0.5")
-
-
-def query(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        db = await asyncpg.connect(url)
-        try:
-            rows: list[asyncpg.Record] = await db.fetch(sql, *args)
-            return rows
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
 
 
 def held_by(url: str, *servers: Server) -> dict[int, int]:
@@ -56,22 +43,6 @@ def all_shipped(server: Server, count: int) -> bool:
     return len(orders) == count and all(o["status"] == "shipped" for o in orders)
 
 
-def submit(servers: list[Server], count: int) -> list[str]:
-    """`count` orders, POSTed round robin to `servers` from a thread per server."""
-
-    def some(n: int) -> list[str]:
-        with http_client(servers[n].url) as client:
-            ids = []
-            for _ in range(n, count, len(servers)):
-                response = client.post("/orders", json=ORDER)
-                assert response.status_code == 201, response.text
-                ids.append(response.json()["id"])
-            return ids
-
-    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
-        return [i for ids in pool.map(some, range(len(servers))) for i in ids]
-
-
 def shipped_once_in_the_database(url: str, ids: list[str]) -> None:
     """Every order shipped, once by its history and once by the event log; none held."""
     rows = query(url, "SELECT id, status, owner, history FROM orders")
@@ -91,7 +62,7 @@ def test_three_instances_ship_every_order_exactly_once(
         serve("--database-url", database_url, "--ship-delay", "0.02", "--concurrency", "4", *TIMERS)
         for _ in range(3)
     ]
-    ids = submit(servers, 150)
+    ids = submit(servers, 150, threads=len(servers), **ADA)
     with servers[1].client() as client:
         assert client.post("/orders/process").json()["orders"] == 150
     eventually_sync(lambda: all_shipped(servers[2], 150), timeout_s=60)
@@ -99,7 +70,7 @@ def test_three_instances_ship_every_order_exactly_once(
         assert [h["status"] for h in order["history"]] == ["pending", "processing", "shipped"]
     shipped_once_in_the_database(database_url, ids)
     # A cancel through one instance is seen by all.
-    [late] = submit(servers[:1], 1)
+    [late] = submit(servers[:1], 1, threads=1, **ADA)
     with servers[2].client() as client:
         assert client.post(f"/orders/{late}/cancel").status_code == 200
     with servers[0].client() as client:
@@ -114,7 +85,7 @@ def test_a_killed_instance_loses_nothing_and_ships_nothing_twice(
     options = ("--database-url", database_url, "--ship-delay", "0.8", "--concurrency", "8")
     victim = serve(*options, *TIMERS)
     survivor = serve(*options, *TIMERS)
-    ids = submit([victim, survivor], 60)
+    ids = submit([victim, survivor], 60, threads=2, **ADA)
     with victim.client() as client:
         assert client.post("/orders/process").json()["orders"] == 60
     # Both hold orders: shipments are in flight on each.
@@ -144,7 +115,7 @@ def test_sigterm_everything_mid_processing_then_start_again(
 ) -> None:
     options = ("--database-url", database_url, "--concurrency", "4", "--shutdown-grace", "0.2")
     servers = [serve(*options, "--ship-delay", "30", *TIMERS) for _ in range(2)]
-    ids = submit(servers, 30)
+    ids = submit(servers, 30, threads=len(servers), **ADA)
     with servers[0].client() as client:
         assert client.post("/orders/process").json()["orders"] == 30
     eventually_sync(lambda: all(held_by(database_url, *servers).values()))

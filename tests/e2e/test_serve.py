@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import eventually_sync
-from tests.e2e.conftest import (
-    Server,
-    all_orders,
-    http_client,
-    is_listening,
-    statuses,
-    submit,
-)
+from tests.e2e.conftest import all_orders, statuses
+from tests.helpers import http_client, is_listening, submit
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -8,12 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import eventually_sync
-from tests.e2e.conftest import (
-    Server,
-    all_orders,
-    start_refused,
-    submit,
-)
+from tests.e2e.conftest import all_orders, start_refused
+from tests.helpers import submit
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from orderflow.store.sqlite_db import KILL_AT
-from tests.e2e.conftest import ORDER, Server, http_client
+from tests.helpers import ORDER, http_client
+from tests.receivers import SECRET, Received, Receiver, Reply
+from tests.servers import Server
 from tests.sqlite import FileState, fill, wait_until
-from tests.webhooks.receiver import SECRET, Received, Receiver, Reply, ThreadedReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -126,14 +127,10 @@ async def slowly(received: Received) -> Reply:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver(threaded: Callable[[Receiver], Receiver]) -> Receiver:
     """A receiver that takes SLOW["delay_s"] to answer each delivery."""
     SLOW["delay_s"] = 0.2
-    threaded = ThreadedReceiver(Receiver(answer=slowly))
-    try:
-        yield threaded.start()
-    finally:
-        threaded.close()
+    return threaded(Receiver(answer=slowly))
 
 
 def test_webhook_delivery_state_survives_a_kill_mid_delivery(

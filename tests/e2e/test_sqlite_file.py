@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Server, start_refused, submit
+from tests.e2e.conftest import start_refused
+from tests.helpers import ROOT, submit
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 

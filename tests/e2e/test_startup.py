@@ -15,18 +15,10 @@ import pytest
 
 from orderflow import __version__
 from tests.conftest import eventually_sync
-from tests.e2e.conftest import (
-    ORDER,
-    ROOT,
-    Server,
-    all_orders,
-    free_port,
-    http_client,
-    is_listening,
-    start_refused,
-    submit,
-)
-from tests.faults.proxy import FaultProxy
+from tests.e2e.conftest import all_orders, start_refused
+from tests.faultproxy import FaultProxy
+from tests.helpers import ORDER, ROOT, free_port, http_client, is_listening, submit
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -8,15 +8,17 @@ not an error logged on every poll. Only loopback is ever dialled; no name is res
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.conftest import eventually_sync
-from tests.e2e.conftest import Server, start_refused, submit
-from tests.faults.conftest import db
-from tests.webhooks.receiver import SECRET, Receiver, ThreadedReceiver
+from tests.e2e.conftest import start_refused
+from tests.helpers import submit
+from tests.postgres import query
+from tests.receivers import SECRET, Receiver
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -24,21 +26,9 @@ FAST = ("--auto-process", "--ship-delay", "0", "--poll-interval", "0.1")
 LONG_LABEL = "a" * 64
 
 
-@pytest.fixture(params=["memory", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_flags(request: pytest.FixtureRequest) -> tuple[str, ...]:
-    if request.param == "memory":
-        return ()
-    return ("--database-url", request.getfixturevalue("database_url"))
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    threaded = ThreadedReceiver(Receiver())
-    receiver = threaded.start()
-    try:
-        yield receiver
-    finally:
-        threaded.close()
+def receiver(threaded: Callable[[Receiver], Receiver]) -> Receiver:
+    return threaded(Receiver())
 
 
 def refused(server: Server, url: str) -> dict[str, Any]:
@@ -116,7 +106,7 @@ def test_a_stored_subscription_no_resolver_takes_is_retried_then_given_up_quietl
         "--webhook-allow-private",
     )  # fmt: skip
     webhook_id = "wh_" + secrets.token_hex(12)
-    db(
+    query(
         database_url,
         "INSERT INTO webhooks (id, url, types, secret, ordered, created_at, cursor)"
         " VALUES ($1, $2, '{}', $3, true, now(), 0)",

@@ -11,16 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.faultproxy import FaultProxy
 from tests.faults.conftest import (
     RECORDER,
     TIMERS,
     Cluster,
     check_invariants,
-    db,
     submit,
     wait_for,
 )
-from tests.faults.proxy import FaultProxy
+from tests.postgres import query
 
 ORDER = {"customer": "Ada", "items": [{"name": "Widget", "quantity": 1}]}
 
@@ -80,7 +80,7 @@ def test_an_insert_whose_answer_was_lost_is_confirmed_or_said_unknown(
     retried = instance.request("POST", "/orders", json=other, headers={"idempotency-key": "k-2"})
     assert retried.status_code == 201
     assert "idempotent-replayed" not in retried.headers
-    rows = db(database_url, "SELECT id, customer FROM orders ORDER BY id")
+    rows = query(database_url, "SELECT id, customer FROM orders ORDER BY id")
     assert [(row["customer"]) for row in rows] == ["c0", "Ada", "Bob"]
 
 
@@ -96,7 +96,7 @@ def test_a_cancel_and_a_delete_that_committed_are_not_reported_as_failed(
     assert instance.request("POST", f"/orders/{first}/cancel").status_code == 200
     proxy.cut_after(b"RESET ALL")
     assert instance.request("DELETE", f"/orders/{second}").status_code == 200
-    assert [r["status"] for r in db(database_url, "SELECT status FROM orders")] == ["cancelled"]
+    assert [r["status"] for r in query(database_url, "SELECT status FROM orders")] == ["cancelled"]
     check_invariants(database_url, [first])
 
 
@@ -172,7 +172,7 @@ def test_hostile_input_on_raw_sockets_gets_a_4xx_and_changes_nothing(
     )
     assert cancel.status_code == 403
     assert instance.request("GET", "/orders", headers={"host": "evil.example"}).status_code == 421
-    rows = db(database_url, "SELECT customer, status FROM orders")
+    rows = query(database_url, "SELECT customer, status FROM orders")
     assert [(r["customer"], r["status"]) for r in rows] == [("c0", "pending")]
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from tests.faultproxy import FaultProxy
 from tests.faults.conftest import (
     HEARTBEAT_S,
     LEASE_S,
@@ -20,13 +21,12 @@ from tests.faults.conftest import (
     Cluster,
     check_invariants,
     committed_answer,
-    db,
     histories,
     submit,
     wait_for,
     wait_until_held,
 )
-from tests.faults.proxy import FaultProxy
+from tests.postgres import query
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -51,7 +51,7 @@ def test_an_acquire_whose_answer_was_lost_is_handed_back_within_a_heartbeat(
     statuses = histories(database_url)
     assert all(history[-1] == "shipped" for history in statuses.values())
     assert cluster.shipped() == dict.fromkeys(ids, 1)
-    handed_back = db(
+    handed_back = query(
         database_url,
         "SELECT count(*) AS n FROM orders WHERE history::text LIKE '%lost track of it%'",
     )[0]["n"]
@@ -113,7 +113,7 @@ def test_a_paused_instance_cannot_overwrite_what_others_did_with_its_orders(
     assert paused.request("POST", "/orders/process").status_code == 202
     wait_until_held(database_url, 8)
     held_by_paused = {
-        row["id"] for row in db(database_url, "SELECT id FROM orders WHERE owner IS NOT NULL")
+        row["id"] for row in query(database_url, "SELECT id FROM orders WHERE owner IS NOT NULL")
     }
     paused.signal(signal.SIGSTOP)
     survivor = cluster.start("--database-url", url, "--shipper", RECORDER, *TIMERS, delay_s=0.05)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.faultproxy import FaultProxy
 from tests.faults.conftest import TIMERS, Cluster, submit, wait_for
-from tests.faults.proxy import FaultProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -60,7 +60,7 @@ def test_a_database_outage_is_said_once_when_it_starts_and_once_when_it_ends(
     # Once ready, the store has said the outage is over: the ping behind /readyz got through.
     wait_for(lambda: instance.request("GET", "/readyz").status_code == 200)
     assert instance.stop() == 0
-    log = instance.log_text()
+    log = instance.output()
     said = [
         (r["level"], r["logger"], r["message"])
         for r in records(log, fmt)

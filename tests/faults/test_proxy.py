@@ -13,28 +13,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager, suppress
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
-from tests.faults.proxy import FaultProxy, Hook
+from tests.faultproxy import FaultProxy, Hook
 from tests.postgres import DATABASE_URL, admin_connection
 
 # What asyncpg raises through a cut connection: ConnectionDoesNotExistError (a
 # PostgresConnectionError) when the reset hits a query in flight, InterfaceError when it already
 # knew the connection was closed, ConnectionResetError when the reset comes during connect.
 CONNECTION_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[FaultProxy]:
-    """A running proxy to the test PostgreSQL (which must be up under CI=true)."""
-    admin = await admin_connection()
-    await admin.close()
-    target = urlsplit(DATABASE_URL)
-    with FaultProxy((target.hostname or "127.0.0.1", target.port or 5432)) as running:
-        yield running
 
 
 async def connect(proxy: FaultProxy, timeout_s: float = 2.0) -> asyncpg.Connection:

@@ -1,20 +1,19 @@
 """What the PostgreSQL store tests share: a store in a schema of its own, orders made ready
-(claimed, held by nobody), and a FaultProxy between a store and the database."""
+(claimed, held by nobody), and a store whose connections go through the `proxy` (a
+FaultProxy, tests/conftest.py)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
 from orderflow.domain import Item, Order, new_order, new_order_id
 from orderflow.store.postgres import PostgresOrderStore
-from tests.conftest import eventually
-from tests.faults.proxy import FaultProxy
-from tests.postgres import DATABASE_URL, admin_connection, schema_store
+from tests.faultproxy import FaultProxy
+from tests.postgres import DATABASE_URL, schema_store
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 LATER = T0 + timedelta(seconds=5, microseconds=7)
@@ -49,20 +48,6 @@ async def add_ready(store: PostgresOrderStore, count: int, first: int = 0) -> li
     ids = await add_orders(store, count, first)
     assert await store.claim_pending(T0 + timedelta(seconds=1), count) == count
     return ids
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[FaultProxy]:
-    """A FaultProxy in front of the test PostgreSQL (which must be up under CI=true)."""
-    admin = await admin_connection()
-    await admin.close()
-    target = urlsplit(DATABASE_URL)
-    with FaultProxy((target.hostname or "127.0.0.1", target.port or 5432)) as running:
-        yield running
-        # Let every connection the test closed finish closing first: FaultProxy.stop() ends its
-        # loop without running the callbacks that close sockets reset in its last moments, and
-        # such a socket is a ResourceWarning (an error here) when collected.
-        await eventually(lambda: running.connections == 0 and not running._handlers)
 
 
 def proxied_url(proxy: FaultProxy) -> str:

@@ -16,7 +16,7 @@ from orderflow.server import build_app
 from orderflow.settings import Settings
 from orderflow.store.postgres import PostgresOrderStore
 from tests.conftest import FakeShipper, eventually
-from tests.faults.proxy import FaultProxy
+from tests.faultproxy import FaultProxy
 from tests.postgres_store.conftest import LATER, T0, add_orders, add_ready, make_order
 
 pytestmark = pytest.mark.postgres

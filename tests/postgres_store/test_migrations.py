@@ -8,7 +8,6 @@ import asyncio
 import subprocess
 import sys
 from importlib import resources
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -17,11 +16,11 @@ from click.testing import CliRunner
 from orderflow.cli import cli
 from orderflow.domain import OrderStatus
 from orderflow.store.postgres import PostgresOrderStore
+from tests.helpers import ROOT
 from tests.postgres_store.conftest import add_orders
 
 pytestmark = pytest.mark.postgres
 
-ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = resources.files("orderflow.store.migrations")
 VERSIONS = sorted(
     f.name.removesuffix(".sql") for f in MIGRATIONS.iterdir() if f.name.endswith(".sql")

@@ -1,19 +1,28 @@
 """Fixtures of the unit tests: a processor and its service over a store and a shipper tests pick,
-and stores that behave as if shared, or that fail on cue."""
+stores that behave as if shared, or that fail on cue; and for webhook delivery, `deliver`
+(runtimes whose deliverer sends to the `receiver` on fast timers) and `on_each_store` (a
+runtime on a new store of each backend: the test runs once per backend)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp.abc import AbstractResolver
 
 from orderflow.claimer import Claimer
 from orderflow.processor import Processor, ProcessorSettings
+from orderflow.runtime import Runtime
 from orderflow.service import OrderService
+from orderflow.settings import Settings
 from orderflow.store.base import OrderStore
 from orderflow.store.memory import InMemoryOrderStore
-from tests.conftest import FakeShipper, ManualClock, make_order
+from tests.backends import BACKENDS, another_handle, open_store, webhook_store
+from tests.conftest import FakeShipper, ManualClock, RuntimeFactory
+from tests.helpers import FAST
+from tests.receivers import SECRET, Receiver
 
 
 class SharedMemoryStore(InMemoryOrderStore):
@@ -73,7 +82,51 @@ async def start_service(
         await service.stop(grace_s=0)
 
 
-async def submit_many(service: OrderService, count: int, customer: str = "Ada") -> list[str]:
-    """Submit `count` orders; their ids, oldest first."""
-    items = make_order().items
-    return [(await service.submit(customer, items)).order_id for _ in range(count)]
+Deliver = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture
+def deliver(start_runtime: RuntimeFactory, receiver: Receiver) -> Deliver:
+    """`await deliver(**settings)`: a started runtime (in memory, the fake shipper) subscribed
+    to the receiver at start (``--webhook``), on FAST timers unless `settings` say otherwise."""
+
+    async def start(path: str = "/hook", **fields: Any) -> Runtime:
+        settings = {**FAST, "webhook": receiver.url_for(path), "webhook_secret": SECRET}
+        return await start_runtime(**{**settings, **fields})
+
+    return start
+
+
+OnEachStore = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture(params=BACKENDS)
+async def on_each_store(request: pytest.FixtureRequest) -> AsyncIterator[OnEachStore]:
+    """`await on_each_store(webhook_resolver=…, **settings)`: a runtime started on a new order
+    store of each backend (the webhooks' store goes with it), the fake shipper, FAST timers
+    unless `settings` say otherwise; one per test, stopped at the end."""
+    async with contextlib.AsyncExitStack() as stack:
+        # The runtime closes its store when it stops: a handle of its own.
+        store = await another_handle(await stack.enter_async_context(open_store(request.param)))
+        started: list[Runtime] = []
+
+        async def start(webhook_resolver: AbstractResolver | None = None, **fields: Any) -> Runtime:
+            assert not started, "one runtime per test: it closes the store when it stops"
+            settings = Settings(**{"shutdown_grace": 0.0, **FAST, **fields})
+            runtime = Runtime(
+                settings,
+                store=store,
+                webhook_store=webhook_store(store),
+                shipper=FakeShipper(),
+                clock=ManualClock(),
+                webhook_resolver=webhook_resolver,
+            )
+            await runtime.start()
+            started.append(runtime)
+            return runtime
+
+        yield start
+        for runtime in started:
+            await runtime.stop()
+        if not started:
+            await store.close()

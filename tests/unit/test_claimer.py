@@ -13,7 +13,8 @@ from orderflow.domain import OrderStatus
 from orderflow.errors import OutcomeUnknown, ShuttingDown, StoreUnavailable
 from orderflow.store.memory import InMemoryOrderStore
 from tests.conftest import FakeShipper, ManualClock, eventually, make_order
-from tests.unit.conftest import StartService, submit_many
+from tests.helpers import submit_many
+from tests.unit.conftest import StartService
 
 
 class _Claims(InMemoryOrderStore):

@@ -42,19 +42,7 @@ from orderflow.domain import (
     utc_instant,
 )
 from orderflow.errors import IllegalTransition
-
-# The state machine, written out once more by hand: a change to the table must change this too.
-ALLOWED = {
-    (OrderStatus.PENDING, Event.START): OrderStatus.PROCESSING,
-    (OrderStatus.PENDING, Event.CANCEL): OrderStatus.CANCELLED,
-    (OrderStatus.PROCESSING, Event.SHIP): OrderStatus.SHIPPED,
-    (OrderStatus.PROCESSING, Event.FAIL): OrderStatus.FAILED,
-    (OrderStatus.PROCESSING, Event.CANCEL): OrderStatus.CANCELLED,
-    (OrderStatus.PROCESSING, Event.RELEASE): OrderStatus.PENDING,
-    (OrderStatus.PROCESSING, Event.REATTEMPT): OrderStatus.PROCESSING,
-    (OrderStatus.PROCESSING, Event.HANDBACK): OrderStatus.PROCESSING,
-    (OrderStatus.FAILED, Event.RETRY): OrderStatus.PENDING,
-}
+from tests.helpers import ALLOWED
 
 
 @pytest.mark.parametrize("status", list(OrderStatus))

@@ -55,9 +55,9 @@ async def test_a_reader_that_falls_behind_is_ended_after_a_whole_message() -> No
     stream = hub.stream(None, EventFilter())
     assert await anext(stream) == b"retry: 2000\n\n"
     await add(store, 10)  # the reader takes nothing meanwhile
-    await hub._pump()
+    await hub.pump_once()
     assert await read_all(stream) == b""  # what was queued is dropped: it resumes from the log
-    assert not hub._subscriptions
+    assert not hub.readers
     await hub.close()
 
 
@@ -70,7 +70,7 @@ async def test_a_stream_ends_once_it_sent_its_byte_budget() -> None:
     assert sent == list(range(1, len(sent) + 1))
     assert 1000 <= len(body) - len(b"retry: 2000\n\n") < 1500
     assert body.endswith(b"\n\n")
-    assert not hub._subscriptions
+    assert not hub.readers
     await hub.close()
 
 
@@ -93,12 +93,12 @@ async def test_events_offered_again_up_to_a_readers_start_are_not_sent_twice() -
     hub = await started(store)
     stream = hub.stream(2, EventFilter())
     assert await anext(stream) == b"retry: 2000\n\n"
-    [subscription] = hub._subscriptions
+    [subscription] = hub.readers
     assert subscription.position == 5
     for event in await store.read_events(0, 10):  # the late read's events
         subscription.offer(event, sse(event))
     await add(store, 1, start=5)
-    await hub._pump()
+    await hub.pump_once()
     assert hub.position == 6
     await hub.close()
     assert ids(b"".join([chunk async for chunk in stream])) == [3, 4, 5, 6]

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,76 +19,25 @@ from standardwebhooks import Webhook
 from orderflow import __version__
 from orderflow.domain import Item, Parcel
 from orderflow.shippers.http import HttpShipper
-from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure, ShipContext
+from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, RetryableFailure
 from tests.conftest import make_order
-from tests.unit.test_httpclient import self_signed
+from tests.helpers import free_port, self_signed, ship_context
+from tests.receivers import SECRET, Received, Receiver, replying
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ORDER = make_order(items=(Item("Widget", 2), Item("Gadget", 1)))
 PARCEL = Parcel(ORDER.id, order=ORDER)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Receiver:
-    """Answers every POST with `handler`; keeps what it was sent."""
-
-    url: str
-    handler: Handler
-    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    waiting: asyncio.Event = field(default_factory=asyncio.Event)
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def answer(
-        self, status: int = 200, body: bytes = b"", headers: dict[str, str] | None = None
-    ) -> None:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            return web.Response(status=status, body=body, headers=headers)
-
-        self.handler = handler
-
-    def hang(self) -> None:
-        """Never answer: wait until released, noting a disconnect (handler cancelled)."""
-
-        async def handler(request: web.Request) -> web.StreamResponse:
-            self.waiting.set()
-            try:
-                await self.release.wait()
-            except asyncio.CancelledError:
-                self.disconnected.set()
-                raise
-            return web.Response()
-
-        self.handler = handler
-
-    async def _serve(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((dict(request.headers), await request.read()))
-        return await self.handler(request)
-
-
-async def _ok(request: web.Request) -> web.StreamResponse:
-    return web.Response()
 
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    app = web.Application()
-    receiver = Receiver("", _ok)
-    app.router.add_route("*", "/{tail:.*}", receiver._serve)
-    # handler_cancellation: the handler is cancelled when the client goes away, so a test can
-    # observe the disconnect.
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    receiver.url = f"http://{host}:{port}/hooks/orders"
+    """A receiver that answers 200 (tests change its `answer`); an answer is cancelled when the
+    shipper goes away, so a test can observe the disconnect (`hang`)."""
+    receiver = await Receiver(answer=replying(200), cancel_on_disconnect=True).start()
     try:
         yield receiver
     finally:
-        receiver.release.set()
-        await runner.cleanup()
+        await receiver.close()
+    assert not receiver.failures, receiver.failures
 
 
 @pytest.fixture
@@ -102,44 +49,35 @@ async def shipper(receiver: Receiver) -> AsyncIterator[HttpShipper]:
         await shipper.close()
 
 
-def context(
-    attempt: int = 1, deadline_s: float = 5, mark_taken: Callable[[], None] | None = None
-) -> ShipContext:
-    deadline = datetime.now(UTC) + timedelta(seconds=deadline_s)
-    log = logging.getLogger("test")
-    if mark_taken is None:
-        return ShipContext(attempt=attempt, deadline=deadline, log=log)
-    return ShipContext(attempt=attempt, deadline=deadline, log=log, mark_taken=mark_taken)
-
-
 async def test_every_request_is_signed_and_carries_the_attempt_and_deadline(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
-    first, second = context(attempt=1), context(attempt=2)
-    receiver.answer(503)
+    first, second = ship_context(attempt=1), ship_context(attempt=2)
+    receiver.answer = replying(503)
     with pytest.raises(RetryableFailure):
         await shipper.ship(PARCEL, first)
-    receiver.answer(200)
+    receiver.answer = replying(200)
     await shipper.ship(PARCEL, second)
 
-    assert len(receiver.requests) == 2
-    for (headers, body), sent in zip(receiver.requests, (first, second), strict=True):
+    assert len(receiver.received) == 2
+    for received, sent in zip(receiver.received, (first, second), strict=True):
+        headers, body = received.headers, received.raw
         assert Webhook(SECRET).verify(body, headers) == msgspec.json.decode(
             msgspec.json.encode(ORDER)
         )
         assert headers["webhook-id"] == ORDER.id  # the same on every attempt
         assert headers["orderflow-attempt"] == str(sent.attempt)
         assert datetime.fromisoformat(headers["orderflow-deadline"]) == sent.deadline
-        assert headers["Content-Type"] == "application/json"
-        assert headers["User-Agent"] == f"orderflow/{__version__}"
+        assert headers["content-type"] == "application/json"
+        assert headers["user-agent"] == f"orderflow/{__version__}"
         assert b" " not in body  # compact JSON
 
 
 async def test_a_signature_with_another_secret_does_not_verify(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
-    await shipper.ship(PARCEL, context())
-    headers, body = receiver.requests[0]
+    await shipper.ship(PARCEL, ship_context())
+    headers, body = receiver.received[0].headers, receiver.received[0].raw
     other = "whsec_" + "A" * 32
     with pytest.raises(Exception, match="signature"):
         Webhook(other).verify(body, headers)
@@ -148,16 +86,16 @@ async def test_a_signature_with_another_secret_does_not_verify(
 async def test_2xx_with_a_json_object_is_the_result(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
-    receiver.answer(201, b'{"carrier": "acme", "tracking": "T1"}')
-    assert await shipper.ship(PARCEL, context()) == {"carrier": "acme", "tracking": "T1"}
+    receiver.answer = replying(201, b'{"carrier": "acme", "tracking": "T1"}')
+    assert await shipper.ship(PARCEL, ship_context()) == {"carrier": "acme", "tracking": "T1"}
 
 
 @pytest.mark.parametrize("body", [b"", b"OK", b"<html>thanks</html>", b"null"])
 async def test_2xx_without_a_json_object_is_shipped_with_no_result(
     receiver: Receiver, shipper: HttpShipper, body: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    receiver.answer(200, body)
-    assert await shipper.ship(PARCEL, context()) is None
+    receiver.answer = replying(200, body)
+    assert await shipper.ship(PARCEL, ship_context()) is None
     assert caplog.records == []
 
 
@@ -180,16 +118,17 @@ async def test_2xx_with_json_not_a_small_object_is_shipped_with_a_warning(
     warning: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    receiver.answer(200, body)
+    receiver.answer = replying(200, body)
     with caplog.at_level(logging.WARNING, logger="test"):
-        assert await shipper.ship(PARCEL, context()) is None
+        assert await shipper.ship(PARCEL, ship_context()) is None
     assert f"receiver answered HTTP 200 {warning}: shipped, no result stored" in caplog.text
 
 
 async def test_2xx_whose_body_breaks_off_is_shipped_with_a_warning(
     receiver: Receiver, shipper: HttpShipper, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def break_off(request: web.Request) -> web.StreamResponse:
+    async def break_off(received: Received) -> web.StreamResponse:
+        request = received.request
         response = web.StreamResponse(status=200)
         response.content_length = 100
         await response.prepare(request)
@@ -198,9 +137,9 @@ async def test_2xx_whose_body_breaks_off_is_shipped_with_a_warning(
         request.transport.close()
         return response
 
-    receiver.handler = break_off
+    receiver.answer = break_off
     with caplog.at_level(logging.WARNING, logger="test"):
-        assert await shipper.ship(PARCEL, context()) is None
+        assert await shipper.ship(PARCEL, ship_context()) is None
     assert "then its body failed" in caplog.text
 
 
@@ -208,9 +147,9 @@ async def test_2xx_whose_body_breaks_off_is_shipped_with_a_warning(
 async def test_4xx_is_a_permanent_failure_with_the_status_and_body_start(
     receiver: Receiver, shipper: HttpShipper, status: int
 ) -> None:
-    receiver.answer(status, b'{"error": "bad address"}\n' + b"z" * 1000)
+    receiver.answer = replying(status, b'{"error": "bad address"}\n' + b"z" * 1000)
     with pytest.raises(PermanentFailure) as caught:
-        await shipper.ship(PARCEL, context())
+        await shipper.ship(PARCEL, ship_context())
     reason = str(caught.value)
     assert reason.startswith(f'HTTP {status} from receiver: {{"error": "bad address"}} zzz')
     assert "\n" not in reason
@@ -221,9 +160,9 @@ async def test_4xx_is_a_permanent_failure_with_the_status_and_body_start(
 async def test_busy_statuses_and_5xx_are_retryable(
     receiver: Receiver, shipper: HttpShipper, status: int
 ) -> None:
-    receiver.answer(status, b"try later")
+    receiver.answer = replying(status, b"try later")
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(PARCEL, context())
+        await shipper.ship(PARCEL, ship_context())
     assert str(caught.value) == f"HTTP {status} from receiver: try later"
     assert caught.value.retry_after_s is None
 
@@ -232,9 +171,9 @@ async def test_busy_statuses_and_5xx_are_retryable(
 async def test_retry_after_in_seconds_is_honoured(
     receiver: Receiver, shipper: HttpShipper, status: int
 ) -> None:
-    receiver.answer(status, headers={"Retry-After": "2"})
+    receiver.answer = replying(status, headers={"Retry-After": "2"})
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(PARCEL, context())
+        await shipper.ship(PARCEL, ship_context())
     assert caught.value.retry_after_s == 2
 
 
@@ -242,9 +181,9 @@ async def test_retry_after_as_an_http_date_is_honoured(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
     when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    receiver.answer(503, headers={"Retry-After": when})
+    receiver.answer = replying(503, headers={"Retry-After": when})
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(PARCEL, context())
+        await shipper.ship(PARCEL, ship_context())
     assert caught.value.retry_after_s is not None
     assert 20 <= caught.value.retry_after_s <= 31
 
@@ -256,28 +195,28 @@ async def test_retry_after_as_an_http_date_is_honoured(
 async def test_retry_after_is_capped_and_a_bad_one_ignored(
     receiver: Receiver, shipper: HttpShipper, value: str, expected: float | None
 ) -> None:
-    receiver.answer(429, headers={"Retry-After": value})
+    receiver.answer = replying(429, headers={"Retry-After": value})
     with pytest.raises(RetryableFailure) as caught:
-        await shipper.ship(PARCEL, context())
+        await shipper.ship(PARCEL, ship_context())
     assert caught.value.retry_after_s == expected
 
 
 async def test_a_redirect_is_not_followed(receiver: Receiver, shipper: HttpShipper) -> None:
-    receiver.answer(302, headers={"Location": "/elsewhere"})
+    receiver.answer = replying(302, headers={"Location": "/elsewhere"})
     with pytest.raises(PermanentFailure, match=r"^HTTP 302 from receiver: redirects are not"):
-        await shipper.ship(PARCEL, context())
-    assert len(receiver.requests) == 1
+        await shipper.ship(PARCEL, ship_context())
+    assert len(receiver.received) == 1
 
 
 async def test_a_receiver_that_hangs_past_the_timeout_fails_the_attempt(
     receiver: Receiver,
 ) -> None:
-    receiver.hang()
+    receiver.answer = receiver.hang
     shipper = HttpShipper(receiver.url, SECRET, timeout_s=0.2)
     try:
         async with asyncio.timeout(5):
             with pytest.raises(RetryableFailure, match=r"^timeout after 0\.2s$"):
-                await shipper.ship(PARCEL, context())
+                await shipper.ship(PARCEL, ship_context())
             await receiver.disconnected.wait()
     finally:
         await shipper.close()
@@ -286,23 +225,23 @@ async def test_a_receiver_that_hangs_past_the_timeout_fails_the_attempt(
 async def test_the_attempts_deadline_bounds_the_timeout(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
-    receiver.hang()
+    receiver.answer = receiver.hang
     async with asyncio.timeout(5):
         with pytest.raises(RetryableFailure, match=r"^timeout after 0\.[0-3]"):
-            await shipper.ship(PARCEL, context(deadline_s=0.3))
+            await shipper.ship(PARCEL, ship_context(deadline_s=0.3))
 
 
 async def test_a_passed_deadline_sends_nothing(receiver: Receiver, shipper: HttpShipper) -> None:
     with pytest.raises(RetryableFailure, match="deadline passed"):
-        await shipper.ship(PARCEL, context(deadline_s=-1))
-    assert receiver.requests == []
+        await shipper.ship(PARCEL, ship_context(deadline_s=-1))
+    assert receiver.received == []
 
 
 async def test_cancelling_the_call_closes_the_connection(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
-    receiver.hang()
-    call = asyncio.create_task(shipper.ship(PARCEL, context()))
+    receiver.answer = receiver.hang
+    call = asyncio.create_task(shipper.ship(PARCEL, ship_context()))
     async with asyncio.timeout(5):
         await receiver.waiting.wait()
         call.cancel()
@@ -314,24 +253,23 @@ async def test_cancelling_the_call_closes_the_connection(
 async def test_connections_are_reused(receiver: Receiver, shipper: HttpShipper) -> None:
     peers: set[Any] = set()
 
-    async def note_peer(request: web.Request) -> web.StreamResponse:
+    async def note_peer(received: Received) -> web.StreamResponse:
+        request = received.request
         peers.add(request.transport.get_extra_info("peername") if request.transport else None)
         return web.Response()
 
-    receiver.handler = note_peer
+    receiver.answer = note_peer
     for _ in range(5):
-        await shipper.ship(PARCEL, context())
+        await shipper.ship(PARCEL, ship_context())
     assert len(peers) == 1
 
 
 async def test_a_refused_connection_is_retryable() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     shipper = HttpShipper(f"http://127.0.0.1:{port}/", SECRET, timeout_s=5)
     try:
         with pytest.raises(RetryableFailure, match="connection refused"):
-            await shipper.ship(PARCEL, context())
+            await shipper.ship(PARCEL, ship_context())
     finally:
         await shipper.close()
 
@@ -339,14 +277,15 @@ async def test_a_refused_connection_is_retryable() -> None:
 async def test_the_receiver_closing_without_an_answer_is_retryable(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
-    async def drop(request: web.Request) -> web.StreamResponse:
+    async def drop(received: Received) -> web.StreamResponse:
+        request = received.request
         assert request.transport is not None
         request.transport.close()
         raise asyncio.CancelledError
 
-    receiver.handler = drop
+    receiver.answer = drop
     with pytest.raises(RetryableFailure, match="closed the connection"):
-        await shipper.ship(PARCEL, context())
+        await shipper.ship(PARCEL, ship_context())
 
 
 async def test_an_https_receiver_is_verified_against_the_given_ssl_context(
@@ -355,32 +294,29 @@ async def test_an_https_receiver_is_verified_against_the_given_ssl_context(
     cert, key = self_signed(tmp_path)
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_side.load_cert_chain(cert, key)
-    receiver = Receiver("", _ok)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", receiver._serve)
-    runner = web.AppRunner(app, shutdown_timeout=1, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_side).start()
-    url = "https://127.0.0.1:{}/hooks".format(*runner.addresses[0][1:2])
+    receiver = await Receiver(answer=replying(200), ssl_context=server_side).start()
+    url = receiver.url_for("/hooks")
     trusting = HttpShipper(
         url, SECRET, timeout_s=5, ssl_context=ssl.create_default_context(cafile=cert)
     )
     default = HttpShipper(url, SECRET, timeout_s=5)
     try:
-        assert await trusting.ship(PARCEL, context()) is None
+        assert await trusting.ship(PARCEL, ship_context()) is None
         with pytest.raises(RetryableFailure, match="certificate"):
-            await default.ship(PARCEL, context())
-        assert len(receiver.requests) == 1
+            await default.ship(PARCEL, ship_context())
+        assert len(receiver.received) == 1
     finally:
         await trusting.close()
         await default.close()
-        await runner.cleanup()
+        await receiver.close()
+    assert not receiver.failures
 
 
 async def test_2xx_whose_body_times_out_is_shipped_with_a_warning(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def stall(request: web.Request) -> web.StreamResponse:
+    async def stall(received: Received) -> web.StreamResponse:
+        request = received.request
         response = web.StreamResponse(status=200)
         response.content_length = 100
         await response.prepare(request)
@@ -388,11 +324,11 @@ async def test_2xx_whose_body_times_out_is_shipped_with_a_warning(
         await receiver.release.wait()
         return response
 
-    receiver.handler = stall
+    receiver.answer = stall
     shipper = HttpShipper(receiver.url, SECRET, timeout_s=0.5, result_wait_s=1)
     try:
         with caplog.at_level(logging.WARNING, logger="test"):
-            assert await shipper.ship(PARCEL, context()) is None
+            assert await shipper.ship(PARCEL, ship_context()) is None
         assert (
             "receiver answered HTTP 200, then its body failed (timeout after 1s reading the"
             " body): shipped, no result stored"
@@ -404,7 +340,8 @@ async def test_2xx_whose_body_times_out_is_shipped_with_a_warning(
 async def test_a_non_2xx_whose_body_breaks_off_is_retryable(
     receiver: Receiver, shipper: HttpShipper
 ) -> None:
-    async def break_off(request: web.Request) -> web.StreamResponse:
+    async def break_off(received: Received) -> web.StreamResponse:
+        request = received.request
         response = web.StreamResponse(status=404)
         response.content_length = 100
         await response.prepare(request)
@@ -413,9 +350,9 @@ async def test_a_non_2xx_whose_body_breaks_off_is_retryable(
         request.transport.close()
         return response
 
-    receiver.handler = break_off
+    receiver.answer = break_off
     with pytest.raises(RetryableFailure, match=r"closed the connection .*\(after HTTP 404\)$"):
-        await shipper.ship(PARCEL, context())
+        await shipper.ship(PARCEL, ship_context())
 
 
 @pytest.mark.parametrize(
@@ -456,14 +393,16 @@ def test_a_url_with_credentials_is_refused_without_being_echoed() -> None:
 async def test_the_path_and_query_are_sent_escaped(receiver: Receiver) -> None:
     targets: list[str] = []
 
-    async def note_target(request: web.Request) -> web.StreamResponse:
+    async def note_target(received: Received) -> web.StreamResponse:
+        request = received.request
         targets.append(request.raw_path)
         return web.Response()
 
-    receiver.handler = note_target
-    shipper = HttpShipper(receiver.url + "/é x?shop=a b&n=1%2F2#frag", SECRET, timeout_s=5)
+    receiver.answer = note_target
+    url = receiver.url_for("/hooks/orders") + "/é x?shop=a b&n=1%2F2#frag"
+    shipper = HttpShipper(url, SECRET, timeout_s=5)
     try:
-        await shipper.ship(PARCEL, context())
+        await shipper.ship(PARCEL, ship_context())
     finally:
         await shipper.close()
     assert targets == ["/hooks/orders/%C3%A9%20x?shop=a%20b&n=1%2F2"]
@@ -474,7 +413,8 @@ async def test_a_2xx_head_marks_the_order_taken_before_its_body_is_read(
 ) -> None:
     taken = asyncio.Event()
 
-    async def head_then_body(request: web.Request) -> web.StreamResponse:
+    async def head_then_body(received: Received) -> web.StreamResponse:
+        request = received.request
         response = web.StreamResponse(status=201)
         response.content_length = 17
         await response.prepare(request)
@@ -482,8 +422,8 @@ async def test_a_2xx_head_marks_the_order_taken_before_its_body_is_read(
         await response.write(b'{"tracking": "T"}')
         return response
 
-    receiver.handler = head_then_body
-    assert await shipper.ship(PARCEL, context(mark_taken=taken.set)) == {"tracking": "T"}
+    receiver.answer = head_then_body
+    assert await shipper.ship(PARCEL, ship_context(mark_taken=taken.set)) == {"tracking": "T"}
 
 
 @pytest.mark.parametrize("status", [302, 404, 429, 503])
@@ -491,9 +431,9 @@ async def test_an_answer_other_than_2xx_does_not_mark_the_order_taken(
     receiver: Receiver, shipper: HttpShipper, status: int
 ) -> None:
     takes: list[None] = []
-    receiver.answer(status)
+    receiver.answer = replying(status)
     with pytest.raises((PermanentFailure, RetryableFailure)):
-        await shipper.ship(PARCEL, context(mark_taken=lambda: takes.append(None)))
+        await shipper.ship(PARCEL, ship_context(mark_taken=lambda: takes.append(None)))
     assert takes == []
 
 
@@ -502,9 +442,9 @@ async def test_a_2xx_whose_head_is_over_its_bounds_is_retryable_and_not_taken(
 ) -> None:
     """A head past the bounds is no answer: the order is not taken, the attempt is retried."""
     takes: list[None] = []
-    receiver.answer(200, headers={f"x-h{n}": "1" for n in range(120)})
+    receiver.answer = replying(200, headers={f"x-h{n}": "1" for n in range(120)})
     with pytest.raises(RetryableFailure, match=r"^the answer has over 100 headers$"):
-        await shipper.ship(PARCEL, context(mark_taken=lambda: takes.append(None)))
+        await shipper.ship(PARCEL, ship_context(mark_taken=lambda: takes.append(None)))
     assert takes == []
 
 
@@ -514,7 +454,8 @@ async def test_a_2xx_at_the_deadline_gets_result_wait_s_for_its_body(
     """The head comes within the call's timeout, the body after it: it is read."""
     body_sent = asyncio.Event()
 
-    async def late(request: web.Request) -> web.StreamResponse:
+    async def late(received: Received) -> web.StreamResponse:
+        request = received.request
         response = web.StreamResponse(status=200)
         response.content_length = 17
         await response.prepare(request)
@@ -523,10 +464,10 @@ async def test_a_2xx_at_the_deadline_gets_result_wait_s_for_its_body(
         body_sent.set()
         return response
 
-    receiver.handler = late
+    receiver.answer = late
     shipper = HttpShipper(receiver.url, SECRET, timeout_s=1, result_wait_s=30)
     try:
-        assert await shipper.ship(PARCEL, context()) == {"tracking": "T"}
+        assert await shipper.ship(PARCEL, ship_context()) == {"tracking": "T"}
         assert body_sent.is_set()
     finally:
         await shipper.close()

@@ -4,15 +4,10 @@ that each test says exactly what goes over the wire."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,128 +20,25 @@ from orderflow.shippers.httpclient import (
     ProtocolViolation,
     Timeout,
 )
-
-# (request head, request body, reader, writer) -> whether to keep the connection open
-Responder = Callable[[bytes, bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+from tests.conftest import eventually
+from tests.helpers import free_port, self_signed
+from tests.receivers import RawReceiver, Respond, answering
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 HEADERS = {"content-type": "application/json"}
 
 
-def answer(raw: bytes, *, keep: bool = True) -> Responder:
-    """Answer every request with `raw`; close the connection after it unless `keep`."""
-
-    async def respond(
-        head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
-        writer.write(raw)
-        await writer.drain()
-        return keep
-
-    return respond
-
-
-@dataclass
-class Server:
-    """Reads requests (Content-Length bodies) and hands each to `respond`; counts what it saw."""
-
-    respond: Responder
-    port: int = 0
-    scheme: str = "http"
-    connections: int = 0
-    requests: list[tuple[bytes, bytes]] = field(default_factory=list)
-    waiting: asyncio.Event = field(default_factory=asyncio.Event)
-    eofs: asyncio.Queue[None] = field(default_factory=asyncio.Queue)  # one per client close
-    handlers: dict[asyncio.StreamWriter, asyncio.Task[None]] = field(default_factory=dict)
-
-    @property
-    def origin(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
-
-    async def hang(
-        self, head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
-        """Never answer; note when the client goes away."""
-        self.waiting.set()
-        with contextlib.suppress(ConnectionError):  # TLS: an abort can be a reset
-            await reader.read()
-        self.eofs.put_nowait(None)
-        return False
-
-    async def closed_by_client(self, connections: int = 1) -> None:
-        """Wait until the client has closed this many connections (more)."""
-        async with asyncio.timeout(5):
-            for _ in range(connections):
-                await self.eofs.get()
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.handlers[writer] = task
-        self.connections += 1
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    self.eofs.put_nowait(None)
-                    break
-                length = re.search(rb"(?im)^content-length: *(\d+)", head)
-                body = await reader.readexactly(int(length[1]) if length else 0)
-                self.requests.append((head, body))
-                if not await self.respond(head, body, reader, writer):
-                    break
-        finally:
-            writer.close()
-
-
-def self_signed(where: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost, made in `where`: (cert, key)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(
-        [
-            *(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
-            *("-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key)),
-            *("-out", str(cert), "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-async def _start(server: Server, tls: ssl.SSLContext | None = None) -> asyncio.Server:
-    listening = await asyncio.start_server(server.serve, "127.0.0.1", 0, ssl=tls)
-    server.port = listening.sockets[0].getsockname()[1]
-    return listening
-
-
-async def _stop(server: Server, listening: asyncio.Server) -> None:
-    # Ends every handler with its connection; cancelling them instead makes Python 3.11's
-    # streams log an error.
-    listening.close()
-    for writer in server.handlers:
-        writer.transport.abort()
-    if server.handlers:
-        await asyncio.wait(server.handlers.values(), timeout=5)
-    await listening.wait_closed()
-
-
 @pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    server = Server(answer(OK))
-    listening = await _start(server)
+async def server() -> AsyncIterator[RawReceiver]:
+    server = await RawReceiver(answering(OK)).start()
     try:
         yield server
     finally:
-        await _stop(server, listening)
+        await server.close()
 
 
 @pytest.fixture
-async def client(server: Server) -> AsyncIterator[HttpClient]:
+async def client(server: RawReceiver) -> AsyncIterator[HttpClient]:
     client = HttpClient(server.origin)
     try:
         yield client
@@ -163,7 +55,7 @@ async def post(client: HttpClient, timeout_s: float = 5, max_body: int = 1000) -
 
 
 async def test_a_request_is_framed_as_http_1_1_with_its_headers_and_body(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     headers = {"Content-Type": "application/json", "webhook-id": "order_1"}
     response = await client.post(
@@ -197,7 +89,7 @@ async def test_a_request_is_framed_as_http_1_1_with_its_headers_and_body(
     ],
 )
 async def test_header_injection_and_framing_headers_are_refused(
-    server: Server, client: HttpClient, headers: dict[str, str]
+    server: RawReceiver, client: HttpClient, headers: dict[str, str]
 ) -> None:
     with pytest.raises(ValueError, match="header"):
         await client.post("/", headers, b"", timeout_s=5, max_body=10)
@@ -206,7 +98,7 @@ async def test_header_injection_and_framing_headers_are_refused(
 
 @pytest.mark.parametrize("value", ["1\r\nx-b: 2", "1\nx-b: 2", "1\rx", "1\0"])
 async def test_a_bad_value_is_refused_under_a_name_sent_before(
-    server: Server, client: HttpClient, value: str
+    server: RawReceiver, client: HttpClient, value: str
 ) -> None:
     await client.post("/", {"x-a": "1", "x-c": "3"}, b"", timeout_s=5, max_body=10)
     with pytest.raises(ValueError, match="header x-c: its value holds CR, LF or NUL"):
@@ -216,7 +108,7 @@ async def test_a_bad_value_is_refused_under_a_name_sent_before(
 
 @pytest.mark.parametrize("target", ["", "hook", "/a b", "/a\r\nx-b: 1", "/é", "/a\0"])
 async def test_a_target_that_is_not_a_printable_path_is_refused(
-    server: Server, client: HttpClient, target: str
+    server: RawReceiver, client: HttpClient, target: str
 ) -> None:
     with pytest.raises(ValueError, match="target"):
         await client.post(target, {}, b"", timeout_s=5, max_body=10)
@@ -237,9 +129,9 @@ async def test_a_target_that_is_not_a_printable_path_is_refused(
 def test_an_origin_gives_the_host_port_and_host_header(
     origin: str, host: str, port: int, authority: str
 ) -> None:
+    """The Host line is the authority: see the request framed on the wire above."""
     client = HttpClient(origin)
-    assert (client.host, client.port) == (host, port)
-    assert client._frame("/", {}, b"").split(b"\r\n")[1] == f"host: {authority}".encode()
+    assert (client.host, client.port, client.authority) == (host, port, authority)
 
 
 @pytest.mark.parametrize(
@@ -264,9 +156,9 @@ def test_an_origin_that_is_not_scheme_host_port_is_refused(origin: str) -> None:
 
 
 async def test_headers_are_case_insensitive_and_repeats_are_joined(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
-    server.respond = answer(
+    server.respond = answering(
         b"HTTP/1.1 503 Busy\r\nRetry-After: 2\r\nX-Tag: a\r\nx-tag: b\r\nContent-Length: 0\r\n\r\n"
     )
     response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
@@ -278,9 +170,9 @@ async def test_headers_are_case_insensitive_and_repeats_are_joined(
 
 
 async def test_a_chunked_answer_is_read_whole_and_the_connection_reused(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
-    server.respond = answer(
+    server.respond = answering(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     )
@@ -290,9 +182,9 @@ async def test_a_chunked_answer_is_read_whole_and_the_connection_reused(
 
 
 async def test_a_body_that_ends_at_close_is_read_and_its_connection_not_reused(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
-    server.respond = answer(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", keep=False)
+    server.respond = answering(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", keep=False)
     assert await post(client) == b"until the end"
     assert await post(client) == b"until the end"
     assert server.connections == 2
@@ -307,18 +199,18 @@ async def test_a_body_that_ends_at_close_is_read_and_its_connection_not_reused(
     ids=["connection-close", "http-1.0"],
 )
 async def test_an_answer_that_ends_the_connection_is_honoured(
-    server: Server, client: HttpClient, raw: bytes
+    server: RawReceiver, client: HttpClient, raw: bytes
 ) -> None:
     """The server keeps the socket open: the client must close it, not reuse it."""
-    server.respond = answer(raw)
+    server.respond = answering(raw)
     assert await post(client) == b"ok"
     assert await post(client) == b"ok"
     assert server.connections == 2
     await server.closed_by_client()
 
 
-async def test_interim_1xx_answers_are_skipped(server: Server, client: HttpClient) -> None:
-    server.respond = answer(
+async def test_interim_1xx_answers_are_skipped(server: RawReceiver, client: HttpClient) -> None:
+    server.respond = answering(
         b"HTTP/1.1 100 Continue\r\n\r\n"
         b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
         b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone"
@@ -331,9 +223,9 @@ async def test_interim_1xx_answers_are_skipped(server: Server, client: HttpClien
 
 
 async def test_a_switch_of_protocols_is_a_protocol_violation(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
-    server.respond = answer(
+    server.respond = answering(
         b"HTTP/1.1 101 Switching\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n"
     )
     with pytest.raises(ProtocolViolation, match="switched protocols"):
@@ -341,9 +233,9 @@ async def test_a_switch_of_protocols_is_a_protocol_violation(
 
 
 async def test_an_answer_that_is_not_http_is_a_protocol_violation_and_closes(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
-    server.respond = answer(b"SSH-2.0-OpenSSH_9.6\r\n")
+    server.respond = answering(b"SSH-2.0-OpenSSH_9.6\r\n")
     with pytest.raises(ProtocolViolation, match=r"not HTTP/1\.1"):
         await post(client)
     await server.closed_by_client()
@@ -353,16 +245,20 @@ async def test_an_answer_that_is_not_http_is_a_protocol_violation_and_closes(
     ("size", "truncated"), [(9, False), (10, False), (11, True), (100_000, True)]
 )
 async def test_a_body_is_kept_up_to_max_body(
-    server: Server, client: HttpClient, size: int, truncated: bool
+    server: RawReceiver, client: HttpClient, size: int, truncated: bool
 ) -> None:
-    server.respond = answer(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+    server.respond = answering(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size
+    )
     response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
     assert response.body == b"x" * min(size, 10)
     assert response.truncated is truncated
 
 
-async def test_a_truncated_answer_closes_its_connection(server: Server, client: HttpClient) -> None:
-    server.respond = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100)
+async def test_a_truncated_answer_closes_its_connection(
+    server: RawReceiver, client: HttpClient
+) -> None:
+    server.respond = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100)
     response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
     assert response.truncated
     await server.closed_by_client()
@@ -373,7 +269,9 @@ async def test_a_truncated_answer_closes_its_connection(server: Server, client: 
 # Connections
 
 
-async def test_one_connection_serves_many_calls_in_turn(server: Server, client: HttpClient) -> None:
+async def test_one_connection_serves_many_calls_in_turn(
+    server: RawReceiver, client: HttpClient
+) -> None:
     for _ in range(20):
         assert await post(client) == b"ok"
     assert server.connections == 1
@@ -381,7 +279,7 @@ async def test_one_connection_serves_many_calls_in_turn(server: Server, client: 
 
 
 async def test_calls_at_once_open_one_connection_each_then_reuse_them(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     await asyncio.gather(*(post(client) for _ in range(5)))
     assert server.connections <= 5
@@ -391,18 +289,18 @@ async def test_calls_at_once_open_one_connection_each_then_reuse_them(
 
 
 async def test_a_connection_the_server_closed_is_not_reused(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
-    server.respond = answer(OK, keep=False)
+    server.respond = answering(OK, keep=False)
     await post(client)
-    await asyncio.sleep(0.05)  # the client reads the EOF while the connection is idle
+    await eventually(lambda: client.idle_connections == 0)  # it saw the close while idle
     await post(client)
     assert server.connections == 2
     assert len(server.requests) == 2
 
 
 async def test_a_reused_connection_closed_before_answering_is_retried_once_on_a_new_one(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     """The server closes an idle connection just as the next request goes out on it."""
     calls = 0
@@ -424,16 +322,16 @@ async def test_a_reused_connection_closed_before_answering_is_retried_once_on_a_
 
 
 async def test_a_new_connection_closed_before_answering_is_not_retried(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
-    server.respond = answer(b"", keep=False)
+    server.respond = answering(b"", keep=False)
     with pytest.raises(ConnectionClosed, match="closed the connection without answering"):
         await post(client)
     assert len(server.requests) == 1
 
 
 async def test_a_reset_connection_is_a_connection_closed(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     async def reset(
         head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -450,10 +348,10 @@ async def test_a_reset_connection_is_a_connection_closed(
 
 
 async def test_a_reused_connection_that_closes_again_on_retry_fails(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     await post(client)
-    server.respond = answer(b"", keep=False)
+    server.respond = answering(b"", keep=False)
     with pytest.raises(ConnectionClosed, match="without answering") as caught:
         await post(client)
     assert caught.value.status is None
@@ -461,17 +359,17 @@ async def test_a_reused_connection_that_closes_again_on_retry_fails(
 
 
 async def test_a_reused_connection_closed_mid_answer_is_not_retried(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     await post(client)
-    server.respond = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart", keep=False)
+    server.respond = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart", keep=False)
     with pytest.raises(ConnectionClosed, match="before its answer was complete") as caught:
         await post(client)
     assert caught.value.status == 200
     assert len(server.requests) == 2
 
 
-async def test_an_idle_connection_is_closed_after_idle_timeout_s(server: Server) -> None:
+async def test_an_idle_connection_is_closed_after_idle_timeout_s(server: RawReceiver) -> None:
     client = HttpClient(server.origin, idle_timeout_s=0.05)
     try:
         await post(client)
@@ -484,13 +382,14 @@ async def test_an_idle_connection_is_closed_after_idle_timeout_s(server: Server)
 
 
 async def test_data_the_client_did_not_ask_for_closes_the_connection(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     async def ok_then_more(
         head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
+        server.respond = answering(OK)  # the next connection is answered plainly
         writer.write(OK)
-        await asyncio.sleep(0.02)
+        await eventually(lambda: client.idle_connections == 1)  # the answer is in, and done
         writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
         return True
 
@@ -503,31 +402,39 @@ async def test_data_the_client_did_not_ask_for_closes_the_connection(
 
 
 async def test_an_answer_followed_by_another_closes_the_connection(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
-    server.respond = answer(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    server.respond = answering(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert await post(client) == b"ok"
     await server.closed_by_client()
     assert await post(client) == b"ok"
     assert server.connections == 2
 
 
-async def test_idle_connections_expire_oldest_first(server: Server) -> None:
+async def test_idle_connections_expire_oldest_first(server: RawReceiver) -> None:
+    """Calls go on the newest idle connection, again and again until the other one, idle all
+    along, expires: the order of the closes shows it, not the clock."""
     client = HttpClient(server.origin, idle_timeout_s=0.4)
     try:
         await asyncio.gather(post(client), post(client))
         assert server.connections == 2
-        await asyncio.sleep(0.2)
         await post(client)  # on the newest: it is idle again from now on
-        await server.closed_by_client()  # the other one, 0.4 s after its call
+        newest = server.peers[-1]
+        [older] = set(server.peers) - {newest}
+        closing = asyncio.ensure_future(server.closed_by_client())
+        while not closing.done():
+            await post(client)
+            assert server.peers[-1] == newest
+            await asyncio.sleep(0.01)  # pacing the calls: nothing is waited for
+        assert await closing == [older]
         await post(client)
         assert server.connections == 2
-        await server.closed_by_client()
+        assert await server.closed_by_client() == [newest]
     finally:
         await client.close()
 
 
-async def test_max_connections_bounds_the_connections_open(server: Server) -> None:
+async def test_max_connections_bounds_the_connections_open(server: RawReceiver) -> None:
     release, two_in = asyncio.Event(), asyncio.Event()
 
     async def held(
@@ -553,7 +460,7 @@ async def test_max_connections_bounds_the_connections_open(server: Server) -> No
         await client.close()
 
 
-async def test_waiting_for_a_connection_counts_in_the_timeout(server: Server) -> None:
+async def test_waiting_for_a_connection_counts_in_the_timeout(server: RawReceiver) -> None:
     server.respond = server.hang
     client = HttpClient(server.origin, max_connections=1)
     try:
@@ -572,9 +479,7 @@ async def test_waiting_for_a_connection_counts_in_the_timeout(server: Server) ->
 
 
 async def test_a_refused_connection_says_so() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     client = HttpClient(f"http://127.0.0.1:{port}")
     try:
         with pytest.raises(CannotConnect, match=f"^connection refused by 127.0.0.1:{port}$"):
@@ -584,7 +489,7 @@ async def test_a_refused_connection_says_so() -> None:
 
 
 async def test_a_server_that_never_answers_times_out_and_is_disconnected(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     server.respond = server.hang
     async with asyncio.timeout(5):
@@ -617,7 +522,7 @@ async def test_a_connect_that_never_completes_times_out() -> None:
 
 
 async def test_a_timeout_after_the_head_carries_the_status(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     async def stall(
         head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -632,7 +537,9 @@ async def test_a_timeout_after_the_head_carries_the_status(
     await server.closed_by_client()
 
 
-async def test_cancelling_a_call_closes_its_connection(server: Server, client: HttpClient) -> None:
+async def test_cancelling_a_call_closes_its_connection(
+    server: RawReceiver, client: HttpClient
+) -> None:
     server.respond = server.hang
     call = asyncio.create_task(post(client))
     async with asyncio.timeout(5):
@@ -643,7 +550,7 @@ async def test_cancelling_a_call_closes_its_connection(server: Server, client: H
         await server.closed_by_client()
 
 
-async def test_close_ends_idle_and_busy_connections(server: Server) -> None:
+async def test_close_ends_idle_and_busy_connections(server: RawReceiver) -> None:
     client = HttpClient(server.origin)
     await asyncio.gather(post(client), post(client))  # two connections, idle
     server.respond = server.hang
@@ -665,8 +572,7 @@ async def test_https_verifies_the_certificate_against_the_given_context(tmp_path
     cert, key = self_signed(tmp_path)
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_side.load_cert_chain(cert, key)
-    server = Server(answer(OK), scheme="https")
-    listening = await _start(server, server_side)
+    server = await RawReceiver(answering(OK), ssl_context=server_side).start()
     trusting = HttpClient(server.origin, ssl_context=ssl.create_default_context(cafile=cert))
     default = HttpClient(server.origin)
     try:
@@ -682,7 +588,7 @@ async def test_https_verifies_the_certificate_against_the_given_context(tmp_path
     finally:
         await trusting.close()
         await default.close()
-        await _stop(server, listening)
+        await server.close()
 
 
 async def test_a_host_that_does_not_resolve_cannot_be_connected_to() -> None:
@@ -707,23 +613,16 @@ def test_an_ssl_context_for_plain_http_is_refused() -> None:
 # Bounds on what a receiver may send
 
 
-def endless(server: Server, start: bytes, piece: bytes, sent: list[int]) -> Responder:
-    """Write `start`, then `piece` over and over until the client goes away (noted as a close
-    by the client); `sent` gets the bytes written."""
+def endless(server: RawReceiver, start: bytes, piece: bytes) -> Respond:
+    """Write `start`, then `piece` over and over until the client goes away (a close by the
+    client); `server.answers_sent()` gets the bytes written."""
 
     async def respond(
         head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
-        count = len(start)
-        writer.write(start)
-        try:
-            for _ in range(100_000):  # bounded: 6 GB at most
-                writer.write(piece)
-                count += len(piece)
-                await writer.drain()
-        except ConnectionError:
-            server.eofs.put_nowait(None)
-        sent.append(count)
+        await server.send(writer, start)
+        for _ in range(100_000):  # bounded: 6 GB at most
+            await server.send(writer, piece)
         return False
 
     return respond
@@ -741,25 +640,28 @@ def endless(server: Server, start: bytes, piece: bytes, sent: list[int]) -> Resp
     ids=["one-endless-header", "endless-small-headers", "endless-4k-headers", "status", "1xx"],
 )
 async def test_an_endless_head_fails_at_its_bound_and_closes_the_connection(
-    server: Server, client: HttpClient, start: bytes, piece: bytes, problem: str
+    server: RawReceiver, client: HttpClient, start: bytes, piece: bytes, problem: str
 ) -> None:
     """Regression: a receiver that streamed an endless header block was read (and joined, in
     httptools and in on_header) until the timeout: RSS grew by hundreds of MB and the event loop
     blocked for seconds."""
-    sent: list[int] = []
-    server.respond = endless(server, start, piece, sent)
+    server.respond = endless(server, start, piece)
     async with asyncio.timeout(30):
         with pytest.raises(HeadTooLarge, match=f"{problem}$") as caught:
             await post(client, timeout_s=60)
         await server.closed_by_client()
     assert isinstance(caught.value, ProtocolViolation)
     assert caught.value.status is None  # no head of a final answer was read
-    assert sent[0] < 64 * 2**20  # it stopped reading: what was sent is the sockets' buffers
+    assert (
+        server.answers_sent()[0] < 64 * 2**20
+    )  # it stopped reading: what was sent is the sockets' buffers
 
 
-async def test_a_32_mb_header_block_fails_at_its_bound(server: Server, client: HttpClient) -> None:
+async def test_a_32_mb_header_block_fails_at_its_bound(
+    server: RawReceiver, client: HttpClient
+) -> None:
     header = b"x-h: " + b"a" * 8000 + b"\r\n"
-    server.respond = answer(
+    server.respond = answering(
         b"HTTP/1.1 200 OK\r\n" + header * 4096 + b"Content-Length: 2\r\n\r\nok", keep=False
     )
     with pytest.raises(HeadTooLarge, match=r"the answer's header block is over 64 KiB$"):
@@ -777,15 +679,15 @@ async def test_a_32_mb_header_block_fails_at_its_bound(server: Server, client: H
     ids=["status-line", "9k-header", "101-headers", "10000-headers"],
 )
 async def test_a_head_over_a_bound_fails_and_closes_the_connection(
-    server: Server, client: HttpClient, raw: bytes, problem: str
+    server: RawReceiver, client: HttpClient, raw: bytes, problem: str
 ) -> None:
-    server.respond = answer(raw + b"Content-Length: 2\r\n\r\nok")
+    server.respond = answering(raw + b"Content-Length: 2\r\n\r\nok")
     with pytest.raises(HeadTooLarge, match=f"{problem}$"):
         await post(client)
     await server.closed_by_client()
 
 
-async def test_a_head_within_every_bound_is_read(server: Server, client: HttpClient) -> None:
+async def test_a_head_within_every_bound_is_read(server: RawReceiver, client: HttpClient) -> None:
     """At the bounds, not past them: a status line of 8 KiB, a header of 8 KiB, 100 headers,
     and repeated names."""
     status_line = b"HTTP/1.1 200 " + b"O" * (8192 - 13)
@@ -793,7 +695,7 @@ async def test_a_head_within_every_bound_is_read(server: Server, client: HttpCli
     big = b"x-big: " + b"b" * (8192 - 5 - 2) + b"\r\n"
     raw = status_line + b"\r\n" + headers + big + b"Content-Length: 2\r\n\r\nok"
     assert len(raw) < 65536
-    server.respond = answer(raw)
+    server.respond = answering(raw)
     response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
     assert (response.status, response.body) == (200, b"ok")
     assert response.headers["x-h"] == ", ".join(["a" * 395] * 98)
@@ -802,7 +704,9 @@ async def test_a_head_within_every_bound_is_read(server: Server, client: HttpCli
     assert server.connections == 1
 
 
-async def test_a_head_split_across_reads_counts_as_one(server: Server, client: HttpClient) -> None:
+async def test_a_head_split_across_reads_counts_as_one(
+    server: RawReceiver, client: HttpClient
+) -> None:
     """The bounds count the head, not the reads: the same head, byte by byte, is read."""
 
     async def byte_by_byte(
@@ -821,12 +725,12 @@ async def test_a_head_split_across_reads_counts_as_one(server: Server, client: H
 
 
 async def test_a_head_and_body_in_one_read_past_the_head_bound_is_read(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     """A head near its bound followed by a long body in the same read: the body is not
     counted as head."""
     headers = b"".join(b"x-h%d: %s\r\n" % (n, b"a" * 600) for n in range(90))
-    server.respond = answer(
+    server.respond = answering(
         b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: 100000\r\n\r\n" + b"x" * 100_000
     )
     response = await client.post("/", {}, b"", timeout_s=5, max_body=10)
@@ -834,14 +738,12 @@ async def test_a_head_and_body_in_one_read_past_the_head_bound_is_read(
 
 
 async def test_endless_trailers_fail_at_their_bound_with_the_status(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
-    sent: list[int] = []
     server.respond = endless(
         server,
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: ",
         b"a" * 65536,
-        sent,
     )
     async with asyncio.timeout(30):
         with pytest.raises(HeadTooLarge, match=r"chunk framing and trailers are over 64 KiB$") as e:
@@ -850,8 +752,8 @@ async def test_endless_trailers_fail_at_their_bound_with_the_status(
     assert e.value.status == 200
 
 
-async def test_trailers_within_the_bounds_are_read(server: Server, client: HttpClient) -> None:
-    server.respond = answer(
+async def test_trailers_within_the_bounds_are_read(server: RawReceiver, client: HttpClient) -> None:
+    server.respond = answering(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"2\r\nok\r\n0\r\nx-t: 1\r\nx-u: 2\r\n\r\n"
     )
@@ -859,20 +761,19 @@ async def test_trailers_within_the_bounds_are_read(server: Server, client: HttpC
     assert (response.body, response.headers["x-t"], response.headers["x-u"]) == (b"ok", "1", "2")
 
 
-async def test_a_head_that_drips_endlessly_times_out(server: Server, client: HttpClient) -> None:
+async def test_a_head_that_drips_endlessly_times_out(
+    server: RawReceiver, client: HttpClient
+) -> None:
     """Under the byte bounds, time bounds the head: it must be in within the call's timeout."""
 
     async def drip(
         head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\n")
-        try:
-            for _ in range(10_000):  # bounded: 100 s
-                writer.write(b"x")
-                await writer.drain()
-                await asyncio.sleep(0.01)
-        except ConnectionError:
-            server.eofs.put_nowait(None)
+        for _ in range(10_000):  # bounded: 100 s; until the client goes away
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.01)
         return False
 
     server.respond = drip
@@ -886,7 +787,7 @@ async def test_a_head_that_drips_endlessly_times_out(server: Server, client: Htt
 
 
 async def test_on_head_is_told_the_final_status_before_the_body_arrives(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     head_seen = asyncio.Event()
     statuses: list[int] = []
@@ -911,7 +812,7 @@ async def test_on_head_is_told_the_final_status_before_the_body_arrives(
 
 
 async def test_after_the_head_the_body_has_body_timeout_s_if_more_than_was_left(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     """The head comes at once, the body after more than the call's timeout_s: with
     body_timeout_s, it is read."""
@@ -936,7 +837,7 @@ async def test_after_the_head_the_body_has_body_timeout_s_if_more_than_was_left(
 
 
 async def test_a_body_past_body_timeout_s_times_out_with_the_status(
-    server: Server, client: HttpClient
+    server: RawReceiver, client: HttpClient
 ) -> None:
     async def stall(
         head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

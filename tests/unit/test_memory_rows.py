@@ -109,8 +109,7 @@ def test_only_a_row_as_submitted_in_utc_with_microseconds_goes_without_a_tail() 
 
 def test_sorted_ids_stay_sorted_and_sound_whatever_the_order_of_adds() -> None:
     rng = random.Random(7)
-    ids = SortedIds()
-    ids._reset(4)  # small sublists: splits and the positional index come soon
+    ids = SortedIds(load=4)  # small sublists: splits and the positional index come soon
     added: list[str] = []
     for n in range(2000):
         value = f"{n:05d}" if rng.random() < 0.9 else f"{rng.randrange(n + 1):05d}x"
@@ -120,5 +119,5 @@ def test_sorted_ids_stay_sorted_and_sound_whatever_the_order_of_adds() -> None:
             ids.index(added[rng.randrange(len(added))])  # builds the positional index
         if n % 131 == 0:
             ids.remove(added.pop(rng.randrange(len(added))))
-    ids._check()
+    ids.check()
     assert list(ids) == sorted(added)

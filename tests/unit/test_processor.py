@@ -14,7 +14,17 @@ from typing import Any
 
 import pytest
 
-from orderflow.domain import Event, EventType, Held, Hold, Order, OrderStatus, Outcome, Parcel
+from orderflow.domain import (
+    Event,
+    EventType,
+    Held,
+    Hold,
+    Order,
+    OrderStatus,
+    Outcome,
+    Parcel,
+    lost_track,
+)
 from orderflow.errors import ShuttingDown, StoreUnavailable
 from orderflow.processor import ProcessorSettings
 from orderflow.shipping import (
@@ -25,7 +35,8 @@ from orderflow.shipping import (
 )
 from orderflow.store.memory import InMemoryOrderStore
 from tests.conftest import BASE_TIME, FakeShipper, ManualClock, eventually, make_order, settled
-from tests.unit.conftest import SharedMemoryStore, StartService, submit_many
+from tests.helpers import submit_many
+from tests.unit.conftest import SharedMemoryStore, StartService
 
 
 def status_is(
@@ -921,7 +932,7 @@ async def test_orders_acquired_by_a_lost_answer_are_handed_back_by_the_heartbeat
     for order_id in ids:
         order = await store.get_order(order_id)
         assert order.status is OrderStatus.SHIPPED
-        assert f"handed back: {owner} lost track" in [h.reason for h in order.history]
+        assert lost_track(owner) in [h.reason for h in order.history]
     assert shipper.shipped == dict.fromkeys(ids, 1)
     assert list(store.check_invariants()) == []
 

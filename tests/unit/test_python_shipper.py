@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from orderflow.domain import Item, Order, Parcel
 from orderflow.shippers.python import PythonShipper, load_python_shipper
 from orderflow.shipping import MAX_RESULT_BYTES, PermanentFailure, ShipContext
 from tests.conftest import make_order
+from tests.helpers import ship_context
 
 EXAMPLE = "examples.fulfilment:ship"
 
@@ -22,21 +22,16 @@ def parcel(order: Order) -> Parcel:
     return Parcel(order.id, order=order)
 
 
-def context(attempt: int = 1) -> ShipContext:
-    deadline = datetime.now(UTC) + timedelta(seconds=5)
-    return ShipContext(attempt=attempt, deadline=deadline, log=logging.getLogger("test"))
-
-
 async def test_the_example_ships_with_a_tracking_number() -> None:
     order = make_order()
-    result = await load_python_shipper(EXAMPLE).ship(parcel(order), context())
+    result = await load_python_shipper(EXAMPLE).ship(parcel(order), ship_context())
     assert result == {"carrier": "example", "tracking": "EX" + order.id[-12:].upper()}
 
 
 async def test_the_example_fails_an_unshippable_item_permanently() -> None:
     order = make_order(items=(Item("Widget", 1), Item("Forbidden Item", 1)))
     with pytest.raises(PermanentFailure, match="'Forbidden Item' cannot be shipped"):
-        await load_python_shipper(EXAMPLE).ship(parcel(order), context())
+        await load_python_shipper(EXAMPLE).ship(parcel(order), ship_context())
 
 
 async def test_the_example_fails_a_flaky_item_once_then_ships(
@@ -46,8 +41,8 @@ async def test_the_example_fails_a_flaky_item_once_then_ships(
     shipper = load_python_shipper(EXAMPLE)
     with caplog.at_level(logging.INFO, logger="test"):
         with pytest.raises(RuntimeError, match="courier busy"):
-            await shipper.ship(parcel(order), context(attempt=1))
-        assert await shipper.ship(parcel(order), context(attempt=2)) is not None
+            await shipper.ship(parcel(order), ship_context(attempt=1))
+        assert await shipper.ship(parcel(order), ship_context(attempt=2)) is not None
     assert "courier busy on attempt 1" in caplog.text
 
 
@@ -58,7 +53,7 @@ async def test_the_function_gets_the_order_as_the_api_shows_it() -> None:
         seen.append(order)
 
     order = make_order()
-    assert await PythonShipper(record, "test:record").ship(parcel(order), context()) is None
+    assert await PythonShipper(record, "test:record").ship(parcel(order), ship_context()) is None
     assert seen == [msgspec.json.decode(msgspec.json.encode(order))]
     assert isinstance(seen[0]["items"], list)
     assert seen[0]["timestamp"] == "2026-01-01T00:00:00.000001Z"
@@ -81,7 +76,7 @@ async def test_a_result_that_is_not_a_small_json_object_is_a_permanent_failure(
         return result
 
     with pytest.raises(PermanentFailure, match=problem):
-        await PythonShipper(returns, "test:returns").ship(parcel(make_order()), context())
+        await PythonShipper(returns, "test:returns").ship(parcel(make_order()), ship_context())
 
 
 async def test_the_result_is_a_json_copy() -> None:
@@ -90,7 +85,7 @@ async def test_the_result_is_a_json_copy() -> None:
     async def returns(order: dict[str, Any], context: ShipContext) -> dict[str, Any]:
         return result
 
-    stored = await PythonShipper(returns, "test:returns").ship(parcel(make_order()), context())
+    stored = await PythonShipper(returns, "test:returns").ship(parcel(make_order()), ship_context())
     assert stored == {"tracking": "T1", "legs": ["a", "b"]}
     assert stored is not result
 
@@ -101,7 +96,7 @@ async def test_what_the_function_raises_passes_through(error: Exception) -> None
         raise error
 
     with pytest.raises(type(error)) as caught:
-        await PythonShipper(fails, "test:fails").ship(parcel(make_order()), context())
+        await PythonShipper(fails, "test:fails").ship(parcel(make_order()), ship_context())
     assert caught.value is error
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orderflow.api.errors import HTTPProblem
-from orderflow.api.http import _pairs
+from orderflow.api.http import query_pairs
 
 
 @given(st.text(alphabet="ab=&;%+ 2FZé\x00", max_size=24))
@@ -19,6 +19,6 @@ def test_a_query_string_reads_as_parse_qsl_reads_it(query: str) -> None:
         expected = parse_qsl(query, keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         with pytest.raises(HTTPProblem):
-            _pairs(query)
+            query_pairs(query)
     else:
-        assert [tuple(pair) for pair in _pairs(query)] == expected
+        assert [tuple(pair) for pair in query_pairs(query)] == expected

@@ -32,7 +32,8 @@ from orderflow.shipping import PermanentFailure
 from orderflow.store.base import IdempotencyRecord
 from orderflow.store.memory import InMemoryOrderStore
 from tests.conftest import FakeShipper, ManualClock, eventually, make_order, settled
-from tests.unit.conftest import StartService, submit_many
+from tests.helpers import submit_many
+from tests.unit.conftest import StartService
 
 T = TypeVar("T")
 ITEMS = (Item("Widget", 2),)

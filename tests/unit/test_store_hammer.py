@@ -1,8 +1,9 @@
-"""Many threads, each with its own event loop, and many tasks hammer one store as holders and as
-operators (in memory; on a SQLite file; on PostgreSQL, each thread with a pool of its own, as
-processes would be); afterwards nothing is lost or duplicated, no order was handed out
-twice or shipped twice, every index agrees with the rows, and the event log holds exactly one
-event per change made."""
+"""Many threads, each with its own event loop, and many tasks hammer one store of each backend
+as holders and as operators (on PostgreSQL each thread has a pool of its own, as another
+process would, and there are fewer of them); afterwards nothing is lost or duplicated, no order
+was handed out twice or shipped twice, the counts agree with the orders (and, in memory and on
+SQLite, the store's own check of its indexes holds), and the event log holds exactly one event
+per change made."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ import itertools
 import random
 import threading
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -31,14 +30,18 @@ from orderflow.domain import (
 from orderflow.errors import IllegalTransition, OrderConflict, OrderNotFound
 from orderflow.store.base import OrderStore
 from orderflow.store.memory import InMemoryOrderStore
-from orderflow.store.postgres import PostgresOrderStore
 from orderflow.store.sqlite import SqliteOrderStore
+from tests.backends import BACKENDS, another_handle, open_store
 from tests.conftest import BASE_TIME, ManualClock, make_order
-from tests.postgres import DATABASE_URL, drop_schema, new_schema
 
-THREADS = 8
-TASKS = 8
-ORDERS_PER_TASK = 40
+
+class Size(NamedTuple):
+    threads: int
+    tasks: int  # per thread
+    orders: int  # per task
+
+
+SIZES = {"memory": Size(8, 8, 40), "sqlite": Size(8, 8, 40), "postgres": Size(8, 4, 40)}
 LEASE_S = 15.0
 
 
@@ -72,57 +75,24 @@ class Ledger:
             self.changes[kind] += n
 
 
-class Hammered:
-    """A store for each thread (`for_thread`) and for the checks (`checked`), of one backend."""
-
-    def __init__(self, backend: str, folder: Path) -> None:
-        self.backend = backend
-        self.shared_store: OrderStore | None = None
-        self.server_settings: dict[str, str] = {}
-        if backend == "memory":
-            self.shared_store = InMemoryOrderStore()
-        elif backend == "sqlite":
-            self.shared_store = asyncio.run(SqliteOrderStore.open(f"sqlite:///{folder}/o.db"))
-        else:
-            self.server_settings = asyncio.run(new_schema())
-
-    @contextlib.asynccontextmanager
-    async def for_thread(self) -> AsyncIterator[OrderStore]:
-        if self.shared_store is not None:
-            yield self.shared_store
-            return
-        store = await PostgresOrderStore.connect(
-            DATABASE_URL, server_settings=self.server_settings, max_size=2
-        )
-        try:
-            yield store
-        finally:
-            await store.close()
-
-    def close(self) -> None:
-        if self.shared_store is not None:
-            asyncio.run(self.shared_store.close())
-        else:
-            asyncio.run(drop_schema(self.server_settings))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_threads_and_tasks_lose_nothing_and_never_hand_an_order_out_twice(backend: str) -> None:
+    asyncio.run(hammer(backend, SIZES[backend]))
 
 
-# PostgreSQL is left out for now: its counts by status once came out one order off a recount
-# here (pending 1482 against 1483, processing 286 against 285), which is PostgreSQL's store's
-# to look into; `Hammered` runs it as processes would (a pool per thread) once it holds.
-@pytest.fixture(params=["memory", "sqlite"])
-def hammered(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hammered]:
-    backend = Hammered(request.param, tmp_path)
-    try:
-        yield backend
-    finally:
-        backend.close()
+async def hammer(backend: str, size: Size) -> None:
+    async with open_store(backend) as store:
+        ledger = Ledger()
+        # The store stays open in this loop while the threads hammer it, each through a handle
+        # of its own (its own loop).
+        await asyncio.to_thread(run_threads, store, size, ledger)
+        while await store.sequence_events() < 0:  # (-1: another numbers them right now)
+            pass
+        await _check(store, size, ledger)
 
 
-def test_threads_and_tasks_lose_nothing_and_never_hand_an_order_out_twice(
-    hammered: Hammered,
-) -> None:
+def run_threads(shared: OrderStore, size: Size, ledger: Ledger) -> None:
     clock, clock_lock = ManualClock(), threading.Lock()
-    ledger = Ledger()
 
     def now() -> datetime:
         with clock_lock:
@@ -144,7 +114,7 @@ def test_threads_and_tasks_lose_nothing_and_never_hand_an_order_out_twice(
         owner = f"owner-{seed}"
         mine: list[str] = []  # the orders this task submitted
         holding: dict[str, int] = {}  # what it holds: id → token
-        for n in range(ORDERS_PER_TASK):
+        for n in range(size.orders):
             with clock_lock:
                 order = make_order(clock, customer=f"c{seed}-{n}")
             await store.add(order)
@@ -244,30 +214,30 @@ def test_threads_and_tasks_lose_nothing_and_never_hand_an_order_out_twice(
 
     def thread_main(thread_no: int) -> None:
         async def run() -> None:
-            async with hammered.for_thread() as store:
-                await asyncio.gather(*(worker(store, thread_no * 100 + t) for t in range(TASKS)))
+            handle = await another_handle(shared)
+            try:
+                await asyncio.gather(
+                    *(worker(handle, thread_no * 100 + t) for t in range(size.tasks))
+                )
+            finally:
+                if handle is not shared:
+                    await handle.close()
 
         asyncio.run(run())
 
-    threads = [threading.Thread(target=thread_main, args=(n,)) for n in range(THREADS)]
+    threads = [threading.Thread(target=thread_main, args=(n,)) for n in range(size.threads)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=100)
     assert not any(thread.is_alive() for thread in threads)
 
-    async def check() -> None:
-        async with hammered.for_thread() as store:
-            await _check(store, ledger)
 
-    asyncio.run(check())
-
-
-async def _check(store: OrderStore, ledger: Ledger) -> None:
+async def _check(store: OrderStore, size: Size, ledger: Ledger) -> None:
     added, deleted = ledger.added, set(ledger.deleted)
-    assert len(added) == len(set(added)) == THREADS * TASKS * ORDERS_PER_TASK
+    assert len(added) == len(set(added)) == size.threads * size.tasks * size.orders
     assert len(deleted) == len(ledger.deleted)
-    if isinstance(store, (InMemoryOrderStore, SqliteOrderStore)):  # their self-checks
+    if isinstance(store, (InMemoryOrderStore, SqliteOrderStore)):  # their own checks
         assert list(store.check_invariants()) == []
         assert len(store) == len(added) - len(deleted)
 
@@ -319,12 +289,12 @@ async def _check(store: OrderStore, ledger: Ledger) -> None:
             if event.type is EventType.RETRIED:
                 assert before.status is OrderStatus.FAILED
 
-    # No order held by two owners: every hold of an order has its own token (of any order, in
-    # one process's store); an order was acquired at most once each time it was made ready
-    # (claimed, or handed back); and every write made under a hold was made by the owner that
-    # acquired that very token.
-    tokens = {(a.order_id, a.token): a for a in ledger.acquired}
-    assert len(tokens) == len(ledger.acquired)
+    # No order held by two owners: every hold of an order has its own token (in one process's
+    # store, every hold at all: one counter); an order was acquired at most once each time it
+    # was made ready (claimed, or handed back); and every write made under a hold was made by
+    # the owner that acquired that very token of that order.
+    holds = {(a.order_id, a.token): a for a in ledger.acquired}
+    assert len(holds) == len(ledger.acquired)
     if not store.shared:
         assert len({a.token for a in ledger.acquired}) == len(ledger.acquired)
     made_ready = Counter(
@@ -338,7 +308,7 @@ async def _check(store: OrderStore, ledger: Ledger) -> None:
         assert times <= made_ready[order_id], order_id
     assert sum(acquisitions.values()) <= sum(made_ready.values())  # nothing acquired unready
     for w in ledger.written:
-        assert tokens[w.order_id, w.token] == Acquired(w.order_id, w.token, w.owner)
+        assert holds[w.order_id, w.token] == Acquired(w.order_id, w.token, w.owner)
 
     # Every holder retired: no order is held any more, each processing one is ready once.
     processing = {o.id for o in orders if o.status is OrderStatus.PROCESSING}

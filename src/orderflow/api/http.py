@@ -75,7 +75,7 @@ class Request(msgspec.Struct, gc=False):
         params: dict[str, Any] = {}
         if not self.query:
             return params
-        for key, value in _pairs(self.query):
+        for key, value in query_pairs(self.query):
             if key in repeatable:
                 params.setdefault(key, []).append(value)
             elif key not in allowed:
@@ -90,7 +90,7 @@ class Request(msgspec.Struct, gc=False):
         return params
 
 
-def _pairs(query: str) -> list[tuple[str, str]]:
+def query_pairs(query: str) -> list[tuple[str, str]]:
     """The (name, value) pairs of a query string, as `urllib.parse.parse_qsl` reads them (with
     blank values kept); a 400 unless it decodes as UTF-8."""
     if "%" in query or "+" in query:

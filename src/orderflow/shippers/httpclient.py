@@ -58,6 +58,8 @@ class HttpClient:
             which common servers close theirs.
         ssl_context: for https, instead of ``ssl.create_default_context()`` (a private CA, say).
 
+    `host` and `port` are where it connects; `authority` is what its requests' Host header says.
+
     Raises:
         ValueError: the origin is not one this client can call.
     """
@@ -70,14 +72,14 @@ class HttpClient:
         idle_timeout_s: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.host, self.port, authority, tls = _parse_origin(origin)
+        self.host, self.port, self.authority, tls = _parse_origin(origin)
         if ssl_context is not None and not tls:
             raise ValueError(f"origin {origin!r}: an SSL context is for https:// only")
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self.idle_timeout_s = idle_timeout_s
         self._ssl = (ssl_context or ssl.create_default_context()) if tls else None
-        self._host_line = f"host: {authority}\r\n"
+        self._host_line = f"host: {self.authority}\r\n"
         self._deadlines = Deadlines()
         self._slots = None if max_connections is None else asyncio.Semaphore(max_connections)
         self._idle: deque[Connection] = deque()  # oldest first; reused newest first
@@ -152,6 +154,11 @@ class HttpClient:
             raise Timeout(message, status=status or None) from None
         finally:
             deadline.end()
+
+    @property
+    def idle_connections(self) -> int:
+        """How many idle connections are still open, ready for the next call."""
+        return sum(not conn.lost and not conn.transport.is_closing() for conn in self._idle)
 
     async def close(self) -> None:
         """Close every connection, idle or in flight (those calls raise ConnectionClosed)."""

@@ -35,6 +35,7 @@ from orderflow.domain import (
     ReasonCount,
     Stats,
     ends_hold,
+    lost_track,
     next_status,
     order_id_floor,
     order_id_time,
@@ -249,9 +250,7 @@ class InMemoryOrderStore(OrderStore):
                 if hold.owner == owner and holds.get(order_id) != hold.token
             ]
             for order_id in unknown:
-                self._apply(
-                    order_id, Event.HANDBACK, at, f"handed back: {owner} lost track", None, None
-                )
+                self._apply(order_id, Event.HANDBACK, at, lost_track(owner), None, None)
         return lost
 
     async def retire(self, owner: str, at: datetime) -> int:

@@ -34,7 +34,28 @@ class SortedIds(SortedList):  # type: ignore[misc]  # sortedcontainers has no ty
     bisection and the bookkeeping of `SortedList.add`, a third of the cost of a submit's two
     index inserts. Anything else (an older id, a sublist to split, a positional index to keep)
     takes `SortedList.add`. Relies on sortedcontainers' layout, pinned at 2.4.0; the store's
-    tests check the lists with `SortedList._check` after every kind of change."""
+    tests check the lists (`check`) after every kind of change.
+
+    Args:
+        load: the sublists' size (sortedcontainers' load factor); a small one makes splits and
+            the positional index come soon, for tests.
+    """
+
+    def __new__(
+        cls, iterable: Iterable[str] = (), *, load: int = SortedList.DEFAULT_LOAD_FACTOR
+    ) -> SortedIds:
+        return super().__new__(cls)  # type: ignore[no-any-return]
+
+    def __init__(
+        self, iterable: Iterable[str] = (), *, load: int = SortedList.DEFAULT_LOAD_FACTOR
+    ) -> None:
+        super().__init__()
+        self._load = load
+        self.update(iterable)
+
+    def check(self) -> None:
+        """sortedcontainers' own check of the lists; AssertionError when they are unsound."""
+        self._check()
 
     def add(self, value: Any) -> None:
         maxes = self._maxes
@@ -180,7 +201,7 @@ class OrderTable:
         """Every disagreement between the rows and the indexes (for tests); empty when sound."""
         for index in (self._by_time, *self._by_status.values()):
             try:
-                index._check()  # sortedcontainers' own check of its lists
+                index.check()
             except AssertionError:
                 yield "an index is out of shape"
         ids = set(self.rows)

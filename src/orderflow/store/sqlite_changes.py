@@ -27,6 +27,7 @@ from orderflow.domain import (
     OrderStatus,
     Parcel,
     ends_hold,
+    lost_track,
     micros_since_epoch,
     next_status,
     order_id_floor,
@@ -293,8 +294,7 @@ def renew(change: Change, owner: str, holds: Mapping[str, int], at: datetime) ->
     lost = {i for i, token in holds.items() if mine.get(i) != token}
     for order_id, token in mine.items():
         if holds.get(order_id) != token:
-            transition(change, order_id, Event.HANDBACK, at, f"handed back: {owner} lost track",
-                       None)  # fmt: skip
+            transition(change, order_id, Event.HANDBACK, at, lost_track(owner), None)
     return lost
 
 

@@ -1,5 +1,5 @@
 """WebhookStore: where subscriptions and their delivery state live (the contract, in each
-method's docstring), and InMemoryWebhookStore; `tests/webhooks/` checks every backend.
+method's docstring), and InMemoryWebhookStore; the conformance suite checks every backend.
 
 Claiming works as it does for orders: a deliverer *claims* a due subscription under a lease
 (owner, token); while the lease lasts nobody else is handed it, so at most one delivery attempt

@@ -25,7 +25,7 @@ from orderflow.webhooks.model import (
     parse_schedule,
     retry_delay_s,
 )
-from tests.webhooks.receiver import SECRET
+from tests.receivers import SECRET
 
 
 def key(size: int, *, padded: bool = True) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
@@ -16,64 +15,39 @@ from standardwebhooks import Webhook
 
 from orderflow.webhooks.destinations import Destinations
 from orderflow.webhooks.sender import MAX_HEADERS, MAX_LINE_BYTES, Answer, Sender
-from tests.webhooks.receiver import SECRET, Names
+from tests.receivers import SECRET, Names, RawReceiver
 
 Write = Callable[[asyncio.StreamWriter], Awaitable[None]]
-CHUNK = 64 * 1024
-
-
-@dataclass
-class RawReceiver:
-    """Answers each request with what `write` writes; `sent` counts the bytes it managed to
-    hand the socket, and `closed` is set once it sees the sender close the connection."""
-
-    write: Write
-    sent: int = 0
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    port: int = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            await self.write(writer)
-            await reader.read()  # until the sender closes its end
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.closed.set()
-            writer.close()
-
-    async def send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        writer.write(data)
-        await writer.drain()
-        self.sent += len(data)
-
-
 Serve = Callable[[Write], Awaitable[RawReceiver]]
+CHUNK = 64 * 1024
 
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
-    servers: list[asyncio.Server] = []
+    """`await serve(write)`: a RawReceiver that answers each request with what `write` writes
+    (counting it with `raw.send`), then waits for the sender to close the connection."""
+    started: list[RawReceiver] = []
 
     async def start(write: Write) -> RawReceiver:
-        raw = RawReceiver(write)
-        server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
-        servers.append(server)
-        raw.port = server.sockets[0].getsockname()[1]
-        return raw
+        async def respond(
+            head: bytes, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> bool:
+            await write(writer)
+            return True  # read on: the next thing the sender does is close
+
+        started.append(await RawReceiver(respond).start())
+        return started[-1]
 
     yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+    for raw in started:
+        await raw.close()
 
 
 async def post(raw: RawReceiver, timeout_s: float = 5.0) -> Answer:
     sender = Sender(timeout_s=timeout_s, destinations=Destinations(allow_private=True))
     try:
         return await sender.send(
-            f"http://127.0.0.1:{raw.port}/hook", Webhook(SECRET), "evt_1", b"{}",
+            raw.url, Webhook(SECRET), "evt_1", b"{}",
             datetime.now(UTC), 1,
         )  # fmt: skip
     finally:
@@ -93,8 +67,8 @@ async def test_a_32_mb_header_block_is_cut_after_one_line(serve: Serve) -> None:
     raw = await serve(huge)
     answer = await post(raw)
     assert (answer.status_code, answer.error) == (None, TOO_LONG)
-    await raw.closed.wait()
-    assert raw.sent < 16 << 20  # it stopped reading: the rest never left the receiver
+    await raw.closed_by_client()
+    assert raw.answers_sent()[0] < 16 << 20  # it stopped reading: the rest never left the receiver
 
 
 async def test_an_endless_header_stream_ends_at_the_header_count(serve: Serve) -> None:
@@ -106,8 +80,8 @@ async def test_an_endless_header_stream_ends_at_the_header_count(serve: Serve) -
     raw = await serve(endless)
     answer = await post(raw)
     assert (answer.status_code, answer.error) == (None, TOO_MANY)
-    await raw.closed.wait()
-    assert raw.sent < 8 << 20
+    await raw.closed_by_client()
+    assert raw.answers_sent()[0] < 8 << 20
 
 
 @pytest.mark.parametrize(
@@ -128,7 +102,7 @@ async def test_an_answer_past_a_bound_fails_saying_which(
 
     raw = await serve(answer)
     assert (await post(raw)).error == reason
-    await raw.closed.wait()
+    await raw.closed_by_client()
 
 
 async def test_answers_within_the_bounds_are_read(serve: Serve) -> None:
@@ -153,8 +127,8 @@ async def test_a_header_that_trickles_forever_ends_at_the_timeout(serve: Serve) 
     raw = await serve(trickle)
     answer = await post(raw, timeout_s=0.5)
     assert (answer.status_code, answer.error) == (None, "timeout after 0.5s")
-    await raw.closed.wait()
-    assert raw.sent < MAX_LINE_BYTES
+    await raw.closed_by_client()
+    assert raw.answers_sent()[0] < MAX_LINE_BYTES
 
 
 @pytest.mark.parametrize(
@@ -184,7 +158,7 @@ async def test_an_answer_that_is_not_http_is_a_failure_that_quotes_none_of_it(
     assert "ZZZ" not in error
     assert "999" not in error
     assert len(error) <= 41 + 201
-    await raw.closed.wait()
+    await raw.closed_by_client()
 
 
 async def test_a_long_error_body_is_kept_to_its_first_200_characters(serve: Serve) -> None:

@@ -17,8 +17,9 @@ from orderflow.runtime import Runtime
 from orderflow.store.memory import InMemoryOrderStore
 from orderflow.webhooks.model import DeliveryOutcome, DeliveryRecord, Subscription, new_webhook_id
 from tests.conftest import RuntimeFactory, eventually
-from tests.webhooks.conftest import FAST, OnEachStore, submit
-from tests.webhooks.receiver import SECRET, Names, Receiver
+from tests.helpers import FAST, submit_many
+from tests.receivers import SECRET, Names, Receiver
+from tests.unit.conftest import OnEachStore
 
 LONG_LABEL = "a" * 64
 SPENT = [
@@ -61,7 +62,7 @@ async def test_a_host_no_resolver_takes_is_a_failed_attempt_retried_then_given_u
     runtime = await on_each_store()
     broken = await stored_as_before(runtime, f"http://{LONG_LABEL}/hook")
     healthy = await runtime.webhooks.subscribe(receiver.url, secret=SECRET)
-    await submit(runtime, 1)
+    await submit_many(runtime.service, 1)
     attempts = await spent(runtime, broken)
     assert [a.outcome for a in attempts] == SPENT
     assert [a.attempt for a in attempts] == [1, 2, 3, 4]
@@ -86,7 +87,7 @@ async def test_an_unforeseen_error_in_sending_is_a_failed_attempt_logged_once(
     runtime = await on_each_store(webhook_resolver=names)
     buggy = await runtime.webhooks.subscribe("http://buggy.test/hook", secret=SECRET)
     await runtime.webhooks.subscribe(receiver.url, secret=SECRET)
-    await submit(runtime, 1)
+    await submit_many(runtime.service, 1)
     attempts = await spent(runtime, buggy)
     assert [a.outcome for a in attempts] == SPENT
     assert {a.error for a in attempts} == {
@@ -108,7 +109,7 @@ async def test_a_name_that_turns_into_loopback_is_refused_at_each_connection(
     url = f"http://rebind.test:{receiver.port}/hook"
     subscription = await runtime.webhooks.subscribe(url, secret=SECRET)  # public: accepted
     names.names["rebind.test"] = ["127.0.0.1"]  # nothing was sent before this
-    await submit(runtime, 1)
+    await submit_many(runtime.service, 1)
     attempts = await spent(runtime, subscription)
     assert [a.outcome for a in attempts] == SPENT
     assert {a.error for a in attempts} == {
@@ -124,7 +125,7 @@ async def test_a_forbidden_literal_address_is_refused_when_dialled(
     check in the resolver alone would miss it)."""
     runtime = await on_each_store(webhook_allow_private=False)
     subscription = await stored_as_before(runtime, receiver.url)  # 127.0.0.1
-    await submit(runtime, 1)
+    await submit_many(runtime.service, 1)
     attempts = await spent(runtime, subscription)
     assert [a.outcome for a in attempts] == SPENT
     assert {a.error for a in attempts} == {"destination refused: 127.0.0.1 is a loopback address"}
@@ -140,7 +141,7 @@ async def test_the_deliveries_log_keeps_at_most_200_characters_of_an_answer(
     receiver.answer = long_error  # type: ignore[assignment]
     runtime = await on_each_store()
     subscription = await runtime.webhooks.subscribe(receiver.url, secret=SECRET)
-    await submit(runtime, 1)
+    await submit_many(runtime.service, 1)
     attempts = await spent(runtime, subscription)
     assert {a.error for a in attempts} == {"HTTP 500: " + "x" * 200 + "…"}
     assert {a.status_code for a in attempts} == {500}
@@ -168,7 +169,7 @@ async def test_an_outage_of_the_order_store_is_no_failed_attempt(
     runtime = await start_runtime(store=orders, **FAST)
     subscription = await runtime.webhooks.subscribe(receiver.url, secret=SECRET)
     orders.down = True
-    await submit(runtime, 1)
+    await submit_many(runtime.service, 1)
     await eventually(lambda: "delivering webhooks: the order store is down" in caplog.text)
     assert await runtime.webhooks.deliveries(subscription.id) == []
     orders.down = False

@@ -1,4 +1,4 @@
-"""The WebhookStore contract, once per backend (memory, PostgreSQL): subscriptions, `ensure` by
+"""The WebhookStore contract (webhooks/store.py), once per backend: subscriptions, `ensure` by
 URL, claims and their leases, settlements checked against the claim, retries (ordered and
 not), disabling and replay, the deliveries log."""
 
@@ -149,13 +149,25 @@ async def test_a_lease_that_ran_out_lets_another_owner_take_it(webhooks: Webhook
 
 
 async def test_a_settlement_extends_the_lease(webhooks: WebhookStore) -> None:
-    await webhooks.add(subscription())
-    claim = await webhooks.claim("a", 10, 0.3)
+    """To `lease_s` from the settlement on. A second subscription, claimed under the same short
+    lease after the settlement, tells when the first lease would have run out: on the store's
+    own clock, however slow the machine."""
+    held = subscription()
+    await webhooks.add(held)
+    claim = await webhooks.claim("a", 10, 0.2)
     assert claim is not None
-    for _ in range(4):
-        await asyncio.sleep(0.1)
-        assert await webhooks.settle(claim, Settlement(cursor=1), 0.3)
-        assert await webhooks.claim("b", 10, LEASE_S) is None
+    assert await webhooks.settle(claim, Settlement(cursor=1), LEASE_S)
+    witness = subscription()
+    await webhooks.add(witness)
+    short = await webhooks.claim("w", 10, 0.2)
+    assert short is not None
+    assert short.subscription.id == witness.id
+    taken = await eventually(lambda: webhooks.claim("b", 10, LEASE_S), timeout_s=5)
+    assert taken.subscription.id == witness.id  # its lease ran out, so the first one's would have
+    assert await webhooks.claim("b", 10, LEASE_S) is None  # the first is still held
+    assert await webhooks.settle(claim, Settlement(cursor=2), 0.05)  # still the holder's
+    again = await eventually(lambda: webhooks.claim("c", 10, LEASE_S), timeout_s=5)
+    assert again.subscription.id == held.id  # a short lease from a settlement runs out too
 
 
 # -- settlements ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from orderflow.errors import StartupError
 from orderflow.webhooks.destinations import Destinations, RefusedDestination, forbidden_kind
 from tests.conftest import RuntimeFactory
-from tests.webhooks.receiver import SECRET, Names
+from tests.receivers import SECRET, Names
 
 
 @pytest.mark.parametrize(

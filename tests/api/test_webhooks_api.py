@@ -24,8 +24,8 @@ from orderflow.signing import SECRET_PATTERN
 from orderflow.store.memory import InMemoryOrderStore
 from orderflow.webhooks.model import URL_PATTERN, WEBHOOK_ID_PATTERN
 from tests.conftest import FakeShipper, ManualClock, eventually
-from tests.webhooks.conftest import FAST
-from tests.webhooks.receiver import SECRET, Names, Receiver
+from tests.helpers import FAST
+from tests.receivers import SECRET, Names, Receiver
 
 OPERATE, READ = "o" * 16, "r" * 16
 Api = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]

@@ -148,6 +148,11 @@ class FaultProxy:
         return len(self._links)
 
     @property
+    def settled(self) -> bool:
+        """No connection open, and none still closing."""
+        return not self._links and not self._handlers
+
+    @property
     def total_connections(self) -> int:
         """Connections ever accepted, refused ones included."""
         return self._accepted
