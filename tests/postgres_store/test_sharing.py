@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from orderflow.domain import Event, Hold, OrderStatus, Outcome
-from orderflow.errors import NotHeld, OutcomeUnknown, StoreUnavailable
+from orderflow.errors import IllegalTransition, NotHeld, OutcomeUnknown, StoreUnavailable
 from orderflow.store import postgres_sql as sql
 from orderflow.store.postgres import PostgresOrderStore
 from orderflow.store.postgres_rows import translated
@@ -242,3 +242,30 @@ async def test_counts_wait_for_a_numbering_under_way_and_include_own_writes(
     finally:
         await other.close()
     assert counts[OrderStatus.PENDING] == 1, order_id
+
+
+async def test_a_delete_that_waited_on_a_claim_leaves_the_claimed_order_alone(
+    store: PostgresOrderStore,
+) -> None:
+    """Regression: the delete read the order's status before it waited for the row, so a delete
+    that waited on another instance's claim deleted the order it had just claimed (its event
+    said pending, and the counts drifted one off a recount). It reads the row it locks now."""
+    [order_id] = await add_orders(store, 1)
+    async with store.database.connection() as claimer, claimer.transaction():
+        await claimer.execute(
+            "UPDATE orders SET status = 'processing' WHERE id = $1", order_id
+        )  # another instance's claim, not committed yet
+        deleting = asyncio.create_task(store.delete_pending(order_id, LATER))
+        await eventually(lambda: _waits_on_a_lock(store))
+    with pytest.raises(IllegalTransition, match="this one is processing"):
+        await deleting
+    assert (await store.get_order(order_id)).status is OrderStatus.PROCESSING
+
+
+async def _waits_on_a_lock(store: PostgresOrderStore) -> bool:
+    async with store.database.connection() as db:
+        waiting = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE '%DELETE FROM orders%'"
+        )
+    return bool(waiting)

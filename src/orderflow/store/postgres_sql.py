@@ -62,9 +62,11 @@ LIST_ORDERS_BY_STATUS = (
     f"SELECT {COLUMNS} FROM orders WHERE id >= $1 AND id > $2 AND id < $3 AND status = $5"
     " ORDER BY id LIMIT $4"
 )
-# $1 id, $2 at. Answers the status it found when nothing was deleted.
+# $1 id, $2 at. Answers the status it found when nothing was deleted. `old` locks the row it
+# reads: read unlocked, it held the status from before a claim the delete then waited on, and
+# the delete removed the order just claimed.
 DELETE_PENDING = (
-    "WITH old AS (SELECT id, status FROM orders WHERE id = $1),"
+    "WITH old AS (SELECT id, status FROM orders WHERE id = $1 FOR UPDATE),"
     " d AS (DELETE FROM orders o USING old WHERE o.id = old.id AND old.status = 'pending'"
     "  RETURNING o.id),"
     " e AS (INSERT INTO events (type, order_id, status, previous_status, at)"
