@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 LOCKED := flock $(VENV).lock
 
-.PHONY: install dev run test lint typecheck format bench clean
+.PHONY: install dev run test lint typecheck unit format bench clean
 
 $(PY):
 	$(LOCKED) sh -c 'test -x $(PY) || $(PYTHON) -m venv $(VENV)'
@@ -35,11 +35,15 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
+# The systemd unit in deploy/, checked by systemd-analyze against the orderflow of .venv.
+unit: install
+	deploy/verify-unit $(BIN)/orderflow
+
 format: dev
 	$(BIN)/ruff format src tests benchmarks examples
 	$(BIN)/ruff check --fix src tests benchmarks examples
 
-test: lint typecheck
+test: lint typecheck unit
 	$(BIN)/pytest --cov=orderflow --cov-report=term-missing
 
 bench: dev
