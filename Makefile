@@ -1,11 +1,12 @@
 # Every target bootstraps .venv itself; stamps make re-runs cheap. Creating and installing into
 # .venv hold a lock, so `make run` and `make test` started at once on a fresh clone do not
-# install over each other.
+# install over each other. The lock is taken by python3 itself (fcntl), not by flock(1), which
+# not every system has: python3 and make are all a first run needs.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-LOCKED := flock $(VENV).lock
+LOCKED := $(PYTHON) -c 'import fcntl, subprocess, sys; lock = open("$(VENV).lock", "w"); fcntl.flock(lock, fcntl.LOCK_EX); sys.exit(subprocess.call(sys.argv[1:]))'
 
 .PHONY: install dev run test lint typecheck unit format bench clean
 
