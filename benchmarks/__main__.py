@@ -1,6 +1,8 @@
-"""`python -m benchmarks [part …]`: run the parts (all by default), print one table, and write
-benchmarks/results/latest.json. Parts: http, before, inprocess, queries, memory, engine, triggers,
-events, webhooks, shipper, postgres, sqlite."""
+"""`python -m benchmarks [part …]`: run the parts (all by default), print one table, write
+benchmarks/results/latest.json, and render it into docs/benchmarks.md (the whole table) and the
+README (three headline figures). Parts: http, before, inprocess, queries, memory, engine,
+triggers, events, webhooks, shipper, postgres, sqlite. `python -m benchmarks report` renders the
+page and the README from latest.json again, measuring nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import importlib
 import logging
 import sys
 
+from benchmarks import report
 from benchmarks.report import Row, table, write
 
 PARTS = [
@@ -29,8 +32,13 @@ PARTS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("parts", nargs="*", metavar="part", help=", ".join(PARTS))
+    parser.add_argument(
+        "parts", nargs="*", metavar="part", help=", ".join(PARTS) + "; or report alone"
+    )
     args = parser.parse_args()
+    if args.parts == ["report"]:
+        report.main()
+        return
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")

@@ -32,6 +32,12 @@ from orderflow.webhooks.routes import WEBHOOK_ROUTES
 log = logging.getLogger("orderflow.server")
 
 BACKLOG = 4096
+# Granian warns "Embedded server is experimental!" at every start; said just before it, so that
+# an operator reads what it means first.
+EMBEDDED_NOTE = (
+    "granian serves HTTP embedded in this process and its event loop; granian's next line calls"
+    " that mode experimental: the README (Deploy) says what that covers and how it is tested"
+)
 
 
 #: Every route the service serves (the app adds those that describe the API); the runtime
@@ -141,6 +147,7 @@ async def serve(
         if server == "uvicorn":
             await _serve_uvicorn(app, sock)
         else:
+            log.info(EMBEDDED_NOTE)
             await serve_granian(
                 app,
                 sock,

@@ -249,6 +249,30 @@ def test_all_interfaces_without_tokens_starts_with_a_warning_when_told_to(
     assert server.terminate() == 0
 
 
+def test_granians_experimental_warning_comes_after_orderflows_lines_that_explain_it(
+    serve: type[Server],
+) -> None:
+    """Granian says "Embedded server is experimental!" at every start; an operator used to read
+    it with nothing to tell whether to trust it. orderflow's start line and a line saying what
+    it means (and where the README says more) now come before it."""
+    server = serve()
+    lines = server.output().splitlines()
+
+    def first(words: str) -> int:
+        found = [i for i, line in enumerate(lines) if words in line]
+        assert found, f"no line says {words!r}:\n{server.output()}"
+        return found[0]
+
+    warning = first("Embedded server is experimental!")
+    note = first("granian serves HTTP embedded")
+    assert first(server.startup_line) < note < warning
+    assert "README (Deploy)" in lines[note]
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme.partition("\n## Deploy\n")[2].partition("\n## ")[0]
+    assert "Embedded server is experimental!" in deploy
+    assert server.terminate() == 0
+
+
 def test_version() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "orderflow", "--version"],
