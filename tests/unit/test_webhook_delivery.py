@@ -14,7 +14,8 @@ from orderflow.domain import EventType
 from orderflow.errors import Gone
 from orderflow.runtime import Runtime
 from orderflow.store.memory import InMemoryOrderStore
-from orderflow.webhooks.model import DeliveryOutcome, Subscription
+from orderflow.webhooks.model import Claim, DeliveryOutcome, Subscription
+from orderflow.webhooks.store import InMemoryWebhookStore
 from tests.backends import another_handle, open_store, webhook_store
 from tests.conftest import RuntimeFactory, eventually, make_order, settled
 from tests.helpers import FAST, submit_many
@@ -432,6 +433,43 @@ async def test_a_stop_mid_delivery_releases_the_claim(deliver: Deliver, receiver
     assert claim is not None
     assert claim.subscription.id == subscription.id
     assert claim.subscription.cursor == 0  # not delivered: the next holder sends it again
+
+
+class AnswerHeldBack(InMemoryWebhookStore):
+    """Takes a claim, then holds its answer back until `answer` is set (a database that
+    committed the claim, its answer still on the way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def claim(self, owner: str, head: int, lease_s: float) -> Claim | None:
+        claim = await super().claim(owner, head, lease_s)
+        if claim is not None and not self.answer.is_set():
+            self.taken.set()
+            await self.answer.wait()
+        return claim
+
+
+async def test_a_claim_answered_while_stopping_is_released_not_left_to_its_lease(
+    deliver: Deliver,
+) -> None:
+    """Regression: a stop that cancelled a claim in flight lost its answer, so a claim the
+    database had made stayed held by the stopped instance until its lease ran out (30 s by
+    default): on PostgreSQL, the next instance delivered nothing meanwhile (a third of the
+    runs of the restart test below)."""
+    store = AnswerHeldBack()
+    runtime = await deliver(webhook_store=store)
+    await submit_many(runtime.service, 1)
+    await store.taken.wait()
+    stopping = asyncio.create_task(runtime.deliverer.stop(grace_s=0))
+    await asyncio.sleep(0)  # the stop has cancelled the claim's caller
+    store.answer.set()
+    await stopping
+    claim = await store.claim("another", 1, 10)
+    assert claim is not None
+    assert claim.subscription.cursor == 0
 
 
 @pytest.mark.postgres

@@ -34,7 +34,7 @@ from orderflow.settings import DEFAULTS
 from orderflow.store.base import OrderStore
 from orderflow.supervise import OutageLog, Wakeup, supervised
 from orderflow.webhooks.model import Claim, parse_schedule
-from orderflow.webhooks.rounds import Round, RoundContext
+from orderflow.webhooks.rounds import Round, RoundContext, release_claim
 from orderflow.webhooks.sender import Sender
 from orderflow.webhooks.store import WebhookStore
 
@@ -185,7 +185,14 @@ class Deliverer:
                 head = await self._orders.last_event_seq()
             self._claims += 1
             began = time.monotonic()
-            claim = await self._store.claim(f"{self.owner}#{self._claims}", head, lease_s)
+            claiming = asyncio.ensure_future(
+                self._store.claim(f"{self.owner}#{self._claims}", head, lease_s)
+            )
+            try:
+                claim = await asyncio.shield(claiming)
+            except asyncio.CancelledError:
+                self._give_back(claiming)
+                raise
             if claim is None:
                 if not self._rounds:
                     made = self._made
@@ -198,6 +205,24 @@ class Deliverer:
             )
             self._rounds.add(task)
             task.add_done_callback(self._round_done)
+
+    def _give_back(self, claiming: asyncio.Future[Claim | None]) -> None:
+        """A claim asked for as the deliverer stops: what it took goes back as soon as it is
+        answered (the stop waits for it), not when its lease runs out."""
+
+        async def give_back() -> None:
+            try:
+                claim = await claiming
+            except Exception:  # nothing taken, or nothing known: the lease decides
+                return
+            if claim is not None:
+                await release_claim(self._store, claim, claim.subscription.cursor)
+
+        self._keep_release(asyncio.create_task(give_back()))
+
+    def _keep_release(self, release: asyncio.Task[None]) -> None:
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
 
     def _round_done(self, task: asyncio.Task[bool]) -> None:
         self._rounds.discard(task)
@@ -255,6 +280,5 @@ class Deliverer:
             return progressed
         finally:
             release = asyncio.create_task(state.release())
-            self._releases.add(release)
-            release.add_done_callback(self._releases.discard)
+            self._keep_release(release)
             await asyncio.shield(release)

@@ -87,15 +87,7 @@ class Round:
         return self.progressed or self.cursor != self.subscription.cursor
 
     async def release(self) -> None:
-        try:
-            async with asyncio.timeout(_RELEASE_TIMEOUT_S):
-                await self.context.store.release(self.claim, self.cursor)
-        except Exception as exc:  # its lease runs out instead
-            log.warning(
-                "could not release webhook %s (%s); its lease will run out",
-                self.subscription.id,
-                exc,
-            )
+        await release_claim(self.context.store, self.claim, self.cursor)
 
     def over(self) -> bool:
         return self.context.stopping() or time.monotonic() >= self.ends_at
@@ -267,3 +259,17 @@ class Round:
 
 def _ms(began: float) -> float:
     return (time.perf_counter() - began) * 1000
+
+
+async def release_claim(store: WebhookStore, claim: Claim, cursor: int) -> None:
+    """Give `claim` back with its cursor at `cursor`; never raises (if the store cannot be
+    told, the claim's lease runs out instead)."""
+    try:
+        async with asyncio.timeout(_RELEASE_TIMEOUT_S):
+            await store.release(claim, cursor)
+    except Exception as exc:
+        log.warning(
+            "could not release webhook %s (%s); its lease will run out",
+            claim.subscription.id,
+            exc,
+        )
