@@ -81,6 +81,14 @@ _MAX_WALK = 10_000  # orders a bulk action's batch looks at
 IDLE_TRANSACTION_TIMEOUT_S = 5.0
 
 
+async def _keep_session(_connection: Any) -> None:
+    """A connection goes back to the pool as it is. The driver's default resets the session (a
+    round trip of four statements on every release, a third of all the round trips of
+    claim-and-ship); ours leave nothing in a session to reset: no settings, no LISTEN (the
+    listener has a connection of its own), only transaction-scoped advisory locks. An open
+    transaction is still rolled back by the pool itself."""
+
+
 class PostgresOrderStore(OrderStore):
     """Args:
     pool: an asyncpg pool; `connect` makes one.
@@ -143,6 +151,7 @@ class PostgresOrderStore(OrderStore):
                 command_timeout=command_timeout_s,
                 timeout=10,
                 server_settings=server_settings,
+                reset=_keep_session,
             )
         except asyncpg.PostgresError as exc:  # the server's own words: no such database, …
             raise StoreUnavailable(f"the database refused the connection: {exc}") from exc
