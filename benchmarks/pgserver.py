@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -82,6 +83,7 @@ class Cost:
     commits: int
     rows_written: int
     wal_bytes: int
+    by_kind: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -117,15 +119,19 @@ class _CpuSampler:
         self._client_pids: set[int] = set()
         self._task: asyncio.Task[None] | None = None
         self.samples = 0
+        self.kinds: dict[int, str] = {}
 
     async def _pids(self) -> list[int]:
         self.samples += 1
         rows = await self._db.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND pid <> $2"
+            "SELECT pid, backend_type, application_name FROM pg_stat_activity"
+            " WHERE pid <> pg_backend_pid() AND pid <> $2"
             " AND (datname = $1 OR datname IS NULL)",
             self._database,
             self._ignored,
         )
+        for row in rows:
+            self.kinds[row["pid"]] = row["backend_type"]
         return [row["pid"] for row in rows]
 
     async def sample(self, first: bool = False) -> None:
@@ -156,6 +162,12 @@ class _CpuSampler:
             await self._task
         await self.sample()
         used = {pid: self._last[pid] - self._first[pid] for pid in self._last}
+        by_kind: dict[str, float] = {}
+        for pid, seconds in used.items():
+            if pid not in self._client_pids:
+                kind = self.kinds.get(pid, "?")
+                by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+        self.by_kind = by_kind
         client = sum(s for pid, s in used.items() if pid in self._client_pids)
         return client, sum(s for pid, s in used.items() if pid not in self._client_pids)
 
@@ -189,10 +201,15 @@ async def measured(url: str, client: Callable[[], list[int]]) -> AsyncIterator[M
         loop = asyncio.get_running_loop()
         began = loop.time()
         await sampler.start()
-        yield measure
+        try:
+            yield measure
+        except BaseException:
+            await sampler.stop()
+            raise
         cost = measure.cost
         cost.wall_s = loop.time() - began
         cost.client_cpu_s, cost.database_cpu_s = await sampler.stop()
+        cost.by_kind = sampler.by_kind
         cost.wal_bytes = int(await db.fetchval("SELECT pg_current_wal_lsn()")) - int(wal)
         await asyncio.sleep(1.1)  # backends report their counters at most once a second
         commits_after, rows_after = await _database_counters(db, name)

@@ -30,22 +30,28 @@ _NAMES = {
     for name, value in vars(postgres_sql).items()
     if name.isupper() and isinstance(value, str)
 }
-_TABLES = (
-    "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables"
-)
+_TABLES = "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables"
 _INDEXES = "SELECT relname, indexrelname, idx_tup_read FROM pg_stat_user_indexes"
 _COUNTERS = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
 
 
-def _counting(counts: collections.Counter[str]) -> None:
-    """Count every statement a connection sends, by the name it has in postgres_sql."""
+def _counting(counts: collections.Counter[str], waits: collections.Counter[str]) -> None:
+    """Count every statement a connection sends, by the name it has in postgres_sql, and the
+    time from sending it to its answer (`waits`, seconds)."""
     connection = asyncpg.connection.Connection
     for method in ("fetch", "fetchrow", "fetchval", "execute", "executemany"):
         original = getattr(connection, method)
 
-        def counted(self: Any, query: str, *args: Any, _original: Any = original, **kw: Any) -> Any:
-            counts[_NAMES.get(query, query[:60])] += 1
-            return _original(self, query, *args, **kw)
+        async def counted(
+            self: Any, query: str, *args: Any, _original: Any = original, **kw: Any
+        ) -> Any:
+            name = _NAMES.get(query, query[:60])
+            counts[name] += 1
+            began = time.perf_counter()
+            try:
+                return await _original(self, query, *args, **kw)
+            finally:
+                waits[name] += time.perf_counter() - began
 
         setattr(connection, method, counted)
 
@@ -69,13 +75,11 @@ async def ship(url: str, count: int, profile: cProfile.Profile | None) -> float:
     """CPU seconds of this process from the trigger to the last of `count` orders shipped."""
     from orderflow.runtime import Runtime
 
-    runtime = Runtime(
-        Settings(ship_delay=0.0, shutdown_grace=0.0, database_url=url, migrate=False)
-    )
+    runtime = Runtime(Settings(ship_delay=0.0, shutdown_grace=0.0, database_url=url, migrate=False))
     await runtime.start()
     settle_gc()
     poll = await asyncpg.connect(url)
-    cpu = time.process_time()
+    began, cpu = time.monotonic(), time.process_time()
     if profile is not None:
         profile.enable()
     await runtime.service.trigger_processing()
@@ -83,7 +87,7 @@ async def ship(url: str, count: int, profile: cProfile.Profile | None) -> float:
         shipped = await poll.fetchval(
             "SELECT coalesce(sum(count), 0) FROM status_counts WHERE status = 'shipped'"
         )
-        if shipped == count:
+        if shipped == count or began + 600 < time.monotonic():
             break
         await asyncio.sleep(0.05)
     if profile is not None:
@@ -99,8 +103,9 @@ async def measure(count: int, profile: cProfile.Profile | None) -> None:
     try:
         await asyncio.to_thread(fill, url, count, sys.executable)
         counts: collections.Counter[str] = collections.Counter()
+        waits: collections.Counter[str] = collections.Counter()
         before = await _snapshot(url)
-        _counting(counts)
+        _counting(counts, waits)
         async with measured(url, lambda: [os.getpid()]) as measure:
             await ship(url, count, profile)
             measure.cost.jobs = count
@@ -108,13 +113,17 @@ async def measure(count: int, profile: cProfile.Profile | None) -> None:
         after = await _snapshot(url)
         print(f"{count:,} orders in {cost.wall_s:.2f} s: {cost.rate:,.0f}/s; CPU an order,"
               f" this process + PostgreSQL: {cost.split}")  # fmt: skip
-        print("\nstatements per 1,000 orders (each one round trip):")
+        for kind, seconds in sorted(cost.by_kind.items(), key=lambda kv: -kv[1]):
+            print(f"  PostgreSQL, {kind}: {cost.per_job_us(seconds):.1f} µs an order")
+        print("\nstatements per 1,000 orders (each one round trip), and µs from each sent to its"
+              " answer, on average and per order:")  # fmt: skip
         total = 0
         for name, n in counts.most_common():
             if name.startswith("SELECT coalesce(sum(count)"):
                 continue
             total += n
-            print(f"  {n / count * 1000:9.2f}  {name}")
+            print(f"  {n / count * 1000:9.2f} {waits[name] / n * 1e6:9.0f}"
+                  f" {waits[name] / count * 1e6:7.1f}  {name}")  # fmt: skip
         print(f"  {total / count * 1000:9.2f}  in all")
         print("\nrows per order: inserted, updated (of which HOT), deleted")
         for table, now in sorted(after["tables"].items()):
@@ -125,7 +134,9 @@ async def measure(count: int, profile: cProfile.Profile | None) -> None:
                       f" {dele / count:6.2f}")  # fmt: skip
         commits = after["commits"] - before["commits"]
         wal = int(after["wal"]) - int(before["wal"])
-        print(f"\ncommits per order: {commits / count:.3f}; WAL per order: {wal / count:,.0f} bytes")
+        print(
+            f"\ncommits per order: {commits / count:.3f}; WAL per order: {wal / count:,.0f} bytes"
+        )
     finally:
         await drop_database(url)
 

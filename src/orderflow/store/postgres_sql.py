@@ -95,10 +95,14 @@ TRANSITION = (
     f"  {', '.join('upd.' + c for c in COLUMNS.split(', '))}, (SELECT count(*) FROM n) AS notified"
     " FROM old LEFT JOIN upd ON true"
 )
-# Outcomes of many shipments, each checked against (owner $10, its token). Only the owner's
-# rows, found through the index of held orders (only processing orders have an owner): a
-# status condition here let the planner, its statistics taken before a burst of claims, scan
-# every processing order for each batch.
+# Outcomes of many shipments, each checked against (owner $10, its token). Each order is found
+# by its id (the primary key), then checked. The owner is compared with IS NOT DISTINCT FROM,
+# an equality no index answers: with a plain `=`, the plan the server keeps for a prepared
+# statement (the driver prepares every statement; after five runs the server plans it once for
+# any arguments) walked the owner's held orders and, for each, the whole batch: a batch of 500
+# compared 250,000 pairs and cost 150 µs of the database's CPU an order, against 14 µs now.
+# (A status condition instead let the planner, its statistics taken before a burst of claims,
+# scan every processing order for each batch.)
 WRITE_OUTCOMES = (
     "WITH c AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[],"
     "   $5::jsonb[], $6::bool[], $7::text[], $8::text[], $9::jsonb[])"
@@ -107,7 +111,7 @@ WRITE_OUTCOMES = (
     "   history = o.history || c.entry, shipment = coalesce(c.shipment, o.shipment),"
     "   owner = CASE WHEN c.keep THEN o.owner END,"
     "   lease_expires_at = CASE WHEN c.keep THEN o.lease_expires_at END"
-    "  FROM c WHERE o.id = c.id AND o.owner = $10 AND o.attempt = c.token"
+    "  FROM c WHERE o.id = c.id AND o.owner IS NOT DISTINCT FROM $10 AND o.attempt = c.token"
     f"  RETURNING {O_COLUMNS}, c.type, c.at, c.reason, c.keep),"
     " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason, data)"
     "  SELECT type, id, status, 'processing', at, reason, shipment FROM upd),"
@@ -138,16 +142,19 @@ ACQUIRE = (
 # Renew what owner $1 holds under the tokens it gives ($2 ids, $3 tokens) for $4 seconds, and
 # hand back, at $5 (text $6), what it holds without knowing. Answers renewed ids (true) and
 # handed back ones (false).
+# Each order by its id, then checked (see WRITE_OUTCOMES); what is handed back is what the
+# owner holds beyond what was renewed, found through a hash of those (NOT EXISTS over the
+# given holds compared each held order with every hold in a generic plan).
 RENEW = (
     "WITH mine AS (SELECT * FROM unnest($2::text[], $3::int[]) AS m(id, token)),"
     " renewed AS (UPDATE orders o SET lease_expires_at = now() + make_interval(secs => $4)"
-    "  FROM mine WHERE o.id = mine.id AND o.owner = $1 AND o.attempt = mine.token"
+    "  FROM mine WHERE o.id = mine.id AND o.owner IS NOT DISTINCT FROM $1"
+    "   AND o.attempt = mine.token"
     "  RETURNING o.id),"
     " stray AS (UPDATE orders o SET owner = NULL, lease_expires_at = NULL, updated_at = $5,"
     "   history = o.history || "
     + _history_entry("'processing'", "$6::text", "'handed back: ' || $1 || ' lost track of it'")
-    + "  WHERE o.owner = $1"
-    "   AND NOT EXISTS (SELECT FROM mine WHERE mine.id = o.id AND mine.token = o.attempt)"
+    + "  WHERE o.owner = $1 AND o.id NOT IN (SELECT id FROM renewed)"
     "  RETURNING o.id),"
     " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason)"
     "  SELECT 'order.released', id, 'processing', 'processing', $5,"
