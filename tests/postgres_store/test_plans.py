@@ -120,7 +120,7 @@ def statement_args(store: PostgresOrderStore) -> dict[str, list[Any]]:
         ],
         "PING": [],
         "NOTIFY": ["orderflow_test", ""],
-        "TRY_LOCK": [12345],
+        "TRY_LOCK": [sql.SEQUENCE_LOCK],
         "PRUNED_THROUGH": [],
         "STATUS_COUNTS": [],
         "OLDEST_PENDING": [],

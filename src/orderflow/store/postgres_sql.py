@@ -14,8 +14,12 @@ READY_CHANNEL = "orderflow_ready"
 CANCEL_CHANNEL = "orderflow_cancel"
 EVENTS_CHANNEL = "orderflow_events"
 ABOVE_ALL_IDS = "order_g"  # sorts after every id ("g" follows the hex digits)
-RESCUE_LOCK = 0x726573637565  # advisory locks: one instance rescues at a time,
-SEQUENCE_LOCK = 0x73657175656E  # and one numbers the events
+# Advisory locks, one of each per schema: one instance rescues at a time, and one numbers the
+# events. The instances of a deployment share a schema; deployments (and tests) in the other
+# schemas of a database never wait for each other (a lock keyed by a constant alone made a
+# numbering in one schema answer "busy" to a numbering in another).
+RESCUE_LOCK = "orderflow rescue"
+SEQUENCE_LOCK = "orderflow numbering"
 
 
 def _history_entry(status: str, at: str, reason: str) -> str:
@@ -27,7 +31,8 @@ def _history_entry(status: str, at: str, reason: str) -> str:
 
 PING = "SELECT 1"
 NOTIFY = "SELECT pg_notify($1, $2)"
-TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"  # for this transaction, if free
+# Lock $1 (a name above) for this transaction, if free.
+TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ' in ' || current_schema(), 0))"
 
 # -- orders -------------------------------------------------------------------------------------
 
