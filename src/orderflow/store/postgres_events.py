@@ -78,10 +78,7 @@ class PostgresEventLog:
         async with self._db.connection() as db, db.transaction():
             if not await db.fetchval(sql.TRY_LOCK, sql.SEQUENCE_LOCK):
                 return -1
-            row = await db.fetchrow(sql.SEQUENCE_EVENTS, limit)
-            numbered: int = row["numbered"]
-            if numbered:
-                await db.execute(sql.NOTIFY, sql.EVENTS_CHANNEL, str(row["last"]))
+            numbered: int = await db.fetchval(sql.SEQUENCE_EVENTS, limit)
         return numbered
 
     def watch(self, on_events: Callable[[], None]) -> None:

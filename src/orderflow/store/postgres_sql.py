@@ -237,6 +237,7 @@ FAILED_REASONS = (
 # numbered later, after every number handed out before, so a reader following seq misses none.
 # Within a round, id order (the order of insertion) keeps an order's events in the order they
 # happened: a change is made after the one before it committed.
+# Every instance is told (NOTIFY, at commit) the last seq numbered.
 SEQUENCE_EVENTS = (
     "WITH todo AS (SELECT id, status, previous_status, reason, previous_reason"
     "  FROM events WHERE seq IS NULL ORDER BY id LIMIT $1 FOR UPDATE),"
@@ -255,8 +256,10 @@ SEQUENCE_EVENTS = (
     "  WHERE previous_status = 'failed'),"
     " failed AS (INSERT INTO failure_counts AS f (reason, count)"
     "  SELECT r, sum(d) FROM failures GROUP BY r HAVING sum(d) <> 0"
-    "  ON CONFLICT (reason) DO UPDATE SET count = f.count + EXCLUDED.count)"
-    " SELECT count(*) AS numbered, max(seq) AS last FROM upd"
+    "  ON CONFLICT (reason) DO UPDATE SET count = f.count + EXCLUDED.count),"
+    " n AS (SELECT pg_notify('orderflow_events', max(seq)::text) FROM upd HAVING count(*) > 0)"
+    " SELECT count(*) AS numbered, max(seq) AS last, (SELECT count(*) FROM n) AS notified"
+    " FROM upd"
 )
 READ_EVENTS = (
     "SELECT seq, type, order_id, status, at, reason, data FROM events"
