@@ -1,6 +1,6 @@
 """`python -m benchmarks [part …]`: run the parts (all by default), print one table, and write
 benchmarks/results/latest.json. Parts: http, before, inprocess, queries, memory, engine, triggers,
-events, webhooks, shipper, postgres."""
+events, webhooks, shipper, postgres, peers."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ PARTS = [
     "webhooks",
     "shipper",
     "postgres",
+    "peers",
 ]
 
 
