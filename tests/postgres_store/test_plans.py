@@ -56,10 +56,13 @@ LATERAL (SELECT CASE WHEN n % 100 < 80 THEN 'shipped' WHEN n % 100 < 90 THEN 'fa
                      WHEN n % 100 BETWEEN 85 AND 89 THEN 'carrier down' END AS reason,
                 CASE WHEN n % 100 >= 98 THEN 'worker-' || (n % 7) END AS owner) AS s
 """
+# Events in batches of 100, as statements write them; the last batch not numbered yet.
 FILL_EVENTS = """
-INSERT INTO events (type, order_id, status, at, seq)
-SELECT 'order.submitted', 'order_' || lpad(to_hex(n), 30, '0'), 'pending',
-       $1::timestamptz + n * interval '1 millisecond', CASE WHEN n < $2 - 100 THEN n + 1 END
+WITH batches AS (INSERT INTO event_batches (id, seq, size)
+    SELECT b, CASE WHEN b < $2 / 100 THEN b * 100 END, 100 FROM generate_series(1, $2 / 100) AS b)
+INSERT INTO events (batch, pos, type, order_id, status, at)
+SELECT n / 100 + 1, n % 100 + 1, 'order.submitted', 'order_' || lpad(to_hex(n), 30, '0'),
+       'pending', $1::timestamptz + n * interval '1 millisecond'
 FROM generate_series(0, $2 - 1) AS n
 """
 
@@ -164,6 +167,20 @@ async def test_no_statement_scans_the_orders_or_the_events(
         if scans:
             text = "\n".join(r[0] for r in await db.fetch("EXPLAIN " + SQL_STATEMENTS[name], *args))
             pytest.fail(f"{name} scans {[s['Relation Name'] for s in scans]}:\n{text}")
+
+
+@pytest.mark.parametrize("name", sorted(SQL_STATEMENTS))
+async def test_no_statement_scans_the_orders_or_the_events_in_a_generic_plan(
+    big_store: PostgresOrderStore, name: str
+) -> None:
+    """The same, for the plan the server keeps for any arguments once a statement has run five
+    times (see `generic_plan`)."""
+    async with big_store.database.connection() as db:
+        plan = await generic_plan(
+            db, SQL_STATEMENTS[name], statement_args(big_store)[name], analyze=False
+        )
+    scans = scans_of_orders_or_events(list(plan_nodes(plan)))
+    assert not scans, f"{name} scans {[s['Relation Name'] for s in scans]}"
 
 
 async def test_the_table_is_big_enough_that_a_scan_would_show(
@@ -276,30 +293,35 @@ async def test_hot_statements_read_only_their_rows_when_statistics_lag() -> None
         # ones).
         assert found.pop("RESCUE").get("rows removed by filter", 0) <= len(held)
         assert found.pop("RENEW").get("rows removed by filter", 0) <= len(held)
-        backlog = await db.fetchval("SELECT count(*) FROM events WHERE seq IS NULL")
+        backlog = await db.fetchval(
+            "SELECT coalesce(sum(size), 0) FROM event_batches WHERE seq IS NULL"
+        )
         numbering = found.pop("SEQUENCE_EVENTS").get("index entries beyond 1000", 0)
         assert numbering <= backlog + 1000
         overread = {name: extra for name, extra in found.items() if extra}
         assert not overread, f"statements that read beyond their rows: {overread}"
 
 
-async def generic_plan(db: Any, statement: str, args: list[Any]) -> dict[str, Any]:
+async def generic_plan(
+    db: Any, statement: str, args: list[Any], *, analyze: bool = True
+) -> dict[str, Any]:
     """The plan the server keeps for a prepared statement once it plans it for any arguments
     (the driver prepares every statement; after five runs the server may plan it once for all),
-    run for real (EXPLAIN ANALYZE) and rolled back."""
+    run for real (EXPLAIN ANALYZE) and rolled back, unless not to `analyze`."""
     parameters = (await db.prepare(statement)).get_parameters()
     types = [await db.fetchval("SELECT format_type($1::oid, NULL)", p.oid) for p in parameters]
     literals = [
         await db.fetchval(f"SELECT quote_nullable($1::{kind}::text) || '::{kind}'", value)
         for kind, value in zip(types, args, strict=True)
     ]
-    await db.execute(f"PREPARE generic ({', '.join(types)}) AS {statement}")
+    declared, given = (f"({', '.join(types)})", f"({', '.join(literals)})") if types else ("", "")
+    await db.execute(f"PREPARE generic {declared} AS {statement}")
     transaction = db.transaction()
     await transaction.start()
     try:
         await db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         [[plan]] = await db.fetch(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE generic ({', '.join(literals)})"
+            f"EXPLAIN (ANALYZE {analyze}, FORMAT JSON) EXECUTE generic {given}"
         )
     finally:
         await transaction.rollback()
