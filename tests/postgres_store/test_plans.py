@@ -111,7 +111,7 @@ def statement_args(store: PostgresOrderStore) -> dict[str, list[Any]]:
             held, [1] * count, ["shipped"] * count, [LATER] * count, [shipped_entry] * count,
             [False] * count, ["order.shipped"] * count, [None] * count, [None] * count, OWNER,
         ],
-        "CLAIM": [LATER, 1000, sql.ABOVE_ALL_IDS, ENTRY],
+        "CLAIM": [LATER, 1000, sql.ABOVE_ALL_IDS, ENTRY, order_id(middle)],
         "ACQUIRE": ["worker-new", 100, 30.0],
         "RENEW": [OWNER, held, [1] * count, 30.0, LATER, AT_TEXT],
         "RESCUE": [LATER, AT_TEXT],
@@ -274,7 +274,7 @@ async def test_hot_statements_read_only_their_rows_when_statistics_lag() -> None
             return {what: count for what, count in found.items() if count}
 
         checks: dict[str, Callable[[], list[object]]] = {
-            "CLAIM": lambda: [T0, 1000, sql.ABOVE_ALL_IDS, ENTRY],
+            "CLAIM": lambda: [T0, 1000, sql.ABOVE_ALL_IDS, ENTRY, ""],
             "ACQUIRE": lambda: ["another", 100, 60.0],
             "WRITE_OUTCOMES": lambda: [ids, tokens, *outcomes, OWNER],
             "RENEW": lambda: [OWNER, ids, tokens, 60.0, LATER, AT_TEXT],
@@ -361,3 +361,20 @@ async def test_a_batch_of_outcomes_reads_each_order_once_in_any_plan() -> None:
             assert compared == 0, f"{name} compared {compared} pairs it threw away"
             updated = max(n["Actual Rows"] for n in nodes if n["Node Type"] == "ModifyTable")
             assert updated == held_count, name
+
+
+async def test_a_claim_walks_pending_orders_from_where_the_last_batch_stopped(
+    big_store: PostgresOrderStore,
+) -> None:
+    """The claims of one trigger start their index scan after the last id claimed (see
+    test_claims): the scan's bounds, not a filter, keep it off the orders claimed before."""
+    async with big_store.database.connection() as db:
+        [[plan]] = await db.fetch(
+            "EXPLAIN (FORMAT JSON) " + sql.CLAIM, *statement_args(big_store)["CLAIM"]
+        )
+    [scan] = [
+        node
+        for node in plan_nodes(json.loads(plan)[0]["Plan"])
+        if node.get("Index Name") == "orders_pending"
+    ]
+    assert "(id > " in scan["Index Cond"], scan

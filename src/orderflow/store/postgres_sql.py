@@ -146,10 +146,10 @@ WRITE_OUTCOMES = (
     "  WHERE EXISTS (SELECT FROM upd WHERE type = 'order.released' AND status = 'processing'))"
     f" SELECT {COLUMNS}, (SELECT count(*) FROM n) AS notified FROM upd"
 )
-# Claim: the oldest pending orders, through the partial index orders_pending. $1 at, $2 limit,
-# $3 the id bound, $4 history entry.
+# Claim: the oldest pending orders above id $5 and below id $3, through the partial index
+# orders_pending. $1 at, $2 limit, $4 history entry. Answers how many, and the highest id.
 CLAIM = (
-    "WITH picked AS (SELECT id FROM orders WHERE status = 'pending' AND id < $3"
+    "WITH picked AS (SELECT id FROM orders WHERE status = 'pending' AND id < $3 AND id > $5"
     "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),"
     " upd AS (UPDATE orders o SET status = 'processing', updated_at = $1,"
     "   history = o.history || $4::jsonb FROM picked WHERE o.id = picked.id RETURNING o.id),"
@@ -159,7 +159,8 @@ CLAIM = (
         " NULL::text, NULL::text, NULL::jsonb",
     )
     + ", n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM upd))"
-    " SELECT (SELECT count(*) FROM upd) AS claimed, (SELECT count(*) FROM n) AS notified"
+    " SELECT (SELECT count(*) FROM upd) AS claimed, (SELECT max(id) FROM upd) AS last,"
+    " (SELECT count(*) FROM n) AS notified"
 )
 # Hand ready orders to owner $1 under new tokens, with a lease of $3 seconds.
 ACQUIRE = (
