@@ -1,8 +1,8 @@
 """`python -m benchmarks [part …]`: run the parts (all by default), print one table, write
 benchmarks/results/latest.json, and render it into docs/benchmarks.md (the whole table) and the
 README (three headline figures). Parts: http, before, inprocess, queries, memory, engine,
-triggers, events, webhooks, shipper, postgres, sqlite. `python -m benchmarks report` renders the
-page and the README from latest.json again, measuring nothing."""
+triggers, events, webhooks, shipper, postgres, peers, sqlite. `python -m benchmarks report`
+renders the page and the README from latest.json again, measuring nothing."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ PARTS = [
     "webhooks",
     "shipper",
     "postgres",
+    "peers",
     "sqlite",
 ]
 

@@ -5,28 +5,33 @@ second instance), and a range query of 100 orders among 1M rows."""
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
+import httpx
 
+from benchmarks.before import install
 from benchmarks.fill import START
+from benchmarks.pgserver import Cost, drop_database, measured, new_database, tree_pids
 from benchmarks.report import Row
-from benchmarks.servers import free_port, orderflow_command, server
+from benchmarks.servers import free_port, orderflow_command, served
 from orderflow.domain import OrderQuery
 from orderflow.store.postgres import PostgresOrderStore
 
-DATABASE_URL = os.environ.get(
-    "ORDERFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 SHIPPED = 100_000
 ROWS = 1_000_000
+BEFORE = "1b8d315"  # the PostgreSQL store before its cost was cut
+ROUNDS = 2
 
 # Pending orders made by the database itself, shaped exactly as orderflow writes them.
 _FILL = """
@@ -43,26 +48,20 @@ FROM generate_series(0, $2 - 1) AS n,
 _START_MICROS = int((START - START.replace(year=1970, month=1, day=1)).total_seconds()) * 10**6
 
 
-async def _database() -> str:
-    admin = await asyncpg.connect(DATABASE_URL)
-    name = f"orderflow_bench_{secrets.token_hex(4)}"
-    await admin.execute(f"CREATE DATABASE {name}")
-    await admin.close()
-    return DATABASE_URL.rsplit("/", 1)[0] + "/" + name
+def fill(url: str, count: int, python: str) -> None:
+    """`count` pending orders in `url`, its schema made by `python`'s orderflow."""
+    subprocess.run(
+        [python, "-m", "orderflow", "db", "migrate", "--database-url", url],
+        check=True,
+        capture_output=True,
+    )
+    asyncio.run(_insert(url, count))
 
 
-async def _drop(url: str) -> None:
-    admin = await asyncpg.connect(DATABASE_URL)
-    await admin.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
-    await admin.close()
-
-
-async def _fill(url: str, count: int) -> None:
-    store = await PostgresOrderStore.connect(url)
-    await store.close()
+async def _insert(url: str, count: int) -> None:
     db = await asyncpg.connect(url)
     await db.execute(_FILL, _START_MICROS, count)
-    await db.execute("ANALYZE orders")
+    await db.execute("VACUUM ANALYZE orders")
     await db.close()
 
 
@@ -72,26 +71,6 @@ async def _shipped(url: str) -> int:
         return int(await db.fetchval("SELECT count(*) FROM orders WHERE status = 'shipped'"))
     finally:
         await db.close()
-
-
-def _cpu_seconds() -> tuple[float, float]:
-    """(busy CPU seconds of the whole machine, of PostgreSQL's processes) since boot. A backend
-    that exits takes its seconds with it, so PostgreSQL's share is a lower bound."""
-    tick = os.sysconf("SC_CLK_TCK")
-    with open("/proc/stat") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:]]
-    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-    database = 0
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = path.read_text()
-        except OSError:  # gone meanwhile
-            continue
-        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
-        if name == "postgres":
-            fields = rest.split()
-            database += int(fields[11]) + int(fields[12])  # utime, stime
-    return busy / tick, database / tick
 
 
 class _Reader(threading.Thread):
@@ -133,57 +112,72 @@ class _Reader(threading.Thread):
                         break
 
 
-def _ship_rate(instances: int, reader: bool = False) -> tuple[float, float, float]:
-    """(orders/s, cores busy, cores PostgreSQL used) while `instances` ship SHIPPED orders,
-    with a live reader of every event on the first instance or none."""
-    url = asyncio.run(_database())
+async def _drain(
+    url: str, pids: Callable[[], list[int]], count: int, listener: _Reader | None, trigger: str
+) -> Cost:
+    """Trigger at `trigger`, wait until `count` orders shipped (by the counts numbering keeps:
+    a count(*) of shipped orders every 0.1 s would cost the database more than a core), and
+    for `listener` to read every event; what it cost."""
+    async with measured(url, pids) as measure:
+        async with httpx.AsyncClient() as client:
+            assert (await client.post(trigger, timeout=60)).status_code == 202
+        for _ in range(12_000):  # at most 10 minutes
+            shipped = await measure.fetchval(
+                "SELECT coalesce(sum(count), 0) FROM status_counts WHERE status = 'shipped'"
+            )
+            if shipped == count:
+                break
+            await asyncio.sleep(0.05)
+        if listener is not None:  # until it read every event: two an order from here
+            for _ in range(600):
+                if listener.seen >= 2 * count:
+                    break
+                await asyncio.sleep(0.1)
+            listener.done.set()
+            assert listener.seen >= 2 * count, listener.seen
+        measure.cost.jobs = count
+    return measure.cost
+
+
+def ship(python: str, instances: int = 1, reader: bool = False, count: int = SHIPPED) -> Cost:
+    """What `instances` served by `python` (an interpreter with orderflow installed) cost to
+    claim and ship `count` orders, with a live reader of every event on the first or none."""
+    url = asyncio.run(new_database())
     try:
-        asyncio.run(_fill(url, SHIPPED))
+        fill(url, count, python)
         ports = [free_port() for _ in range(instances)]
         args = ("--database-url", url, "--ship-delay", "0", "--no-migrate")
         # Not pinned: the database needs the same two cores.
-        contexts = [
-            server(orderflow_command(p, *args), p, ready_path="/healthz", core=None) for p in ports
-        ]
-        urls = [c.__enter__() for c in contexts]
-        try:
-            import httpx
-
+        with ExitStack() as stack:
+            processes = [
+                stack.enter_context(
+                    served([python, *orderflow_command(p, *args)[1:]], p, "/healthz", core=None)
+                )
+                for p in ports
+            ]
+            urls = [u for u, _ in processes]
             listener = _Reader(urls[0]) if reader else None
             if listener is not None:
                 listener.start()
-            began, (busy, database) = time.perf_counter(), _cpu_seconds()
-            assert httpx.post(urls[0] + "/orders/process", timeout=60).status_code == 202
-            for _ in range(6000):  # at most 10 minutes
-                if asyncio.run(_shipped(url)) == SHIPPED:
-                    break
-                time.sleep(0.1)
-            if listener is not None:  # until it read every event: two an order from here
-                for _ in range(600):
-                    if listener.seen >= 2 * SHIPPED:
-                        break
-                    time.sleep(0.1)
-                listener.done.set()
-                assert listener.seen >= 2 * SHIPPED, listener.seen
-            elapsed = time.perf_counter() - began
-            busy_after, database_after = _cpu_seconds()
-        finally:
-            for context in contexts:
-                context.__exit__(None, None, None)
-        assert asyncio.run(_shipped(url)) == SHIPPED
-        return (
-            SHIPPED / elapsed,
-            (busy_after - busy) / elapsed,
-            (database_after - database) / elapsed,
-        )
+            cost = asyncio.run(
+                _drain(
+                    url,
+                    lambda: [pid for _, p in processes for pid in tree_pids(p.pid)],
+                    count,
+                    listener,
+                    urls[0] + "/orders/process",
+                )
+            )
+        assert asyncio.run(_shipped(url)) == count
+        return cost
     finally:
-        asyncio.run(_drop(url))
+        asyncio.run(drop_database(url))
 
 
 async def _range_query() -> float:
-    url = await _database()
+    url = await new_database()
     try:
-        await _fill(url, ROWS)
+        await asyncio.to_thread(fill, url, ROWS, sys.executable)
         store = await PostgresOrderStore.connect(url)
         middle = START + timedelta(microseconds=ROWS // 2)
         query = OrderQuery(start=middle, end=middle + timedelta(microseconds=100), limit=100)
@@ -196,35 +190,93 @@ async def _range_query() -> float:
         await store.close()
         return statistics.median(samples) * 1000
     finally:
-        await _drop(url)
+        await drop_database(url)
 
 
-def _busy(name: str, busy: float, database: float) -> Row:
-    unit = f"of {os.cpu_count()} (PostgreSQL at least {database:.2f})"
-    return Row("postgres", f"cores busy meanwhile, {name}", busy, unit)
+def cost_rows(name: str, cost: Cost) -> list[Row]:
+    """The rate of a drain, and what each order (or job) cost: CPU split between the client's
+    processes and PostgreSQL's, commits, rows written, WAL."""
+    return [
+        Row("postgres", f"{name}: orders/s", cost.rate, "orders/s"),
+        Row(
+            "postgres",
+            f"{name}: CPU per order, orderflow + PostgreSQL",
+            cost.per_job_us(cost.client_cpu_s + cost.database_cpu_s),
+            f"µs ({cost.split}; {(cost.client_cpu_s + cost.database_cpu_s) / cost.wall_s:.2f}"
+            f" cores: {cost.database_cpu_s / cost.wall_s:.2f} PostgreSQL)",
+        ),
+        Row(
+            "postgres",
+            f"{name}: per order, commits / rows written / WAL",
+            cost.commits / cost.jobs,
+            f"commits / {cost.rows_written / cost.jobs:.2f} rows"
+            f" / {cost.wal_bytes / cost.jobs:,.0f} bytes",
+        ),
+    ]
 
 
 def run() -> list[Row]:
-    one, one_busy, one_database = _ship_rate(1)
-    read, _, _ = _ship_rate(1, reader=True)
-    two, two_busy, two_database = _ship_rate(2)
+    with ExitStack() as stack:
+        where = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        try:
+            before: str | None = str(install(BEFORE, where))
+        except Exception as exc:  # no history, no registry: today's alone
+            print(f"postgres: cannot install {BEFORE}: {exc}", file=sys.stderr)
+            before = None
+        costs: dict[str, list[Cost]] = {"before": [], "today": []}
+        for n in range(ROUNDS):
+            for name in ("before", "today")[:: 1 if n % 2 else -1]:  # either first
+                if name == "before" and before is None:
+                    continue
+                costs[name].append(ship(sys.executable if name == "today" else before))
+    today = _median(costs["today"])
+    rows = cost_rows("one instance, today", today)
+    if costs["before"]:
+        old = _median(costs["before"])
+        rows += cost_rows(f"one instance, {BEFORE}", old)
+        cpu = statistics.median(
+            (t.client_cpu_s + t.database_cpu_s)
+            / t.jobs
+            / ((b.client_cpu_s + b.database_cpu_s) / b.jobs)
+            for t, b in zip(costs["today"], costs["before"], strict=True)
+        )
+        rows.append(
+            Row(
+                "postgres",
+                f"machine CPU per order: today / {BEFORE}",
+                cpu,
+                "x",
+                "≤ 0.5",
+                cpu <= 0.5,
+            )
+        )
+    read = ship(sys.executable, reader=True)
+    two = ship(sys.executable, instances=2)
     query_ms = asyncio.run(_range_query())
-    return [
-        Row(
-            "postgres", "claimed and shipped, one instance", one, "orders/s", "≥ 5,000", one >= 5000
-        ),
-        _busy("one instance", one_busy, one_database),
-        Row("postgres", "the same with a live reader of every event", read, "orders/s"),
+    rows += [
+        Row("postgres", "the same with a live reader of every event", read.rate, "orders/s"),
         Row(
             "postgres",
             "throughput with a reader / without",
-            read / one,
+            read.rate / today.rate,
             "x",
             "≥ 0.85",
-            read / one >= 0.85,
+            read.rate / today.rate >= 0.85,
         ),
-        Row("postgres", "claimed and shipped, two instances", two, "orders/s"),
-        _busy("two instances", two_busy, two_database),
-        Row("postgres", "two / one", two / one, "x", "≥ 1.6", two / one >= 1.6),
+        *cost_rows("two instances", two),
+        Row(
+            "postgres",
+            "two / one",
+            two.rate / today.rate,
+            "x",
+            "≥ 1.6",
+            two.rate / today.rate >= 1.6,
+        ),
         Row("postgres", "range query of 100 among 1M rows", query_ms, "ms"),
     ]
+    return rows
+
+
+def _median(costs: list[Cost]) -> Cost:
+    """The run of median rate."""
+    return sorted(costs, key=lambda c: c.rate)[len(costs) // 2]

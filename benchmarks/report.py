@@ -30,7 +30,7 @@ HEADLINES = (
     ("http", "POST /orders requests/s", "`POST /orders` on one core, in memory"),
     (
         "postgres",
-        "claimed and shipped, one instance",
+        "one instance, today: orders/s",
         "claimed and shipped by one instance on PostgreSQL, the database on the same cores",
     ),
     ("memory", "resident memory per order at 1M", "of memory per order kept in memory, at 1M"),

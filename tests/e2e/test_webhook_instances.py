@@ -87,12 +87,12 @@ def test_a_killed_instance_loses_no_event_and_none_is_acknowledged_twice(
         def all_delivered() -> bool:
             if query(database_url, "SELECT id FROM orders WHERE status <> 'shipped'"):
                 return False
-            [last] = query(database_url, "SELECT max(seq) AS seq FROM events")
+            [last] = query(database_url, "SELECT max(seq) AS seq FROM event_batches")
             [sub] = query(database_url, "SELECT cursor FROM webhooks")
             return last["seq"] is not None and sub["cursor"] == last["seq"]
 
         eventually_sync(all_delivered, timeout_s=60, interval_s=0.1)
-        [last] = query(database_url, "SELECT max(seq) AS seq FROM events")
+        [last] = query(database_url, "SELECT max(seq) AS seq FROM event_batches")
         every = {f"evt_{seq}" for seq in range(1, last["seq"] + 1)}
         assert set(receiver.arrived) == every  # every event delivered, at least once
         assert set(receiver.acked) == every

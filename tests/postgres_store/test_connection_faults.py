@@ -17,7 +17,14 @@ from orderflow.settings import Settings
 from orderflow.store.postgres import PostgresOrderStore
 from tests.conftest import FakeShipper, eventually
 from tests.faultproxy import FaultProxy
-from tests.postgres_store.conftest import LATER, T0, add_orders, add_ready, make_order
+from tests.postgres_store.conftest import (
+    LATER,
+    T0,
+    add_orders,
+    add_ready,
+    make_order,
+    proxied_url,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -198,3 +205,22 @@ async def test_a_hold_is_checked_through_the_proxy_too(
         order_id, Event.SHIP, LATER, hold=Hold("w", held.token)
     )
     assert shipped.status is OrderStatus.SHIPPED
+
+
+async def test_a_connection_goes_back_to_the_pool_without_a_word_to_the_server(
+    store: PostgresOrderStore, proxy: FaultProxy
+) -> None:
+    """Regression: the pool reset every connection on its release, a round trip of four
+    statements ("... RESET ALL") after every statement of ours: a third of all the round trips
+    of claim-and-ship. Nothing of ours lives in a session, so nothing is reset."""
+    through = await PostgresOrderStore.connect(
+        proxied_url(proxy), server_settings=store.server_settings, apply_migrations=False
+    )
+    try:
+        reset = proxy.cut_before(b"RESET ALL")
+        await add_orders(through, 3)
+        assert await through.claim_pending(LATER, 10) == 3
+        assert len(await through.acquire("w", 10, lease_s=60)) == 3
+        assert not reset.is_set()
+    finally:
+        await through.close()

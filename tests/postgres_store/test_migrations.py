@@ -1,6 +1,7 @@
 """The versioned schema: `orderflow db migrate` applies each migration once, in order, even
-when several processes start together; and 0003 takes over a database that 0002 left holding
-orders, its counts taken from the orders already there."""
+when several processes start together; 0003 takes over a database that 0002 left holding
+orders, its counts taken from the orders already there; and 0005 keeps the events 0004 left,
+each with its seq, those not numbered yet numbered after them."""
 
 from __future__ import annotations
 
@@ -77,15 +78,15 @@ def test_db_migrate_without_a_database_fails_in_one_line() -> None:
     assert len(result.output.splitlines()) == 1
 
 
-async def migrate_to_0002(url: str) -> None:
-    """The schema as a service of the 0002 days left it."""
+async def migrate_to_0002(url: str, through: str = "0002_pending_index") -> None:
+    """The schema as a service of the 0002 days (or of the days of `through`) left it."""
     db = await asyncpg.connect(url)
     try:
         await db.execute(
             "CREATE TABLE schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        for version in VERSIONS[:2]:
+        for version in VERSIONS[: VERSIONS.index(through) + 1]:
             await db.execute(MIGRATIONS.joinpath(f"{version}.sql").read_text())
             await db.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
     finally:
@@ -135,5 +136,40 @@ async def test_0003_takes_over_a_database_of_0002_and_counts_its_orders(
         [new] = await add_orders(store, 1)
         assert (await store.count_by_status())[OrderStatus.PENDING] == before["pending"] + 1
         assert [e.order_id for e in await store.read_events(0, 10)] == [new]
+    finally:
+        await store.close()
+
+
+async def test_0005_keeps_every_event_of_0004_with_its_seq_and_numbers_the_rest_after(
+    database_url: str,
+) -> None:
+    await migrate_to_0002(database_url, through="0004_webhooks")
+    db = await asyncpg.connect(database_url)
+    try:
+        # Events as 0004's service wrote them, one row each: three numbered, two not yet.
+        await db.execute(
+            "INSERT INTO events (type, order_id, status, at, seq)"
+            " SELECT 'order.submitted', 'order_' || n, 'pending', now(),"
+            "  CASE WHEN n < 3 THEN 10 + n END FROM generate_series(0, 4) AS n"
+        )
+        await db.execute("UPDATE event_horizon SET pruned_through = 9")
+    finally:
+        await db.close()
+    store = await PostgresOrderStore.connect(database_url)  # migrates: 0005 on
+    try:
+        assert await applied(database_url) == VERSIONS
+        assert [(e.seq, e.order_id) for e in await store.read_events(9, 10)] == [
+            (10, "order_0"),
+            (11, "order_1"),
+            (12, "order_2"),
+        ]
+        [new] = await add_orders(store, 1)
+        assert await store.sequence_events() == 3
+        events = await store.read_events(12, 10)
+        assert [(e.seq, e.order_id) for e in events] == [
+            (13, "order_3"),
+            (14, "order_4"),
+            (15, new),
+        ]
     finally:
         await store.close()

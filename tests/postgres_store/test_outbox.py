@@ -54,10 +54,12 @@ async def other_connection(store: PostgresOrderStore) -> AsyncIterator[asyncpg.C
 
 
 async def all_events(store: PostgresOrderStore) -> list[asyncpg.Record]:
-    """Every row of the events table, numbered or not, in the order they were written."""
+    """Every event, numbered or not, in the order they were written, with its batch's id and
+    seq."""
     async with store.database.connection() as db:
         rows: list[asyncpg.Record] = await db.fetch(
-            "SELECT id, seq, type, order_id, status FROM events ORDER BY id"
+            "SELECT b.id, b.seq, e.type, e.order_id, e.status FROM events e"
+            " JOIN event_batches b ON b.id = e.batch ORDER BY e.batch, e.pos"
         )
     return rows
 

@@ -27,7 +27,7 @@ async def test_an_expired_lease_is_rescued_once_and_the_old_holder_locked_out(
     [order_id] = await add_ready(store, 1)
     [held] = await store.acquire("dead", 1, lease_s=0)  # a lease that ends at once
     async with store.database.connection() as other_rescuer, other_rescuer.transaction():
-        await other_rescuer.execute("SELECT pg_advisory_xact_lock($1)", sql.RESCUE_LOCK)
+        assert await other_rescuer.fetchval(sql.TRY_LOCK, sql.RESCUE_LOCK)
         assert await store.rescue_expired(LATER) == 0  # one rescuer at a time
     assert await store.rescue_expired(LATER) == 1
     assert await store.rescue_expired(LATER) == 0
@@ -53,7 +53,7 @@ async def test_a_rescuer_paused_inside_its_transaction_blocks_rescue_only_for_a_
         paused = await asyncpg.connect(DATABASE_URL, server_settings=store.server_settings)
         try:
             await paused.execute("BEGIN")
-            await paused.execute("SELECT pg_advisory_xact_lock($1)", sql.RESCUE_LOCK)
+            assert await paused.fetchval(sql.TRY_LOCK, sql.RESCUE_LOCK)
             assert await store.rescue_expired(LATER) == 0  # the paused one is rescuing
             assert await eventually(lambda: store.rescue_expired(LATER)) == 1
             assert (await store.get_order(order_id)).history[-1].reason == (
@@ -228,7 +228,7 @@ async def test_counts_wait_for_a_numbering_under_way_and_include_own_writes(
     """Counts are folded in by whoever numbers the events; while another instance does, the
     counts wait for it (trying again) rather than answer without this process's own last
     write."""
-    other = await asyncpg.connect(DATABASE_URL)
+    other = await asyncpg.connect(DATABASE_URL, server_settings=store.server_settings)
     try:
         numbering = other.transaction()
         await numbering.start()
@@ -269,3 +269,24 @@ async def _waits_on_a_lock(store: PostgresOrderStore) -> bool:
             " AND query LIKE '%DELETE FROM orders%'"
         )
     return bool(waiting)
+
+
+async def test_stores_in_other_schemas_number_and_rescue_without_waiting_for_each_other(
+    store: PostgresOrderStore,
+) -> None:
+    """Regression: the advisory locks of numbering and rescue were keyed by a constant alone, so
+    a numbering in one schema of a database made a store in another schema answer "another
+    instance is numbering" (-1), and a conformance test that numbered once read no events."""
+    await add_ready(store, 1)
+    await store.acquire("dead", 1, lease_s=0)  # a lease that ends at once
+    async with (
+        schema_store() as elsewhere,
+        elsewhere.database.connection() as busy,
+        busy.transaction(),
+    ):
+        assert await busy.fetchval(sql.TRY_LOCK, sql.SEQUENCE_LOCK)
+        assert await busy.fetchval(sql.TRY_LOCK, sql.RESCUE_LOCK)
+        assert await store.sequence_events() > 0
+        assert await store.rescue_expired(LATER) == 1
+        async with elsewhere.database.connection() as neighbour:  # its own schema's: taken
+            assert not await neighbour.fetchval(sql.TRY_LOCK, sql.SEQUENCE_LOCK)

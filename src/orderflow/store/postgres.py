@@ -82,6 +82,14 @@ _MAX_WALK = 10_000  # orders a bulk action's batch looks at
 IDLE_TRANSACTION_TIMEOUT_S = 5.0
 
 
+async def _keep_session(_connection: Any) -> None:
+    """A connection goes back to the pool as it is. The driver's default resets the session (a
+    round trip of four statements on every release, a third of all the round trips of
+    claim-and-ship); ours leave nothing in a session to reset: no settings, no LISTEN (the
+    listener has a connection of its own), only transaction-scoped advisory locks. An open
+    transaction is still rolled back by the pool itself."""
+
+
 class PostgresOrderStore(OrderStore):
     """Args:
     pool: an asyncpg pool; `connect` makes one.
@@ -108,6 +116,8 @@ class PostgresOrderStore(OrderStore):
         self._events = PostgresEventLog(self.database, poll_s=poll_s)
         self._counts = PostgresCounts(self.database, self._events)
         self._listener: Listener | None = None
+        # Where the last full batch of a trigger (its created_before) stopped claiming.
+        self._claimed_to: tuple[datetime, str] | None = None
 
     @classmethod
     async def connect(
@@ -144,6 +154,7 @@ class PostgresOrderStore(OrderStore):
                 command_timeout=command_timeout_s,
                 timeout=10,
                 server_settings=server_settings,
+                reset=_keep_session,
             )
         except asyncpg.PostgresError as exc:  # the server's own words: no such database, …
             raise StoreUnavailable(f"the database refused the connection: {exc}") from exc
@@ -284,11 +295,27 @@ class PostgresOrderStore(OrderStore):
     async def claim_pending(
         self, at: datetime, limit: int, created_before: datetime | None = None
     ) -> int:
+        """The batches of one trigger (the same `created_before`) each start where the one
+        before stopped: every batch starting from the oldest pending order walked the index
+        entries of every order claimed before it in that trigger (left until a vacuum), and a
+        trigger of 100,000 orders spent 26 µs of the database's CPU an order claiming at 50,000
+        (10 µs now). The trigger's last batch, the one that finds fewer than `limit` above where
+        the one before stopped, looks once more from the oldest, for an order a lock hid from
+        an earlier batch."""
         below = sql.ABOVE_ALL_IDS if created_before is None else order_id_floor(created_before)
+        cursor = self._claimed_to
+        after = cursor[1] if cursor is not None and cursor[0] == created_before else ""
+        history = entry(OrderStatus.PROCESSING, at)
         async with self.database.connection(changing=True) as db:
-            claimed: int = await db.fetchval(
-                sql.CLAIM, at, limit, below, entry(OrderStatus.PROCESSING, at)
-            )
+            row = await db.fetchrow(sql.CLAIM, at, limit, below, history, after)
+            claimed: int = row["claimed"]
+            last: str | None = row["last"]
+            if claimed < limit and after:
+                more = await db.fetchrow(sql.CLAIM, at, limit - claimed, below, history, "")
+                claimed, last = claimed + more["claimed"], more["last"] or last
+        self._claimed_to = None
+        if created_before is not None and claimed == limit and last is not None:
+            self._claimed_to = (created_before, last)
         return claimed
 
     async def acquire(self, owner: str, limit: int, lease_s: float) -> list[Held]:

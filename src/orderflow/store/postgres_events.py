@@ -1,10 +1,11 @@
 """The PostgreSQL store's event log and its counts.
 
-`PostgresEventLog`: every statement that changes an order appends its event to the ``events``
-table in that same statement; events are numbered (given their seq) once their transactions
-are over, so that seq order is commit order and no reader ever sees a gap fill in later. The
-log numbers them itself, right after this process wrote some and every poll interval for the
-others', and says so (NOTIFY) to every instance.
+`PostgresEventLog`: every statement that changes orders appends their events, as one batch, to
+the ``events`` table in that same statement; a batch is numbered (its events given their seqs,
+one after another) once its transaction is over, so that seq order is commit order and no
+reader ever sees a gap fill in later. Numbering writes one small row per batch, never the
+events themselves. The log numbers them itself, right after this process wrote some and every
+poll interval for the others', and says so (NOTIFY) to every instance.
 
 `PostgresCounts`: orders by status and failed orders by reason, kept in small tables that
 numbering folds each change into, so that they are read, never counted by a scan.
@@ -78,10 +79,7 @@ class PostgresEventLog:
         async with self._db.connection() as db, db.transaction():
             if not await db.fetchval(sql.TRY_LOCK, sql.SEQUENCE_LOCK):
                 return -1
-            row = await db.fetchrow(sql.SEQUENCE_EVENTS, limit)
-            numbered: int = row["numbered"]
-            if numbered:
-                await db.execute(sql.NOTIFY, sql.EVENTS_CHANNEL, str(row["last"]))
+            numbered: int = await db.fetchval(sql.SEQUENCE_EVENTS, limit)
         return numbered
 
     def watch(self, on_events: Callable[[], None]) -> None:

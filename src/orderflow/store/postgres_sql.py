@@ -1,9 +1,9 @@
 """Every statement PostgresOrderStore runs, as named data (a test EXPLAINs each one).
 
-Each changes what it changes in one statement, and appends the event of each change to the
-``events`` table in that same statement (a transactional outbox: an event exists if and only
-if its change committed). Data-modifying CTEs run exactly once whether or not the final SELECT
-reads them; `pg_notify` is called from a CTE the final SELECT does read.
+Each changes what it changes in one statement, and appends the events of its changes, as one
+batch, to the ``events`` table in that same statement (a transactional outbox: an event exists
+if and only if its change committed). Data-modifying CTEs run exactly once whether or not the
+final SELECT reads them; `pg_notify` is called from a CTE the final SELECT does read.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ READY_CHANNEL = "orderflow_ready"
 CANCEL_CHANNEL = "orderflow_cancel"
 EVENTS_CHANNEL = "orderflow_events"
 ABOVE_ALL_IDS = "order_g"  # sorts after every id ("g" follows the hex digits)
-RESCUE_LOCK = 0x726573637565  # advisory locks: one instance rescues at a time,
-SEQUENCE_LOCK = 0x73657175656E  # and one numbers the events
+# Advisory locks, one of each per schema: one instance rescues at a time, and one numbers the
+# events. The instances of a deployment share a schema; deployments (and tests) in the other
+# schemas of a database never wait for each other (a lock keyed by a constant alone made a
+# numbering in one schema answer "busy" to a numbering in another).
+RESCUE_LOCK = "orderflow rescue"
+SEQUENCE_LOCK = "orderflow numbering"
 
 
 def _history_entry(status: str, at: str, reason: str) -> str:
@@ -25,9 +29,26 @@ def _history_entry(status: str, at: str, reason: str) -> str:
     )
 
 
+_EVENT_COLUMNS = "type, order_id, status, previous_status, at, reason, previous_reason, data"
+
+
+def _events(source: str, values: str) -> str:
+    """Two CTEs (`batch`, `e`) that append an event for each row of `source` (a FROM list), all
+    of them one batch (see migration 0005): `values` is a typed SELECT list over `source` of
+    (type, order_id, status, previous_status, at, reason, previous_reason, data)."""
+    return (
+        f" batch AS (INSERT INTO event_batches (size) SELECT count(*) FROM {source}"
+        "  HAVING count(*) > 0 RETURNING id),"
+        f" e AS (INSERT INTO events (batch, pos, {_EVENT_COLUMNS})"
+        "  SELECT batch.id, row_number() OVER (ORDER BY x.order_id), x.* FROM batch,"
+        f"  (SELECT {values} FROM {source}) AS x({_EVENT_COLUMNS}))"
+    )
+
+
 PING = "SELECT 1"
 NOTIFY = "SELECT pg_notify($1, $2)"
-TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"  # for this transaction, if free
+# Lock $1 (a name above) for this transaction, if free.
+TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ' in ' || current_schema(), 0))"
 
 # -- orders -------------------------------------------------------------------------------------
 
@@ -41,9 +62,12 @@ INSERT_ORDER = (
     "   shipment)"
     "  SELECT $1, $2, $3::jsonb, $4, $5, $6, $7::jsonb, $8::jsonb"
     "  WHERE $9::text IS NULL OR EXISTS (SELECT FROM k) RETURNING id, status, updated_at),"
-    " e AS (INSERT INTO events (type, order_id, status, at)"
-    "  SELECT 'order.submitted', id, status, updated_at FROM o)"
-    " SELECT count(*) FROM o"
+    + _events(
+        "o",
+        "'order.submitted', id, status, NULL::text, updated_at, NULL::text, NULL::text,"
+        " NULL::jsonb",
+    )
+    + " SELECT count(*) FROM o"
 )
 FIND_IDEMPOTENCY = (
     "SELECT key, fingerprint, order_id, created_at FROM idempotency_keys WHERE key = $1"
@@ -69,9 +93,12 @@ DELETE_PENDING = (
     "WITH old AS (SELECT id, status FROM orders WHERE id = $1 FOR UPDATE),"
     " d AS (DELETE FROM orders o USING old WHERE o.id = old.id AND old.status = 'pending'"
     "  RETURNING o.id),"
-    " e AS (INSERT INTO events (type, order_id, status, previous_status, at)"
-    "  SELECT 'order.deleted', id, NULL, 'pending', $2 FROM d)"
-    " SELECT old.status, (SELECT count(*) FROM d) AS deleted FROM old"
+    + _events(
+        "d",
+        "'order.deleted', id, NULL::text, 'pending'::text, $2::timestamptz, NULL::text,"
+        " NULL::text, NULL::jsonb",
+    )
+    + " SELECT old.status, (SELECT count(*) FROM d) AS deleted FROM old"
 )
 # One checked transition. $1 id, $2 target, $3 at, $4 history entry, $5 whether the hold goes
 # on, $6 the statuses it may leave, $7/$8 the hold it must be under (or NULL), $9 event type,
@@ -86,21 +113,27 @@ TRANSITION = (
     "  FROM old WHERE o.id = old.id AND old.status = ANY($6::text[])"
     "   AND ($7::text IS NULL OR (old.owner = $7 AND old.attempt = $8))"
     f"  RETURNING {O_COLUMNS}),"
-    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason,"
-    "   previous_reason)"
-    "  SELECT $9, upd.id, upd.status, old.status, $3, $10,"
-    "   CASE WHEN old.status = 'failed' THEN old.reason END FROM upd, old),"
-    " n AS (SELECT pg_notify(CASE WHEN $11 THEN 'orderflow_cancel' ELSE 'orderflow_ready' END,"
+    + _events(
+        "upd, old",
+        "$9::text, upd.id, upd.status, old.status, $3::timestamptz, $10::text,"
+        " CASE WHEN old.status = 'failed' THEN old.reason END, NULL::jsonb",
+    )
+    + ", n AS (SELECT pg_notify(CASE WHEN $11 THEN 'orderflow_cancel' ELSE 'orderflow_ready' END,"
     "   CASE WHEN $11 THEN old.id ELSE '' END) FROM upd, old"
     "  WHERE ($11 AND old.owner IS NOT NULL) OR $12)"
     " SELECT old.status AS old_status, old.owner AS old_owner, old.attempt AS old_attempt,"
     f"  {', '.join('upd.' + c for c in COLUMNS.split(', '))}, (SELECT count(*) FROM n) AS notified"
     " FROM old LEFT JOIN upd ON true"
 )
-# Outcomes of many shipments, each checked against (owner $10, its token). Only the owner's
-# rows, found through the index of held orders (only processing orders have an owner): a
-# status condition here let the planner, its statistics taken before a burst of claims, scan
-# every processing order for each batch.
+# Outcomes of many shipments, each checked against (owner $10, its token). Each order is found
+# by its id (the primary key), then checked. The owner is compared with IS NOT DISTINCT FROM,
+# an equality no index answers: with a plain `=`, the plan the server keeps for a prepared
+# statement (the driver prepares every statement; after five runs the server plans it once for
+# any arguments) walked the owner's held orders and, for each, the whole batch: a batch of 500
+# compared 250,000 pairs and cost 150 µs of the database's CPU an order (about 30 now; at 64,
+# 35 µs then and 17 now).
+# (A status condition instead let the planner, its statistics taken before a burst of claims,
+# scan every processing order for each batch.)
 WRITE_OUTCOMES = (
     "WITH c AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[],"
     "   $5::jsonb[], $6::bool[], $7::text[], $8::text[], $9::jsonb[])"
@@ -109,25 +142,28 @@ WRITE_OUTCOMES = (
     "   history = o.history || c.entry, shipment = coalesce(c.shipment, o.shipment),"
     "   owner = CASE WHEN c.keep THEN o.owner END,"
     "   lease_expires_at = CASE WHEN c.keep THEN o.lease_expires_at END"
-    "  FROM c WHERE o.id = c.id AND o.owner = $10 AND o.attempt = c.token"
+    "  FROM c WHERE o.id = c.id AND o.owner IS NOT DISTINCT FROM $10 AND o.attempt = c.token"
     f"  RETURNING {O_COLUMNS}, c.type, c.at, c.reason, c.keep),"
-    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason, data)"
-    "  SELECT type, id, status, 'processing', at, reason, shipment FROM upd),"
-    " n AS (SELECT pg_notify('orderflow_ready', '')"
+    + _events("upd", "type, id, status, 'processing'::text, at, reason, NULL::text, shipment")
+    + ", n AS (SELECT pg_notify('orderflow_ready', '')"
     "  WHERE EXISTS (SELECT FROM upd WHERE type = 'order.released' AND status = 'processing'))"
     f" SELECT {COLUMNS}, (SELECT count(*) FROM n) AS notified FROM upd"
 )
-# Claim: the oldest pending orders, through the partial index orders_pending. $1 at, $2 limit,
-# $3 the id bound, $4 history entry.
+# Claim: the oldest pending orders above id $5 and below id $3, through the partial index
+# orders_pending. $1 at, $2 limit, $4 history entry. Answers how many, and the highest id.
 CLAIM = (
-    "WITH picked AS (SELECT id FROM orders WHERE status = 'pending' AND id < $3"
+    "WITH picked AS (SELECT id FROM orders WHERE status = 'pending' AND id < $3 AND id > $5"
     "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED),"
     " upd AS (UPDATE orders o SET status = 'processing', updated_at = $1,"
     "   history = o.history || $4::jsonb FROM picked WHERE o.id = picked.id RETURNING o.id),"
-    " e AS (INSERT INTO events (type, order_id, status, previous_status, at)"
-    "  SELECT 'order.processing', id, 'processing', 'pending', $1 FROM upd),"
-    " n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM upd))"
-    " SELECT (SELECT count(*) FROM upd) AS claimed, (SELECT count(*) FROM n) AS notified"
+    + _events(
+        "upd",
+        "'order.processing', id, 'processing'::text, 'pending'::text, $1::timestamptz,"
+        " NULL::text, NULL::text, NULL::jsonb",
+    )
+    + ", n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM upd))"
+    " SELECT (SELECT count(*) FROM upd) AS claimed, (SELECT max(id) FROM upd) AS last,"
+    " (SELECT count(*) FROM n) AS notified"
 )
 # Hand ready orders to owner $1 under new tokens, with a lease of $3 seconds.
 ACQUIRE = (
@@ -140,21 +176,26 @@ ACQUIRE = (
 # Renew what owner $1 holds under the tokens it gives ($2 ids, $3 tokens) for $4 seconds, and
 # hand back, at $5 (text $6), what it holds without knowing. Answers renewed ids (true) and
 # handed back ones (false).
+# Each order by its id, then checked (see WRITE_OUTCOMES); what is handed back is what the
+# owner holds beyond what was renewed, found through a hash of those (NOT EXISTS over the
+# given holds compared each held order with every hold in a generic plan).
 RENEW = (
     "WITH mine AS (SELECT * FROM unnest($2::text[], $3::int[]) AS m(id, token)),"
     " renewed AS (UPDATE orders o SET lease_expires_at = now() + make_interval(secs => $4)"
-    "  FROM mine WHERE o.id = mine.id AND o.owner = $1 AND o.attempt = mine.token"
+    "  FROM mine WHERE o.id = mine.id AND o.owner IS NOT DISTINCT FROM $1"
+    "   AND o.attempt = mine.token"
     "  RETURNING o.id),"
     " stray AS (UPDATE orders o SET owner = NULL, lease_expires_at = NULL, updated_at = $5,"
     "   history = o.history || "
     + _history_entry("'processing'", "$6::text", "'handed back: ' || $1 || ' lost track of it'")
-    + "  WHERE o.owner = $1"
-    "   AND NOT EXISTS (SELECT FROM mine WHERE mine.id = o.id AND mine.token = o.attempt)"
+    + "  WHERE o.owner = $1 AND o.id NOT IN (SELECT id FROM renewed)"
     "  RETURNING o.id),"
-    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason)"
-    "  SELECT 'order.released', id, 'processing', 'processing', $5,"
-    "   'handed back: ' || $1 || ' lost track of it' FROM stray),"
-    " n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM stray))"
+    + _events(
+        "stray",
+        "'order.released', id, 'processing'::text, 'processing'::text, $5::timestamptz,"
+        " 'handed back: ' || $1 || ' lost track of it', NULL::text, NULL::jsonb",
+    )
+    + ", n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM stray))"
     " SELECT id, true AS renewed FROM renewed UNION ALL SELECT id, false FROM stray"
     " UNION ALL SELECT NULL, NULL FROM n"
 )
@@ -169,10 +210,12 @@ RESCUE = (
         "'processing'", "$2::text", "'rescued: the lease of ' || lost.owner || ' ran out'"
     )
     + "  FROM lost WHERE o.id = lost.id RETURNING o.id, lost.owner),"
-    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason)"
-    "  SELECT 'order.rescued', id, 'processing', 'processing', $1,"
-    "   'rescued: the lease of ' || owner || ' ran out' FROM upd),"
-    " n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM upd))"
+    + _events(
+        "upd",
+        "'order.rescued', id, 'processing'::text, 'processing'::text, $1::timestamptz,"
+        " 'rescued: the lease of ' || owner || ' ran out', NULL::text, NULL::jsonb",
+    )
+    + ", n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM upd))"
     " SELECT (SELECT count(*) FROM upd) AS rescued, (SELECT count(*) FROM n) AS notified"
 )
 # Hand back all that owner $3 holds, at $1 ($2 as text).
@@ -181,10 +224,12 @@ RETIRE = (
     "   history = o.history || "
     + _history_entry("'processing'", "$2::text", "'handed back: ' || $3::text || ' stopped'")
     + "  WHERE owner = $3 RETURNING o.id),"
-    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason)"
-    "  SELECT 'order.released', id, 'processing', 'processing', $1,"
-    "   'handed back: ' || $3::text || ' stopped' FROM upd),"
-    " n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM upd))"
+    + _events(
+        "upd",
+        "'order.released', id, 'processing'::text, 'processing'::text, $1::timestamptz,"
+        " 'handed back: ' || $3::text || ' stopped', NULL::text, NULL::jsonb",
+    )
+    + ", n AS (SELECT pg_notify('orderflow_ready', '') WHERE EXISTS (SELECT FROM upd))"
     " SELECT (SELECT count(*) FROM upd) AS retired, (SELECT count(*) FROM n) AS notified"
 )
 # An operator's bulk action, one source status ($1) at a time: walk at most $9 orders in
@@ -203,10 +248,12 @@ TRANSITION_MATCHING = (
     " upd AS (UPDATE orders o SET status = $7, updated_at = $10,"
     "   history = o.history || $8::jsonb, owner = NULL, lease_expires_at = NULL"
     "  FROM picked WHERE o.id = picked.id RETURNING o.id, picked.owner, picked.reason),"
-    " e AS (INSERT INTO events (type, order_id, status, previous_status, at, reason,"
-    "   previous_reason)"
-    "  SELECT $11, id, $7, $1, $10, $12, CASE WHEN $1 = 'failed' THEN reason END FROM upd),"
-    " n AS (SELECT pg_notify('orderflow_cancel', id) FROM upd"
+    + _events(
+        "upd",
+        "$11::text, id, $7::text, $1::text, $10::timestamptz, $12::text,"
+        " CASE WHEN $1 = 'failed' THEN reason END, NULL::jsonb",
+    )
+    + ", n AS (SELECT pg_notify('orderflow_cancel', id) FROM upd"
     "  WHERE $13 AND owner IS NOT NULL)"
     " SELECT id, NULL AS walked_to FROM upd"
     " UNION ALL SELECT NULL, CASE WHEN (SELECT count(*) FROM wanted) = $5"
@@ -221,48 +268,72 @@ OLDEST_PENDING = "SELECT min(id) FROM orders WHERE status = 'pending'"  # orders
 FAILED_REASONS = (
     "SELECT reason, count FROM failure_counts WHERE count > 0 ORDER BY count DESC, reason LIMIT $1"
 )
-# Number the events of committed transactions ($1 at most), oldest transaction first, and fold
-# their changes into the counts; one instance at a time (the caller holds SEQUENCE_LOCK). Only
-# committed events are visible here, and numbers only grow: an event that commits later is
-# numbered later, after every number handed out before, so a reader following seq misses none.
-# Within a round, id order (the order of insertion) keeps an order's events in the order they
-# happened: a change is made after the one before it committed.
+# Number the batches of events of committed transactions ($1 events at most, and at least one
+# batch), oldest batch first, and fold their changes into the counts; one instance at a time
+# (the caller holds SEQUENCE_LOCK). Only committed batches are visible here, and numbers only
+# grow: a batch that commits later is numbered later, after every number handed out before, so
+# a reader following seq misses none. Within a round, id order (the order of insertion) keeps an
+# order's events in the order they happened: a change is made after the one before it
+# committed. A batch's seq is its last event's. Every instance is told (NOTIFY, at commit) the
+# last seq numbered. Answers how many events were numbered.
 SEQUENCE_EVENTS = (
-    "WITH todo AS (SELECT id, status, previous_status, reason, previous_reason"
-    "  FROM events WHERE seq IS NULL ORDER BY id LIMIT $1 FOR UPDATE),"
+    "WITH todo AS (SELECT id, size, sum(size) OVER (ORDER BY id) AS upto FROM event_batches"
+    "  WHERE seq IS NULL ORDER BY id LIMIT $1),"
+    " chosen AS (SELECT id, upto FROM todo WHERE upto <= $1 OR upto = size),"
     " numbered AS (SELECT id, (SELECT greatest(max(seq), (SELECT pruned_through"
-    "   FROM event_horizon)) FROM events)"
-    "   + row_number() OVER (ORDER BY id) AS seq FROM todo),"
-    " upd AS (UPDATE events e SET seq = n.seq FROM numbered n WHERE e.id = n.id"
-    "  RETURNING e.seq),"
-    " moves AS (SELECT status AS s, 1 AS d FROM todo WHERE status IS NOT NULL"
-    "  UNION ALL SELECT previous_status, -1 FROM todo WHERE previous_status IS NOT NULL),"
+    "   FROM event_horizon)) FROM event_batches) + upto AS seq FROM chosen),"
+    " upd AS (UPDATE event_batches b SET seq = n.seq FROM numbered n WHERE b.id = n.id"
+    "  RETURNING b.seq, b.size),"
+    " todo_events AS (SELECT e.status, e.previous_status, e.reason, e.previous_reason"
+    "  FROM chosen c JOIN events e ON e.batch = c.id),"
+    " moves AS (SELECT status AS s, 1 AS d FROM todo_events WHERE status IS NOT NULL"
+    "  UNION ALL SELECT previous_status, -1 FROM todo_events WHERE previous_status IS NOT NULL),"
     " counted AS (INSERT INTO status_counts AS c (status, count)"
     "  SELECT s, sum(d) FROM moves GROUP BY s HAVING sum(d) <> 0"
     "  ON CONFLICT (status) DO UPDATE SET count = c.count + EXCLUDED.count),"
-    " failures AS (SELECT coalesce(reason, '') AS r, 1 AS d FROM todo WHERE status = 'failed'"
-    "  UNION ALL SELECT coalesce(previous_reason, ''), -1 FROM todo"
+    " failures AS (SELECT coalesce(reason, '') AS r, 1 AS d FROM todo_events"
+    "  WHERE status = 'failed'"
+    "  UNION ALL SELECT coalesce(previous_reason, ''), -1 FROM todo_events"
     "  WHERE previous_status = 'failed'),"
     " failed AS (INSERT INTO failure_counts AS f (reason, count)"
     "  SELECT r, sum(d) FROM failures GROUP BY r HAVING sum(d) <> 0"
-    "  ON CONFLICT (reason) DO UPDATE SET count = f.count + EXCLUDED.count)"
-    " SELECT count(*) AS numbered, max(seq) AS last FROM upd"
+    "  ON CONFLICT (reason) DO UPDATE SET count = f.count + EXCLUDED.count),"
+    " n AS (SELECT pg_notify('orderflow_events', max(seq)::text) FROM upd HAVING count(*) > 0)"
+    " SELECT coalesce(sum(size), 0) AS numbered, max(seq) AS last,"
+    " (SELECT count(*) FROM n) AS notified FROM upd"
 )
+# The events after seq $1, at most $2: the batches that hold them (through their seq index, no
+# more batches than needed for $2 events), then their events (through the primary key).
 READ_EVENTS = (
-    "SELECT seq, type, order_id, status, at, reason, data FROM events"
-    " WHERE seq > $1 ORDER BY seq LIMIT $2"
+    "SELECT b.seq - b.size + e.pos AS seq, e.type, e.order_id, e.status, e.at, e.reason, e.data"
+    " FROM (SELECT id, seq, size FROM (SELECT id, seq, size,"
+    "   sum(least(size, seq - $1)) OVER (ORDER BY seq) - least(size, seq - $1) AS before"
+    "   FROM event_batches WHERE seq > $1 ORDER BY seq LIMIT $2) AS w WHERE before < $2) AS b"
+    " JOIN events e ON e.batch = b.id AND e.pos > b.size - (b.seq - $1)"
+    " ORDER BY b.seq, e.pos LIMIT $2"
 )
 PRUNED_THROUGH = "SELECT pruned_through FROM event_horizon"
 EVENT_HORIZON = (
-    "SELECT pruned_through, (SELECT coalesce(max(seq), pruned_through) FROM events) AS last"
-    " FROM event_horizon"
+    "SELECT pruned_through,"
+    " (SELECT coalesce(max(seq), pruned_through) FROM event_batches) AS last FROM event_horizon"
 )
 # Drop the oldest numbered events, at most $3 of them: those dated before $1, and those beyond
-# the newest $2 (found in seq order through its index, deleted through the primary key).
+# the newest $2 (found in seq order through the batches' seq index, deleted through the primary
+# key), and the batches left empty.
 PRUNE_EVENTS = (
-    "WITH doomed AS (SELECT id, seq FROM events WHERE seq IS NOT NULL AND (at < $1"
-    "  OR seq <= (SELECT coalesce(max(seq), 0) FROM events) - $2) ORDER BY seq LIMIT $3),"
-    " gone AS (DELETE FROM events WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING seq),"
+    "WITH top AS (SELECT coalesce(max(seq), 0) AS last FROM event_batches),"
+    " doomed AS (SELECT e.batch, e.pos, b.seq - b.size + e.pos AS seq"
+    "  FROM event_batches b JOIN events e ON e.batch = b.id"
+    "  WHERE b.seq IS NOT NULL"
+    "   AND (e.at < $1 OR b.seq - b.size + e.pos <= (SELECT last FROM top) - $2)"
+    "  ORDER BY b.seq, e.pos LIMIT $3),"
+    " gone AS (DELETE FROM events e USING unnest(ARRAY(SELECT batch FROM doomed ORDER BY seq),"
+    "   ARRAY(SELECT pos FROM doomed ORDER BY seq), ARRAY(SELECT seq FROM doomed ORDER BY seq))"
+    "   AS d(batch, pos, seq) WHERE e.batch = d.batch AND e.pos = d.pos RETURNING d.seq),"
+    " emptied AS (DELETE FROM event_batches b"
+    "  WHERE b.id = ANY(ARRAY(SELECT DISTINCT batch FROM doomed))"
+    "   AND (SELECT count(*) FROM doomed WHERE batch = b.id)"
+    "   = (SELECT count(*) FROM events e WHERE e.batch = b.id)),"
     " moved AS (UPDATE event_horizon SET pruned_through = greatest(pruned_through,"
     "   (SELECT max(seq) FROM gone)) WHERE EXISTS (SELECT FROM gone))"
     " SELECT count(*) FROM gone"
