@@ -80,6 +80,12 @@ class OrderService:
         self._keys_in_flight: set[str] = set()
         self.stopping = False
 
+    @property
+    def auto_process(self) -> bool:
+        """Whether pending orders are claimed by themselves; else they wait for a trigger
+        (POST /orders/process), and the answer to a retry says so."""
+        return self.claimer.auto_process
+
     async def start(self) -> None:
         """Start shipping, then take triggers (and, with auto-process, claim by itself)."""
         await self.processor.start()

@@ -30,6 +30,9 @@ from tests.api.conftest import (
 from tests.conftest import FakeShipper, eventually, settled
 from tests.helpers import ORDER, ROUTES
 
+# The contract's words: what a retry's answer says while auto-process is off.
+RETRY_NOTE = "retried orders wait in pending until POST /orders/process (auto-process is off)"
+
 
 async def ship_pending(client: httpx.AsyncClient, store: InMemoryOrderStore) -> int:
     """Trigger processing and wait until nothing is processing; returns how many were taken."""
@@ -490,7 +493,7 @@ async def test_retry_sends_a_failed_order_back_to_pending_with_the_reason(
     order_id = await failed_order(client, memory_store, shipper, "address refused")
     response = await client.post(f"/orders/{order_id}/retry", json={"reason": "address fixed"})
     assert response.status_code == 200
-    assert response.json() == {"id": order_id, "status": "pending"}
+    assert response.json() == {"id": order_id, "status": "pending", "note": RETRY_NOTE}
     history = (await client.get(f"/orders/{order_id}")).json()["history"]
     assert [(e["status"], e.get("reason")) for e in history] == [
         ("pending", None),
@@ -507,7 +510,7 @@ async def test_retry_without_a_body_records_an_operator_retry(
 ) -> None:
     order_id = await failed_order(client, memory_store, shipper, "address refused")
     response = await client.post(f"/orders/{order_id}/retry")
-    assert response.json() == {"id": order_id, "status": "pending"}
+    assert response.json() == {"id": order_id, "status": "pending", "note": RETRY_NOTE}
     history = (await client.get(f"/orders/{order_id}")).json()["history"]
     assert (history[-1]["status"], history[-1]["reason"]) == ("pending", "retried by an operator")
 
@@ -547,7 +550,7 @@ async def test_bulk_retry_takes_the_failed_orders_whose_reason_matches(
         "/orders/retry", json={"reason_contains": "timeout", "reason": "carrier is back"}
     )
     assert response.status_code == 200
-    assert response.json() == {"count": 2}
+    assert response.json() == {"count": 2, "note": RETRY_NOTE}
     for order_id in timeouts:
         history = (await client.get(f"/orders/{order_id}")).json()["history"]
         assert history[-1]["status"] == "pending"
@@ -555,7 +558,7 @@ async def test_bulk_retry_takes_the_failed_orders_whose_reason_matches(
     assert await status_of(client, refused) == "failed"
     assert await status_of(client, pending) == "pending"
     again = await client.post("/orders/retry", json={"reason_contains": "timeout"})
-    assert again.json() == {"count": 0}
+    assert again.json() == {"count": 0, "note": RETRY_NOTE}
 
 
 async def test_bulk_retry_of_everything_takes_every_failed_order(
@@ -563,7 +566,7 @@ async def test_bulk_retry_of_everything_takes_every_failed_order(
 ) -> None:
     failed = [await failed_order(client, memory_store, shipper, r) for r in ("a", "b")]
     response = await client.post("/orders/retry", json={})
-    assert response.json() == {"count": 2}
+    assert response.json() == {"count": 2, "note": RETRY_NOTE}
     for order_id in failed:
         history = (await client.get(f"/orders/{order_id}")).json()["history"]
         assert history[-1]["reason"] == "retried in bulk by an operator"
@@ -729,7 +732,18 @@ async def test_healthz_and_readyz_answer_200(client: httpx.AsyncClient) -> None:
     health = await client.get("/healthz")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
     ready = await client.get("/readyz")
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "auto_process": False})
+
+
+async def test_with_auto_process_readyz_says_so_and_a_retry_carries_no_note(
+    serve_api: ServeFactory,
+) -> None:
+    """A retried order waits for a trigger only while auto-process is off: the note (and the
+    dashboard's hint, which reads `auto_process`) is for then alone."""
+    client = (await serve_api(auto_process=True)).client
+    ready = await client.get("/readyz")
+    assert ready.json() == {"status": "ready", "auto_process": True}
+    assert (await client.post("/orders/retry", json={})).json() == {"count": 0}
 
 
 async def test_readyz_is_503_while_stopping_and_once_stopped(
@@ -857,4 +871,4 @@ async def test_a_reversed_time_range_holds_no_orders(client: httpx.AsyncClient) 
     assert page.json() == {"orders": [], "count": 0, "next_cursor": None}
     for action in ("retry", "cancel"):
         moved = await client.post(f"/orders/{action}", json=reversed_range)
-        assert moved.json() == {"count": 0}
+        assert moved.json()["count"] == 0

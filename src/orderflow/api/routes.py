@@ -18,16 +18,20 @@ from orderflow.api.errors import HTTPProblem, bad_query
 from orderflow.api.http import JSON, NOSNIFF, Request, Response, json_response
 from orderflow.api.routing import Param, Route
 from orderflow.api.schemas import (
+    RETRY_NOTE,
     ActionRequest,
     BulkRequest,
     BulkResult,
+    BulkRetried,
     EventPage,
     Health,
     Message,
     OrderCreate,
     OrderPage,
     OrderRef,
+    OrderRetried,
     ProcessingStarted,
+    Readiness,
 )
 from orderflow.domain import (
     DEFAULT_PAGE,
@@ -163,7 +167,9 @@ async def cancel_order(services: Services, request: Request) -> Response:
 async def retry_order(services: Services, request: Request) -> Response:
     action = await _optional_body(request)
     order = await services.service.retry_order(request.params[0], action.reason)
-    return json_response(200, OrderRef(order.id, order.status))
+    if services.service.auto_process:
+        return json_response(200, OrderRef(order.id, order.status))
+    return json_response(200, OrderRetried(order.id, order.status, RETRY_NOTE))
 
 
 async def _optional_body(request: Request) -> ActionRequest:
@@ -182,18 +188,22 @@ async def trigger(services: Services, request: Request) -> Response:
 
 
 async def bulk_retry(services: Services, request: Request) -> Response:
-    return await _bulk(services, request, Event.RETRY, "retried in bulk by an operator")
+    answer = await _bulk(services, request, Event.RETRY, "retried in bulk by an operator")
+    if services.service.auto_process:
+        return json_response(200, answer)
+    return json_response(200, BulkRetried(**msgspec.structs.asdict(answer), note=RETRY_NOTE))
 
 
 async def bulk_cancel(services: Services, request: Request) -> Response:
-    return await _bulk(services, request, Event.CANCEL, "cancelled in bulk by an operator")
+    answer = await _bulk(services, request, Event.CANCEL, "cancelled in bulk by an operator")
+    return json_response(200, answer)
 
 
-async def _bulk(services: Services, request: Request, event: Event, default: str) -> Response:
+async def _bulk(services: Services, request: Request, event: Event, default: str) -> BulkResult:
     bulk: BulkRequest = await request.json(_decode_bulk)  # its times in UTC
     where = OrderFilter(start=bulk.start, end=bulk.end, reason_contains=bulk.reason_contains)
     count = await services.service.act_in_bulk(event, where, bulk.reason or default)
-    return json_response(200, BulkResult(count))
+    return BulkResult(count)
 
 
 async def stats(services: Services, request: Request) -> Response:
@@ -254,7 +264,7 @@ async def healthz(services: Services, request: Request) -> Response:
 
 async def readyz(services: Services, request: Request) -> Response:
     await services.service.ready()
-    return Response(200, _encode(Health("ready")))
+    return json_response(200, Readiness("ready", services.service.auto_process))
 
 
 async def metrics(services: Services, request: Request) -> Response:
@@ -275,6 +285,10 @@ def _registry() -> Any:
 _ID = Param("id", {"type": "string", "pattern": ORDER_ID_PATTERN}, "an order id", "path", True)
 _TIME = {"type": "string", "format": "date-time"}
 _REASON_BODY = 'An optional JSON body `{"reason": "…"}` says why, for the order\'s history.'
+_RETRY_NOTE = (
+    " While auto-process is off, the answer carries `note`: retried orders wait in pending"
+    " until POST /orders/process."
+)
 _BULK = (
     "Takes every order that matches: created in [`from`, `to`), and whose latest history entry's"
     " reason contains `reason_contains` (any case); each condition is optional, `{}` takes all."
@@ -312,7 +326,7 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
           " counts them all, moved or still to move. Orders submitted after the call wait for"
           " the next one (or --auto-process)."),
     Route("POST", "/orders/retry", bulk_retry, "Retry failed orders in bulk", 200, BulkResult,
-          BulkRequest, statuses=(422, 503), role="operate", description=_BULK,
+          BulkRequest, statuses=(422, 503), role="operate", description=_BULK + _RETRY_NOTE,
           example={"reason_contains": "timeout"}),
     Route("POST", "/orders/cancel", bulk_cancel, "Cancel pending and processing orders in bulk",
           200, BulkResult, BulkRequest, statuses=(422, 503), role="operate", description=_BULK,
@@ -330,7 +344,7 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
           role="operate", description=_REASON_BODY, body_required=False),
     Route("POST", "/orders/{id}/retry", retry_order, "Send a failed order back to pending", 200,
           OrderRef, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503), role="operate",
-          description=_REASON_BODY, body_required=False),
+          description=_REASON_BODY + _RETRY_NOTE, body_required=False),
 )  # fmt: skip
 
 EVENT_ROUTES: tuple[Route[Services], ...] = (
@@ -364,5 +378,7 @@ META_ROUTES: tuple[Route[Services], ...] = (
     Route("GET", "/healthz", healthz, "Liveness: the process answers", 200, Health, role=None,
           needs_service=False),
     Route("GET", "/readyz", readyz, "Readiness: the store answers and the service is not"
-          " stopping", 200, Health, statuses=(503,), role=None),
+          " stopping", 200, Readiness, statuses=(503,), role=None,
+          description="`auto_process`: whether pending orders ship by themselves"
+          " (--auto-process); when false they wait for POST /orders/process."),
 )  # fmt: skip

@@ -152,6 +152,16 @@ class OrderRef(msgspec.Struct, frozen=True):
     status: OrderStatus
 
 
+# What a retry's answer adds while auto-process is off: nothing ships it until a trigger.
+RETRY_NOTE = "retried orders wait in pending until POST /orders/process (auto-process is off)"
+
+
+class OrderRetried(OrderRef, frozen=True):
+    """A retry's answer while auto-process is off: the order, and `note` (`RETRY_NOTE`)."""
+
+    note: str
+
+
 class OrderPage(msgspec.Struct, frozen=True):
     orders: list[Order]
     count: int
@@ -179,8 +189,21 @@ class BulkResult(msgspec.Struct, frozen=True):
     count: int
 
 
+class BulkRetried(BulkResult, frozen=True):
+    """A bulk retry's answer while auto-process is off: the count, and `note` (`RETRY_NOTE`)."""
+
+    note: str
+
+
 class Health(msgspec.Struct, frozen=True):
     status: str
+
+
+class Readiness(Health, frozen=True):
+    """Ready, and whether pending orders ship by themselves (`auto_process`) or wait for
+    POST /orders/process."""
+
+    auto_process: bool
 
 
 class FieldError(msgspec.Struct, frozen=True):
@@ -201,4 +224,4 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
 def schema_types() -> list[Any]:
     """Every type the OpenAPI document names."""
     return [OrderCreate, ActionRequest, BulkRequest, Order, OrderRef, OrderPage, Message,
-            ProcessingStarted, BulkResult, Health, Problem, EventPage]  # fmt: skip
+            ProcessingStarted, BulkResult, Health, Readiness, Problem, EventPage]  # fmt: skip

@@ -62,12 +62,17 @@ async def create_webhook(services: WebhookServices, request: Request) -> Respons
 
 async def list_webhooks(services: WebhookServices, request: Request) -> Response:
     request.query_params(())
+    # The seq first: a cursor read after it may be past it, which counts as no lag.
+    last_seq = await services.webhooks.last_seq()
     subscriptions = await services.webhooks.subscriptions()
-    return json_response(200, WebhookList([public(s) for s in subscriptions], len(subscriptions)))
+    views = [public(s, last_seq) for s in subscriptions]
+    return json_response(200, WebhookList(views, len(views)))
 
 
 async def get_webhook(services: WebhookServices, request: Request) -> Response:
-    return json_response(200, public(await services.webhooks.get(_id(request))))
+    webhook_id = _id(request)
+    last_seq = await services.webhooks.last_seq()
+    return json_response(200, public(await services.webhooks.get(webhook_id), last_seq))
 
 
 async def delete_webhook(services: WebhookServices, request: Request) -> Response:
@@ -90,7 +95,7 @@ async def replay_webhook(services: WebhookServices, request: Request) -> Respons
         replay = await request.json(_decode_replay)
     after_seq = None if replay.after_seq is None else int(replay.after_seq)
     subscription = await services.webhooks.replay(webhook_id, after_seq)
-    return json_response(200, public(subscription))
+    return json_response(200, public(subscription, await services.webhooks.last_seq()))
 
 
 _WEBHOOK_ID = Param(

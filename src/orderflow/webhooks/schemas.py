@@ -103,6 +103,8 @@ class WebhookPublic(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         cursor: the seq up to which events were delivered, skipped as not wanted, or given up.
         next_attempt_at: when a failed delivery is due again, if one is.
+        lag: how many events the subscription is behind: the newest event's seq minus
+            `cursor` (events of types it does not want count too, until skipped).
     """
 
     id: str
@@ -115,6 +117,7 @@ class WebhookPublic(msgspec.Struct, frozen=True, kw_only=True):
     disabled_at: datetime | None
     disabled_reason: str | None
     next_attempt_at: datetime | None
+    lag: int
 
 
 class WebhookCreated(WebhookPublic, frozen=True, kw_only=True):
@@ -144,7 +147,9 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
     data: Any
 
 
-def public(subscription: Subscription) -> WebhookPublic:
+def public(subscription: Subscription, last_seq: int) -> WebhookPublic:
+    """The subscription as the API shows it, its lag counted up to `last_seq` (the newest
+    event's seq)."""
     s = subscription
     return WebhookPublic(
         id=s.id,
@@ -157,9 +162,10 @@ def public(subscription: Subscription) -> WebhookPublic:
         disabled_at=s.disabled_at,
         disabled_reason=s.disabled_reason,
         next_attempt_at=s.retry_at,
+        lag=max(0, last_seq - s.cursor),
     )
 
 
 def created(subscription: Subscription) -> WebhookCreated:
-    view = public(subscription)
+    view = public(subscription, subscription.cursor)  # new: it starts at the newest event
     return WebhookCreated(**msgspec.structs.asdict(view), secret=subscription.secret)
