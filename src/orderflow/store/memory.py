@@ -361,7 +361,8 @@ class InMemoryOrderStore(OrderStore):
             return self._minutes.since(minute_of(since))
 
     async def prune_minutes(self, before: datetime) -> int:
-        return 0  # the ring forgets the oldest minute as it reuses its slot
+        with self._lock:
+            return self._minutes.prune(minute_of(before))
 
     async def heartbeat(self, beat: InstanceBeat) -> None:
         with self._lock:

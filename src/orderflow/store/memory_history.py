@@ -1,6 +1,7 @@
 """What the in-memory store keeps of the recent past: `MinuteRing`, the orders submitted,
 shipped and failed per minute, and `InstanceBook`, the processors that beat (in memory, the
-one process). Neither takes a lock: the store calls them under its own."""
+one process). Neither takes a lock: the store calls them under its own. The ring forgets a minute
+by itself when its slot comes round again a day and an hour later."""
 
 from __future__ import annotations
 
@@ -40,6 +41,15 @@ class MinuteRing:
             self._minutes[slot] = minute
             self._counts[slot] = [0, 0, 0]
         self._counts[slot][kind] += n
+
+    def prune(self, before: int) -> int:
+        """Forget the minutes before `before`; returns how many were counted."""
+        pruned = 0
+        for slot, minute in enumerate(self._minutes):
+            if 0 <= minute < before:
+                self._minutes[slot] = -1
+                pruned += 1
+        return pruned
 
     def since(self, first: int) -> list[MinuteCounts]:
         """The minutes from `first` on with something counted, oldest first."""

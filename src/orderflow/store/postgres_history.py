@@ -24,6 +24,7 @@ class PostgresHistory:
         return [MinuteCounts(*row) for row in rows]
 
     async def prune_minutes(self, before: datetime) -> int:
+        await self._counts.fold()  # else a change not folded yet would bring a minute back
         async with self._db.connection(changing=True, leaves_events=False) as db:
             status = await db.execute(sql.PRUNE_MINUTES, before)
         return int(status.split()[-1])
