@@ -41,11 +41,17 @@ from orderflow.errors import (
 )
 from orderflow.metrics import METRICS
 from orderflow.processor import Processor
-from orderflow.store.base import IdempotencyRecord, JsonPage, OrderStore
+from orderflow.store.base import IdempotencyRecord, Instance, JsonPage, MinuteCounts, OrderStore
 
 log = logging.getLogger("orderflow.service")
 
 _BULK_BATCH = 1000
+#: The minutes GET /orders/throughput covers, ending with the current one.
+THROUGHPUT_MINUTES = 1440
+#: How long minute counts are kept (the window, and an hour to spare), and how long an
+#: instance is still listed after its last heartbeat (stopped, or gone silent).
+MINUTES_KEPT = timedelta(hours=25)
+GONE_INSTANCES_KEPT = timedelta(hours=1)
 _fingerprint_encode = msgspec.json.Encoder(order="deterministic").encode
 
 
@@ -246,6 +252,25 @@ class OrderService:
         if self.stopping:
             raise ShuttingDown()
         await self.store.ping()
+
+    async def throughput(self) -> tuple[datetime, datetime, list[MinuteCounts]]:
+        """The first and last minute of the window (the last: the current minute), and the
+        counts of its minutes with anything counted, oldest first; alike on every instance."""
+        last = self._clock.now().replace(second=0, microsecond=0)
+        first = last - timedelta(minutes=THROUGHPUT_MINUTES - 1)
+        minutes = await self.store.order_minutes(first)
+        return first, last, [m for m in minutes if m.minute <= last]
+
+    async def instances(self) -> list[Instance]:
+        """The processors sharing the store (this one among them), live ones first."""
+        return await self.store.list_instances(self._clock.now())
+
+    async def prune_history(self) -> int:
+        """Forget minute counts older than `MINUTES_KEPT` and instances silent for longer
+        than `GONE_INSTANCES_KEPT`; returns how many rows went."""
+        now = self._clock.now()
+        minutes = await self.store.prune_minutes(now - MINUTES_KEPT)
+        return minutes + await self.store.prune_instances(now - GONE_INSTANCES_KEPT)
 
     async def prune_idempotency(self) -> int:
         before = self._clock.now() - timedelta(seconds=self.idempotency_ttl_s)

@@ -25,6 +25,7 @@ from orderflow.api.schemas import (
     BulkRetried,
     EventPage,
     Health,
+    InstanceList,
     Message,
     OrderCreate,
     OrderPage,
@@ -32,6 +33,7 @@ from orderflow.api.schemas import (
     OrderRetried,
     ProcessingStarted,
     Readiness,
+    Throughput,
 )
 from orderflow.domain import (
     DEFAULT_PAGE,
@@ -210,6 +212,15 @@ async def stats(services: Services, request: Request) -> Response:
     return json_response(200, await services.service.stats())
 
 
+async def throughput(services: Services, request: Request) -> Response:
+    start, end, minutes = await services.service.throughput()
+    return json_response(200, Throughput(start, end, minutes))
+
+
+async def instances(services: Services, request: Request) -> Response:
+    return json_response(200, InstanceList(await services.service.instances()))
+
+
 # -- events -------------------------------------------------------------------------------------
 
 _SSE_HEADERS = [
@@ -333,6 +344,12 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
           example={"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"}),
     Route("GET", "/orders/stats", stats, "Orders by status, and the top failure reasons", 200,
           Stats, statuses=(503,)),
+    Route("GET", "/orders/throughput", throughput,
+          "Orders submitted, shipped and failed per minute, over the last 24 hours", 200,
+          Throughput, statuses=(503,),
+          description="Counted by the store as orders move, so every instance sharing it"
+          " answers alike. The 1440 minutes ending with the current one, oldest first; a minute"
+          " with nothing submitted, shipped or failed is left out."),
     Route("GET", "/orders/{id}", get_order, "One order", 200, Order, params=(_ID,),
           statuses=(404, 503)),
     Route("DELETE", "/orders/{id}", delete_order, "Delete a pending order", 200, Message,
@@ -375,6 +392,12 @@ META_ROUTES: tuple[Route[Services], ...] = (
           statuses=(503,), media="text/plain", needs_service=False,
           description="Counters and histograms of this instance, and store-wide gauges (orders"
           " by status, the oldest pending order) that every instance reports alike."),
+    Route("GET", "/instances", instances, "The instances processing orders on this store", 200,
+          InstanceList, statuses=(503,),
+          description="Each instance registers when it starts and beats every"
+          " --heartbeat-interval with the orders it holds and ships. `live` is false once it"
+          " stopped cleanly or missed three heartbeats; such an instance is listed for an hour"
+          " after its last heartbeat, then forgotten. Live ones first, then by name."),
     Route("GET", "/healthz", healthz, "Liveness: the process answers", 200, Health, role=None,
           needs_service=False),
     Route("GET", "/readyz", readyz, "Readiness: the store answers and the service is not"

@@ -29,6 +29,7 @@ from orderflow.domain import (
     clean_reason,
     utc_instant,
 )
+from orderflow.store.base import Instance, MinuteCounts
 
 MAX_BODY_BYTES = 64 * 1024  # the most a request body may be
 
@@ -176,6 +177,21 @@ class EventPage(msgspec.Struct, frozen=True):
     next_cursor: int
 
 
+class Throughput(msgspec.Struct, frozen=True, rename={"start": "from", "end": "to"}):
+    """Orders submitted, shipped and failed per minute over the last 24 hours: the minutes
+    from `from` to `to` (the current one), oldest first, those with nothing counted left out."""
+
+    start: Timestamp
+    end: Timestamp
+    minutes: list[MinuteCounts]
+
+
+class InstanceList(msgspec.Struct, frozen=True):
+    """The processors sharing the store, live ones first, then by name."""
+
+    instances: list[Instance]
+
+
 class Message(msgspec.Struct, frozen=True):
     message: str
 
@@ -224,4 +240,5 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
 def schema_types() -> list[Any]:
     """Every type the OpenAPI document names."""
     return [OrderCreate, ActionRequest, BulkRequest, Order, OrderRef, OrderPage, Message,
-            ProcessingStarted, BulkResult, Health, Readiness, Problem, EventPage]  # fmt: skip
+            ProcessingStarted, BulkResult, Health, Readiness, Problem, EventPage, Throughput,
+            InstanceList]  # fmt: skip

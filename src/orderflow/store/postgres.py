@@ -61,10 +61,17 @@ from orderflow.errors import (
     StoreUnavailable,
 )
 from orderflow.store import postgres_sql as sql
-from orderflow.store.base import IdempotencyRecord, OrderStore
+from orderflow.store.base import (
+    IdempotencyRecord,
+    Instance,
+    InstanceBeat,
+    MinuteCounts,
+    OrderStore,
+)
 from orderflow.store.migrations import migrate
 from orderflow.store.postgres_db import Database, Listener
 from orderflow.store.postgres_events import PostgresCounts, PostgresEventLog
+from orderflow.store.postgres_history import PostgresHistory
 from orderflow.store.postgres_rows import (
     CONNECTION_LOST,
     encode,
@@ -115,6 +122,7 @@ class PostgresOrderStore(OrderStore):
         self._poll_s = poll_s
         self._events = PostgresEventLog(self.database, poll_s=poll_s)
         self._counts = PostgresCounts(self.database, self._events)
+        self._history = PostgresHistory(self.database, self._counts)
         self._listener: Listener | None = None
         # Where the last full batch of a trigger (its created_before) stopped claiming.
         self._claimed_to: tuple[datetime, str] | None = None
@@ -392,6 +400,26 @@ class PostgresOrderStore(OrderStore):
         moved = [row["id"] for row in rows if row["id"] is not None]
         resume = next((row["walked_to"] for row in rows if row["id"] is None), None)
         return moved, resume
+
+    # -- history and instances --------------------------------------------------------------
+
+    async def order_minutes(self, since: datetime) -> list[MinuteCounts]:
+        return await self._history.order_minutes(since)
+
+    async def prune_minutes(self, before: datetime) -> int:
+        return await self._history.prune_minutes(before)
+
+    async def heartbeat(self, beat: InstanceBeat) -> None:
+        await self._history.heartbeat(beat)
+
+    async def stop_instance(self, name: str, at: datetime) -> None:
+        await self._history.stop_instance(name, at)
+
+    async def list_instances(self, at: datetime) -> list[Instance]:
+        return await self._history.list_instances(at)
+
+    async def prune_instances(self, before: datetime) -> int:
+        return await self._history.prune_instances(before)
 
     # -- idempotency keys --------------------------------------------------------------------
 

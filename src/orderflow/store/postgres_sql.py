@@ -269,7 +269,8 @@ FAILED_REASONS = (
     "SELECT reason, count FROM failure_counts WHERE count > 0 ORDER BY count DESC, reason LIMIT $1"
 )
 # Number the batches of events of committed transactions ($1 events at most, and at least one
-# batch), oldest batch first, and fold their changes into the counts; one instance at a time
+# batch), oldest batch first, and fold their changes into the counts (by status, failed orders
+# by reason, orders submitted, shipped and failed by minute); one instance at a time
 # (the caller holds SEQUENCE_LOCK). Only committed batches are visible here, and numbers only
 # grow: a batch that commits later is numbered later, after every number handed out before, so
 # a reader following seq misses none. Within a round, id order (the order of insertion) keeps an
@@ -284,7 +285,8 @@ SEQUENCE_EVENTS = (
     "   FROM event_horizon)) FROM event_batches) + upto AS seq FROM chosen),"
     " upd AS (UPDATE event_batches b SET seq = n.seq FROM numbered n WHERE b.id = n.id"
     "  RETURNING b.seq, b.size),"
-    " todo_events AS (SELECT e.status, e.previous_status, e.reason, e.previous_reason"
+    " todo_events AS (SELECT e.type, e.at, e.status, e.previous_status, e.reason,"
+    "   e.previous_reason"
     "  FROM chosen c JOIN events e ON e.batch = c.id),"
     " moves AS (SELECT status AS s, 1 AS d FROM todo_events WHERE status IS NOT NULL"
     "  UNION ALL SELECT previous_status, -1 FROM todo_events WHERE previous_status IS NOT NULL),"
@@ -298,6 +300,13 @@ SEQUENCE_EVENTS = (
     " failed AS (INSERT INTO failure_counts AS f (reason, count)"
     "  SELECT r, sum(d) FROM failures GROUP BY r HAVING sum(d) <> 0"
     "  ON CONFLICT (reason) DO UPDATE SET count = f.count + EXCLUDED.count),"
+    " minutes AS (INSERT INTO order_minutes AS m (minute, submitted, shipped, failed)"
+    "  SELECT date_trunc('minute', at, 'UTC'), count(*) FILTER (WHERE type = 'order.submitted'),"
+    "   count(*) FILTER (WHERE type = 'order.shipped'),"
+    "   count(*) FILTER (WHERE type = 'order.failed')"
+    "  FROM todo_events WHERE type IN ('order.submitted', 'order.shipped', 'order.failed')"
+    "  GROUP BY 1 ON CONFLICT (minute) DO UPDATE SET submitted = m.submitted + EXCLUDED.submitted,"
+    "   shipped = m.shipped + EXCLUDED.shipped, failed = m.failed + EXCLUDED.failed),"
     " n AS (SELECT pg_notify('orderflow_events', max(seq)::text) FROM upd HAVING count(*) > 0)"
     " SELECT coalesce(sum(size), 0) AS numbered, max(seq) AS last,"
     " (SELECT count(*) FROM n) AS notified FROM upd"
@@ -338,3 +347,27 @@ PRUNE_EVENTS = (
     "   (SELECT max(seq) FROM gone)) WHERE EXISTS (SELECT FROM gone))"
     " SELECT count(*) FROM gone"
 )
+
+# -- history and instances ----------------------------------------------------------------------
+
+ORDER_MINUTES = (
+    "SELECT minute, submitted, shipped, failed FROM order_minutes"
+    " WHERE minute >= date_trunc('minute', $1::timestamptz, 'UTC')"
+    " AND (submitted > 0 OR shipped > 0 OR failed > 0) ORDER BY minute"
+)
+PRUNE_MINUTES = (
+    "DELETE FROM order_minutes WHERE minute < date_trunc('minute', $1::timestamptz, 'UTC')"
+)
+# $1 name, $2 started at, $3 at, $4 held, $5 in flight, $6 live until.
+HEARTBEAT = (
+    "INSERT INTO instances (name, started_at, last_heartbeat, held, in_flight, live_until,"
+    " stopped) VALUES ($1, $2, $3, $4, $5, $6, false)"
+    " ON CONFLICT (name) DO UPDATE SET started_at = EXCLUDED.started_at,"
+    " last_heartbeat = EXCLUDED.last_heartbeat, held = EXCLUDED.held,"
+    " in_flight = EXCLUDED.in_flight, live_until = EXCLUDED.live_until, stopped = false"
+)
+STOP_INSTANCE = "UPDATE instances SET stopped = true WHERE name = $1"
+INSTANCES = (
+    "SELECT name, started_at, last_heartbeat, held, in_flight, live_until, stopped FROM instances"
+)
+PRUNE_INSTANCES = "DELETE FROM instances WHERE last_heartbeat < $1"

@@ -59,7 +59,14 @@ from orderflow.errors import (
 from orderflow.metrics import METRICS
 from orderflow.store import sqlite_changes as changes
 from orderflow.store import sqlite_sql as sql
-from orderflow.store.base import IdempotencyRecord, JsonPage, OrderStore
+from orderflow.store.base import (
+    IdempotencyRecord,
+    Instance,
+    InstanceBeat,
+    JsonPage,
+    MinuteCounts,
+    OrderStore,
+)
 from orderflow.store.memory_rows import order_of, render, render_many, row_of
 from orderflow.store.sqlite_db import KillHook, SqliteDatabase
 from orderflow.store.sqlite_events import SqliteCounts, SqliteEventLog
@@ -71,6 +78,7 @@ from orderflow.store.sqlite_file import (
     migrate,
     newest_version,
 )
+from orderflow.store.sqlite_history import SqliteHistory
 
 log = logging.getLogger("orderflow.store.sqlite")
 
@@ -95,6 +103,7 @@ class SqliteOrderStore(OrderStore):
         self._tokens = tokens
         self._events = SqliteEventLog(database)
         self._counts = SqliteCounts(database)
+        self._history = SqliteHistory(database)
 
     @classmethod
     async def open(
@@ -297,6 +306,26 @@ class SqliteOrderStore(OrderStore):
             ),
             "bulk",
         )
+
+    # -- history and instances --------------------------------------------------------------
+
+    async def order_minutes(self, since: datetime) -> list[MinuteCounts]:
+        return self._history.order_minutes(since)
+
+    async def prune_minutes(self, before: datetime) -> int:
+        return await self._history.prune_minutes(before)
+
+    async def heartbeat(self, beat: InstanceBeat) -> None:
+        await self._history.heartbeat(beat)
+
+    async def stop_instance(self, name: str, at: datetime) -> None:
+        await self._history.stop_instance(name, at)
+
+    async def list_instances(self, at: datetime) -> list[Instance]:
+        return self._history.list_instances(at)
+
+    async def prune_instances(self, before: datetime) -> int:
+        return await self._history.prune_instances(before)
 
     # -- idempotency keys --------------------------------------------------------------------
 

@@ -156,6 +156,31 @@ MOVE_FAILURE = (
 )
 DROP_NO_FAILURES = "DELETE FROM failure_counts WHERE count = 0"
 
+# -- history and instances ------------------------------------------------------------------------
+
+MOVE_MINUTE = (
+    "INSERT INTO order_minutes (minute, submitted, shipped, failed) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (minute) DO UPDATE SET submitted = submitted + excluded.submitted,"
+    " shipped = shipped + excluded.shipped, failed = failed + excluded.failed"
+)
+ORDER_MINUTES = (
+    "SELECT minute, submitted, shipped, failed FROM order_minutes WHERE minute >= ?"
+    " AND (submitted > 0 OR shipped > 0 OR failed > 0) ORDER BY minute"
+)
+PRUNE_MINUTES = "DELETE FROM order_minutes WHERE minute < ?"
+HEARTBEAT = (
+    "INSERT INTO instances (name, started_at, last_heartbeat, held, in_flight, live_until,"
+    " stopped) VALUES (?, ?, ?, ?, ?, ?, 0)"
+    " ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at,"
+    " last_heartbeat = excluded.last_heartbeat, held = excluded.held,"
+    " in_flight = excluded.in_flight, live_until = excluded.live_until, stopped = 0"
+)
+STOP_INSTANCE = "UPDATE instances SET stopped = 1 WHERE name = ?"
+INSTANCES = (
+    "SELECT name, started_at, last_heartbeat, held, in_flight, live_until, stopped FROM instances"
+)
+PRUNE_INSTANCES = "DELETE FROM instances WHERE last_heartbeat < ?"
+
 INSERT_EVENT = (
     "INSERT INTO events (type, order_id, status, at, reason, data) VALUES (?, ?, ?, ?, ?, ?)"
 )
