@@ -18,11 +18,11 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import ServerFactory, confirm, open_dashboard, row
 from tests.browser.shipper import REFUSED
-
-PAGE_SIZE = 100  # rows on a page of the table (orders.js)
 from tests.helpers import ROOT, post_order
 
 pytestmark = pytest.mark.e2e
+
+PAGE_SIZE = 100  # rows on a page of the table (orders.js)
 
 
 def test_orders_appear_live_ship_and_cancel_from_the_page(
