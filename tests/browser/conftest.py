@@ -7,10 +7,13 @@ Without Chromium the browser tests skip, except under CI=true, where they fail.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from playwright.sync_api import (
@@ -23,6 +26,7 @@ from playwright.sync_api import (
 )
 
 from tests.backends import BACKENDS
+from tests.postgres import create_database, drop_database
 from tests.receivers import Receiver, Threaded
 from tests.servers import Server
 
@@ -42,6 +46,7 @@ CHROMIUM_ARGS = [
 expect.set_options(timeout=10_000)
 
 ServerFactory = Callable[..., Server]
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +90,26 @@ def page(browser: Browser) -> Iterator[Page]:
         pytest.param(b, marks=[pytest.mark.postgres] if b == "postgres" else []) for b in BACKENDS
     ]
 )
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A `--database-url` of each store in tests/backends.py, new and empty (SQLite: a file;
-    PostgreSQL: a database of its own), for the tests whose page shows what the store keeps."""
+    PostgreSQL: a database of its own, dropped afterwards), for the tests whose page shows what
+    the store keeps."""
     if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'orders.db'}"
-    return str(request.getfixturevalue("database_url"))
+        yield "memory://"
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'orders.db'}"
+    else:
+        # In a thread: Playwright's own event loop runs in this one.
+        url = _in_a_thread(create_database())
+        try:
+            yield url
+        finally:
+            _in_a_thread(drop_database(url))
+
+
+def _in_a_thread(work: Coroutine[Any, Any, T]) -> T:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 @pytest.fixture

@@ -204,4 +204,4 @@ setInterval(() => attempt(refreshChart), 15_000);
 setInterval(() => attempt(async () => {
   await refreshInstances();
   await refreshWebhooks();
-}), 5000);
+}), 3000);
