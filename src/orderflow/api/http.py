@@ -143,6 +143,14 @@ def is_json(content_type: str) -> bool:
     )
 
 
+def no_body(request: Request) -> bool:
+    """Whether `request` comes without a body, for a route whose body is optional: no
+    Content-Type nor Content-Length, or a Content-Length of 0 (a client may send its
+    Content-Type with no body)."""
+    length = request.headers.get("content-length")
+    return length == "0" or (length is None and request.headers.get("content-type") is None)
+
+
 def content_length(headers: Headers) -> int | None:
     """The announced body length; 400 when it is not a number."""
     value = headers.get("content-length")
