@@ -189,7 +189,13 @@ def problem_from_validation(exc: msgspec.ValidationError) -> HTTPProblem:
     path = where.rstrip("`").removeprefix("$").lstrip(".")
     name, message = _field_named_in(message)
     field = ".".join(part for part in (path, name) if part) or "body"
-    return HTTPProblem("invalid-request", f"{field}: {message}", [FieldError(field, message)])
+    return invalid([FieldError(field, message)])
+
+
+def invalid(errors: list[FieldError], kind: str = "invalid-request") -> HTTPProblem:
+    """A 422 (or another problem `kind`) naming each of `errors`; `detail` says them all."""
+    detail = "; ".join(f"{error.field}: {error.message}" for error in errors)
+    return HTTPProblem(kind, detail, errors)
 
 
 _NAMED_FIELD = re.compile(r"Object (?:missing required|contains unknown) field `([^`]+)`")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
 
 from orderflow.api.errors import HTTPProblem, bad_query
-from orderflow.api.http import JSON, NOSNIFF, Request, Response, json_response
+from orderflow.api.http import JSON, NOSNIFF, Request, Response, json_response, no_body
 from orderflow.api.routing import Param, Route
 from orderflow.api.schemas import (
     RETRY_NOTE,
@@ -48,6 +48,7 @@ from orderflow.domain import (
     OrderStatus,
     Stats,
     is_order_id,
+    new_order_id,
     utc_instant,
 )
 from orderflow.events import EventFilter, EventHub, parse_types
@@ -175,10 +176,7 @@ async def retry_order(services: Services, request: Request) -> Response:
 
 
 async def _optional_body(request: Request) -> ActionRequest:
-    if request.headers.get("content-type") is None and request.headers.get("content-length") in (
-        None,
-        "0",
-    ):
+    if no_body(request):
         return ActionRequest()
     action: ActionRequest = await request.json(_decode_action)
     return action
@@ -295,6 +293,7 @@ def _registry() -> Any:
 
 _ID = Param("id", {"type": "string", "pattern": ORDER_ID_PATTERN}, "an order id", "path", True)
 _TIME = {"type": "string", "format": "date-time"}
+_EXAMPLE_ID = new_order_id(datetime(2026, 1, 1, 12, tzinfo=UTC), 0x1234)
 _REASON_BODY = 'An optional JSON body `{"reason": "…"}` says why, for the order\'s history.'
 _RETRY_NOTE = (
     " While auto-process is off, the answer carries `note`: retried orders wait in pending"
@@ -319,7 +318,9 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
           statuses=(409, 422, 503), role="submit",
           ok_headers=(("Location", "the new order"),
                       ("Idempotent-Replayed", "true, on the answer of a repeated request")),
-          example={"customer": "John Doe", "items": [{"name": "Monster Energy", "quantity": 2}]}),
+          example={"customer": "John Doe", "items": [{"name": "Monster Energy", "quantity": 2}]},
+          returns="The new order's id and status (pending); Location is its address",
+          answer_example={"id": _EXAMPLE_ID, "status": "pending"}),
     Route("GET", "/orders", list_orders, "List orders by time, oldest first", 200, OrderPage,
           params=(
               Param("from", _TIME, "inclusive; RFC 3339 (without an offset: UTC)"),
@@ -328,22 +329,29 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
               _LIMIT,
               Param("cursor", {"type": "string", "pattern": ORDER_ID_PATTERN},
                     "next_cursor of the previous page"),
-          ), statuses=(400, 503)),
+          ), statuses=(400, 503),
+          returns="A page of orders, whole, with `count` and the `next_cursor` to page on (null"
+          " on the last page)"),
     Route("POST", "/orders/process", trigger, "Start shipping every order pending now", 202,
           ProcessingStarted, statuses=(503,), role="operate",
           description="Moves every order pending now to processing, in slices, and answers once"
           " they are all moved or after 0.2 s, whichever comes first: the rest are moved after"
           " the answer, every one of them (unless cancelled or deleted meanwhile). `orders`"
           " counts them all, moved or still to move. Orders submitted after the call wait for"
-          " the next one (or --auto-process)."),
+          " the next one (or --auto-process).",
+          returns="How many pending orders were taken to ship",
+          answer_example={"message": "Processing started", "orders": 12}),
     Route("POST", "/orders/retry", bulk_retry, "Retry failed orders in bulk", 200, BulkResult,
           BulkRequest, statuses=(422, 503), role="operate", description=_BULK + _RETRY_NOTE,
-          example={"reason_contains": "timeout"}),
+          example={"reason_contains": "timeout"}, returns="How many failed orders went back to"
+          " pending (and, while auto-process is off, `note`)", answer_example={"count": 3}),
     Route("POST", "/orders/cancel", bulk_cancel, "Cancel pending and processing orders in bulk",
           200, BulkResult, BulkRequest, statuses=(422, 503), role="operate", description=_BULK,
-          example={"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"}),
+          example={"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"},
+          returns="How many orders were cancelled", answer_example={"count": 5}),
     Route("GET", "/orders/stats", stats, "Orders by status, and the top failure reasons", 200,
-          Stats, statuses=(503,)),
+          Stats, statuses=(503,), returns="Counts of orders by status, and the most frequent"
+          " failure reasons"),
     Route("GET", "/orders/throughput", throughput,
           "Orders submitted, shipped and failed per minute, over the last 24 hours", 200,
           Throughput, statuses=(503,),
@@ -351,17 +359,26 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
           " answers alike. The 1440 minutes ending with the current one, oldest first; a minute"
           " with nothing submitted, shipped or failed is left out."),
     Route("GET", "/orders/{id}", get_order, "One order", 200, Order, params=(_ID,),
-          statuses=(404, 503)),
+          statuses=(404, 503), returns="The order: customer, items, status, times, its history"
+          " and its shipment"),
     Route("DELETE", "/orders/{id}", delete_order, "Delete a pending order", 200, Message,
-          params=(_ID,), statuses=(404, 409, 503), role="operate"),
+          params=(_ID,), statuses=(404, 409, 503), role="operate",
+          returns="A confirmation; the order is gone",
+          answer_example={"message": "Order deleted"}),
     Route("GET", "/orders/status/{id}", get_status, "The status of one order", 200, OrderRef,
-          params=(_ID,), statuses=(404, 503)),
+          params=(_ID,), statuses=(404, 503), returns="The order's id and status",
+          answer_example={"id": _EXAMPLE_ID, "status": "shipped"}),
     Route("POST", "/orders/{id}/cancel", cancel_order, "Cancel a pending or processing order",
           200, OrderRef, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503),
-          role="operate", description=_REASON_BODY, body_required=False),
+          role="operate", description=_REASON_BODY, body_required=False,
+          example={"reason": "the customer called"}, returns="The order's id and its status"
+          " now (cancelled)", answer_example={"id": _EXAMPLE_ID, "status": "cancelled"}),
     Route("POST", "/orders/{id}/retry", retry_order, "Send a failed order back to pending", 200,
           OrderRef, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503), role="operate",
-          description=_REASON_BODY + _RETRY_NOTE, body_required=False),
+          description=_REASON_BODY + _RETRY_NOTE, body_required=False,
+          example={"reason": "the carrier is back"}, returns="The order's id and its status"
+          " now (pending), and, while auto-process is off, `note`",
+          answer_example={"id": _EXAMPLE_ID, "status": "pending"}),
 )  # fmt: skip
 
 EVENT_ROUTES: tuple[Route[Services], ...] = (
@@ -384,14 +401,17 @@ EVENT_ROUTES: tuple[Route[Services], ...] = (
           " --sse-stream-bytes, or when its reader falls too far behind, and the reader"
           " resumes. With `Accept: application/json`, a page of past events (without `after`,"
           " from the oldest kept); `next_cursor` is the `after` to poll with next. 410 when"
-          " the events asked for are past --event-retention."),
+          " the events asked for are past --event-retention.",
+          returns="A stream of Server-Sent Events, or (Accept: application/json) a page of"
+          " events with the `next_cursor` to poll with"),
 )  # fmt: skip
 
 META_ROUTES: tuple[Route[Services], ...] = (
     Route("GET", "/metrics", metrics, "Metrics in the Prometheus text format", 200,
           statuses=(503,), media="text/plain", needs_service=False,
           description="Counters and histograms of this instance, and store-wide gauges (orders"
-          " by status, the oldest pending order) that every instance reports alike."),
+          " by status, the oldest pending order) that every instance reports alike.",
+          returns="The metrics, as Prometheus text"),
     Route("GET", "/instances", instances, "The instances processing orders on this store", 200,
           InstanceList, statuses=(503,),
           description="Each instance registers when it starts and beats every"
@@ -399,9 +419,12 @@ META_ROUTES: tuple[Route[Services], ...] = (
           " stopped cleanly or missed three heartbeats; such an instance is listed for an hour"
           " after its last heartbeat, then forgotten. Live ones first, then by name."),
     Route("GET", "/healthz", healthz, "Liveness: the process answers", 200, Health, role=None,
-          needs_service=False),
+          needs_service=False, returns="`ok` while the process answers",
+          answer_example={"status": "ok"}),
     Route("GET", "/readyz", readyz, "Readiness: the store answers and the service is not"
           " stopping", 200, Readiness, statuses=(503,), role=None,
           description="`auto_process`: whether pending orders ship by themselves"
-          " (--auto-process); when false they wait for POST /orders/process."),
+          " (--auto-process); when false they wait for POST /orders/process.",
+          returns="`ready` while the store answers and the service takes work, and whether"
+          " auto-process is on", answer_example={"status": "ready", "auto_process": False}),
 )  # fmt: skip

@@ -8,7 +8,9 @@ document allows is what the service accepts.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -32,6 +34,10 @@ from orderflow.domain import (
 from orderflow.store.base import Instance, MinuteCounts
 
 MAX_BODY_BYTES = 64 * 1024  # the most a request body may be
+
+# A field's own rule, for a Struct's `field_checks`: raises ValueError "field: problem". Its
+# __post_init__ stops at the first; a 422 applies each of them to its field (`api.validation`).
+Check = Callable[[str], object]
 
 _Name = Annotated[
     str,
@@ -64,6 +70,7 @@ class ItemCreate(Item, frozen=True, gc=False, forbid_unknown_fields=True):
 
     name: _Name
     quantity: _Quantity  # type: ignore[assignment]  # an int once __post_init__ ran
+    field_checks: ClassVar[dict[str, Check]] = {"name": lambda value: clean_name(value, "name")}
 
     def __post_init__(self) -> None:
         quantity = self.quantity
@@ -82,6 +89,9 @@ class OrderCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         tuple[ItemCreate, ...],
         msgspec.Meta(min_length=1, max_length=MAX_ITEMS, description=f"1 to {MAX_ITEMS} items"),
     ]
+    field_checks: ClassVar[dict[str, Check]] = {
+        "customer": lambda value: clean_name(value, "customer")
+    }
 
     def __post_init__(self) -> None:
         customer = clean_name(self.customer, "customer")
@@ -119,6 +129,7 @@ class ActionRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An operator's retry or cancel of one order."""
 
     reason: _Reason | None = None
+    field_checks: ClassVar[dict[str, Check]] = {"reason": clean_reason}
 
     def __post_init__(self) -> None:
         if self.reason is not None:
@@ -135,6 +146,10 @@ class BulkRequest(
     end: Timestamp | None = None
     reason_contains: _ReasonContains | None = None
     reason: _Reason | None = None
+    field_checks: ClassVar[dict[str, Check]] = {
+        "reason_contains": lambda value: check_plain(value, "reason_contains"),
+        "reason": clean_reason,
+    }
 
     def __post_init__(self) -> None:
         start, end, contains, reason = self.start, self.end, self.reason_contains, self.reason
@@ -235,6 +250,23 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     status: int
     detail: str
     errors: list[FieldError] | None = None
+
+
+def fix_schemas(components: dict[str, Any]) -> dict[str, Any]:
+    """`components` (named JSON Schemas msgspec generated) with what msgspec cannot say: a
+    quantity is a JSON Schema integer (2.0 among them)."""
+    if "ItemCreate" in components:
+        components["ItemCreate"]["properties"]["quantity"] = QUANTITY_SCHEMA
+    return components
+
+
+@functools.cache
+def json_schema(cls: type) -> dict[str, Any]:
+    """The JSON Schema of a request type, as the OpenAPI document shows it (keep it unchanged:
+    it is shared)."""
+    schema = msgspec.json.schema(cls)
+    fix_schemas(schema.get("$defs", {}))
+    return schema
 
 
 def schema_types() -> list[Any]:

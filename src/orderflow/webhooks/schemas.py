@@ -5,10 +5,11 @@ a pattern cannot say (the host's length, where it leads) the URL's description d
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
+from orderflow.api.schemas import Check
 from orderflow.domain import MAX_SEQ, EventType
 from orderflow.signing import SECRET_PATTERN, check_secret
 from orderflow.webhooks.model import (
@@ -55,6 +56,7 @@ class WebhookCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     types: _Types = ()
     secret: _Secret | None = None
     ordered: bool = True
+    field_checks: ClassVar[dict[str, Check]] = {"url": check_url, "secret": check_secret}
 
     def __post_init__(self) -> None:
         # The URL's rules, with their own messages; the secret's pattern again, whole: a JSON
