@@ -60,7 +60,7 @@ export function applyEvent(event) {
   if (known && event.type !== "order.deleted" && event.status && event.at >= known.updated_at) {
     known.status = event.status;
     known.updated_at = event.at;
-    drawTable();
+    render();
     if (view.query.status && event.status !== view.query.status) soon("orders", reload, 300);
     return;
   }
@@ -70,6 +70,16 @@ export function applyEvent(event) {
 }
 
 const reload = () => attempt(loadOrders);
+
+let drawing = false;
+function render() { // once a frame, however many events came
+  if (drawing) return;
+  drawing = true;
+  requestAnimationFrame(() => {
+    drawing = false;
+    drawTable();
+  });
+}
 
 // -- the table ---------------------------------------------------------------------------------
 
