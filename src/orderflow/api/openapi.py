@@ -23,7 +23,7 @@ from orderflow.api.assets import (
 from orderflow.api.errors import PROBLEM_BASE, PROBLEMS, HTTPProblem
 from orderflow.api.http import Request, Response
 from orderflow.api.routing import Param, Route
-from orderflow.api.schemas import MAX_BODY_BYTES, QUANTITY_SCHEMA, Problem
+from orderflow.api.schemas import BULK_REQUEST_RULE, MAX_BODY_BYTES, QUANTITY_SCHEMA, Problem
 from orderflow.version import __version__
 
 _REF = "#/components/schemas/{name}"
@@ -133,6 +133,8 @@ def openapi_document(routes: Sequence[Route[Any]], *, auth: bool = False) -> dic
         sorted([*types, Problem], key=_name), ref_template=_REF
     )
     components["ItemCreate"]["properties"]["quantity"] = QUANTITY_SCHEMA
+    if "BulkRequest" in components:
+        components["BulkRequest"].update(BULK_REQUEST_RULE)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         item = paths.setdefault(route.path, {})
