@@ -102,7 +102,8 @@ PROBLEMS: dict[str, ProblemType] = {
     "invalid-request": ProblemType(
         422,
         "Invalid request",
-        "The body is JSON but breaks a rule; `errors` names each offending field.",
+        "The body is JSON (or a query parameter is read) but breaks a rule; `errors` names each"
+        " offending field.",
     ),
     "idempotency-mismatch": ProblemType(
         422,
@@ -215,3 +216,8 @@ def _field_named_in(message: str) -> tuple[str, str]:
 
 def bad_query(field: str, message: str) -> HTTPProblem:
     return HTTPProblem("bad-request", f"{field}: {message}", [FieldError(field, message)])
+
+
+def invalid_query(field: str, message: str) -> HTTPProblem:
+    """A 422: a query parameter read well, whose value breaks a rule (a search too short)."""
+    return HTTPProblem("invalid-request", f"{field}: {message}", [FieldError(field, message)])

@@ -23,7 +23,7 @@ from orderflow.api.assets import (
 from orderflow.api.errors import PROBLEM_BASE, PROBLEMS, HTTPProblem
 from orderflow.api.http import Request, Response
 from orderflow.api.routing import TAGS, Param, Route
-from orderflow.api.schemas import MAX_BODY_BYTES, Problem, fix_schemas
+from orderflow.api.schemas import BULK_REQUEST_RULE, MAX_BODY_BYTES, Problem, fix_schemas
 from orderflow.version import __version__
 
 _REF = "#/components/schemas/{name}"
@@ -255,6 +255,8 @@ def openapi_document(routes: Sequence[Route[Any]], *, auth: bool = False) -> dic
         sorted([*types, Problem], key=_name), ref_template=_REF
     )
     fix_schemas(components)
+    if "BulkRequest" in components:
+        components["BulkRequest"].update(BULK_REQUEST_RULE)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         item = paths.setdefault(route.path, {})

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from orderflow.api.errors import HTTPProblem, bad_query
+from orderflow.api.errors import HTTPProblem, bad_query, invalid_query
 from orderflow.api.http import JSON, NOSNIFF, Request, Response, json_response, no_body
 from orderflow.api.routing import Param, Route
 from orderflow.api.schemas import (
@@ -37,9 +37,13 @@ from orderflow.api.schemas import (
 )
 from orderflow.domain import (
     DEFAULT_PAGE,
+    MAX_BULK_IDS,
+    MAX_NAME_LENGTH,
     MAX_PAGE,
     MAX_SEQ,
+    MIN_ID_TAIL,
     ORDER_ID_PATTERN,
+    PLAIN_PATTERN,
     Event,
     EventType,
     Order,
@@ -47,8 +51,10 @@ from orderflow.domain import (
     OrderQuery,
     OrderStatus,
     Stats,
+    check_plain,
     is_order_id,
     new_order_id,
+    search_key,
     utc_instant,
 )
 from orderflow.events import EventFilter, EventHub, parse_types
@@ -96,19 +102,67 @@ async def create_order(services: Services, request: Request) -> Response:
     return Response(201, _encode(OrderRef(done.order_id, done.status)), headers)
 
 
+_SORTS = ("oldest", "newest")
+NEWEST_CURSOR = "-"  # what starts a cursor of a listing newest first
+
+
 async def list_orders(services: Services, request: Request) -> Response:
-    params = request.query_params(("from", "to", "status", "limit", "cursor"))
-    cursor = params.get("cursor")
-    if cursor is not None and not is_order_id(cursor):
-        raise bad_query("cursor", "not a cursor this API returned")
+    params = request.query_params(
+        ("from", "to", "status", "customer", "order", "sort", "limit", "cursor")
+    )
+    sort = params.get("sort", "oldest")
+    if sort not in _SORTS:
+        raise bad_query("sort", f"not one of {', '.join(_SORTS)}")
+    newest = sort == "newest"
     query = OrderQuery(
         start=_time(params, "from"),
         end=_time(params, "to"),
         status=_status(params),
         limit=_limit(params),
-        cursor=cursor,
+        cursor=_cursor(params.get("cursor"), newest),
+        customer=_customer(params.get("customer")),
+        id_tail=_id_tail(params.get("order")),
+        newest=newest,
     )
-    return json_response(200, await services.service.list_orders_json(query))
+    page = await services.service.list_orders_json(query)
+    if newest and page.next_cursor is not None:
+        page = msgspec.structs.replace(page, next_cursor=NEWEST_CURSOR + page.next_cursor)
+    return json_response(200, page)
+
+
+def _cursor(cursor: str | None, newest: bool) -> str | None:
+    """The id a cursor goes on from; a cursor of the other sort is a 422."""
+    if cursor is None:
+        return None
+    made_newest = cursor.startswith(NEWEST_CURSOR)
+    order_id = cursor.removeprefix(NEWEST_CURSOR)
+    if not is_order_id(order_id):
+        raise bad_query("cursor", "not a cursor this API returned")
+    if made_newest != newest:
+        made = "newest" if made_newest else "oldest"
+        raise invalid_query("cursor", f"made for sort={made}; list again from the start")
+    return order_id
+
+
+def _customer(value: str | None) -> str | None:
+    """The search key of the customer prefix searched for."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_NAME_LENGTH:
+        raise invalid_query("customer", f"must be 1 to {MAX_NAME_LENGTH} characters")
+    try:
+        check_plain(value, "customer")
+    except ValueError as exc:
+        raise invalid_query("customer", str(exc).partition(": ")[2]) from None
+    return search_key(value)
+
+
+def _id_tail(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not MIN_ID_TAIL <= len(value) <= MAX_NAME_LENGTH:
+        raise invalid_query("order", f"an order id, or its last {MIN_ID_TAIL} characters or more")
+    return value
 
 
 def _status(params: dict[str, Any]) -> OrderStatus | None:
@@ -189,7 +243,7 @@ async def trigger(services: Services, request: Request) -> Response:
 
 async def bulk_retry(services: Services, request: Request) -> Response:
     answer = await _bulk(services, request, Event.RETRY, "retried in bulk by an operator")
-    if services.service.auto_process:
+    if services.service.auto_process or answer.dry_run:  # a dry run retried nothing
         return json_response(200, answer)
     return json_response(200, BulkRetried(**msgspec.structs.asdict(answer), note=RETRY_NOTE))
 
@@ -201,9 +255,20 @@ async def bulk_cancel(services: Services, request: Request) -> Response:
 
 async def _bulk(services: Services, request: Request, event: Event, default: str) -> BulkResult:
     bulk: BulkRequest = await request.json(_decode_bulk)  # its times in UTC
-    where = OrderFilter(start=bulk.start, end=bulk.end, reason_contains=bulk.reason_contains)
-    count = await services.service.act_in_bulk(event, where, bulk.reason or default)
-    return BulkResult(count)
+    service, reason = services.service, bulk.reason or default
+    if bulk.ids is not None:
+        count = await service.act_on_ids(event, bulk.ids, reason, dry_run=bulk.dry_run)
+        return BulkResult(count, bulk.dry_run)
+    where = OrderFilter(
+        start=bulk.start,
+        end=bulk.end,
+        reason_contains=bulk.reason_contains,
+        customer=None if bulk.customer is None else search_key(bulk.customer),
+    )
+    count = await service.act_in_bulk(
+        event, where, reason, status=bulk.status, dry_run=bulk.dry_run
+    )
+    return BulkResult(count, bulk.dry_run)
 
 
 async def stats(services: Services, request: Request) -> Response:
@@ -300,9 +365,13 @@ _RETRY_NOTE = (
     " until POST /orders/process."
 )
 _BULK = (
-    "Takes every order that matches: created in [`from`, `to`), and whose latest history entry's"
-    " reason contains `reason_contains` (any case); each condition is optional, `{}` takes all."
-    " Atomic per order, in batches; safe to run alongside anything else."
+    f"Takes the orders `ids` names (1 to {MAX_BULK_IDS}; unknown ones, and orders in a status the"
+    " action does not apply to, are skipped), or every order that matches the filters of"
+    " GET /orders: `status`, `customer` (a prefix, any case), created in [`from`, `to`), and"
+    " whose latest history entry's reason contains `reason_contains` (any case); each filter is"
+    " optional, `{}` takes all; `ids` with a filter is a 422. With `dry_run: true` nothing"
+    " changes and `count` says how many orders the action would take. Atomic per order, in"
+    " batches; safe to run alongside anything else."
 )
 
 _LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
@@ -321,15 +390,28 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
           example={"customer": "John Doe", "items": [{"name": "Monster Energy", "quantity": 2}]},
           returns="The new order's id and status (pending); Location is its address",
           answer_example={"id": _EXAMPLE_ID, "status": "pending"}),
-    Route("GET", "/orders", list_orders, "List orders by time, oldest first", 200, OrderPage,
+    Route("GET", "/orders", list_orders, "List and search orders by time", 200, OrderPage,
           params=(
               Param("from", _TIME, "inclusive; RFC 3339 (without an offset: UTC)"),
               Param("to", _TIME, "exclusive; RFC 3339 (without an offset: UTC)"),
               Param("status", _STATUS),
+              Param("customer", {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH,
+                                 "pattern": PLAIN_PATTERN},
+                    "what the customer's name starts with, in any case (Unicode casefold:"
+                    " STRASSE finds Straße)"),
+              Param("order", {"type": "string", "minLength": MIN_ID_TAIL,
+                              "maxLength": MAX_NAME_LENGTH},
+                    f"an order id, or its last {MIN_ID_TAIL} characters or more"),
+              Param("sort", {"type": "string", "enum": list(_SORTS), "default": "oldest"},
+                    "oldest or newest first"),
               _LIMIT,
-              Param("cursor", {"type": "string", "pattern": ORDER_ID_PATTERN},
-                    "next_cursor of the previous page"),
-          ), statuses=(400, 503),
+              Param("cursor", {"type": "string",
+                               "pattern": f"^{NEWEST_CURSOR}?{ORDER_ID_PATTERN[1:]}"},
+                    "next_cursor of the previous page (made for the same sort)"),
+          ), statuses=(400, 422, 503),
+          description="Every parameter is optional and they combine (AND). A page may hold"
+          " fewer than `limit` orders (even none) while `next_cursor` says more may follow: a"
+          " search looks at a bounded stretch of orders per page where no index answers it.",
           returns="A page of orders, whole, with `count` and the `next_cursor` to page on (null"
           " on the last page)"),
     Route("POST", "/orders/process", trigger, "Start shipping every order pending now", 202,

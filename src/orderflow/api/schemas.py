@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 
 from orderflow.domain import (
+    MAX_BULK_IDS,
     MAX_ITEMS,
     MAX_NAME_LENGTH,
     MAX_QUANTITY,
@@ -136,31 +137,81 @@ class ActionRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             msgspec.structs.force_setattr(self, "reason", clean_reason(self.reason))
 
 
+_CustomerPrefix = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description="what the customer's name starts with (any case: Unicode casefold)",
+        extra_json_schema={"pattern": PLAIN_PATTERN},  # checked by `check_plain`
+    ),
+]
+_Ids = Annotated[
+    list[str],
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_BULK_IDS,
+        description=f"1 to {MAX_BULK_IDS} order ids (unknown ones are skipped)",
+    ),
+]
+
+
 class BulkRequest(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"start": "from", "end": "to"}
 ):
-    """Which orders a bulk action takes; each condition optional (`{}` means all). Times are
-    in UTC once decoded."""
+    """Which orders a bulk action takes: `ids`, or the filters of a listing (each optional,
+    `{}` means all), never both. Times are in UTC once decoded."""
 
+    ids: _Ids | None = None
+    status: OrderStatus | None = None
+    customer: _CustomerPrefix | None = None
     start: Timestamp | None = None
     end: Timestamp | None = None
     reason_contains: _ReasonContains | None = None
     reason: _Reason | None = None
+    dry_run: bool = False
     field_checks: ClassVar[dict[str, Check]] = {
         "reason_contains": lambda value: check_plain(value, "reason_contains"),
+        "customer": lambda value: check_plain(value, "customer"),
         "reason": clean_reason,
     }
 
     def __post_init__(self) -> None:
         start, end, contains, reason = self.start, self.end, self.reason_contains, self.reason
+        if self.ids is not None and self.filters:
+            raise ValueError(f"ids: not together with a filter ({', '.join(_BULK_FILTERS)})")
         if start is not None:
             msgspec.structs.force_setattr(self, "start", utc_instant(start, "from"))
         if end is not None:
             msgspec.structs.force_setattr(self, "end", utc_instant(end, "to"))
         if contains is not None:
             check_plain(contains, "reason_contains")
+        if self.customer is not None:
+            check_plain(self.customer, "customer")
         if reason is not None:
             msgspec.structs.force_setattr(self, "reason", clean_reason(reason))
+
+    @property
+    def filters(self) -> bool:
+        """Whether any filter is given."""
+        return any(
+            value is not None
+            for value in (self.status, self.customer, self.start, self.end, self.reason_contains)
+        )
+
+
+_BULK_FILTERS = ("status", "customer", "from", "to", "reason_contains")
+#: `BulkRequest`'s rule across fields, for the OpenAPI document: not `ids` with a filter.
+BULK_REQUEST_RULE = {
+    "not": {
+        "required": ["ids"],
+        "properties": {"ids": {"type": "array"}},
+        "anyOf": [
+            {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+            for name in _BULK_FILTERS
+        ],
+    }
+}
 
 
 class OrderRef(msgspec.Struct, frozen=True):
@@ -217,7 +268,10 @@ class ProcessingStarted(msgspec.Struct, frozen=True):
 
 
 class BulkResult(msgspec.Struct, frozen=True):
+    """How many orders the action took (`dry_run`: would take; nothing changed)."""
+
     count: int
+    dry_run: bool
 
 
 class BulkRetried(BulkResult, frozen=True):

@@ -174,10 +174,12 @@ class OrderStore(abc.ABC):
     @abc.abstractmethod
     async def list_orders(self, query: OrderQuery) -> Page:
         """Orders with `query.start <= timestamp < query.end` (either bound optional), and
-        `status` if given, sorted by (timestamp, id), at most `query.limit` of them, strictly
-        after the id `query.cursor`. `next_cursor` is set when more may follow; a page may then
-        hold fewer than `query.limit` orders (even none), and the next one goes on. Costs an
-        index lookup plus the page (or a bounded stretch of it), never a scan of every order.
+        `status`, `customer` (a prefix of their customer's search key) and `id_tail` if given,
+        sorted by (timestamp, id) (`newest`: the other way round), at most `query.limit` of
+        them, strictly after the id `query.cursor` in that order. `next_cursor` is set when
+        more may follow; a page may then hold fewer than `query.limit` orders (even none), and
+        the next one goes on. Costs an index lookup plus the page (or a bounded stretch of it),
+        never a scan of every order.
         """
 
     async def list_orders_json(self, query: OrderQuery) -> JsonPage:
@@ -282,12 +284,14 @@ class OrderStore(abc.ABC):
         *,
         limit: int,
         after: str | None = None,
+        dry_run: bool = False,
     ) -> tuple[list[str], str | None]:
         """Apply `event` (an operator's retry or cancel) to up to `limit` orders in `source`
         status that match `where`, oldest first, after the id `after`, each atomically (an
         order moved meanwhile by someone else is skipped; a cancel ends any hold). Returns the
         ids moved, and where to go on (None: nothing left). A batch looks at a bounded stretch
-        of orders, so it may move none and still say to go on."""
+        of orders, so it may move none and still say to go on. `dry_run`: the same walk,
+        changing nothing; the ids are those it would have moved."""
 
     # -- history and instances --------------------------------------------------------------
     # Orders submitted, shipped and failed are counted by the minute of their event, in the

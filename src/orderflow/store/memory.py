@@ -65,6 +65,7 @@ from orderflow.store.memory_rows import (
     advanced,
     claim_at,
     claimed,
+    customer_key,
     last_reason,
     order_of,
     render,
@@ -328,6 +329,7 @@ class InMemoryOrderStore(OrderStore):
         *,
         limit: int,
         after: str | None = None,
+        dry_run: bool = False,
     ) -> tuple[list[str], str | None]:
         next_status(source, event)  # raises IllegalTransition
         low = None if where.start is None else order_id_floor(where.start)
@@ -341,10 +343,13 @@ class InMemoryOrderStore(OrderStore):
             stretch = self._table.stretch(source, low, high, after=skip_low)
             for order_id in stretch:
                 row = self._rows[order_id]
-                if row.status is source and (
-                    where.reason_contains is None or where.reason_matches(last_reason(row))
+                if (
+                    row.status is source
+                    and (where.reason_contains is None or where.reason_matches(last_reason(row)))
+                    and (where.customer is None or where.customer_matches(customer_key(row)))
                 ):
-                    self._apply(order_id, event, at, reason, None, None)
+                    if not dry_run:
+                        self._apply(order_id, event, at, reason, None, None)
                     moved.append(order_id)
                     if len(moved) == limit:
                         resume = order_id

@@ -49,6 +49,8 @@ from orderflow.domain import (
     Page,
     Stats,
     order_id_floor,
+    prefix_bounds,
+    reversed_id,
 )
 from orderflow.errors import (
     OrderConflict,
@@ -197,21 +199,39 @@ class SqliteOrderStore(OrderStore):
         return None if found is None else render(_row(*found))
 
     def _page(self, query: OrderQuery) -> tuple[list[Any], str | None]:
-        low = "" if query.start is None else order_id_floor(query.start)
-        high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
-        after = query.cursor is not None and query.cursor >= low
-        if after:
-            assert query.cursor is not None
-            low = query.cursor
-        args: tuple[Any, ...] = (low, high, query.limit + 1)
-        if query.status is not None:
-            args = (query.status.value, *args)
-        statement = sql.LIST_ORDERS[query.status is not None, after]
+        statement, args = self.list_statement(query)
         rows = self.database.read(lambda db: db.execute(statement, args).fetchall())
         if len(rows) <= query.limit:
             return rows, None
         del rows[query.limit :]
         return rows, rows[-1][4]
+
+    @staticmethod
+    def list_statement(query: OrderQuery) -> tuple[str, tuple[Any, ...]]:
+        """The listing's statement and its arguments."""
+        low = "" if query.start is None else order_id_floor(query.start)
+        high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
+        cursor = query.cursor
+        after = False
+        if query.newest:
+            if cursor is not None and cursor < high:
+                high = cursor
+        else:
+            after = cursor is not None and cursor >= low
+            if after:
+                assert cursor is not None
+                low = cursor
+        args: list[Any] = [] if query.status is None else [query.status.value]
+        args += (low, high)
+        customer: tuple[str, ...] = () if query.customer is None else prefix_bounds(query.customer)
+        tail: tuple[str, ...] = (
+            () if query.id_tail is None else prefix_bounds(reversed_id(query.id_tail))
+        )
+        args += (*customer, *tail, query.limit + 1)
+        statement = sql.listing(
+            query.status is not None, after, query.newest, len(customer), len(tail)
+        )
+        return statement, tuple(args)
 
     async def list_orders(self, query: OrderQuery) -> Page:
         rows, next_cursor = self._page(query)
@@ -299,10 +319,11 @@ class SqliteOrderStore(OrderStore):
         *,
         limit: int,
         after: str | None = None,
+        dry_run: bool = False,
     ) -> tuple[list[str], str | None]:
         return await self.database.write(
             lambda c: changes.transition_matching(
-                c, event, source, where, at, reason, limit, after
+                c, event, source, where, at, reason, limit, after, dry_run=dry_run
             ),
             "bulk",
         )

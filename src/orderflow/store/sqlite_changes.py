@@ -31,6 +31,8 @@ from orderflow.domain import (
     micros_since_epoch,
     next_status,
     order_id_floor,
+    reversed_id,
+    search_key,
     sources_of,
     target_of,
 )
@@ -157,6 +159,11 @@ def _event(
 # -- changes --------------------------------------------------------------------------------------
 
 
+def search_keys(order: Order) -> tuple[str, str]:
+    """What the row keeps to be searched by: its customer's search key, its id reversed."""
+    return search_key(order.customer), reversed_id(order.id)
+
+
 def add(
     change: Change, order: Order, row: Row, idempotency: IdempotencyRecord | None
 ) -> IdempotencyRecord | None:
@@ -168,7 +175,10 @@ def add(
             return record_of(existing)
     reason = order.history[-1].reason
     # A duplicate id: the driver's IntegrityError, which the store turns into OrderConflict.
-    db.execute(sql.INSERT_ORDER, (order.id, row.status.value, row.head, row.tail, reason))
+    db.execute(
+        sql.INSERT_ORDER,
+        (order.id, row.status.value, row.head, row.tail, reason, *search_keys(order)),
+    )
     if idempotency is not None:
         db.execute(
             sql.INSERT_KEY,
@@ -188,7 +198,11 @@ def add_many(change: Change, items: list[tuple[Order, Row]]) -> list[None]:
         chunk = items[start : start + sql.MAX_ROWS]
         db.execute(
             sql.insert_orders(len(chunk)),
-            [v for o, r in chunk for v in (o.id, r.status.value, r.head, r.tail, None)],
+            [
+                v
+                for o, r in chunk
+                for v in (o.id, r.status.value, r.head, r.tail, None, *search_keys(o))
+            ],
         )
         db.execute(
             sql.insert_events(len(chunk)),
@@ -359,6 +373,7 @@ def transition_matching(
     limit: int,
     after: str | None,
     max_walk: int = MAX_WALK,
+    dry_run: bool = False,
 ) -> tuple[list[str], str | None]:
     next_status(source, event)  # raises IllegalTransition
     low = "" if where.start is None else order_id_floor(where.start)
@@ -371,9 +386,10 @@ def transition_matching(
         sql.STRETCH[skip_low], (source.value, low, high, max_walk)
     ).fetchall()
     moved: list[str] = []
-    for order_id, latest in stretch:
-        if where.reason_matches(latest):
-            transition(change, order_id, event, at, reason, None)
+    for order_id, latest, key in stretch:
+        if where.reason_matches(latest) and where.customer_matches(key):
+            if not dry_run:
+                transition(change, order_id, event, at, reason, None)
             moved.append(order_id)
             if len(moved) == limit:
                 return moved, order_id
