@@ -82,6 +82,7 @@ def test_the_search_box_finds_by_customer_id_and_tail_and_pages_either_way(
     # More than a page: the cursor pages on in the order chosen (oldest first now).
     paged = sorted(submit(server, PAGE_SIZE + 5, customer="Paged {n}"))  # ids sort by time
     search(page, "paged")
+    expect(rows.first).to_have_attribute("data-order-id", paged[0])  # the search's answer
     expect(rows).to_have_count(PAGE_SIZE)
     assert ids_shown(page) == paged[:PAGE_SIZE]
     page.get_by_test_id("page-next").click()
