@@ -79,6 +79,7 @@ def test_migrate_makes_a_file_a_server_then_uses(serve: type[Server], tmp_path: 
     assert migrated.stdout.splitlines() == [
         "applied 0001_orders",
         "applied 0002_webhooks",
+        "applied 0003_search",
         "database schema is up to date",
     ]
     assert orderflow("db", "migrate", "--database-url", url).stdout.splitlines() == [
@@ -107,7 +108,7 @@ def test_a_file_of_a_newer_schema_is_refused_and_left_as_it_is(ours: Path) -> No
     message = start_refused("--database-url", f"sqlite:///{ours}")
     assert message.strip() == (
         f"orderflow: --database-url: {ours} was written by a newer orderflow (schema 99; this"
-        " one knows up to 2): upgrade orderflow"
+        " one knows up to 3): upgrade orderflow"
     )
     assert digest(ours) == before
 

@@ -6,14 +6,25 @@ taken back at start."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
 
-from orderflow.domain import EventType, Item, OrderStatus, new_order, new_order_id
+from orderflow.domain import (
+    EventType,
+    Item,
+    OrderQuery,
+    OrderStatus,
+    new_order,
+    new_order_id,
+    search_key,
+)
 from orderflow.errors import StoreUnavailable
+from orderflow.store.memory_rows import row_of
 from orderflow.store.sqlite import SqliteOrderStore
+from orderflow.store.sqlite_file import APPLICATION_ID, migrations
 from tests.conftest import BASE_TIME, ManualClock, make_order
 from tests.sqlite import sqlite_url
 
@@ -134,3 +145,43 @@ async def test_what_the_last_run_held_is_rescued_at_start_with_a_history_entry(
         assert list(again.check_invariants()) == []
     finally:
         await again.close()
+
+
+async def test_the_search_migration_gives_the_orders_there_are_their_keys(tmp_path: Path) -> None:
+    """A file of schema 2 (no search keys) holding orders: 0003_search computes each one's
+    keys in Python, as an insert does, so that they are found like new ones."""
+    names = ["Straße", "ÆRØSKØBING", "Σίσυφος", "plain"]
+    orders = [
+        new_order(new_order_id(BASE_TIME, n), name, (Item("w", 1),), BASE_TIME)
+        for n, name in enumerate(names)
+    ]
+    path = tmp_path / "orders.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute(
+            "CREATE TABLE schema_migrations ("
+            " version TEXT PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT (datetime('now')))"
+        )
+        for number, name, script in migrations()[:2]:
+            db.executescript(script)
+            db.execute("INSERT INTO schema_migrations (version) VALUES (?)", (name,))
+            db.execute(f"PRAGMA user_version = {number}")
+        for order in orders:
+            row = row_of(order)
+            db.execute(
+                "INSERT INTO orders (id, status, head) VALUES (?, 'pending', ?)",
+                (order.id, row.head),
+            )
+        db.execute("UPDATE status_counts SET count = ? WHERE status = 'pending'", (len(names),))
+    finally:
+        db.close()
+    store = await SqliteOrderStore.open(sqlite_url(tmp_path))
+    try:
+        for text, expected in [("STRASSE", [0]), ("ærø", [1]), ("ΣΊΣ", [2]), ("p", [3])]:
+            page = await store.list_orders(OrderQuery(customer=search_key(text)))
+            assert [o.id for o in page.orders] == [orders[n].id for n in expected], text
+        page = await store.list_orders(OrderQuery(id_tail=orders[2].id[-8:]))
+        assert [o.id for o in page.orders] == [orders[2].id]
+    finally:
+        await store.close()

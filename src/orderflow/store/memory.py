@@ -81,8 +81,8 @@ class InMemoryOrderStore(OrderStore):
     """Args:
     event_retention: how many events the log keeps (the oldest go first); see `prune_events`
         for the age limit.
-    max_walk: the most orders one page of processing orders, or one batch of a bulk action,
-        looks at (processing has no index of its own).
+    max_walk: the most orders one page of processing orders or of a search, or one batch of
+        a bulk action, looks at (processing, customers and id tails have no index here).
     """
 
     def __init__(self, *, event_retention: int = 100_000, max_walk: int = MAX_WALK) -> None:

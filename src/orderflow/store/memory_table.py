@@ -6,7 +6,9 @@ ids and a range query is a bisection plus the page: O(log n + k). Each status bu
 an index of its own, so a status filter is an index lookup too; processing is transient and
 entered in bulk by triggers, so it is found by walking the time range, at most `max_walk`
 orders per page (a short page then comes with a cursor to go on from), instead of paying an
-index update per claimed order. Not locked itself: the store calls it holding its lock.
+index update per claimed order. A search (a customer's prefix, an id's tail) walks so too: an
+index of either would cost every order about 100 bytes more (README, Performance). Newest
+first is the same walk, backwards. Not locked itself: the store calls it holding its lock.
 """
 
 from __future__ import annotations
