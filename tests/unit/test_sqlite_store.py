@@ -6,13 +6,24 @@ taken back at start."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from orderflow.domain import EventType, Item, OrderStatus, new_order, new_order_id
+from orderflow.domain import (
+    EventType,
+    Item,
+    OrderStatus,
+    micros_since_epoch,
+    new_order,
+    new_order_id,
+)
 from orderflow.errors import StoreUnavailable
+from orderflow.store import sqlite_file
+from orderflow.store.base import MinuteCounts
 from orderflow.store.sqlite import SqliteOrderStore
 from tests.conftest import BASE_TIME, ManualClock, make_order
 from tests.sqlite import sqlite_url
@@ -134,3 +145,37 @@ async def test_what_the_last_run_held_is_rescued_at_start_with_a_history_entry(
         assert list(again.check_invariants()) == []
     finally:
         await again.close()
+
+
+async def test_the_minutes_migration_counts_the_events_a_file_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of the days before the minute counts gets them from its events of the last 25
+    hours."""
+    every = sqlite_file.migrations()
+    [before] = [n for n, (_, name, _) in enumerate(every) if name.endswith("_minutes_instances")]
+    path = tmp_path / "orders.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    monkeypatch.setattr(sqlite_file, "migrations", lambda: every[:before])
+    sqlite_file.migrate(db, 0)
+    monkeypatch.undo()
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    old = now - timedelta(minutes=10)
+    db.executemany(
+        "INSERT INTO events (type, order_id, status, at) VALUES (?, ?, ?, ?)",
+        [
+            ("order.submitted", "order_a", "pending", micros_since_epoch(old)),
+            ("order.submitted", "order_b", "pending", micros_since_epoch(old) + 5),
+            ("order.shipped", "order_a", "shipped", micros_since_epoch(now)),
+            ("order.submitted", "order_c", "pending", micros_since_epoch(old - timedelta(days=2))),
+        ],
+    )
+    db.close()
+    store = await SqliteOrderStore.open(sqlite_url(tmp_path))
+    try:
+        assert await store.order_minutes(now - timedelta(days=3)) == [
+            MinuteCounts(old, 2, 0, 0),
+            MinuteCounts(now, 0, 1, 0),
+        ]
+    finally:
+        await store.close()
