@@ -2,13 +2,15 @@
 when several processes start together; 0003 takes over a database that 0002 left holding
 orders, its counts taken from the orders already there; and 0005 keeps the events 0004 left,
 each with its seq, those not numbered yet numbered after them; 0006 gives the orders there
-are their search keys."""
+are their search keys; 0007 counts the minutes of the events numbered already, and numbering
+folds in the rest."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+from datetime import timedelta
 from importlib import resources
 
 import asyncpg
@@ -204,5 +206,47 @@ async def test_0006_gives_the_orders_there_are_their_search_keys_by_casefold(
             assert [o.id for o in page.orders] == [ids[n] for n in expected], text
         page = await store.list_orders(OrderQuery(id_tail=ids[2][-8:]))
         assert [o.id for o in page.orders] == [ids[2]]
+    finally:
+        await store.close()
+
+
+async def test_0007_counts_the_minutes_of_the_events_kept(database_url: str) -> None:
+    await migrate_to_0002(database_url, through="0005_event_batches")
+    db = await asyncpg.connect(database_url)
+    try:
+        # Three events numbered (two submits, a ship the minute after), one not yet (a fail),
+        # and one older than the counts are kept.
+        base = await db.fetchval("SELECT date_trunc('minute', now(), 'UTC') - interval '10 min'")
+        await db.execute(
+            "INSERT INTO event_batches (id, seq, size) VALUES (1, 1, 1), (2, 2, 1), (3, 3, 1),"
+            " (4, NULL, 1), (5, 4, 1)"
+        )
+        await db.execute(
+            "INSERT INTO events (batch, pos, type, order_id, status, at) VALUES"
+            " (1, 1, 'order.submitted', 'order_a', 'pending', $1::timestamptz + interval '1 s'),"
+            " (2, 1, 'order.submitted', 'order_b', 'pending', $1 + interval '59 s'),"
+            " (3, 1, 'order.shipped', 'order_a', 'shipped', $1 + interval '90 s'),"
+            " (4, 1, 'order.failed', 'order_b', 'failed', $1 + interval '100 s'),"
+            " (5, 1, 'order.submitted', 'order_c', 'pending', $1 - interval '2 days')",
+            base,
+        )
+    finally:
+        await db.close()
+    store = await PostgresOrderStore.connect(database_url)  # migrates: 0007 on
+    try:
+        db = await asyncpg.connect(database_url)
+        try:
+            rows = await db.fetch("SELECT * FROM order_minutes ORDER BY minute")
+        finally:
+            await db.close()
+        assert [tuple(row) for row in rows] == [
+            (base, 2, 0, 0),
+            (base + timedelta(minutes=1), 0, 1, 0),
+        ]
+        minutes = await store.order_minutes(base - timedelta(days=3))  # folds in the fail
+        assert [(m.minute, m.submitted, m.shipped, m.failed) for m in minutes] == [
+            (base, 2, 0, 0),
+            (base + timedelta(minutes=1), 0, 1, 1),
+        ]
     finally:
         await store.close()

@@ -137,6 +137,12 @@ def statement_args(store: PostgresOrderStore) -> dict[str, list[Any]]:
         "READ_EVENTS": [ROWS // 2, 1000],
         "EVENT_HORIZON": [],
         "PRUNE_EVENTS": [T0 - timedelta(days=1), ROWS // 2, 10_000],
+        "ORDER_MINUTES": [LATER - timedelta(days=1)],
+        "PRUNE_MINUTES": [LATER - timedelta(hours=25)],
+        "HEARTBEAT": ["worker-new", T0, LATER, 3, 2, LATER + timedelta(seconds=6)],
+        "STOP_INSTANCE": ["worker-new"],
+        "INSTANCES": [],
+        "PRUNE_INSTANCES": [LATER - timedelta(hours=1)],
     }  # fmt: skip
 
 

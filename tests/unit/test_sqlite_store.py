@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -17,11 +18,14 @@ from orderflow.domain import (
     Item,
     OrderQuery,
     OrderStatus,
+    micros_since_epoch,
     new_order,
     new_order_id,
     search_key,
 )
 from orderflow.errors import StoreUnavailable
+from orderflow.store import sqlite_file
+from orderflow.store.base import MinuteCounts
 from orderflow.store.memory_rows import row_of
 from orderflow.store.sqlite import SqliteOrderStore
 from orderflow.store.sqlite_file import APPLICATION_ID, migrations
@@ -183,5 +187,39 @@ async def test_the_search_migration_gives_the_orders_there_are_their_keys(tmp_pa
             assert [o.id for o in page.orders] == [orders[n].id for n in expected], text
         page = await store.list_orders(OrderQuery(id_tail=orders[2].id[-8:]))
         assert [o.id for o in page.orders] == [orders[2].id]
+    finally:
+        await store.close()
+
+
+async def test_the_minutes_migration_counts_the_events_a_file_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of the days before the minute counts gets them from its events of the last 25
+    hours."""
+    every = sqlite_file.migrations()
+    [before] = [n for n, (_, name, _) in enumerate(every) if name.endswith("_minutes_instances")]
+    path = tmp_path / "orders.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    monkeypatch.setattr(sqlite_file, "migrations", lambda: every[:before])
+    sqlite_file.migrate(db, 0)
+    monkeypatch.undo()
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    old = now - timedelta(minutes=10)
+    db.executemany(
+        "INSERT INTO events (type, order_id, status, at) VALUES (?, ?, ?, ?)",
+        [
+            ("order.submitted", "order_a", "pending", micros_since_epoch(old)),
+            ("order.submitted", "order_b", "pending", micros_since_epoch(old) + 5),
+            ("order.shipped", "order_a", "shipped", micros_since_epoch(now)),
+            ("order.submitted", "order_c", "pending", micros_since_epoch(old - timedelta(days=2))),
+        ],
+    )
+    db.close()
+    store = await SqliteOrderStore.open(sqlite_url(tmp_path))
+    try:
+        assert await store.order_minutes(now - timedelta(days=3)) == [
+            MinuteCounts(old, 2, 0, 0),
+            MinuteCounts(now, 0, 1, 0),
+        ]
     finally:
         await store.close()

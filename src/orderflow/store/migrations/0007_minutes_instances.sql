@@ -19,3 +19,15 @@ CREATE TABLE instances (
     live_until     timestamptz NOT NULL,
     stopped        boolean     NOT NULL DEFAULT false
 );
+
+-- The minutes of the events numbered already (those not numbered yet are folded in as they
+-- are), as far back as they are kept and the counts are.
+INSERT INTO order_minutes (minute, submitted, shipped, failed)
+    SELECT date_trunc('minute', e.at, 'UTC'),
+           count(*) FILTER (WHERE e.type = 'order.submitted'),
+           count(*) FILTER (WHERE e.type = 'order.shipped'),
+           count(*) FILTER (WHERE e.type = 'order.failed')
+    FROM events e JOIN event_batches b ON b.id = e.batch
+    WHERE b.seq IS NOT NULL AND e.at > now() - interval '25 hours'
+      AND e.type IN ('order.submitted', 'order.shipped', 'order.failed')
+    GROUP BY 1;

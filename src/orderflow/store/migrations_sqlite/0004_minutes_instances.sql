@@ -18,3 +18,12 @@ CREATE TABLE instances (
     live_until     INTEGER NOT NULL,
     stopped        INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+
+-- The minutes of the events kept, as far back as the counts are (times in microseconds).
+INSERT INTO order_minutes (minute, submitted, shipped, failed)
+    SELECT at / 60000000, sum(type = 'order.submitted'), sum(type = 'order.shipped'),
+           sum(type = 'order.failed')
+    FROM events
+    WHERE type IN ('order.submitted', 'order.shipped', 'order.failed')
+      AND at > (CAST(strftime('%s', 'now') AS INTEGER) - 25 * 3600) * 1000000
+    GROUP BY 1;
