@@ -132,3 +132,15 @@ async def test_an_empty_optional_body_with_its_content_type_is_no_body(
     )
     assert answer.status_code == 200
     assert answer.json()["status"] == "cancelled"
+
+
+async def test_several_bad_event_query_parameters_are_all_named(
+    client: httpx.AsyncClient,
+) -> None:
+    answer = await client.get(
+        "/events",
+        params=[("type", "order.nope"), ("after", "x"), ("limit", "0"), ("status", "lost")],
+        headers={"accept": "application/json"},
+    )
+    assert answer.status_code == 400
+    assert fields(answer).keys() == {"type", "after", "limit", "status"}
