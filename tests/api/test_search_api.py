@@ -18,6 +18,9 @@ from tests.api.conftest import NO_SUCH_ID, assert_problem, create, serve_over_as
 from tests.backends import BACKENDS, open_store
 from tests.conftest import FakeShipper, ManualClock
 
+# What a retry's answer notes while auto-process is off (as the tests' service runs).
+RETRY_NOTE = "retried orders wait in pending until POST /orders/process (auto-process is off)"
+
 NAMES = [
     "Straße Süd", "STRASSER", "strand", "Ærøskøbing Kro", "ærø", "Aeroflot", "Σωκράτης",
     "σίσυφος", "ΣΊΣΥΦΟΣ", "Юрий", "юлия", "İstanbul", "ǅemal", "ﬁne Foods", "Zoë",
@@ -173,7 +176,7 @@ async def test_bulk_retry_by_ids_takes_only_failed_orders(
     hold = Hold("test", held.token)
     await memory_store.transition(ids[0], Event.FAIL, clock.now(), "down", hold=hold)
     response = await client.post("/orders/retry", json={"ids": ids})
-    assert response.json() == {"count": 1, "dry_run": False}
+    assert response.json() == {"count": 1, "dry_run": False, "note": RETRY_NOTE}
     assert [await status_of(client, i) for i in ids] == ["pending", "pending"]
     history = (await client.get(f"/orders/{ids[0]}")).json()["history"]
     assert history[-1]["reason"] == "retried in bulk by an operator"
@@ -196,7 +199,8 @@ async def test_bulk_cancel_by_customer_and_status_with_a_dry_run_first(
     everyone = await client.post("/orders/cancel", json={"customer": "ß", "dry_run": True})
     assert everyone.json() == {"count": 0, "dry_run": True}  # "ss" starts no name
     retry = await client.post("/orders/retry", json={"status": "pending"})
-    assert retry.json() == {"count": 0, "dry_run": False}  # retry takes failed orders only
+    # Retry takes failed orders only (and notes that auto-process is off).
+    assert retry.json() == {"count": 0, "dry_run": False, "note": RETRY_NOTE}
 
 
 @pytest.mark.parametrize(
