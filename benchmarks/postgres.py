@@ -33,7 +33,8 @@ ROWS = 1_000_000
 BEFORE = "1b8d315"  # the PostgreSQL store before its cost was cut
 ROUNDS = 2
 
-# Pending orders made by the database itself, shaped exactly as orderflow writes them.
+# Pending orders made by the database itself, shaped exactly as orderflow writes them (but for
+# their search key, which the version compared with has no column for, and no claim reads).
 _FILL = """
 INSERT INTO orders (id, customer, items, created_at, status, updated_at, history)
 SELECT 'order_' || lpad(to_hex($1::bigint + n), 14, '0') || lpad(to_hex(n), 16, '0'),

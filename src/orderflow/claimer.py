@@ -92,6 +92,11 @@ class Claimer:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    @property
+    def auto_process(self) -> bool:
+        """Whether this claimer claims by itself (else only on a trigger)."""
+        return self._auto_process
+
     def claim_soon(self) -> None:
         """Claim pending orders soon (auto-process); returns at once."""
         if self._auto_process:

@@ -24,6 +24,7 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_REASON_LENGTH = 500  # an operator's reason for a retry or a cancel
 MAX_SEQ = 999_999_999_999_999_999  # the largest event seq the API takes (18 digits)
+MAX_BULK_IDS = 1000  # the ids one bulk action may name
 
 
 class OrderStatus(enum.StrEnum):
@@ -456,14 +457,67 @@ def is_order_id(value: str) -> bool:
     )
 
 
+MIN_ID_TAIL = 8  # the shortest tail of an id a search takes (the dashboard shows ids so)
+_ID_CHARS = frozenset(ORDER_ID_PREFIX) | _HEX
+
+
+def search_key(text: str) -> str:
+    """The key a customer name is searched by: its Unicode casefold ("Straße" → "strasse").
+    Computed in Python by every store (a database's lower() is not casefold), so every store
+    answers a search alike."""
+    return text.casefold()
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with `prefix`, in code point order
+    (byte order of UTF-8, as SQLite's BINARY and PostgreSQL's "C" collation compare): a
+    prefix search is then the range [prefix, prefix_end). None: no such bound."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code == 0xD800:  # no surrogate is ever stored: skip their block
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+def prefix_bounds(prefix: str) -> tuple[str, ...]:
+    """The range of the keys that start with `prefix`: (prefix, prefix_end), or (prefix,)
+    when no key is above them all."""
+    end = prefix_end(prefix)
+    return (prefix,) if end is None else (prefix, end)
+
+
+def reversed_id(order_id: str) -> str:
+    """An id (or an id's tail) backwards: the key a database finds ids by their tail with (a
+    tail of the id is a prefix of this)."""
+    return order_id[::-1]
+
+
+def could_end_an_id(tail: str) -> bool:
+    """Whether `tail` holds only characters an order id has (else no id ends with it)."""
+    return _ID_CHARS.issuperset(tail)
+
+
 class OrderQuery(msgspec.Struct, frozen=True, kw_only=True):
-    """A page of orders: `start` inclusive, `end` exclusive, after the id `cursor`, oldest first."""
+    """A page of orders: `start` inclusive, `end` exclusive, after the id `cursor` (before it,
+    `newest` first), oldest first unless `newest`; `customer`: the `search_key` prefix of the
+    customer's; `id_tail`: what the order's id ends with (a whole id is its own tail)."""
 
     start: datetime | None = None
     end: datetime | None = None
     status: OrderStatus | None = None
     limit: int = DEFAULT_PAGE
     cursor: str | None = None
+    customer: str | None = None
+    id_tail: str | None = None
+    newest: bool = False
+
+    @property
+    def searches(self) -> bool:
+        """Whether it looks at more than ids and status (a customer or an id's tail)."""
+        return self.customer is not None or self.id_tail is not None
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -486,12 +540,18 @@ class Stats(msgspec.Struct, frozen=True):
 
 
 class OrderFilter(msgspec.Struct, frozen=True, kw_only=True):
-    """Which orders a bulk action takes: created in [`start`, `end`), and whose latest history
-    entry has a reason containing `reason_contains` (case-insensitive), each when given."""
+    """Which orders a bulk action takes: created in [`start`, `end`), whose customer's
+    `search_key` starts with `customer`, and whose latest history entry has a reason
+    containing `reason_contains` (case-insensitive), each when given."""
 
     start: datetime | None = None
     end: datetime | None = None
     reason_contains: str | None = None
+    customer: str | None = None
+
+    def customer_matches(self, key: str) -> bool:
+        """Whether a customer of search key `key` passes the customer condition."""
+        return self.customer is None or key.startswith(self.customer)
 
     def reason_matches(self, reason: str | None) -> bool:
         """Whether a latest history entry with `reason` passes the reason condition (the

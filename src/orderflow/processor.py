@@ -28,6 +28,7 @@ import asyncio
 import collections
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from orderflow.attempts import Attempts
 from orderflow.clock import Clock, new_owner_id
@@ -36,10 +37,13 @@ from orderflow.errors import OrderflowError
 from orderflow.metrics import METRICS
 from orderflow.outcomes import OutcomeWriter
 from orderflow.shipping import RESULT_WAIT_S, Shipper
-from orderflow.store.base import OrderStore
+from orderflow.store.base import InstanceBeat, OrderStore
 from orderflow.supervise import Backoff, OutageLog, supervised
 
 log = logging.getLogger("orderflow.processor")
+
+#: Heartbeats an instance may miss before it is listed as not live.
+MISSED_BEATS = 3
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ class ProcessorSettings:
         outcome_window_s: on a shared store, how long finished shipments' outcomes gather
             before their write (one round trip for the batch).
         poll_interval_s: how often to look for ready orders when nobody said there are some.
-        heartbeat_s: how often to renew the lease on what this processor holds.
+        heartbeat_s: how often to renew the lease on what this processor holds, and to tell
+            the store it is live (with what it holds and ships).
         lease_s: how long the store keeps our orders for us without a heartbeat.
     """
 
@@ -130,6 +135,7 @@ class Processor:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._aborted: set[str] = set()
         self._stopping = False
+        self._started_at = clock.now()
         self._outcomes = OutcomeWriter(
             store,
             self.owner,
@@ -150,7 +156,13 @@ class Processor:
         return len(self._queue)
 
     async def start(self) -> None:
-        """Start the workers; call once, from the loop that will run them."""
+        """Register with the store and start the workers; call once, from the loop that will
+        run them."""
+        self._started_at = self._clock.now()
+        try:
+            await self._beat(self._started_at)
+        except OrderflowError as exc:  # the heartbeats register it once the store answers
+            log.warning("could not register %s: %s", self.owner, exc)
         await self._store.subscribe(self.wake, self.abort)
         self._outcomes.start()
         for n in range(self.settings.concurrency):
@@ -230,6 +242,11 @@ class Processor:
                 log.warning("%s handed back orders it still held at the end", self.owner)
         except OrderflowError as exc:
             log.warning("could not retire %s (%s); its lease will run out instead", self.owner, exc)
+        try:
+            await self._store.stop_instance(self.owner, self._clock.now())
+        except OrderflowError as exc:
+            log.warning("could not deregister %s (%s); it will miss its heartbeats", self.owner,
+                        exc)  # fmt: skip
 
     # -- holding -----------------------------------------------------------------------------
 
@@ -266,10 +283,25 @@ class Processor:
             if self.holdings.get(order_id) == holds[order_id]:  # not finished meanwhile
                 log.warning("order_id=%s was taken away from %s", order_id, self.owner)
                 self.abort(order_id)
+        await self._beat(now)
         rescued = await store.rescue_expired(now)
         if rescued:
             METRICS.rescues += rescued
             self.wake()
+
+    async def _beat(self, at: datetime) -> None:
+        """Tell the store this instance is live, with what it holds and ships now."""
+        live_s = MISSED_BEATS * self.settings.heartbeat_s
+        await self._store.heartbeat(
+            InstanceBeat(
+                self.owner,
+                self._started_at,
+                at,
+                len(self.holdings),
+                len(self._inflight),
+                at + timedelta(seconds=live_s),
+            )
+        )
 
     # -- shipping ----------------------------------------------------------------------------
 

@@ -121,6 +121,7 @@ class Runtime:
         self._loop(self.service.prune_idempotency, min(600.0, settings.idempotency_ttl / 10),
                    "pruning idempotency keys")  # fmt: skip
         self._loop(self._prune_events, min(60.0, settings.event_retention / 10), "pruning events")
+        self._loop(self.service.prune_history, 60.0, "pruning minute counts and instances")
         self.started = True
 
     def _build(self, settings: Settings, deliverer_settings: DelivererSettings) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta
 
 import msgspec
@@ -26,6 +26,7 @@ from orderflow.domain import (
     OrderStatus,
     Page,
     Stats,
+    could_end_an_id,
     is_order_id,
     new_order,
     new_order_id,
@@ -34,6 +35,7 @@ from orderflow.domain import (
 from orderflow.errors import (
     IdempotencyInFlight,
     IdempotencyMismatch,
+    IllegalTransition,
     OrderflowError,
     OrderNotFound,
     OutcomeUnknown,
@@ -41,11 +43,17 @@ from orderflow.errors import (
 )
 from orderflow.metrics import METRICS
 from orderflow.processor import Processor
-from orderflow.store.base import IdempotencyRecord, JsonPage, OrderStore
+from orderflow.store.base import IdempotencyRecord, Instance, JsonPage, MinuteCounts, OrderStore
 
 log = logging.getLogger("orderflow.service")
 
 _BULK_BATCH = 1000
+#: The minutes GET /orders/throughput covers, ending with the current one.
+THROUGHPUT_MINUTES = 1440
+#: How long minute counts are kept (the window, and an hour to spare), and how long an
+#: instance is still listed after its last heartbeat (stopped, or gone silent).
+MINUTES_KEPT = timedelta(hours=25)
+GONE_INSTANCES_KEPT = timedelta(hours=1)
 _fingerprint_encode = msgspec.json.Encoder(order="deterministic").encode
 
 
@@ -79,6 +87,12 @@ class OrderService:
         self.idempotency_ttl_s = idempotency_ttl_s
         self._keys_in_flight: set[str] = set()
         self.stopping = False
+
+    @property
+    def auto_process(self) -> bool:
+        """Whether pending orders are claimed by themselves; else they wait for a trigger
+        (POST /orders/process), and the answer to a retry says so."""
+        return self.claimer.auto_process
 
     async def start(self) -> None:
         """Start shipping, then take triggers (and, with auto-process, claim by itself)."""
@@ -152,14 +166,15 @@ class OrderService:
         return order
 
     async def list_orders(self, query: OrderQuery) -> Page:
-        """A page of orders (a reversed range [from, to) holds none)."""
-        if _reversed(query):
+        """A page of orders (a reversed range [from, to) holds none, nor does a search for a
+        tail no id can end with)."""
+        if _finds_none(query):
             return Page([], None)
         return await self.store.list_orders(query)
 
     async def list_orders_json(self, query: OrderQuery) -> JsonPage:
         """The page `list_orders` answers, as JSON."""
-        if _reversed(query):
+        if _finds_none(query):
             return JsonPage(msgspec.Raw(b"[]"), 0, None)
         return await self.store.list_orders_json(query)
 
@@ -208,28 +223,66 @@ class OrderService:
         log.info("trigger: %d orders pending, claimed for shipping", pending)
         return pending
 
-    async def act_in_bulk(self, event: Event, where: OrderFilter, reason: str | None) -> int:
-        """Apply `event` (retry or cancel) to every order it can move that matches `where`, in
-        batches (each order atomically); returns how many moved."""
-        if self.stopping:
+    async def act_in_bulk(
+        self,
+        event: Event,
+        where: OrderFilter,
+        reason: str | None,
+        *,
+        status: OrderStatus | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Apply `event` (retry or cancel) to every order it can move that matches `where`
+        (and is in `status`, if given), in batches (each order atomically); returns how many
+        moved. `dry_run`: the same walk, changing nothing; how many it would move."""
+        if self.stopping and not dry_run:
             raise ShuttingDown()
         total = 0
         if where.start is not None and where.end is not None and where.start >= where.end:
             return 0  # an empty range
         for source in sources_of(event):
+            if status is not None and source is not status:
+                continue
             after: str | None = None
             while True:
                 moved, after = await self.store.transition_matching(
                     event, source, where, self._clock.now(), reason,
-                    limit=_BULK_BATCH, after=after,
+                    limit=_BULK_BATCH, after=after, dry_run=dry_run,
                 )  # fmt: skip
                 total += len(moved)
-                if event is Event.CANCEL:
+                if event is Event.CANCEL and not dry_run:
                     for order_id in moved:
                         self.processor.abort(order_id)
                 if after is None:
                     break
-        log.info("bulk %s: %d orders", event.value, total)
+        log.info("bulk %s%s: %d orders", event.value, " (dry run)" if dry_run else "", total)
+        return total
+
+    async def act_on_ids(
+        self, event: Event, ids: Sequence[str], reason: str | None, *, dry_run: bool = False
+    ) -> int:
+        """Apply `event` (retry or cancel) to each order of `ids` it can move, each atomically;
+        an unknown id, or an order in a status `event` does not apply to, is skipped. Returns
+        how many moved (`dry_run`: changing nothing, how many would)."""
+        if self.stopping and not dry_run:
+            raise ShuttingDown()
+        sources = sources_of(event)
+        total = 0
+        for order_id in dict.fromkeys(ids):  # each once, in the order given
+            if not is_order_id(order_id):
+                continue
+            if dry_run:
+                order = await self.store.find_order(order_id)
+                total += order is not None and order.status in sources
+                continue
+            try:
+                await self._move(order_id, event, reason)
+            except (OrderNotFound, IllegalTransition):
+                continue
+            total += 1
+            if event is Event.CANCEL:
+                self.processor.abort(order_id)
+        log.info("bulk %s%s: %d orders", event.value, " (dry run)" if dry_run else "", total)
         return total
 
     async def stats(self) -> Stats:
@@ -240,6 +293,25 @@ class OrderService:
         if self.stopping:
             raise ShuttingDown()
         await self.store.ping()
+
+    async def throughput(self) -> tuple[datetime, datetime, list[MinuteCounts]]:
+        """The first and last minute of the window (the last: the current minute), and the
+        counts of its minutes with anything counted, oldest first; alike on every instance."""
+        last = self._clock.now().replace(second=0, microsecond=0)
+        first = last - timedelta(minutes=THROUGHPUT_MINUTES - 1)
+        minutes = await self.store.order_minutes(first)
+        return first, last, [m for m in minutes if m.minute <= last]
+
+    async def instances(self) -> list[Instance]:
+        """The processors sharing the store (this one among them), live ones first."""
+        return await self.store.list_instances(self._clock.now())
+
+    async def prune_history(self) -> int:
+        """Forget minute counts older than `MINUTES_KEPT` and instances silent for longer
+        than `GONE_INSTANCES_KEPT`; returns how many rows went."""
+        now = self._clock.now()
+        minutes = await self.store.prune_minutes(now - MINUTES_KEPT)
+        return minutes + await self.store.prune_instances(now - GONE_INSTANCES_KEPT)
 
     async def prune_idempotency(self) -> int:
         before = self._clock.now() - timedelta(seconds=self.idempotency_ttl_s)
@@ -279,5 +351,7 @@ class OrderService:
             raise OrderNotFound(f"no order with id {order_id!r}")
 
 
-def _reversed(query: OrderQuery) -> bool:
+def _finds_none(query: OrderQuery) -> bool:
+    if query.id_tail is not None and not could_end_an_id(query.id_tail):
+        return True
     return query.start is not None and query.end is not None and query.start > query.end

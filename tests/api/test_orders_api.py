@@ -30,6 +30,9 @@ from tests.api.conftest import (
 from tests.conftest import FakeShipper, eventually, settled
 from tests.helpers import ORDER, ROUTES
 
+# The contract's words: what a retry's answer says while auto-process is off.
+RETRY_NOTE = "retried orders wait in pending until POST /orders/process (auto-process is off)"
+
 
 async def ship_pending(client: httpx.AsyncClient, store: InMemoryOrderStore) -> int:
     """Trigger processing and wait until nothing is processing; returns how many were taken."""
@@ -490,7 +493,7 @@ async def test_retry_sends_a_failed_order_back_to_pending_with_the_reason(
     order_id = await failed_order(client, memory_store, shipper, "address refused")
     response = await client.post(f"/orders/{order_id}/retry", json={"reason": "address fixed"})
     assert response.status_code == 200
-    assert response.json() == {"id": order_id, "status": "pending"}
+    assert response.json() == {"id": order_id, "status": "pending", "note": RETRY_NOTE}
     history = (await client.get(f"/orders/{order_id}")).json()["history"]
     assert [(e["status"], e.get("reason")) for e in history] == [
         ("pending", None),
@@ -507,7 +510,7 @@ async def test_retry_without_a_body_records_an_operator_retry(
 ) -> None:
     order_id = await failed_order(client, memory_store, shipper, "address refused")
     response = await client.post(f"/orders/{order_id}/retry")
-    assert response.json() == {"id": order_id, "status": "pending"}
+    assert response.json() == {"id": order_id, "status": "pending", "note": RETRY_NOTE}
     history = (await client.get(f"/orders/{order_id}")).json()["history"]
     assert (history[-1]["status"], history[-1]["reason"]) == ("pending", "retried by an operator")
 
@@ -547,7 +550,7 @@ async def test_bulk_retry_takes_the_failed_orders_whose_reason_matches(
         "/orders/retry", json={"reason_contains": "timeout", "reason": "carrier is back"}
     )
     assert response.status_code == 200
-    assert response.json() == {"count": 2}
+    assert response.json() == {"count": 2, "dry_run": False, "note": RETRY_NOTE}
     for order_id in timeouts:
         history = (await client.get(f"/orders/{order_id}")).json()["history"]
         assert history[-1]["status"] == "pending"
@@ -555,15 +558,17 @@ async def test_bulk_retry_takes_the_failed_orders_whose_reason_matches(
     assert await status_of(client, refused) == "failed"
     assert await status_of(client, pending) == "pending"
     again = await client.post("/orders/retry", json={"reason_contains": "timeout"})
-    assert again.json() == {"count": 0}
+    assert again.json() == {"count": 0, "dry_run": False, "note": RETRY_NOTE}
 
 
 async def test_bulk_retry_of_everything_takes_every_failed_order(
     client: httpx.AsyncClient, memory_store: InMemoryOrderStore, shipper: FakeShipper
 ) -> None:
     failed = [await failed_order(client, memory_store, shipper, r) for r in ("a", "b")]
+    dry = await client.post("/orders/retry", json={"dry_run": True})
+    assert dry.json() == {"count": 2, "dry_run": True}  # no note: a dry run retried nothing
     response = await client.post("/orders/retry", json={})
-    assert response.json() == {"count": 2}
+    assert response.json() == {"count": 2, "dry_run": False, "note": RETRY_NOTE}
     for order_id in failed:
         history = (await client.get(f"/orders/{order_id}")).json()["history"]
         assert history[-1]["reason"] == "retried in bulk by an operator"
@@ -577,13 +582,16 @@ async def test_bulk_cancel_takes_the_orders_created_in_the_range(
     window = {"from": orders[1]["timestamp"], "to": orders[3]["timestamp"], "reason": "recall"}
     response = await client.post("/orders/cancel", json=window)
     assert response.status_code == 200
-    assert response.json() == {"count": 2}
+    assert response.json() == {"count": 2, "dry_run": False}
     assert [await status_of(client, i) for i in ids] == [
         "pending", "cancelled", "cancelled", "pending",
     ]  # fmt: skip
     history = (await client.get(f"/orders/{ids[1]}")).json()["history"]
     assert history[-1]["reason"] == "recall"
-    assert (await client.post("/orders/cancel", json=window)).json() == {"count": 0}
+    assert (await client.post("/orders/cancel", json=window)).json() == {
+        "count": 0,
+        "dry_run": False,
+    }
 
 
 async def test_bulk_cancel_of_everything_leaves_finished_orders_alone(
@@ -593,7 +601,7 @@ async def test_bulk_cancel_of_everything_leaves_finished_orders_alone(
     await ship_pending(client, memory_store)
     pending = [(await create(client))["id"] for _ in range(2)]
     response = await client.post("/orders/cancel", json={})
-    assert response.json() == {"count": 2}
+    assert response.json() == {"count": 2, "dry_run": False}
     assert await status_of(client, shipped) == "shipped"
     history = (await client.get(f"/orders/{pending[0]}")).json()["history"]
     assert history[-1] == {
@@ -605,11 +613,15 @@ async def test_bulk_cancel_of_everything_leaves_finished_orders_alone(
 async def test_bulk_times_without_an_offset_are_utc(client: httpx.AsyncClient) -> None:
     await create(client)  # at 2026-01-01T00:00:00.000001Z
     early = {"to": "2026-01-01T00:00:00"}
-    assert (await client.post("/orders/cancel", json=early)).json() == {"count": 0}
+    assert (await client.post("/orders/cancel", json=early)).json() == {
+        "count": 0,
+        "dry_run": False,
+    }
     late = {"from": "2026-01-01T00:00:00", "to": "2026-01-01T01:00:00+01:00"}
-    assert (await client.post("/orders/cancel", json=late)).json() == {"count": 0}
+    assert (await client.post("/orders/cancel", json=late)).json() == {"count": 0, "dry_run": False}
     assert (await client.post("/orders/cancel", json={"from": "2026-01-01T00:00:00"})).json() == {
-        "count": 1
+        "count": 1,
+        "dry_run": False,
     }
 
 
@@ -624,7 +636,19 @@ async def test_bulk_times_without_an_offset_are_utc(client: httpx.AsyncClient) -
         ({"reason": "a\u0000b"}, "reason"),
         ({"from": "0001-01-01T00:00:00+14:00"}, "from"),
         ({"to": "9999-12-31T23:59:59-14:00"}, "to"),
-        ({"status": "failed"}, "status"),
+        ({"status": "lost"}, "status"),
+        ({"customer": ""}, "customer"),
+        ({"customer": "c" * 201}, "customer"),
+        ({"customer": "a\u0007"}, "customer"),
+        ({"ids": []}, "ids"),
+        ({"ids": ["order_x"] * 1001}, "ids"),
+        ({"ids": [7]}, "ids[0]"),
+        ({"ids": ["order_x"], "status": "failed"}, "ids"),
+        ({"ids": ["order_x"], "customer": "Ann"}, "ids"),
+        ({"ids": ["order_x"], "from": "2026-01-01T00:00:00Z"}, "ids"),
+        ({"ids": ["order_x"], "reason_contains": "x"}, "ids"),
+        ({"dry_run": "yes"}, "dry_run"),
+        ({"sort": "newest"}, "sort"),
     ],
 )
 @pytest.mark.parametrize("action", ["retry", "cancel"])
@@ -679,7 +703,10 @@ async def test_a_reason_is_stored_trimmed(client: httpx.AsyncClient) -> None:
     order = (await client.get(f"/orders/{created['id']}")).json()
     assert order["history"][-1]["reason"] == "customer called"
     other = await create(client)
-    assert (await client.post("/orders/cancel", json={"reason": " recall "})).json() == {"count": 1}
+    assert (await client.post("/orders/cancel", json={"reason": " recall "})).json() == {
+        "count": 1,
+        "dry_run": False,
+    }
     order = (await client.get(f"/orders/{other['id']}")).json()
     assert order["history"][-1]["reason"] == "recall"
 
@@ -729,7 +756,18 @@ async def test_healthz_and_readyz_answer_200(client: httpx.AsyncClient) -> None:
     health = await client.get("/healthz")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
     ready = await client.get("/readyz")
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "auto_process": False})
+
+
+async def test_with_auto_process_readyz_says_so_and_a_retry_carries_no_note(
+    serve_api: ServeFactory,
+) -> None:
+    """A retried order waits for a trigger only while auto-process is off: the note (and the
+    dashboard's hint, which reads `auto_process`) is for then alone."""
+    client = (await serve_api(auto_process=True)).client
+    ready = await client.get("/readyz")
+    assert ready.json() == {"status": "ready", "auto_process": True}
+    assert (await client.post("/orders/retry", json={})).json() == {"count": 0, "dry_run": False}
 
 
 async def test_readyz_is_503_while_stopping_and_once_stopped(
@@ -857,4 +895,7 @@ async def test_a_reversed_time_range_holds_no_orders(client: httpx.AsyncClient) 
     assert page.json() == {"orders": [], "count": 0, "next_cursor": None}
     for action in ("retry", "cancel"):
         moved = await client.post(f"/orders/{action}", json=reversed_range)
-        assert moved.json() == {"count": 0}
+        assert {k: v for k, v in moved.json().items() if k != "note"} == {
+            "count": 0,
+            "dry_run": False,
+        }

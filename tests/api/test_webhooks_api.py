@@ -79,7 +79,7 @@ async def test_a_subscription_is_created_shown_listed_and_deleted(
         Webhook(body["secret"])  # a key standardwebhooks takes
         assert body["url"] == receiver.url
         assert (body["types"], body["ordered"], body["disabled"]) == ([], True, False)
-        assert body["cursor"] == 0
+        assert (body["cursor"], body["lag"]) == (0, 0)
         assert body["next_attempt_at"] is None
 
         shown = (await client.get(f"/webhooks/{body['id']}")).json()
@@ -280,9 +280,10 @@ async def test_replay_moves_the_cursor_and_410s_past_the_kept_log(
             await runtime.service.submit(f"c{n}", (Item("W", 1),))
         replayed = await client.post(f"/webhooks/{webhook['id']}/replay", json={"after_seq": 2})
         assert replayed.status_code == 200, replayed.text
-        assert replayed.json()["cursor"] == 2
+        # The lag is the newest seq (3) less the cursor, as the answer is made.
+        assert (replayed.json()["cursor"], replayed.json()["lag"]) == (2, 1)
         beyond = await client.post(f"/webhooks/{webhook['id']}/replay", json={"after_seq": 99})
-        assert beyond.json()["cursor"] == 3
+        assert (beyond.json()["cursor"], beyond.json()["lag"]) == (3, 0)
         no_body = await client.post(f"/webhooks/{webhook['id']}/replay")
         assert no_body.status_code == 200
         gone = await client.post(f"/webhooks/{webhook['id']}/replay", json={"after_seq": 0})

@@ -1,6 +1,7 @@
 """The dashboard, driven in headless Chromium against a real `orderflow serve`: orders submitted
 through the API appear live, the page's buttons process, cancel and retry them, the filters
-narrow the table, and with auth on the page asks for a token. Every wait is on the page's DOM.
+narrow the table and it pages by the cursor, and with auth on the page asks for a token and
+shows actions only to a token that may take them. Every wait is on the page's DOM.
 
 ``ORDERFLOW_UPDATE_SCREENSHOT=1`` also writes the first test's screenshot to docs/dashboard.png,
 the one the README shows.
@@ -15,11 +16,13 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import ServerFactory, open_dashboard, row
+from tests.browser.conftest import ServerFactory, confirm, open_dashboard, row
 from tests.browser.shipper import REFUSED
 from tests.helpers import ROOT, post_order
 
 pytestmark = pytest.mark.e2e
+
+PAGE_SIZE = 100  # rows on a page of the table (orders.js)
 
 
 def test_orders_appear_live_ship_and_cancel_from_the_page(
@@ -50,7 +53,7 @@ def test_orders_appear_live_ship_and_cancel_from_the_page(
             expect(row(page, order_id)).to_have_attribute("data-status", "shipped")
         expect(page.get_by_test_id("count-shipped")).to_have_text("5")
         expect(page.get_by_test_id("count-pending")).to_have_text("0")
-        expect(page.get_by_test_id("throughput-total")).to_contain_text("5 shipped")
+        expect(page.get_by_test_id("chart-shipped")).to_have_text("5")
 
         late = post_order(client, "Late Customer")
         row(page, late).click()
@@ -105,15 +108,16 @@ def test_failed_orders_show_why_and_are_retried_one_and_in_bulk(
     expect(page.get_by_test_id("detail-cancel")).to_be_disabled()
     page.get_by_test_id("detail-retry").click()
     expect(page.get_by_test_id("detail-status")).to_have_attribute("data-status", "pending")
+    expect(page.get_by_test_id("detail-message")).to_have_text("Now pending.")
+    expect(page.get_by_test_id("detail-note")).to_contain_text("until POST /orders/process")
     expect(row(page, bob)).to_have_attribute("data-status", "pending")
     expect(page.get_by_test_id("count-failed")).to_have_text("1")
 
     page.get_by_test_id("failed-reason").click()  # fills the reason in
     expect(page.get_by_test_id("reason-contains")).to_have_value(REFUSED)
-    page.get_by_test_id("bulk-retry").click()
-    expect(page.get_by_test_id("action-result")).to_have_text(
-        "1 failed order sent back to pending."
-    )
+    page.get_by_test_id("bulk-retry").click()  # a dry run counts them, then it asks
+    confirm(page, f"Retry 1 failed order whose reason contains “{REFUSED}”?")
+    expect(page.get_by_test_id("action-result")).to_contain_text("1 order sent back to pending.")
     expect(row(page, cy)).to_have_attribute("data-status", "pending")
     expect(page.get_by_test_id("count-pending")).to_have_text("2")
     expect(page.get_by_test_id("no-failures")).to_be_visible()
@@ -137,24 +141,36 @@ def test_failed_orders_show_why_and_are_retried_one_and_in_bulk(
     expect(page.get_by_test_id("order-row")).to_have_count(3)
 
 
-def test_the_table_shows_the_newest_orders_when_there_are_more_than_it_holds(
+def test_the_table_pages_newest_first_with_the_cursor_and_new_orders_come_on_top(
     page: Page, serve: ServerFactory
 ) -> None:
-    """The API lists oldest first: the page must look for the newest 200 (at most) itself."""
+    """A page of 100, the newest first (the API sorts: `sort=newest`), the next pages by the
+    cursor; a new order shows at the top of the first page."""
     server = serve()
     with server.client() as client:
-        ids = [post_order(client, f"Customer {n}") for n in range(260)]
+        ids = [post_order(client, f"Customer {n}") for n in range(PAGE_SIZE + 30)]
         open_dashboard(page, server)
         rows = page.get_by_test_id("order-row")
+        expect(rows).to_have_count(PAGE_SIZE)
         expect(rows.first).to_have_attribute("data-order-id", ids[-1])
-        assert 100 <= rows.count() <= 200
-        shown = [rows.nth(n).get_attribute("data-order-id") for n in range(rows.count())]
-        assert shown == ids[::-1][: len(shown)]  # the newest, newest first, none missing
-        expect(page.get_by_test_id("orders-note")).to_contain_text("newest")
+        assert shown(page) == ids[::-1][:PAGE_SIZE]
+        page.get_by_test_id("page-next").click()
+        expect(page.get_by_test_id("page-number")).to_have_text("Page 2")
+        expect(rows).to_have_count(30)
+        assert shown(page) == ids[::-1][PAGE_SIZE:]
+        expect(page.get_by_test_id("page-next")).to_be_disabled()
+        page.get_by_test_id("page-prev").click()
+        expect(rows.first).to_have_attribute("data-order-id", ids[-1])
 
         newer = post_order(client, "One More")
         expect(rows.first).to_have_attribute("data-order-id", newer)
-        assert rows.count() <= 200
+        expect(rows).to_have_count(PAGE_SIZE)
+
+
+def shown(page: Page) -> list[str | None]:
+    """The ids of the rows shown, top to bottom."""
+    rows = page.get_by_test_id("order-row")
+    return [rows.nth(n).get_attribute("data-order-id") for n in range(rows.count())]
 
 
 TOKENS = {
@@ -177,6 +193,8 @@ def test_with_auth_on_the_page_asks_for_a_token_and_uses_it(
         page.goto(server.url + "/dashboard")
         dialog = page.get_by_test_id("token-dialog")
         expect(dialog).to_be_visible()
+        # No error yet: no error strip (it used to show empty and red).
+        expect(page.get_by_test_id("token-error")).to_be_hidden()
         page.get_by_test_id("token-input").fill("not-a-token-0123456789")
         page.get_by_test_id("token-submit").click()
         expect(page.get_by_test_id("token-error")).to_contain_text("refused")
@@ -191,12 +209,24 @@ def test_with_auth_on_the_page_asks_for_a_token_and_uses_it(
         live = post_order(client, "After The Token", headers=submitter)
         expect(row(page, live)).to_have_attribute("data-status", "pending")
 
-        page.get_by_test_id("process").click()  # a read token may not
-        expect(page.get_by_test_id("action-result")).to_contain_text("may not do this")
+        # A read token sees no action: no buttons, no row checkboxes, no webhooks.
+        expect(page.get_by_test_id("read-only")).to_be_visible()
+        for action in ("process", "bulk-retry", "bulk-cancel-matching", "bulk-cancel-selected"):
+            expect(page.get_by_test_id(action)).to_be_hidden()
+        expect(row(page, first).get_by_test_id("row-select")).to_be_hidden()
+        row(page, first).click()
+        expect(page.get_by_test_id("detail-id")).to_have_text(first)
+        expect(page.get_by_test_id("detail-cancel")).to_be_hidden()
+        expect(page.get_by_test_id("webhooks-locked")).to_be_visible()
+        expect(page.get_by_test_id("webhooks-body")).to_be_hidden()
 
         page.get_by_test_id("change-token").click()
+        expect(page.get_by_test_id("token-error")).to_be_hidden()  # no empty red strip
         page.get_by_test_id("token-input").fill(TOKENS["operate"])
         page.get_by_test_id("token-submit").click()
+        expect(page.get_by_test_id("read-only")).to_be_hidden()
+        expect(page.get_by_test_id("detail-cancel")).to_be_visible()
+        expect(page.get_by_test_id("webhooks-body")).to_be_visible()
         page.get_by_test_id("process").click()
         expect(page.get_by_test_id("action-result")).to_have_text(
             "2 pending orders sent to shipping."

@@ -20,6 +20,7 @@ from orderflow.domain import (
     ReasonCount,
     new_order,
     new_order_id,
+    search_key,
 )
 from orderflow.errors import (
     EventsPruned,
@@ -436,6 +437,137 @@ async def test_bulk_cancel_ends_holds(store: OrderStore) -> None:
         with pytest.raises(IllegalTransition):
             await store.transition(order_id, Event.SHIP, at(401), hold=Hold("a", token))
     assert await store.renew("a", holds, LEASE_S, at(402)) == set(holds)
+
+
+# -- search and sort ------------------------------------------------------------------------------
+
+# Names beyond ASCII, and what a prefix of any case finds of them (by Unicode casefold).
+NAMES = [
+    "Straße Süd", "STRASSER", "strand", "Ærøskøbing Kro", "ærø", "Aeroflot",
+    "Σωκράτης", "σίσυφος", "ΣΊΣΥΦΟΣ", "Юрий", "юлия", "İstanbul", "ǅemal", "ﬁne Foods",
+]  # fmt: skip
+SEARCHES = ["STRASSE", "stras", "ÆRØ", "aer", "σωκ", "ΣΊΣ", "юр", "Ю", "ǆ", "FI", "z", "ß"]
+
+
+async def all_pages(store: OrderStore, query: OrderQuery) -> list[str]:
+    """The ids of every page of `query`, following next_cursor (each page within the limit)."""
+    seen: list[str] = []
+    for _ in range(1000):
+        page = await store.list_orders(query)
+        assert len(page.orders) <= query.limit
+        seen += [o.id for o in page.orders]
+        if page.next_cursor is None:
+            return seen
+        query = msgspec.structs.replace(query, cursor=page.next_cursor)
+    raise AssertionError("the pages never end")
+
+
+async def names_at_equal_times(store: OrderStore) -> list[Order]:
+    """NAMES, three orders a second: most share their timestamp with others."""
+    orders = [order_at(n // 3, entropy=n, customer=name) for n, name in enumerate(NAMES)]
+    for order in orders:
+        await store.add(order)
+    return sorted(orders, key=lambda o: o.id)
+
+
+@pytest.mark.parametrize("newest", [False, True], ids=["oldest", "newest"])
+async def test_a_customer_prefix_finds_by_casefold_on_every_page(
+    store: OrderStore, newest: bool
+) -> None:
+    orders = await names_at_equal_times(store)
+    for text in SEARCHES:
+        key = search_key(text)
+        expected = [o.id for o in orders if o.customer.casefold().startswith(text.casefold())]
+        if newest:
+            expected.reverse()
+        for limit in (1, 2, 100):
+            query = OrderQuery(customer=key, limit=limit, newest=newest)
+            assert await all_pages(store, query) == expected, (text, limit)
+    straße = [orders[0].id, orders[1].id]  # "Straße Süd", "STRASSER"
+    assert await all_pages(store, OrderQuery(customer=search_key("STRASSE"))) == straße
+
+
+async def test_a_customer_search_combines_with_time_and_status(store: OrderStore) -> None:
+    orders = await names_at_equal_times(store)
+    await store.transition(orders[1].id, Event.CANCEL, at(100))
+    await store.transition(orders[2].id, Event.CANCEL, at(100))
+    stras = search_key("stras")
+    found = await all_pages(store, OrderQuery(customer=stras, status=OrderStatus.PENDING))
+    assert found == [orders[0].id]
+    found = await all_pages(store, OrderQuery(customer=stras, start=at(0), end=at(1), limit=1))
+    assert found == [o.id for o in orders[:3] if o.customer.casefold().startswith("stras")]
+    assert await all_pages(store, OrderQuery(customer=stras, start=at(1))) == []
+
+
+async def test_an_order_is_found_by_its_id_or_its_tail(store: OrderStore) -> None:
+    orders = await names_at_equal_times(store)
+    target = orders[5]
+    for text in (target.id, target.id[-9:], target.id[-20:], target.id[-33:]):
+        for newest in (False, True):
+            query = OrderQuery(id_tail=text, newest=newest, limit=1)
+            assert await all_pages(store, query) == [target.id], text
+    # A tail that ids share (an id ends with its entropy, 16 hex digits): each is found.
+    twins = [order_at(9, entropy=(n << 32) + 5) for n in (1, 2)]
+    for twin in twins:
+        await store.add(twin)
+    shared = sorted([target.id, *(t.id for t in twins)])
+    assert await all_pages(store, OrderQuery(id_tail=target.id[-8:], limit=1)) == shared
+    assert await all_pages(store, OrderQuery(id_tail=target.id[-9:])) == [target.id]
+    assert await all_pages(store, OrderQuery(id_tail="f" * 8)) == []
+    assert await all_pages(store, OrderQuery(id_tail=target.id, status=OrderStatus.SHIPPED)) == []
+    assert await all_pages(store, OrderQuery(id_tail=target.id, end=at(0))) == []
+    name = search_key(target.customer[:3])
+    assert await all_pages(store, OrderQuery(id_tail=target.id[-8:], customer=name)) == [target.id]
+
+
+@pytest.mark.parametrize("status", [None, OrderStatus.PENDING, OrderStatus.PROCESSING])
+async def test_newest_first_pages_backwards_through_equal_timestamps(
+    store: OrderStore, status: OrderStatus | None
+) -> None:
+    orders = [order_at(n // 4, entropy=n) for n in range(22)]  # four orders a second
+    for order in orders:
+        await store.add(order)
+    if status is OrderStatus.PROCESSING:
+        await store.claim_pending(at(100), 22)
+    ids = sorted(o.id for o in orders)
+    for limit in (1, 3, 4, 100):
+        assert (
+            await all_pages(store, OrderQuery(newest=True, limit=limit, status=status))
+            == (ids[::-1])
+        )
+        assert await all_pages(store, OrderQuery(limit=limit, status=status)) == ids
+        window = OrderQuery(newest=True, limit=limit, start=at(1), end=at(3), status=status)
+        assert await all_pages(store, window) == ids[4:12][::-1]
+    page = await store.list_orders(OrderQuery(newest=True, limit=5, status=status))
+    assert [o.id for o in page.orders] == ids[:-6:-1]
+    assert page.next_cursor == ids[-5]
+    rest = await store.list_orders(
+        OrderQuery(newest=True, limit=100, cursor=page.next_cursor, status=status)
+    )
+    assert [o.id for o in rest.orders] == ids[-6::-1]
+
+
+async def test_bulk_filters_by_customer_and_a_dry_run_changes_nothing(store: OrderStore) -> None:
+    orders = await names_at_equal_times(store)
+    where = OrderFilter(customer=search_key("STRASSE"))
+    before = await events_of(store)
+    dry, after = await store.transition_matching(
+        Event.CANCEL, OrderStatus.PENDING, where, at(100), "bulk", limit=100, dry_run=True
+    )
+    assert dry == [orders[0].id, orders[1].id]
+    assert after is None
+    assert await events_of(store) == before
+    assert (await store.get_order(orders[0].id)).status is OrderStatus.PENDING
+    moved, _ = await store.transition_matching(
+        Event.CANCEL, OrderStatus.PENDING, where, at(100), "bulk", limit=100
+    )
+    assert moved == dry
+    assert (await store.get_order(orders[0].id)).status is OrderStatus.CANCELLED
+    wide = OrderFilter(customer=search_key("S"), start=at(1))
+    dry, _ = await store.transition_matching(
+        Event.CANCEL, OrderStatus.PENDING, wide, at(101), "bulk", limit=1, dry_run=True
+    )
+    assert dry == [o.id for o in orders[3:] if o.customer.casefold().startswith("s")][:1]
 
 
 # -- idempotency keys -----------------------------------------------------------------------------

@@ -140,3 +140,55 @@ def test_sigterm_everything_mid_processing_then_start_again(
     assert in_flight <= handed_back.keys()  # each was handed back at the stop, saying why
     assert "shutdown: shipment interrupted" in {r for rs in handed_back.values() for r in rs}
     assert again.terminate() == 0
+
+
+def instances_of(server: Server) -> list[dict[str, Any]]:
+    with server.client() as client:
+        response = client.get("/instances")
+    assert response.status_code == 200, response.text
+    instances: list[dict[str, Any]] = response.json()["instances"]
+    return instances
+
+
+def liveness(server: Server, *servers: Server) -> dict[int, bool]:
+    """Whether each of `servers` is listed live by `server` (an instance's name holds its PID)."""
+    listed = instances_of(server)
+    found = {}
+    for other in servers:
+        [mine] = [i for i in listed if f"-{other.process.pid}-" in i["name"]]
+        found[other.process.pid] = mine["live"]
+    return found
+
+
+def totals(server: Server) -> Counter[str]:
+    with server.client() as client:
+        minutes = client.get("/orders/throughput").json()["minutes"]
+    counted: Counter[str] = Counter()
+    for minute in minutes:
+        counted.update({k: minute[k] for k in ("submitted", "shipped", "failed")})
+    return counted
+
+
+def test_instances_and_throughput_are_shared_and_a_stopped_instance_is_not_live(
+    serve: type[Server], database_url: str
+) -> None:
+    first, second = (
+        serve("--database-url", database_url, "--ship-delay", "0.01", *TIMERS) for _ in range(2)
+    )
+    submit([first, second], 40, threads=2, **ADA)
+    with first.client() as client:
+        assert client.post("/orders/process").json()["orders"] == 40
+    eventually_sync(lambda: all_shipped(second, 40), timeout_s=60)
+    # Both listed, live, by either; the counts come from the database: the same on both.
+    assert liveness(first, first, second) == {first.process.pid: True, second.process.pid: True}
+    assert liveness(second, first, second) == liveness(first, first, second)
+    assert totals(first) == totals(second) == {"submitted": 40, "shipped": 40, "failed": 0}
+    assert second.terminate() == 0  # a clean stop: listed, not live, at once
+    assert liveness(first, first, second) == {first.process.pid: True, second.process.pid: False}
+    assert [i["live"] for i in instances_of(first)] == [True, False]  # live ones first
+    # One that dies without a word is not live once it missed its heartbeats.
+    third = serve("--database-url", database_url, *TIMERS)
+    assert liveness(first, third) == {third.process.pid: True}
+    third.kill()
+    eventually_sync(lambda: liveness(first, third) == {third.process.pid: False}, timeout_s=10)
+    assert first.terminate() == 0

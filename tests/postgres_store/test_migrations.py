@@ -1,13 +1,16 @@
 """The versioned schema: `orderflow db migrate` applies each migration once, in order, even
 when several processes start together; 0003 takes over a database that 0002 left holding
 orders, its counts taken from the orders already there; and 0005 keeps the events 0004 left,
-each with its seq, those not numbered yet numbered after them."""
+each with its seq, those not numbered yet numbered after them; 0006 gives the orders there
+are their search keys; 0007 counts the minutes of the events numbered already, and numbering
+folds in the rest."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+from datetime import timedelta
 from importlib import resources
 
 import asyncpg
@@ -15,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from orderflow.cli import cli
-from orderflow.domain import OrderStatus
+from orderflow.domain import OrderQuery, OrderStatus, search_key
 from orderflow.store.postgres import PostgresOrderStore
 from tests.helpers import ROOT
 from tests.postgres_store.conftest import add_orders
@@ -170,6 +173,80 @@ async def test_0005_keeps_every_event_of_0004_with_its_seq_and_numbers_the_rest_
             (13, "order_3"),
             (14, "order_4"),
             (15, new),
+        ]
+    finally:
+        await store.close()
+
+
+async def test_0006_gives_the_orders_there_are_their_search_keys_by_casefold(
+    database_url: str,
+) -> None:
+    """lower() is not casefold ("ß" stays "ß"): 0006's step computes each key in Python, by
+    batches, so the orders there are are found as new ones are."""
+    await migrate_to_0002(database_url, through="0005_event_batches")
+    names = ["Straße", "ÆRØSKØBING", "Σίσυφος", "plain"]
+    db = await asyncpg.connect(database_url)
+    try:
+        await db.execute(
+            "INSERT INTO orders (id, customer, items, created_at, status, updated_at, history)"
+            " SELECT 'order_' || lpad(to_hex(1700000000000000 + n), 14, '0')"
+            "  || lpad(to_hex(n), 16, '0'), ($1::text[])[n + 1], '[]', now(), 'pending', now(),"
+            '  \'[{"status": "pending", "at": "2023-11-14T22:13:20Z"}]\''
+            " FROM generate_series(0, 3) AS n",
+            names,
+        )
+        ids = [r["id"] for r in await db.fetch("SELECT id FROM orders ORDER BY id")]
+    finally:
+        await db.close()
+    store = await PostgresOrderStore.connect(database_url)  # migrates: 0006 on
+    try:
+        assert await applied(database_url) == VERSIONS
+        for text, expected in [("STRASSE", [0]), ("ærø", [1]), ("ΣΊΣ", [2]), ("p", [3])]:
+            page = await store.list_orders(OrderQuery(customer=search_key(text)))
+            assert [o.id for o in page.orders] == [ids[n] for n in expected], text
+        page = await store.list_orders(OrderQuery(id_tail=ids[2][-8:]))
+        assert [o.id for o in page.orders] == [ids[2]]
+    finally:
+        await store.close()
+
+
+async def test_0007_counts_the_minutes_of_the_events_kept(database_url: str) -> None:
+    await migrate_to_0002(database_url, through="0005_event_batches")
+    db = await asyncpg.connect(database_url)
+    try:
+        # Three events numbered (two submits, a ship the minute after), one not yet (a fail),
+        # and one older than the counts are kept.
+        base = await db.fetchval("SELECT date_trunc('minute', now(), 'UTC') - interval '10 min'")
+        await db.execute(
+            "INSERT INTO event_batches (id, seq, size) VALUES (1, 1, 1), (2, 2, 1), (3, 3, 1),"
+            " (4, NULL, 1), (5, 4, 1)"
+        )
+        await db.execute(
+            "INSERT INTO events (batch, pos, type, order_id, status, at) VALUES"
+            " (1, 1, 'order.submitted', 'order_a', 'pending', $1::timestamptz + interval '1 s'),"
+            " (2, 1, 'order.submitted', 'order_b', 'pending', $1 + interval '59 s'),"
+            " (3, 1, 'order.shipped', 'order_a', 'shipped', $1 + interval '90 s'),"
+            " (4, 1, 'order.failed', 'order_b', 'failed', $1 + interval '100 s'),"
+            " (5, 1, 'order.submitted', 'order_c', 'pending', $1 - interval '2 days')",
+            base,
+        )
+    finally:
+        await db.close()
+    store = await PostgresOrderStore.connect(database_url)  # migrates: 0007 on
+    try:
+        db = await asyncpg.connect(database_url)
+        try:
+            rows = await db.fetch("SELECT * FROM order_minutes ORDER BY minute")
+        finally:
+            await db.close()
+        assert [tuple(row) for row in rows] == [
+            (base, 2, 0, 0),
+            (base + timedelta(minutes=1), 0, 1, 0),
+        ]
+        minutes = await store.order_minutes(base - timedelta(days=3))  # folds in the fail
+        assert [(m.minute, m.submitted, m.shipped, m.failed) for m in minutes] == [
+            (base, 2, 0, 0),
+            (base + timedelta(minutes=1), 0, 1, 1),
         ]
     finally:
         await store.close()

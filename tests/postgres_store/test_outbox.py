@@ -20,6 +20,7 @@ from orderflow.domain import (
     OrderFilter,
     OrderStatus,
     Outcome,
+    search_key,
 )
 from orderflow.errors import IllegalTransition, NotHeld, OrderConflict
 from orderflow.store import postgres_sql as sql
@@ -39,7 +40,7 @@ def insert_args(order: Order) -> list[Any]:
     return [
         order.id, order.customer, _encode(order.items).decode(), order.timestamp,
         order.status.value, order.updated_at, _encode(order.history).decode(), None, None, None,
-        None,
+        None, search_key(order.customer),
     ]  # fmt: skip
 
 

@@ -27,7 +27,10 @@ _VERBS = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE")
 SQL_STATEMENTS = {
     name: value
     for name, value in vars(sql).items()
-    if name.isupper() and isinstance(value, str) and value.lstrip().upper().startswith(_VERBS)
+    if name.isupper()
+    and not name.startswith("_")  # parts of statements
+    and isinstance(value, str)
+    and value.lstrip().upper().startswith(_VERBS)
 }
 ENTRY = '[{"status": "processing", "at": "2026-03-01T00:00:05Z"}]'
 AT_TEXT = "2026-03-01T00:00:05.000007Z"
@@ -41,13 +44,13 @@ def order_id(n: int) -> str:
 # The n-th order's status, by n % 100: mostly shipped, as in a service that has run a while.
 FILL_ORDERS = """
 INSERT INTO orders (id, customer, items, created_at, status, updated_at, history, owner,
-                    attempt, lease_expires_at)
+                    attempt, lease_expires_at, customer_key)
 SELECT 'order_' || lpad(to_hex($1::bigint + n * 1000), 14, '0') || lpad(to_hex(n), 16, '0'),
-       'c' || n, '[{"name": "w", "quantity": 1}]', now(), s.status, now(),
+       'C' || n, '[{"name": "w", "quantity": 1}]', now(), s.status, now(),
        jsonb_build_array(jsonb_build_object('status', s.status, 'at', '2026-03-01T00:00:00Z',
                                             'reason', s.reason)),
        s.owner, CASE WHEN s.owner IS NULL THEN 0 ELSE 1 END,
-       CASE WHEN s.owner IS NULL THEN NULL ELSE now() + interval '1 hour' END
+       CASE WHEN s.owner IS NULL THEN NULL ELSE now() + interval '1 hour' END, 'c' || n
 FROM generate_series(0, $2 - 1) AS n,
 LATERAL (SELECT CASE WHEN n % 100 < 80 THEN 'shipped' WHEN n % 100 < 90 THEN 'failed'
                      WHEN n % 100 < 95 THEN 'pending' WHEN n % 100 < 97 THEN 'cancelled'
@@ -91,11 +94,16 @@ def statement_args(store: PostgresOrderStore) -> dict[str, list[Any]]:
     )
     by_status = store.list_statement(OrderQuery(status=OrderStatus.PENDING))
     count = len(held)
+    bulk = [
+        "failed", "", sql.ABOVE_ALL_IDS, "", 1000, "timeout", "pending",
+        '[{"status": "pending", "at": "2026-03-01T00:00:05Z"}]', 10_000, LATER,
+        "order.retried", "retried in bulk", False, "c1",
+    ]  # fmt: skip
     return {
         "INSERT_ORDER": [
             order_id(ROWS + 1), "c", '[{"name": "w", "quantity": 1}]', LATER, "pending", LATER,
             '[{"status": "pending", "at": "2026-03-01T00:00:05Z"}]', None, "key-1", "print",
-            LATER,
+            LATER, "c",
         ],
         "FIND_IDEMPOTENCY": ["key-1"],
         "PRUNE_IDEMPOTENCY": [T0, 10_000],
@@ -116,11 +124,8 @@ def statement_args(store: PostgresOrderStore) -> dict[str, list[Any]]:
         "RENEW": [OWNER, held, [1] * count, 30.0, LATER, AT_TEXT],
         "RESCUE": [LATER, AT_TEXT],
         "RETIRE": [LATER, AT_TEXT, OWNER],
-        "TRANSITION_MATCHING": [
-            "failed", "", sql.ABOVE_ALL_IDS, "", 1000, "timeout", "pending",
-            '[{"status": "pending", "at": "2026-03-01T00:00:05Z"}]', 10_000, LATER,
-            "order.retried", "retried in bulk", False,
-        ],
+        "TRANSITION_MATCHING": bulk,
+        "TRANSITION_MATCHING_DRY": bulk,
         "PING": [],
         "NOTIFY": ["orderflow_test", ""],
         "TRY_LOCK": [sql.SEQUENCE_LOCK],
@@ -132,6 +137,12 @@ def statement_args(store: PostgresOrderStore) -> dict[str, list[Any]]:
         "READ_EVENTS": [ROWS // 2, 1000],
         "EVENT_HORIZON": [],
         "PRUNE_EVENTS": [T0 - timedelta(days=1), ROWS // 2, 10_000],
+        "ORDER_MINUTES": [LATER - timedelta(days=1)],
+        "PRUNE_MINUTES": [LATER - timedelta(hours=25)],
+        "HEARTBEAT": ["worker-new", T0, LATER, 3, 2, LATER + timedelta(seconds=6)],
+        "STOP_INSTANCE": ["worker-new"],
+        "INSTANCES": [],
+        "PRUNE_INSTANCES": [LATER - timedelta(hours=1)],
     }  # fmt: skip
 
 
@@ -188,7 +199,7 @@ async def test_the_table_is_big_enough_that_a_scan_would_show(
 ) -> None:
     async with big_store.database.connection() as db:
         [[plan]] = await db.fetch(
-            "EXPLAIN (FORMAT JSON) SELECT * FROM orders WHERE customer = $1", "c7"
+            "EXPLAIN (FORMAT JSON) SELECT * FROM orders WHERE customer = $1", "C7"
         )
         [[events]] = await db.fetch(
             "EXPLAIN (FORMAT JSON) SELECT * FROM events WHERE type = $1", "order.shipped"
@@ -220,6 +231,58 @@ async def test_every_listing_is_an_index_range_without_a_sort(
     page = await big_store.list_orders(query)
     assert len(page.orders) == 100
     assert all(o.status is (status or o.status) for o in page.orders)
+
+
+SEARCHES = {
+    "a rare name": OrderQuery(customer="c1234"),
+    "a rare name, pending": OrderQuery(customer="c1234", status=OrderStatus.PENDING),
+    "a tail": OrderQuery(id_tail=order_id(ROWS // 3)[-8:]),
+    "a whole id, newest first": OrderQuery(id_tail=order_id(ROWS // 3), newest=True),
+    "a tail and a name": OrderQuery(id_tail=order_id(7)[-10:], customer="c7"),
+}
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+@pytest.mark.parametrize("name", sorted(SEARCHES))
+async def test_a_search_reads_its_own_index(
+    big_store: PostgresOrderStore, name: str, generic: bool
+) -> None:
+    """A rare name or an id's tail is found through orders_customer or orders_id_reversed,
+    never by a walk of every order, in the plan made for its arguments and in the one the
+    server keeps for any (a tail is looked up first whatever the statistics say)."""
+    query = SEARCHES[name]
+    statement, args = big_store.list_statement(query)
+    async with big_store.database.connection() as db:
+        if generic:
+            plan = await generic_plan(db, statement, args)
+        else:
+            [[text]] = await db.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, *args)
+            plan = json.loads(text)[0]["Plan"]
+    nodes = list(plan_nodes(plan))
+    assert not scans_of_orders_or_events(nodes)
+    index = "orders_id_reversed" if query.id_tail is not None else "orders_customer"
+    if query.id_tail is not None or not generic:  # a generic plan may not know a name is rare
+        assert index in {node.get("Index Name") for node in nodes}, plan
+    page = await big_store.list_orders(query)
+    assert page.orders
+    assert all(o.customer.casefold().startswith(query.customer or "") for o in page.orders)
+
+
+async def test_newest_first_walks_the_index_backwards_without_a_sort(
+    big_store: PostgresOrderStore,
+) -> None:
+    for status in (None, OrderStatus.PENDING):
+        query = OrderQuery(newest=True, status=status, end=T0 + timedelta(seconds=ROWS // 2000))
+        statement, args = big_store.list_statement(query)
+        async with big_store.database.connection() as db:
+            text = "\n".join(r[0] for r in await db.fetch("EXPLAIN " + statement, *args))
+        assert "Index Scan Backward" in text, text
+        assert "Sort" not in text, text
+        assert "Seq Scan" not in text, text
+        page = await big_store.list_orders(query)
+        ids = [o.id for o in page.orders]
+        assert ids == sorted(ids, reverse=True)
+        assert len(ids) == 100
 
 
 async def test_hot_statements_read_only_their_rows_when_statistics_lag() -> None:

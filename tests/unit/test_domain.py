@@ -26,6 +26,7 @@ from orderflow.domain import (
     check_plain,
     clean_name,
     clean_reason,
+    could_end_an_id,
     ends_hold,
     id_matches_timestamp,
     is_order_id,
@@ -35,6 +36,10 @@ from orderflow.domain import (
     next_status,
     order_id_floor,
     order_id_time,
+    prefix_bounds,
+    prefix_end,
+    reversed_id,
+    search_key,
     sources_of,
     storable_json,
     storable_reason,
@@ -333,3 +338,44 @@ def test_importing_the_domain_loads_no_event_loop_nor_io() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
     assert loaded == []
+
+
+# -- search keys ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [("Straße", "strasse"), ("ÆRØSKØBING", "ærøskøbing"), ("ΣΊΣΥΦΟΣ", "σίσυφοσ"), ("ﬁne", "fine")],
+)
+def test_the_search_key_is_the_casefold(name: str, key: str) -> None:
+    assert search_key(name) == key
+
+
+@pytest.mark.parametrize(
+    ("prefix", "end"),
+    [
+        ("abc", "abd"),
+        ("ß", "à"),
+        ("a\U0010ffff", "b"),  # the last code point has no successor: the one before goes up
+        ("\U0010ffff", None),  # nothing is above every string that starts so
+        ("a\ud7ff", "a\ue000"),  # no surrogate is ever stored: their block is skipped
+    ],
+)
+def test_a_prefix_ends_at_the_least_string_above_all_that_start_with_it(
+    prefix: str, end: str | None
+) -> None:
+    assert prefix_end(prefix) == end
+    assert prefix_bounds(prefix) == ((prefix,) if end is None else (prefix, end))
+    for longer in (prefix, prefix + "\x00", prefix + "zz", prefix + "\U0010ffff" * 3):
+        assert longer >= prefix
+        assert end is None or longer < end
+
+
+def test_a_tail_with_a_character_no_id_has_can_end_none() -> None:
+    order_id = new_order_id(datetime(2026, 1, 1, tzinfo=UTC), 5)
+    assert could_end_an_id(order_id[-8:])
+    assert could_end_an_id(order_id)
+    assert not could_end_an_id("0000000G")
+    assert not could_end_an_id("0000 0000")
+    assert reversed_id(order_id)[::-1] == order_id
+    assert reversed_id(order_id).startswith(reversed_id(order_id[-8:]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import msgspec
 import pytest
 
 from orderflow.domain import (
@@ -33,6 +34,33 @@ async def _added(store: InMemoryOrderStore, clock: ManualClock, count: int) -> l
 
 
 # -- bounded walks --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("newest", [False, True], ids=["oldest", "newest"])
+async def test_a_search_walks_a_bounded_stretch_a_page_and_goes_on(newest: bool) -> None:
+    """No index of customers or of id tails in memory (each would cost every order about 100
+    bytes): a page of a search looks at `max_walk` orders at most, whichever way it goes."""
+    clock, store = ManualClock(), InMemoryOrderStore(max_walk=7)
+    ids = await _added(store, clock, 40)  # customers c0 … c39
+    for query, expected in [
+        (OrderQuery(customer="c1", limit=2, newest=newest), [ids[1], *ids[10:20]]),
+        (OrderQuery(id_tail=ids[33][-20:], limit=2, newest=newest), [ids[33]]),
+        (OrderQuery(customer="c3", status=OrderStatus.PENDING, newest=newest), [ids[3], *ids[30:]]),
+    ]:
+        seen: list[str] = []
+        pages = 0
+        while True:
+            page = await store.list_orders(query)
+            pages += 1
+            seen += [order.id for order in page.orders]
+            if page.next_cursor is None:
+                break
+            query = msgspec.structs.replace(query, cursor=page.next_cursor)
+        assert seen == (expected[::-1] if newest else expected)
+        assert pages >= 40 // 7  # no page walked more than 7 orders
+    # A whole id is a lookup, not a walk: one page, however far it is.
+    page = await store.list_orders(OrderQuery(id_tail=ids[39], newest=newest))
+    assert ([o.id for o in page.orders], page.next_cursor) == ([ids[39]], None)
 
 
 async def test_processing_pages_walk_a_bounded_stretch_and_go_on() -> None:

@@ -407,7 +407,12 @@ async def test_a_stopping_service_takes_no_new_work(start_service: StartService)
     with pytest.raises(ShuttingDown):
         await service.act_in_bulk(Event.CANCEL, OrderFilter(), None)
     with pytest.raises(ShuttingDown):
+        await service.act_on_ids(Event.CANCEL, [], None)
+    with pytest.raises(ShuttingDown):
         await service.ready()
+    # A dry run changes nothing: it still answers.
+    assert await service.act_in_bulk(Event.CANCEL, OrderFilter(), None, dry_run=True) == 0
+    assert await service.act_on_ids(Event.CANCEL, [], None, dry_run=True) == 0
 
 
 # -- in bulk --------------------------------------------------------------------------------------
@@ -480,3 +485,36 @@ async def test_bulk_cancel_of_more_than_a_batch_cancels_every_one(
     assert await service.act_in_bulk(Event.CANCEL, OrderFilter(), None) == 1_500
     assert store.calls.count("transition_matching") >= 3  # pending twice, processing once
     assert (await store.count_by_status())[OrderStatus.CANCELLED] == 1_500
+
+
+async def test_bulk_cancel_by_ids_stops_their_shipments_and_skips_what_it_cannot_move(
+    start_service: StartService, memory_store: InMemoryOrderStore, clock: ManualClock
+) -> None:
+    shipper = FakeShipper(hold=True)
+    service = await start_service(shipper_=shipper, concurrency=4)
+    shipping = await submit_many(service, 2)
+    await service.trigger_processing()
+    for order_id in shipping:
+        await shipper.started_event(order_id).wait()
+    failed = await _failed(memory_store, clock, "refused")
+    ids = [*shipping, failed.id, "order_nonsense", shipping[0]]
+    assert await service.act_on_ids(Event.CANCEL, ids, "recall", dry_run=True) == 2
+    assert shipper.cancelled == set()
+    assert await service.act_on_ids(Event.CANCEL, ids, "recall") == 2
+    await eventually(lambda: service.processor.in_flight == 0)
+    assert shipper.cancelled == set(shipping)
+    for order_id in shipping:
+        shipper.release(order_id)
+        assert (await memory_store.get_order(order_id)).status is OrderStatus.CANCELLED
+    assert (await memory_store.get_order(failed.id)).status is OrderStatus.FAILED
+    assert list(memory_store.check_invariants()) == []
+
+
+async def test_bulk_retry_by_ids_counts_a_retry_whose_answer_was_lost_once_made(
+    start_service: StartService, store: _Unreliable, clock: ManualClock
+) -> None:
+    service = await start_service(store=store)
+    failed = await _failed(store, clock, "down")
+    store.lose["transition"] = True
+    assert await service.act_on_ids(Event.RETRY, [failed.id], None) == 1
+    assert (await store.get_order(failed.id)).status is OrderStatus.PENDING

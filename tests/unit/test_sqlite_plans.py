@@ -5,6 +5,7 @@ migrations), as SQLite makes them there: without statistics, for the store runs 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,9 @@ STATEMENTS |= {
     for key, value in table.items()
 }
 STATEMENTS |= {"find_for_changes(3)": sql.find_for_changes(3)}
+# Every listing: (status given, after the cursor, newest first, customer bounds, tail bounds).
+LISTINGS = list(itertools.product((False, True), (False, True), (False, True), (0, 2), (0, 2)))
+STATEMENTS |= {f"listing{args}": sql.listing(*args) for args in LISTINGS}
 BIG_TABLES = ("orders", "events", "idempotency_keys")
 # Walks that stop early: the partial index of ready orders holds only them, taken oldest first
 # up to a limit; the oldest events, in seq order, up to a limit.
@@ -69,3 +73,27 @@ def test_ready_orders_are_found_through_their_own_index(db: sqlite3.Connection) 
     38 µs an order at 100k held, 7 µs through the index of ready orders)."""
     for name in ("READY", "READY_IDS"):
         assert plan(db, STATEMENTS[name]) == [WALKS[name]]
+
+
+@pytest.mark.parametrize("args", [a for a in LISTINGS if a[3] or a[4]], ids=str)
+def test_a_search_reads_its_own_index(
+    db: sqlite3.Connection, args: tuple[bool, bool, bool, int, int]
+) -> None:
+    """Regression: without statistics the planner walked the primary key in id order and
+    filtered each order by its customer, every order for a rare name. A search reads the
+    index of its keys (an id's tail, the narrower, when both are given), then sorts what it
+    found."""
+    index = "orders_id_reversed" if args[4] else "orders_customer"
+    steps = plan(db, sql.listing(*args))
+    assert steps[0].startswith(f"SEARCH orders USING INDEX {index} ("), steps
+    assert steps[1:] == ["USE TEMP B-TREE FOR ORDER BY"], steps
+
+
+@pytest.mark.parametrize("args", [a for a in LISTINGS if not (a[3] or a[4])], ids=str)
+def test_a_listing_newest_first_or_oldest_first_needs_no_sort(
+    db: sqlite3.Connection, args: tuple[bool, bool, bool, int, int]
+) -> None:
+    """Both sorts walk the primary key (or (status, id)), one way or the other."""
+    steps = plan(db, sql.listing(*args))
+    assert len(steps) == 1, steps
+    assert steps[0].startswith("SEARCH orders USING "), steps

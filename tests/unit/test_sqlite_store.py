@@ -6,14 +6,29 @@ taken back at start."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from orderflow.domain import EventType, Item, OrderStatus, new_order, new_order_id
+from orderflow.domain import (
+    EventType,
+    Item,
+    OrderQuery,
+    OrderStatus,
+    micros_since_epoch,
+    new_order,
+    new_order_id,
+    search_key,
+)
 from orderflow.errors import StoreUnavailable
+from orderflow.store import sqlite_file
+from orderflow.store.base import MinuteCounts
+from orderflow.store.memory_rows import row_of
 from orderflow.store.sqlite import SqliteOrderStore
+from orderflow.store.sqlite_file import APPLICATION_ID, migrations
 from tests.conftest import BASE_TIME, ManualClock, make_order
 from tests.sqlite import sqlite_url
 
@@ -134,3 +149,77 @@ async def test_what_the_last_run_held_is_rescued_at_start_with_a_history_entry(
         assert list(again.check_invariants()) == []
     finally:
         await again.close()
+
+
+async def test_the_search_migration_gives_the_orders_there_are_their_keys(tmp_path: Path) -> None:
+    """A file of schema 2 (no search keys) holding orders: 0003_search computes each one's
+    keys in Python, as an insert does, so that they are found like new ones."""
+    names = ["Straße", "ÆRØSKØBING", "Σίσυφος", "plain"]
+    orders = [
+        new_order(new_order_id(BASE_TIME, n), name, (Item("w", 1),), BASE_TIME)
+        for n, name in enumerate(names)
+    ]
+    path = tmp_path / "orders.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute(
+            "CREATE TABLE schema_migrations ("
+            " version TEXT PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT (datetime('now')))"
+        )
+        for number, name, script in migrations()[:2]:
+            db.executescript(script)
+            db.execute("INSERT INTO schema_migrations (version) VALUES (?)", (name,))
+            db.execute(f"PRAGMA user_version = {number}")
+        for order in orders:
+            row = row_of(order)
+            db.execute(
+                "INSERT INTO orders (id, status, head) VALUES (?, 'pending', ?)",
+                (order.id, row.head),
+            )
+        db.execute("UPDATE status_counts SET count = ? WHERE status = 'pending'", (len(names),))
+    finally:
+        db.close()
+    store = await SqliteOrderStore.open(sqlite_url(tmp_path))
+    try:
+        for text, expected in [("STRASSE", [0]), ("ærø", [1]), ("ΣΊΣ", [2]), ("p", [3])]:
+            page = await store.list_orders(OrderQuery(customer=search_key(text)))
+            assert [o.id for o in page.orders] == [orders[n].id for n in expected], text
+        page = await store.list_orders(OrderQuery(id_tail=orders[2].id[-8:]))
+        assert [o.id for o in page.orders] == [orders[2].id]
+    finally:
+        await store.close()
+
+
+async def test_the_minutes_migration_counts_the_events_a_file_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of the days before the minute counts gets them from its events of the last 25
+    hours."""
+    every = sqlite_file.migrations()
+    [before] = [n for n, (_, name, _) in enumerate(every) if name.endswith("_minutes_instances")]
+    path = tmp_path / "orders.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    monkeypatch.setattr(sqlite_file, "migrations", lambda: every[:before])
+    sqlite_file.migrate(db, 0)
+    monkeypatch.undo()
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    old = now - timedelta(minutes=10)
+    db.executemany(
+        "INSERT INTO events (type, order_id, status, at) VALUES (?, ?, ?, ?)",
+        [
+            ("order.submitted", "order_a", "pending", micros_since_epoch(old)),
+            ("order.submitted", "order_b", "pending", micros_since_epoch(old) + 5),
+            ("order.shipped", "order_a", "shipped", micros_since_epoch(now)),
+            ("order.submitted", "order_c", "pending", micros_since_epoch(old - timedelta(days=2))),
+        ],
+    )
+    db.close()
+    store = await SqliteOrderStore.open(sqlite_url(tmp_path))
+    try:
+        assert await store.order_minutes(now - timedelta(days=3)) == [
+            MinuteCounts(old, 2, 0, 0),
+            MinuteCounts(now, 0, 1, 0),
+        ]
+    finally:
+        await store.close()

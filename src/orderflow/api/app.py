@@ -29,12 +29,14 @@ from orderflow.api.http import (
     content_length,
     cut_short,
     problem_response,
+    query_pairs,
     timed_out,
     too_large,
 )
 from orderflow.api.openapi import description_routes
 from orderflow.api.routing import Route, Router
 from orderflow.api.schemas import MAX_BODY_BYTES
+from orderflow.api.validation import every_query_error
 from orderflow.errors import OrderflowError, ShuttingDown
 from orderflow.metrics import METRICS
 
@@ -135,6 +137,7 @@ class OrderflowApp(Generic[T]):
         request.began = began = perf_counter()
         method = request.method
         stats = _UNMATCHED
+        route: Route[T] | None = None
         try:
             if self._hosts is not None:
                 host = request.headers.get("host")
@@ -168,6 +171,8 @@ class OrderflowApp(Generic[T]):
                 raise ShuttingDown("the service is not running")
             response = await route.handler(self.services, request)
         except HTTPProblem as exc:
+            if exc.problem.status == 400 and exc.problem.errors and route and request.query:
+                exc = self._every_query_error(exc, route, request.query)
             response = problem_response(exc)
         except OrderflowError as exc:
             problem = problem_from_error(exc)
@@ -185,6 +190,14 @@ class OrderflowApp(Generic[T]):
                                 ("vary", "origin")]  # fmt: skip
         stats.record(method, response.status, perf_counter() - began)
         return response
+
+    def _every_query_error(self, problem: HTTPProblem, route: Route[T], query: str) -> HTTPProblem:
+        """`problem` naming every bad query parameter, not only the one the handler met."""
+        try:
+            pairs = query_pairs(query)
+        except HTTPProblem:
+            return problem
+        return every_query_error(problem, route.params, pairs)
 
     def _check_host(self, host: str | None) -> bool:
         allowed = host is not None and self._hosts is not None and _hostname(host) in self._hosts

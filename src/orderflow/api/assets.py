@@ -133,4 +133,12 @@ def _route(path: str, handler: Handler[object], summary: str, asset: Asset) -> R
         role=None,
         media=asset.content_type.partition(";")[0],
         needs_service=False,
+        returns=_WHAT[asset.content_type] + " (304 while the client holds this version)",
     )
+
+
+_WHAT = {
+    _CONTENT_TYPES["html"]: "The page, HTML",
+    _CONTENT_TYPES["js"]: "The script",
+    _CONTENT_TYPES["css"]: "The style sheet",
+}

@@ -8,8 +8,8 @@ import hmac
 from pathlib import Path
 
 from orderflow.api.errors import HTTPProblem
+from orderflow.api.routing import ROLES
 
-ROLES = ("read", "submit", "operate")  # each may do what the ones before it may
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 _CHALLENGE = [("www-authenticate", 'Bearer realm="orderflow"')]
 

@@ -102,7 +102,8 @@ PROBLEMS: dict[str, ProblemType] = {
     "invalid-request": ProblemType(
         422,
         "Invalid request",
-        "The body is JSON but breaks a rule; `errors` names each offending field.",
+        "The body is JSON (or a query parameter is read) but breaks a rule; `errors` names each"
+        " offending field.",
     ),
     "idempotency-mismatch": ProblemType(
         422,
@@ -189,7 +190,13 @@ def problem_from_validation(exc: msgspec.ValidationError) -> HTTPProblem:
     path = where.rstrip("`").removeprefix("$").lstrip(".")
     name, message = _field_named_in(message)
     field = ".".join(part for part in (path, name) if part) or "body"
-    return HTTPProblem("invalid-request", f"{field}: {message}", [FieldError(field, message)])
+    return invalid([FieldError(field, message)])
+
+
+def invalid(errors: list[FieldError], kind: str = "invalid-request") -> HTTPProblem:
+    """A 422 (or another problem `kind`) naming each of `errors`; `detail` says them all."""
+    detail = "; ".join(f"{error.field}: {error.message}" for error in errors)
+    return HTTPProblem(kind, detail, errors)
 
 
 _NAMED_FIELD = re.compile(r"Object (?:missing required|contains unknown) field `([^`]+)`")
@@ -209,3 +216,8 @@ def _field_named_in(message: str) -> tuple[str, str]:
 
 def bad_query(field: str, message: str) -> HTTPProblem:
     return HTTPProblem("bad-request", f"{field}: {message}", [FieldError(field, message)])
+
+
+def invalid_query(field: str, message: str) -> HTTPProblem:
+    """A 422: a query parameter read well, whose value breaks a rule (a search too short)."""
+    return HTTPProblem("invalid-request", f"{field}: {message}", [FieldError(field, message)])

@@ -11,6 +11,7 @@ import msgspec
 
 from orderflow.api.errors import HTTPProblem, bad_query, problem_from_validation
 from orderflow.api.schemas import MAX_BODY_BYTES
+from orderflow.api.validation import every_body_error
 
 JSON = ("content-type", "application/json")
 PROBLEM_JSON = ("content-type", "application/problem+json")
@@ -61,7 +62,11 @@ class Request(msgspec.Struct, gc=False):
         try:
             return decode(body)
         except msgspec.ValidationError as exc:
-            raise problem_from_validation(exc) from None
+            problem = problem_from_validation(exc)
+            cls = _decoded_type(decode)
+            if cls is not None:  # only now, every error: a valid body never pays for it
+                problem = every_body_error(problem, cls, body)
+            raise problem from None
         except msgspec.DecodeError as exc:
             raise HTTPProblem("bad-request", f"malformed JSON: {exc}") from None
         except UnicodeDecodeError:
@@ -88,6 +93,11 @@ class Request(msgspec.Struct, gc=False):
             else:
                 params[key] = value
         return params
+
+
+def _decoded_type(decode: Callable[[bytes], Any]) -> Any:
+    """The type a msgspec decoder's `decode` method decodes to (None for another callable)."""
+    return getattr(getattr(decode, "__self__", None), "type", None)
 
 
 def query_pairs(query: str) -> list[tuple[str, str]]:
@@ -131,6 +141,14 @@ def is_json(content_type: str) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
+
+
+def no_body(request: Request) -> bool:
+    """Whether `request` comes without a body, for a route whose body is optional: no
+    Content-Type nor Content-Length, or a Content-Length of 0 (a client may send its
+    Content-Type with no body)."""
+    length = request.headers.get("content-length")
+    return length == "0" or (length is None and request.headers.get("content-type") is None)
 
 
 def content_length(headers: Headers) -> int | None:

@@ -22,8 +22,8 @@ from orderflow.api.assets import (
 )
 from orderflow.api.errors import PROBLEM_BASE, PROBLEMS, HTTPProblem
 from orderflow.api.http import Request, Response
-from orderflow.api.routing import Param, Route
-from orderflow.api.schemas import MAX_BODY_BYTES, QUANTITY_SCHEMA, Problem
+from orderflow.api.routing import TAGS, Param, Route
+from orderflow.api.schemas import BULK_REQUEST_RULE, MAX_BODY_BYTES, Problem, fix_schemas
 from orderflow.version import __version__
 
 _REF = "#/components/schemas/{name}"
@@ -54,28 +54,97 @@ def _name(cls: Any) -> str:
     return str(cls.__name__)
 
 
+_KINDS: dict[int, list[str]] = {}
+for _kind, _type in PROBLEMS.items():
+    _KINDS.setdefault(_type.status, []).append(_kind)
+
+
+_INVALID_EXAMPLE = {  # what a 422 of a submit with three problems says
+    "type": PROBLEM_BASE + "invalid-request",
+    "title": PROBLEMS["invalid-request"].title,
+    "status": 422,
+    "detail": "customer: must not be blank; items[0].name: must not be blank;"
+    " items[0].quantity: 0 is less than the minimum of 1",
+    "errors": [
+        {"field": "customer", "message": "must not be blank"},
+        {"field": "items[0].name", "message": "must not be blank"},
+        {"field": "items[0].quantity", "message": "0 is less than the minimum of 1"},
+    ],
+}
+
+
+def _problem_examples() -> dict[str, Any]:
+    """An example of each problem type (components.examples), by its name."""
+    examples: dict[str, Any] = {}
+    for kind, problem in PROBLEMS.items():
+        value = (
+            _INVALID_EXAMPLE
+            if kind == "invalid-request"
+            else {
+                "type": PROBLEM_BASE + kind,
+                "title": problem.title,
+                "status": problem.status,
+                "detail": problem.description,
+            }
+        )
+        examples[kind] = {"summary": problem.title, "value": value}
+    return examples
+
+
 def _problem(status: int) -> dict[str, Any]:
-    schema = {"schema": {"$ref": _REF.format(name="Problem")}}
+    """A problem answer: its schema, and an example of each problem type it may be (their
+    `type` URIs are what a client tells them apart by)."""
+    kinds = _KINDS.get(status, [])
+    types = ", ".join(f"`{PROBLEM_BASE}{kind}`" for kind in kinds)
+    media: dict[str, Any] = {"schema": {"$ref": _REF.format(name="Problem")}}
+    if kinds:
+        media["examples"] = {kind: {"$ref": f"#/components/examples/{kind}"} for kind in kinds}
     answer: dict[str, Any] = {
-        "description": _WHY.get(status, "Problem"),
-        "content": {"application/problem+json": schema},
+        "description": _WHY.get(status, "Problem") + (f" (type {types})" if types else ""),
+        "content": {"application/problem+json": media},
     }
     if status in _HEADERS:
         answer["headers"] = _HEADERS[status]
     return answer
 
 
-def _operation(route: Route[Any], *, auth: bool, head: bool = False) -> dict[str, Any]:
+def _role(route: Route[Any], *, auth: bool) -> str:
+    """The operation's role, as its description says it."""
+    if route.role is None:
+        return "Role: none; anyone may call it, also when the service takes tokens."
+    if auth:
+        return f"Role: `{route.role}` or above (a bearer token of that role)."
+    return (
+        f"Role: `{route.role}` or above, when the service takes tokens (--auth-tokens);"
+        " this one does not, so any caller may."
+    )
+
+
+def _returns(route: Route[Any]) -> str:
+    """What the success answer holds: the route's word, else its type's docstring."""
+    if route.returns:
+        return route.returns
+    doc = (getattr(route.answer, "__doc__", None) or "").strip()
+    if doc and route.answer is not None and not doc.startswith(_name(route.answer) + "("):
+        return doc.split("\n\n")[0].replace("\n", " ")
+    return route.summary
+
+
+def _operation(
+    route: Route[Any], components: dict[str, Any], *, auth: bool, head: bool = False
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": ("head_" if head else "") + route.handler.__name__,
         "summary": route.summary,
+        "tags": [route.tag],
+        "x-orderflow-role": route.role or "none",
     }
-    description = route.description
-    if auth and route.role is not None:
+    needs_token = auth and route.role is not None
+    if needs_token:
         operation["security"] = [{"bearer": []}]
-        description = f"{description}\n\nRole: `{route.role}` or above.".strip()
-    if description:
-        operation["description"] = description
+    operation["description"] = "\n\n".join(
+        part for part in (route.description, _role(route, auth=auth)) if part
+    )
     if route.params:
         operation["parameters"] = [
             {
@@ -90,8 +159,10 @@ def _operation(route: Route[Any], *, auth: bool, head: bool = False) -> dict[str
     statuses = {405, 421, *route.statuses}
     if route.body is not None:
         media: dict[str, Any] = {"schema": {"$ref": _REF.format(name=_name(route.body))}}
-        if route.example is not None:
-            media["example"] = route.example
+        example = route.example
+        if example is None:
+            example = example_of(media["schema"], components)
+        media["example"] = example
         operation["requestBody"] = {
             "required": route.body_required,
             "content": {"application/json": media},
@@ -99,12 +170,16 @@ def _operation(route: Route[Any], *, auth: bool, head: bool = False) -> dict[str
         statuses |= {400, 408, 413, 415}
     if any(p.where == "query" for p in route.params):
         statuses.add(400)
-    if auth and route.role is not None:
+    if needs_token:
         statuses |= {401, 403}
-    ok: dict[str, Any] = {"description": route.summary}
+    ok: dict[str, Any] = {"description": _returns(route)}
     if not head:
         schema = {} if route.answer is None else {"$ref": _REF.format(name=_name(route.answer))}
-        content: dict[str, Any] = {route.media: {"schema": schema}}
+        answer: dict[str, Any] = {"schema": schema}
+        if route.answer is not None and route.media == "application/json":
+            example = route.answer_example
+            answer["example"] = example_of(schema, components) if example is None else example
+        content: dict[str, Any] = {route.media: answer}
         for other in route.also_media:  # a stream: its events are strings of lines
             content[other] = {"schema": {"type": "string"}}
         ok["content"] = content
@@ -118,11 +193,58 @@ def _operation(route: Route[Any], *, auth: bool, head: bool = False) -> dict[str
         responses[str(status)] = _problem(status)
         if head:  # no body, the same headers
             responses[str(status)] = {
-                "description": _WHY.get(status, "Problem"),
+                "description": responses[str(status)]["description"],
                 **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
             }
     operation["responses"] = responses
     return operation
+
+
+def example_of(schema: dict[str, Any], components: dict[str, Any], depth: int = 0) -> Any:
+    """An example of a value of `schema` (its own example, else made up from its type), for an
+    operation whose route gives none."""
+    if "$ref" in schema:
+        return example_of(components[schema["$ref"].rpartition("/")[2]], components, depth)
+    for key in ("example", "default"):
+        if key in schema and schema[key] is not None:
+            return schema[key]
+    if schema.get("examples"):
+        return schema["examples"][0]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    choices = [s for s in schema.get("anyOf", ()) if s.get("type") != "null"]
+    if choices:
+        return example_of(choices[0], components, depth)
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        if depth > 4:
+            return {}
+        properties = schema.get("properties", {})
+        return {k: example_of(v, components, depth + 1) for k, v in properties.items()}
+    if kind == "array":
+        return [example_of(schema.get("items", {}), components, depth + 1)] if depth < 5 else []
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    if kind == "string":
+        return {"date-time": "2026-01-01T12:00:00Z"}.get(schema.get("format", ""), "text")
+    return None
+
+
+_AUTH_ON = (
+    " Authentication is on: every operation but the public ones (health, readiness, these"
+    " pages) needs `Authorization: Bearer <token>`, of a role that may call it (read < submit"
+    " < operate; each operation's description and `x-orderflow-role` say which). Without a"
+    " token: 401 `/problems/unauthorized`; with one of too low a role: 403 `/problems/forbidden`."
+)
+_AUTH_OFF = (
+    " Authentication is off: this service was started without --auth-tokens, so no operation"
+    " needs a token. Each operation's role (`x-orderflow-role`) says what it would need with"
+    " tokens (read < submit < operate)."
+)
 
 
 def openapi_document(routes: Sequence[Route[Any]], *, auth: bool = False) -> dict[str, Any]:
@@ -132,23 +254,28 @@ def openapi_document(routes: Sequence[Route[Any]], *, auth: bool = False) -> dic
     _, components = msgspec.json.schema_components(
         sorted([*types, Problem], key=_name), ref_template=_REF
     )
-    components["ItemCreate"]["properties"]["quantity"] = QUANTITY_SCHEMA
+    fix_schemas(components)
+    if "BulkRequest" in components:
+        components["BulkRequest"].update(BULK_REQUEST_RULE)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         item = paths.setdefault(route.path, {})
-        item[route.method.lower()] = _operation(route, auth=auth)
+        item[route.method.lower()] = _operation(route, components, auth=auth)
         if route.method == "GET":
-            item["head"] = _operation(route, auth=auth, head=True)
+            item["head"] = _operation(route, components, auth=auth, head=True)
+    used = {route.tag for route in routes}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "orderflow",
             "version": __version__,
             "description": "Take customer orders and ship them concurrently. Every error is"
-            " application/problem+json (RFC 9457); its `type` is a page saying what it means.",
+            " application/problem+json (RFC 9457); its `type` is a page saying what it means."
+            + (_AUTH_ON if auth else _AUTH_OFF),
         },
+        "tags": [{"name": tag, "description": text} for tag, text in TAGS.items() if tag in used],
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {"schemas": components, "examples": _problem_examples()},
     }
     if auth:
         document["components"]["securitySchemes"] = {
@@ -190,13 +317,14 @@ def description_routes(routes: Sequence[Route[Any]], *, auth: bool) -> tuple[Rou
 
     own: tuple[Route[object], ...] = (
         Route("GET", "/openapi.json", openapi, "This document", 200, role=None,
-              needs_service=False),
+              needs_service=False, returns="The OpenAPI 3.1 document of this service"),
         page_route("/docs", "docs", "The API, readable", DOCS_PAGE),
         *file_routes("docs_", "the API page's", DOCS_FILES),
         Route("GET", "/problems/{name}", problem_page, "What a problem type means", 200,
               params=(Param("name", {"type": "string", "enum": list(PROBLEMS)}, "", "path",
                             True),),
-              statuses=(404,), role=None, media="text/html", needs_service=False),
+              statuses=(404,), role=None, media="text/html", needs_service=False,
+              returns="A page saying what the problem type means and what to do"),
     )  # fmt: skip
     document = msgspec.json.encode(openapi_document((*routes, *own), auth=auth))
     return own

@@ -9,31 +9,41 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
 
-from orderflow.api.errors import HTTPProblem, bad_query
-from orderflow.api.http import JSON, NOSNIFF, Request, Response, json_response
+from orderflow.api.errors import HTTPProblem, bad_query, invalid_query
+from orderflow.api.http import JSON, NOSNIFF, Request, Response, json_response, no_body
 from orderflow.api.routing import Param, Route
 from orderflow.api.schemas import (
+    RETRY_NOTE,
     ActionRequest,
     BulkRequest,
     BulkResult,
+    BulkRetried,
     EventPage,
     Health,
+    InstanceList,
     Message,
     OrderCreate,
     OrderPage,
     OrderRef,
+    OrderRetried,
     ProcessingStarted,
+    Readiness,
+    Throughput,
 )
 from orderflow.domain import (
     DEFAULT_PAGE,
+    MAX_BULK_IDS,
+    MAX_NAME_LENGTH,
     MAX_PAGE,
     MAX_SEQ,
+    MIN_ID_TAIL,
     ORDER_ID_PATTERN,
+    PLAIN_PATTERN,
     Event,
     EventType,
     Order,
@@ -41,7 +51,10 @@ from orderflow.domain import (
     OrderQuery,
     OrderStatus,
     Stats,
+    check_plain,
     is_order_id,
+    new_order_id,
+    search_key,
     utc_instant,
 )
 from orderflow.events import EventFilter, EventHub, parse_types
@@ -89,19 +102,67 @@ async def create_order(services: Services, request: Request) -> Response:
     return Response(201, _encode(OrderRef(done.order_id, done.status)), headers)
 
 
+_SORTS = ("oldest", "newest")
+NEWEST_CURSOR = "-"  # what starts a cursor of a listing newest first
+
+
 async def list_orders(services: Services, request: Request) -> Response:
-    params = request.query_params(("from", "to", "status", "limit", "cursor"))
-    cursor = params.get("cursor")
-    if cursor is not None and not is_order_id(cursor):
-        raise bad_query("cursor", "not a cursor this API returned")
+    params = request.query_params(
+        ("from", "to", "status", "customer", "order", "sort", "limit", "cursor")
+    )
+    sort = params.get("sort", "oldest")
+    if sort not in _SORTS:
+        raise bad_query("sort", f"not one of {', '.join(_SORTS)}")
+    newest = sort == "newest"
     query = OrderQuery(
         start=_time(params, "from"),
         end=_time(params, "to"),
         status=_status(params),
         limit=_limit(params),
-        cursor=cursor,
+        cursor=_cursor(params.get("cursor"), newest),
+        customer=_customer(params.get("customer")),
+        id_tail=_id_tail(params.get("order")),
+        newest=newest,
     )
-    return json_response(200, await services.service.list_orders_json(query))
+    page = await services.service.list_orders_json(query)
+    if newest and page.next_cursor is not None:
+        page = msgspec.structs.replace(page, next_cursor=NEWEST_CURSOR + page.next_cursor)
+    return json_response(200, page)
+
+
+def _cursor(cursor: str | None, newest: bool) -> str | None:
+    """The id a cursor goes on from; a cursor of the other sort is a 422."""
+    if cursor is None:
+        return None
+    made_newest = cursor.startswith(NEWEST_CURSOR)
+    order_id = cursor.removeprefix(NEWEST_CURSOR)
+    if not is_order_id(order_id):
+        raise bad_query("cursor", "not a cursor this API returned")
+    if made_newest != newest:
+        made = "newest" if made_newest else "oldest"
+        raise invalid_query("cursor", f"made for sort={made}; list again from the start")
+    return order_id
+
+
+def _customer(value: str | None) -> str | None:
+    """The search key of the customer prefix searched for."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_NAME_LENGTH:
+        raise invalid_query("customer", f"must be 1 to {MAX_NAME_LENGTH} characters")
+    try:
+        check_plain(value, "customer")
+    except ValueError as exc:
+        raise invalid_query("customer", str(exc).partition(": ")[2]) from None
+    return search_key(value)
+
+
+def _id_tail(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not MIN_ID_TAIL <= len(value) <= MAX_NAME_LENGTH:
+        raise invalid_query("order", f"an order id, or its last {MIN_ID_TAIL} characters or more")
+    return value
 
 
 def _status(params: dict[str, Any]) -> OrderStatus | None:
@@ -163,14 +224,13 @@ async def cancel_order(services: Services, request: Request) -> Response:
 async def retry_order(services: Services, request: Request) -> Response:
     action = await _optional_body(request)
     order = await services.service.retry_order(request.params[0], action.reason)
-    return json_response(200, OrderRef(order.id, order.status))
+    if services.service.auto_process:
+        return json_response(200, OrderRef(order.id, order.status))
+    return json_response(200, OrderRetried(order.id, order.status, RETRY_NOTE))
 
 
 async def _optional_body(request: Request) -> ActionRequest:
-    if request.headers.get("content-type") is None and request.headers.get("content-length") in (
-        None,
-        "0",
-    ):
+    if no_body(request):
         return ActionRequest()
     action: ActionRequest = await request.json(_decode_action)
     return action
@@ -182,22 +242,46 @@ async def trigger(services: Services, request: Request) -> Response:
 
 
 async def bulk_retry(services: Services, request: Request) -> Response:
-    return await _bulk(services, request, Event.RETRY, "retried in bulk by an operator")
+    answer = await _bulk(services, request, Event.RETRY, "retried in bulk by an operator")
+    if services.service.auto_process or answer.dry_run:  # a dry run retried nothing
+        return json_response(200, answer)
+    return json_response(200, BulkRetried(**msgspec.structs.asdict(answer), note=RETRY_NOTE))
 
 
 async def bulk_cancel(services: Services, request: Request) -> Response:
-    return await _bulk(services, request, Event.CANCEL, "cancelled in bulk by an operator")
+    answer = await _bulk(services, request, Event.CANCEL, "cancelled in bulk by an operator")
+    return json_response(200, answer)
 
 
-async def _bulk(services: Services, request: Request, event: Event, default: str) -> Response:
+async def _bulk(services: Services, request: Request, event: Event, default: str) -> BulkResult:
     bulk: BulkRequest = await request.json(_decode_bulk)  # its times in UTC
-    where = OrderFilter(start=bulk.start, end=bulk.end, reason_contains=bulk.reason_contains)
-    count = await services.service.act_in_bulk(event, where, bulk.reason or default)
-    return json_response(200, BulkResult(count))
+    service, reason = services.service, bulk.reason or default
+    if bulk.ids is not None:
+        count = await service.act_on_ids(event, bulk.ids, reason, dry_run=bulk.dry_run)
+        return BulkResult(count, bulk.dry_run)
+    where = OrderFilter(
+        start=bulk.start,
+        end=bulk.end,
+        reason_contains=bulk.reason_contains,
+        customer=None if bulk.customer is None else search_key(bulk.customer),
+    )
+    count = await service.act_in_bulk(
+        event, where, reason, status=bulk.status, dry_run=bulk.dry_run
+    )
+    return BulkResult(count, bulk.dry_run)
 
 
 async def stats(services: Services, request: Request) -> Response:
     return json_response(200, await services.service.stats())
+
+
+async def throughput(services: Services, request: Request) -> Response:
+    start, end, minutes = await services.service.throughput()
+    return json_response(200, Throughput(start, end, minutes))
+
+
+async def instances(services: Services, request: Request) -> Response:
+    return json_response(200, InstanceList(await services.service.instances()))
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -254,7 +338,7 @@ async def healthz(services: Services, request: Request) -> Response:
 
 async def readyz(services: Services, request: Request) -> Response:
     await services.service.ready()
-    return Response(200, _encode(Health("ready")))
+    return json_response(200, Readiness("ready", services.service.auto_process))
 
 
 async def metrics(services: Services, request: Request) -> Response:
@@ -274,11 +358,20 @@ def _registry() -> Any:
 
 _ID = Param("id", {"type": "string", "pattern": ORDER_ID_PATTERN}, "an order id", "path", True)
 _TIME = {"type": "string", "format": "date-time"}
+_EXAMPLE_ID = new_order_id(datetime(2026, 1, 1, 12, tzinfo=UTC), 0x1234)
 _REASON_BODY = 'An optional JSON body `{"reason": "…"}` says why, for the order\'s history.'
+_RETRY_NOTE = (
+    " While auto-process is off, the answer carries `note`: retried orders wait in pending"
+    " until POST /orders/process."
+)
 _BULK = (
-    "Takes every order that matches: created in [`from`, `to`), and whose latest history entry's"
-    " reason contains `reason_contains` (any case); each condition is optional, `{}` takes all."
-    " Atomic per order, in batches; safe to run alongside anything else."
+    f"Takes the orders `ids` names (1 to {MAX_BULK_IDS}; unknown ones, and orders in a status the"
+    " action does not apply to, are skipped), or every order that matches the filters of"
+    " GET /orders: `status`, `customer` (a prefix, any case), created in [`from`, `to`), and"
+    " whose latest history entry's reason contains `reason_contains` (any case); each filter is"
+    " optional, `{}` takes all; `ids` with a filter is a 422. With `dry_run: true` nothing"
+    " changes and `count` says how many orders the action would take. Atomic per order, in"
+    " batches; safe to run alongside anything else."
 )
 
 _LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
@@ -294,43 +387,80 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
           statuses=(409, 422, 503), role="submit",
           ok_headers=(("Location", "the new order"),
                       ("Idempotent-Replayed", "true, on the answer of a repeated request")),
-          example={"customer": "John Doe", "items": [{"name": "Monster Energy", "quantity": 2}]}),
-    Route("GET", "/orders", list_orders, "List orders by time, oldest first", 200, OrderPage,
+          example={"customer": "John Doe", "items": [{"name": "Monster Energy", "quantity": 2}]},
+          returns="The new order's id and status (pending); Location is its address",
+          answer_example={"id": _EXAMPLE_ID, "status": "pending"}),
+    Route("GET", "/orders", list_orders, "List and search orders by time", 200, OrderPage,
           params=(
               Param("from", _TIME, "inclusive; RFC 3339 (without an offset: UTC)"),
               Param("to", _TIME, "exclusive; RFC 3339 (without an offset: UTC)"),
               Param("status", _STATUS),
+              Param("customer", {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH,
+                                 "pattern": PLAIN_PATTERN},
+                    "what the customer's name starts with, in any case (Unicode casefold:"
+                    " STRASSE finds Straße)"),
+              Param("order", {"type": "string", "minLength": MIN_ID_TAIL,
+                              "maxLength": MAX_NAME_LENGTH},
+                    f"an order id, or its last {MIN_ID_TAIL} characters or more"),
+              Param("sort", {"type": "string", "enum": list(_SORTS), "default": "oldest"},
+                    "oldest or newest first"),
               _LIMIT,
-              Param("cursor", {"type": "string", "pattern": ORDER_ID_PATTERN},
-                    "next_cursor of the previous page"),
-          ), statuses=(400, 503)),
+              Param("cursor", {"type": "string",
+                               "pattern": f"^{NEWEST_CURSOR}?{ORDER_ID_PATTERN[1:]}"},
+                    "next_cursor of the previous page (made for the same sort)"),
+          ), statuses=(400, 422, 503),
+          description="Every parameter is optional and they combine (AND). A page may hold"
+          " fewer than `limit` orders (even none) while `next_cursor` says more may follow: a"
+          " search looks at a bounded stretch of orders per page where no index answers it.",
+          returns="A page of orders, whole, with `count` and the `next_cursor` to page on (null"
+          " on the last page)"),
     Route("POST", "/orders/process", trigger, "Start shipping every order pending now", 202,
           ProcessingStarted, statuses=(503,), role="operate",
           description="Moves every order pending now to processing, in slices, and answers once"
           " they are all moved or after 0.2 s, whichever comes first: the rest are moved after"
           " the answer, every one of them (unless cancelled or deleted meanwhile). `orders`"
           " counts them all, moved or still to move. Orders submitted after the call wait for"
-          " the next one (or --auto-process)."),
+          " the next one (or --auto-process).",
+          returns="How many pending orders were taken to ship",
+          answer_example={"message": "Processing started", "orders": 12}),
     Route("POST", "/orders/retry", bulk_retry, "Retry failed orders in bulk", 200, BulkResult,
-          BulkRequest, statuses=(422, 503), role="operate", description=_BULK,
-          example={"reason_contains": "timeout"}),
+          BulkRequest, statuses=(422, 503), role="operate", description=_BULK + _RETRY_NOTE,
+          example={"reason_contains": "timeout"}, returns="How many failed orders went back to"
+          " pending (and, while auto-process is off, `note`)", answer_example={"count": 3}),
     Route("POST", "/orders/cancel", bulk_cancel, "Cancel pending and processing orders in bulk",
           200, BulkResult, BulkRequest, statuses=(422, 503), role="operate", description=_BULK,
-          example={"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"}),
+          example={"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"},
+          returns="How many orders were cancelled", answer_example={"count": 5}),
     Route("GET", "/orders/stats", stats, "Orders by status, and the top failure reasons", 200,
-          Stats, statuses=(503,)),
+          Stats, statuses=(503,), returns="Counts of orders by status, and the most frequent"
+          " failure reasons"),
+    Route("GET", "/orders/throughput", throughput,
+          "Orders submitted, shipped and failed per minute, over the last 24 hours", 200,
+          Throughput, statuses=(503,),
+          description="Counted by the store as orders move, so every instance sharing it"
+          " answers alike. The 1440 minutes ending with the current one, oldest first; a minute"
+          " with nothing submitted, shipped or failed is left out."),
     Route("GET", "/orders/{id}", get_order, "One order", 200, Order, params=(_ID,),
-          statuses=(404, 503)),
+          statuses=(404, 503), returns="The order: customer, items, status, times, its history"
+          " and its shipment"),
     Route("DELETE", "/orders/{id}", delete_order, "Delete a pending order", 200, Message,
-          params=(_ID,), statuses=(404, 409, 503), role="operate"),
+          params=(_ID,), statuses=(404, 409, 503), role="operate",
+          returns="A confirmation; the order is gone",
+          answer_example={"message": "Order deleted"}),
     Route("GET", "/orders/status/{id}", get_status, "The status of one order", 200, OrderRef,
-          params=(_ID,), statuses=(404, 503)),
+          params=(_ID,), statuses=(404, 503), returns="The order's id and status",
+          answer_example={"id": _EXAMPLE_ID, "status": "shipped"}),
     Route("POST", "/orders/{id}/cancel", cancel_order, "Cancel a pending or processing order",
           200, OrderRef, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503),
-          role="operate", description=_REASON_BODY, body_required=False),
+          role="operate", description=_REASON_BODY, body_required=False,
+          example={"reason": "the customer called"}, returns="The order's id and its status"
+          " now (cancelled)", answer_example={"id": _EXAMPLE_ID, "status": "cancelled"}),
     Route("POST", "/orders/{id}/retry", retry_order, "Send a failed order back to pending", 200,
           OrderRef, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503), role="operate",
-          description=_REASON_BODY, body_required=False),
+          description=_REASON_BODY + _RETRY_NOTE, body_required=False,
+          example={"reason": "the carrier is back"}, returns="The order's id and its status"
+          " now (pending), and, while auto-process is off, `note`",
+          answer_example={"id": _EXAMPLE_ID, "status": "pending"}),
 )  # fmt: skip
 
 EVENT_ROUTES: tuple[Route[Services], ...] = (
@@ -353,16 +483,30 @@ EVENT_ROUTES: tuple[Route[Services], ...] = (
           " --sse-stream-bytes, or when its reader falls too far behind, and the reader"
           " resumes. With `Accept: application/json`, a page of past events (without `after`,"
           " from the oldest kept); `next_cursor` is the `after` to poll with next. 410 when"
-          " the events asked for are past --event-retention."),
+          " the events asked for are past --event-retention.",
+          returns="A stream of Server-Sent Events, or (Accept: application/json) a page of"
+          " events with the `next_cursor` to poll with"),
 )  # fmt: skip
 
 META_ROUTES: tuple[Route[Services], ...] = (
     Route("GET", "/metrics", metrics, "Metrics in the Prometheus text format", 200,
           statuses=(503,), media="text/plain", needs_service=False,
           description="Counters and histograms of this instance, and store-wide gauges (orders"
-          " by status, the oldest pending order) that every instance reports alike."),
+          " by status, the oldest pending order) that every instance reports alike.",
+          returns="The metrics, as Prometheus text"),
+    Route("GET", "/instances", instances, "The instances processing orders on this store", 200,
+          InstanceList, statuses=(503,),
+          description="Each instance registers when it starts and beats every"
+          " --heartbeat-interval with the orders it holds and ships. `live` is false once it"
+          " stopped cleanly or missed three heartbeats; such an instance is listed for an hour"
+          " after its last heartbeat, then forgotten. Live ones first, then by name."),
     Route("GET", "/healthz", healthz, "Liveness: the process answers", 200, Health, role=None,
-          needs_service=False),
+          needs_service=False, returns="`ok` while the process answers",
+          answer_example={"status": "ok"}),
     Route("GET", "/readyz", readyz, "Readiness: the store answers and the service is not"
-          " stopping", 200, Health, statuses=(503,), role=None),
+          " stopping", 200, Readiness, statuses=(503,), role=None,
+          description="`auto_process`: whether pending orders ship by themselves"
+          " (--auto-process); when false they wait for POST /orders/process.",
+          returns="`ready` while the store answers and the service takes work, and whether"
+          " auto-process is on", answer_example={"status": "ready", "auto_process": False}),
 )  # fmt: skip

@@ -20,6 +20,8 @@ from orderflow.metrics import METRICS, RouteStats
 
 S = TypeVar("S", contravariant=True)
 
+ROLES = ("read", "submit", "operate")  # each may do what the ones before it may
+
 Handler = Callable[[S, Request], Awaitable[Response]]
 
 
@@ -34,6 +36,25 @@ class Param:
     required: bool = False
 
 
+# The OpenAPI document's tags, in its order: each route has one (`tag_of` when not given).
+TAGS: dict[str, str] = {
+    "orders": "Submit orders, and read them, their status and the stats",
+    "operate": "Steer the orders: process, cancel, retry, delete (role operate)",
+    "events": "What happens to orders, as a stream or in pages",
+    "webhooks": "Subscriptions that POST order events to a URL",
+    "meta": "Health, readiness, metrics, and the pages that describe the service",
+}
+
+
+def tag_of(path: str, role: str | None) -> str:
+    """The tag of a route that names none: by the first segment of its path, and an order
+    route that takes the operate role is in `operate`."""
+    first = path.split("/")[1]
+    if first == "orders":
+        return "operate" if role == "operate" else "orders"
+    return first if first in TAGS else "meta"
+
+
 @dataclass(frozen=True)
 class Route(Generic[S]):
     """One endpoint, whose handler takes services of type `S`.
@@ -44,6 +65,10 @@ class Route(Generic[S]):
         role: who may call it when auth is on (None: anyone, even then).
         media: the answer's content type, when not JSON.
         needs_service: answered 503 while the service is not running.
+        tag: its group in the OpenAPI document, one of `TAGS` (`tag_of` its path when empty).
+        returns: what its success answer holds, for the document (the answer type's docstring,
+            or the summary, when empty).
+        answer_example: an example of that answer (made from its schema when None).
     """
 
     method: str
@@ -63,10 +88,19 @@ class Route(Generic[S]):
     needs_service: bool = True
     also_media: tuple[str, ...] = ()
     ok_headers: tuple[tuple[str, str], ...] = ()  # (name, description) of the answer's headers
+    tag: str = ""
+    returns: str = ""
+    answer_example: Any = None
     stats: RouteStats = field(init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stats", METRICS.route(self.path))
+        if not self.tag:
+            object.__setattr__(self, "tag", tag_of(self.path, self.role))
+        if self.tag not in TAGS:
+            raise ValueError(f"{self.method} {self.path}: tag {self.tag!r} is not one of {TAGS}")
+        if self.role not in (None, *ROLES):
+            raise ValueError(f"{self.method} {self.path}: role {self.role!r} is not one of {ROLES}")
 
 
 class Router:

@@ -1,5 +1,6 @@
 """The dashboard: one page (``GET /`` and ``GET /dashboard``) that watches and steers the service
-through its own HTTP API, in plain JavaScript with no build step. Its files are read from the
+through its own HTTP API, in plain JavaScript modules with no build step (`app.js` starts the
+page and imports the others). Its files are read from the
 package once, at import, into a fixed table (`api.assets`); each file is a route of its own, so a
 request never names a file to read, and a path not in the table is the router's 404.
 
@@ -13,7 +14,17 @@ from orderflow.api.routing import Route
 
 # The only files served: path → file.
 FILES: dict[str, Asset] = {
-    f"/dashboard/{name}": read(__name__, name) for name in ("app.js", "style.css")
+    f"/dashboard/{name}": read(__name__, name)
+    for name in (
+        "app.js",
+        "api.js",
+        "dom.js",
+        "orders.js",
+        "detail.js",
+        "chart.js",
+        "ops.js",
+        "style.css",
+    )
 }
 PAGE = linked_page(__name__, "index.html", FILES)
 
@@ -22,7 +33,8 @@ DASHBOARD_ROUTES: tuple[Route[object], ...] = (
     page_route(
         "/dashboard",
         "dashboard",
-        "The dashboard: orders by status, throughput, live orders, actions",
+        "The dashboard: orders (search, pages, bulk actions), counts, throughput over 24 h,"
+        " instances, webhooks",
         PAGE,
     ),
     *file_routes("dashboard_", "the dashboard's", FILES),

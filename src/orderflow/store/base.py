@@ -42,6 +42,7 @@ from orderflow.domain import (
     Outcome,
     Page,
     Stats,
+    Timestamp,
 )
 from orderflow.errors import OrderNotFound
 
@@ -74,6 +75,44 @@ class Snapshots(Protocol):
     def load(self, state: MemoryState, on_order: Callable[[Order], Order] | None = None) -> None:
         """Add everything in `state` to this empty store; `on_order` may change each order on
         the way in. Raises OrderConflict when the store is not empty."""
+
+
+class MinuteCounts(msgspec.Struct, frozen=True, gc=False):
+    """How many orders were submitted, shipped and failed in one minute (`minute`: its start,
+    UTC)."""
+
+    minute: Timestamp
+    submitted: int
+    shipped: int
+    failed: int
+
+
+class InstanceBeat(msgspec.Struct, frozen=True, gc=False):
+    """A processor's heartbeat: its name, when it started, the time of the beat, what it holds
+    and ships now, and until when it counts as live without another beat."""
+
+    name: str
+    started_at: Timestamp
+    at: datetime
+    held: int
+    in_flight: int
+    live_until: datetime
+
+
+class Instance(msgspec.Struct, frozen=True, gc=False):
+    """A processor as the store last heard of it; `live`: it beat recently and did not stop."""
+
+    name: str
+    started_at: Timestamp
+    last_heartbeat: Timestamp
+    held: int
+    in_flight: int
+    live: bool
+
+
+def live_first(instances: list[Instance]) -> list[Instance]:
+    """`instances` in the order `OrderStore.list_instances` answers: live first, then by name."""
+    return sorted(instances, key=lambda i: (not i.live, i.name))
 
 
 class JsonPage(msgspec.Struct, frozen=True, gc=False):
@@ -135,10 +174,12 @@ class OrderStore(abc.ABC):
     @abc.abstractmethod
     async def list_orders(self, query: OrderQuery) -> Page:
         """Orders with `query.start <= timestamp < query.end` (either bound optional), and
-        `status` if given, sorted by (timestamp, id), at most `query.limit` of them, strictly
-        after the id `query.cursor`. `next_cursor` is set when more may follow; a page may then
-        hold fewer than `query.limit` orders (even none), and the next one goes on. Costs an
-        index lookup plus the page (or a bounded stretch of it), never a scan of every order.
+        `status`, `customer` (a prefix of their customer's search key) and `id_tail` if given,
+        sorted by (timestamp, id) (`newest`: the other way round), at most `query.limit` of
+        them, strictly after the id `query.cursor` in that order. `next_cursor` is set when
+        more may follow; a page may then hold fewer than `query.limit` orders (even none), and
+        the next one goes on. Costs an index lookup plus the page (or a bounded stretch of it),
+        never a scan of every order.
         """
 
     async def list_orders_json(self, query: OrderQuery) -> JsonPage:
@@ -243,12 +284,48 @@ class OrderStore(abc.ABC):
         *,
         limit: int,
         after: str | None = None,
+        dry_run: bool = False,
     ) -> tuple[list[str], str | None]:
         """Apply `event` (an operator's retry or cancel) to up to `limit` orders in `source`
         status that match `where`, oldest first, after the id `after`, each atomically (an
         order moved meanwhile by someone else is skipped; a cancel ends any hold). Returns the
         ids moved, and where to go on (None: nothing left). A batch looks at a bounded stretch
-        of orders, so it may move none and still say to go on."""
+        of orders, so it may move none and still say to go on. `dry_run`: the same walk,
+        changing nothing; the ids are those it would have moved."""
+
+    # -- history and instances --------------------------------------------------------------
+    # Orders submitted, shipped and failed are counted by the minute of their event, in the
+    # step that makes the change (or, on PostgreSQL, as its events are numbered): reading them
+    # is a few rows, never a scan of the orders.
+
+    @abc.abstractmethod
+    async def order_minutes(self, since: datetime) -> list[MinuteCounts]:
+        """The counts of every minute from the one holding `since` on, oldest first; minutes
+        with nothing counted are left out. Each change is counted once, in the minute of its
+        `at`, by every instance sharing the store alike."""
+
+    @abc.abstractmethod
+    async def prune_minutes(self, before: datetime) -> int:
+        """Forget the counts of the minutes that ended before `before`; returns how many."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, beat: InstanceBeat) -> None:
+        """Record `beat`: the instance registers with its first one, and is live again after
+        any (a stop is undone by a later beat)."""
+
+    @abc.abstractmethod
+    async def stop_instance(self, name: str, at: datetime) -> None:
+        """`name` stopped cleanly at `at`: no longer live (nothing if it is unknown)."""
+
+    @abc.abstractmethod
+    async def list_instances(self, at: datetime) -> list[Instance]:
+        """Every instance kept, live ones first (live at `at`: not stopped, and its last beat's
+        `live_until` after `at`), then by name."""
+
+    @abc.abstractmethod
+    async def prune_instances(self, before: datetime) -> int:
+        """Forget the instances not heard from since before `before` (live ones beat far more
+        often); returns how many."""
 
     # -- idempotency keys --------------------------------------------------------------------
 

@@ -41,13 +41,31 @@ from orderflow.domain import (
     order_id_time,
 )
 from orderflow.errors import IllegalTransition, NotHeld, OrderConflict, OrderNotFound
-from orderflow.store.base import IdempotencyRecord, JsonPage, MemoryState, OrderStore, Snapshots
+from orderflow.store.base import (
+    IdempotencyRecord,
+    Instance,
+    InstanceBeat,
+    JsonPage,
+    MemoryState,
+    MinuteCounts,
+    OrderStore,
+    Snapshots,
+)
 from orderflow.store.memory_events import EventLog
+from orderflow.store.memory_history import (
+    FAILED,
+    SHIPPED,
+    SUBMITTED,
+    InstanceBook,
+    MinuteRing,
+    minute_of,
+)
 from orderflow.store.memory_rows import (
     Row,
     advanced,
     claim_at,
     claimed,
+    customer_key,
     last_reason,
     order_of,
     render,
@@ -63,8 +81,8 @@ class InMemoryOrderStore(OrderStore):
     """Args:
     event_retention: how many events the log keeps (the oldest go first); see `prune_events`
         for the age limit.
-    max_walk: the most orders one page of processing orders, or one batch of a bulk action,
-        looks at (processing has no index of its own).
+    max_walk: the most orders one page of processing orders or of a search, or one batch of
+        a bulk action, looks at (processing, customers and id tails have no index here).
     """
 
     def __init__(self, *, event_retention: int = 100_000, max_walk: int = MAX_WALK) -> None:
@@ -78,6 +96,9 @@ class InMemoryOrderStore(OrderStore):
         self._events = EventLog(event_retention, self._lock)
         self._at: datetime | None = None  # the time of the last change, and its JSON
         self._at_json = b""
+        self._at_minute = 0
+        self._minutes = MinuteRing()
+        self._instances = InstanceBook()
 
     # -- orders ------------------------------------------------------------------------------
 
@@ -96,6 +117,7 @@ class InMemoryOrderStore(OrderStore):
             if idempotency is not None:
                 self._keys[idempotency.key] = idempotency
             self._insert(order_id, row)
+            self._minutes.count(minute_of(order.updated_at), SUBMITTED)
             self._events.append(EventType.SUBMITTED, order_id, order.status, order.updated_at)
         return None
 
@@ -173,7 +195,11 @@ class InMemoryOrderStore(OrderStore):
             if event is Event.HANDBACK:
                 self._ready.append(order_id)
         if at is not self._at:  # a batch of changes shares its time: encoded once
-            self._at, self._at_json = at, _encode(at)
+            self._at, self._at_json, self._at_minute = at, _encode(at), minute_of(at)
+        if status is OrderStatus.SHIPPED:
+            self._minutes.count(self._at_minute, SHIPPED)
+        elif status is OrderStatus.FAILED:
+            self._minutes.count(self._at_minute, FAILED)
         new = advanced(old, status, self._at_json, reason, shipment)
         old_reason = last_reason(old) if old.status is OrderStatus.FAILED else None
         self._table.replace(order_id, old, new, old_reason, reason)
@@ -303,6 +329,7 @@ class InMemoryOrderStore(OrderStore):
         *,
         limit: int,
         after: str | None = None,
+        dry_run: bool = False,
     ) -> tuple[list[str], str | None]:
         next_status(source, event)  # raises IllegalTransition
         low = None if where.start is None else order_id_floor(where.start)
@@ -316,10 +343,13 @@ class InMemoryOrderStore(OrderStore):
             stretch = self._table.stretch(source, low, high, after=skip_low)
             for order_id in stretch:
                 row = self._rows[order_id]
-                if row.status is source and (
-                    where.reason_contains is None or where.reason_matches(last_reason(row))
+                if (
+                    row.status is source
+                    and (where.reason_contains is None or where.reason_matches(last_reason(row)))
+                    and (where.customer is None or where.customer_matches(customer_key(row)))
                 ):
-                    self._apply(order_id, event, at, reason, None, None)
+                    if not dry_run:
+                        self._apply(order_id, event, at, reason, None, None)
                     moved.append(order_id)
                     if len(moved) == limit:
                         resume = order_id
@@ -328,6 +358,32 @@ class InMemoryOrderStore(OrderStore):
                 if len(stretch) == self._table.max_walk:
                     resume = stretch[-1]
         return moved, resume
+
+    # -- history and instances --------------------------------------------------------------
+
+    async def order_minutes(self, since: datetime) -> list[MinuteCounts]:
+        with self._lock:
+            return self._minutes.since(minute_of(since))
+
+    async def prune_minutes(self, before: datetime) -> int:
+        with self._lock:
+            return self._minutes.prune(minute_of(before))
+
+    async def heartbeat(self, beat: InstanceBeat) -> None:
+        with self._lock:
+            self._instances.beat(beat)
+
+    async def stop_instance(self, name: str, at: datetime) -> None:
+        with self._lock:
+            self._instances.stop(name, at)
+
+    async def list_instances(self, at: datetime) -> list[Instance]:
+        with self._lock:
+            return self._instances.listed(at)
+
+    async def prune_instances(self, before: datetime) -> int:
+        with self._lock:
+            return self._instances.prune(before)
 
     # -- idempotency keys --------------------------------------------------------------------
 

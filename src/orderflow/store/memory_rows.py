@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from orderflow.domain import HistoryEntry, Item, Order, OrderStatus, Timestamp
+from orderflow.domain import HistoryEntry, Item, Order, OrderStatus, Timestamp, search_key
 
 _encode = msgspec.json.Encoder().encode
 
@@ -215,3 +215,15 @@ def last_reason(row: Row) -> str | None:
     if row.tail is None:  # as submitted or claimed: no reason
         return None
     return _decode_tail(b"{" + row.tail).history[-1].reason
+
+
+class _Customer(msgspec.Struct, gc=False):
+    customer: str
+
+
+_decode_customer = msgspec.json.Decoder(_Customer).decode
+
+
+def customer_key(row: Row) -> str:
+    """The search key of the order's customer (`domain.search_key`), read from the head."""
+    return search_key(_decode_customer(row.head + b"}").customer)

@@ -6,7 +6,9 @@ ids and a range query is a bisection plus the page: O(log n + k). Each status bu
 an index of its own, so a status filter is an index lookup too; processing is transient and
 entered in bulk by triggers, so it is found by walking the time range, at most `max_walk`
 orders per page (a short page then comes with a cursor to go on from), instead of paying an
-index update per claimed order. Not locked itself: the store calls it holding its lock.
+index update per claimed order. A search (a customer's prefix, an id's tail) walks so too: an
+index of either would cost every order about 100 bytes more (README, Performance). Newest
+first is the same walk, backwards. Not locked itself: the store calls it holding its lock.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from orderflow.domain import OrderQuery, OrderStatus, order_id_floor
-from orderflow.store.memory_rows import Row, last_reason
+from orderflow.domain import OrderQuery, OrderStatus, is_order_id, order_id_floor
+from orderflow.store.memory_rows import Row, customer_key, last_reason
 
 INDEXED = (OrderStatus.PENDING, OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.FAILED)
 # Processing has no index: it is short-lived and entered in bulk, and a trigger of a million
@@ -142,25 +144,45 @@ class OrderTable:
         return ids
 
     def page(self, query: OrderQuery) -> tuple[list[Row], str | None]:
-        """The rows of a page, and the cursor of the next one."""
+        """The rows of a page, and the cursor of the next one (`query.newest`: newest first,
+        the cursor then excluded from above)."""
         index = self._by_time if query.status is None else self._by_status.get(query.status)
         low = None if query.start is None else order_id_floor(query.start)
         high = None if query.end is None else order_id_floor(query.end)
-        after = query.cursor is not None and (low is None or query.cursor >= low)
-        if after:
-            low = query.cursor
-        bounds = {"minimum": low, "maximum": high, "inclusive": (not after, False)}
+        cursor = query.cursor
+        after = False
+        if query.newest:
+            if cursor is not None and (high is None or cursor < high):
+                high = cursor
+        else:
+            after = cursor is not None and (low is None or cursor >= low)
+            if after:
+                low = cursor
+        bounds = {
+            "minimum": low,
+            "maximum": high,
+            "inclusive": (not after, False),
+            "reverse": query.newest,
+        }
         limit, rows = query.limit, self.rows
-        if index is not None:
+        if index is not None and not query.searches:
             ids = list(islice(index.irange(**bounds), limit + 1))
             if len(ids) <= limit:
                 return list(map(rows.__getitem__, ids)), None
             del ids[limit:]
             return list(map(rows.__getitem__, ids)), ids[-1]
-        # Processing: walk the time range, a bounded stretch per page.
-        walked = list(islice(self._by_time.irange(**bounds), self.max_walk))
-        status = query.status
-        picked = [i for i in walked if rows[i].status is status]
+        tail = query.id_tail
+        if tail is not None and is_order_id(tail):  # a whole id: no walk
+            inside = (
+                tail in rows
+                and (low is None or tail > low or (tail == low and not after))
+                and (high is None or tail < high)
+            )
+            walked = [tail] if inside else []
+        else:
+            # Processing, or a search: walk the index, a bounded stretch per page.
+            walked = list(islice((index or self._by_time).irange(**bounds), self.max_walk))
+        picked = [i for i in walked if _matches(query, i, rows[i])]
         resume = walked[-1] if len(walked) == self.max_walk else None
         if len(picked) > limit:
             del picked[limit:]
@@ -216,3 +238,12 @@ class OrderTable:
         )
         if failed != self._failed_reasons:
             yield "failure reasons and rows disagree"
+
+
+def _matches(query: OrderQuery, order_id: str, row: Row) -> bool:
+    """Whether the row passes the conditions of `query` that no index of the table answers."""
+    if query.status is not None and row.status is not query.status:
+        return False
+    if query.id_tail is not None and not order_id.endswith(query.id_tail):
+        return False
+    return query.customer is None or customer_key(row).startswith(query.customer)

@@ -51,6 +51,9 @@ from orderflow.domain import (
     next_status,
     order_id_floor,
     order_id_time,
+    prefix_bounds,
+    reversed_id,
+    search_key,
     sources_of,
     target_of,
 )
@@ -61,10 +64,17 @@ from orderflow.errors import (
     StoreUnavailable,
 )
 from orderflow.store import postgres_sql as sql
-from orderflow.store.base import IdempotencyRecord, OrderStore
+from orderflow.store.base import (
+    IdempotencyRecord,
+    Instance,
+    InstanceBeat,
+    MinuteCounts,
+    OrderStore,
+)
 from orderflow.store.migrations import migrate
 from orderflow.store.postgres_db import Database, Listener
 from orderflow.store.postgres_events import PostgresCounts, PostgresEventLog
+from orderflow.store.postgres_history import PostgresHistory
 from orderflow.store.postgres_rows import (
     CONNECTION_LOST,
     encode,
@@ -115,6 +125,7 @@ class PostgresOrderStore(OrderStore):
         self._poll_s = poll_s
         self._events = PostgresEventLog(self.database, poll_s=poll_s)
         self._counts = PostgresCounts(self.database, self._events)
+        self._history = PostgresHistory(self.database, self._counts)
         self._listener: Listener | None = None
         # Where the last full batch of a trigger (its created_before) stopped claiming.
         self._claimed_to: tuple[datetime, str] | None = None
@@ -200,6 +211,7 @@ class PostgresOrderStore(OrderStore):
                 None if idempotency is None else idempotency.key,
                 None if idempotency is None else idempotency.fingerprint,
                 None if idempotency is None else idempotency.created_at,
+                search_key(order.customer),
             )
             if not inserted:
                 assert idempotency is not None  # without a key the INSERT raised or inserted
@@ -226,10 +238,17 @@ class PostgresOrderStore(OrderStore):
         """The listing's statement and its arguments."""
         low = "" if query.start is None else order_id_floor(query.start)
         high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
-        args: list[Any] = [low, query.cursor or "", high, query.limit + 1]
-        if query.status is None:
-            return sql.LIST_ORDERS, args
-        return sql.LIST_ORDERS_BY_STATUS, [*args, query.status.value]
+        cursor = query.cursor or (sql.ABOVE_ALL_IDS if query.newest else "")
+        args: list[Any] = [low, cursor, high, query.limit + 1]
+        if query.status is not None:
+            args.append(query.status.value)
+        customer: tuple[str, ...] = () if query.customer is None else prefix_bounds(query.customer)
+        tail: tuple[str, ...] = (
+            () if query.id_tail is None else prefix_bounds(reversed_id(query.id_tail))
+        )
+        args += (*customer, *tail)
+        statement = sql.listing(query.status is not None, query.newest, len(customer), len(tail))
+        return statement, args
 
     async def delete_pending(self, order_id: str, at: datetime) -> None:
         async with self.database.connection(changing=True) as db:
@@ -370,11 +389,12 @@ class PostgresOrderStore(OrderStore):
         *,
         limit: int,
         after: str | None = None,
+        dry_run: bool = False,
     ) -> tuple[list[str], str | None]:
         target = next_status(source, event)
-        async with self.database.connection(changing=True) as db:
+        async with self.database.connection(changing=not dry_run) as db:
             rows = await db.fetch(
-                sql.TRANSITION_MATCHING,
+                sql.TRANSITION_MATCHING_DRY if dry_run else sql.TRANSITION_MATCHING,
                 source.value,
                 "" if where.start is None else order_id_floor(where.start),
                 sql.ABOVE_ALL_IDS if where.end is None else order_id_floor(where.end),
@@ -388,10 +408,31 @@ class PostgresOrderStore(OrderStore):
                 EVENT_TYPE[event].value,
                 reason,
                 event is Event.CANCEL,
+                where.customer,
             )
         moved = [row["id"] for row in rows if row["id"] is not None]
         resume = next((row["walked_to"] for row in rows if row["id"] is None), None)
         return moved, resume
+
+    # -- history and instances --------------------------------------------------------------
+
+    async def order_minutes(self, since: datetime) -> list[MinuteCounts]:
+        return await self._history.order_minutes(since)
+
+    async def prune_minutes(self, before: datetime) -> int:
+        return await self._history.prune_minutes(before)
+
+    async def heartbeat(self, beat: InstanceBeat) -> None:
+        await self._history.heartbeat(beat)
+
+    async def stop_instance(self, name: str, at: datetime) -> None:
+        await self._history.stop_instance(name, at)
+
+    async def list_instances(self, at: datetime) -> list[Instance]:
+        return await self._history.list_instances(at)
+
+    async def prune_instances(self, before: datetime) -> int:
+        return await self._history.prune_instances(before)
 
     # -- idempotency keys --------------------------------------------------------------------
 

@@ -124,13 +124,13 @@ class PostgresCounts:
         self._events = events
 
     async def by_status(self) -> dict[OrderStatus, int]:
-        await self._fold()
+        await self.fold()
         async with self._db.connection() as db:
             rows = await db.fetch(sql.STATUS_COUNTS)
         return _every_status(rows)
 
     async def stats(self, top: int) -> Stats:
-        await self._fold()
+        await self.fold()
         async with self._db.connection() as db:
             rows = await db.fetch(sql.STATUS_COUNTS)
             reasons = await db.fetch(sql.FAILED_REASONS, top)
@@ -138,7 +138,7 @@ class PostgresCounts:
             _every_status(rows), [ReasonCount(row["reason"], row["count"]) for row in reasons]
         )
 
-    async def _fold(self) -> None:
+    async def fold(self) -> None:
         """Fold every change that committed into the counts (numbering its events), waiting
         for a numbering another instance has under way: the counts then include every write
         that completed before the call, this process's own and others'. Waits by trying again

@@ -8,6 +8,8 @@ final SELECT reads them; `pg_notify` is called from a CTE the final SELECT does 
 
 from __future__ import annotations
 
+import functools
+
 COLUMNS = "id, customer, items, created_at, status, history, shipment"
 O_COLUMNS = ", ".join("o." + column for column in COLUMNS.split(", "))
 READY_CHANNEL = "orderflow_ready"
@@ -53,14 +55,14 @@ TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ' in ' || cu
 # -- orders -------------------------------------------------------------------------------------
 
 # $1..$7 the order; $8 the shipment; $9, $10, $11 the idempotency key, fingerprint and time
-# (or NULL).
+# (or NULL); $12 the customer's search key.
 INSERT_ORDER = (
     "WITH k AS (INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at)"
     "  SELECT $9::text, $10::text, $1, $11::timestamptz WHERE $9::text IS NOT NULL"
     "  ON CONFLICT (key) DO NOTHING RETURNING key),"
     " o AS (INSERT INTO orders (id, customer, items, created_at, status, updated_at, history,"
-    "   shipment)"
-    "  SELECT $1, $2, $3::jsonb, $4, $5, $6, $7::jsonb, $8::jsonb"
+    "   shipment, customer_key)"
+    "  SELECT $1, $2, $3::jsonb, $4, $5, $6, $7::jsonb, $8::jsonb, $12"
     "  WHERE $9::text IS NULL OR EXISTS (SELECT FROM k) RETURNING id, status, updated_at),"
     + _events(
         "o",
@@ -77,15 +79,38 @@ PRUNE_IDEMPOTENCY = (
     "  WHERE created_at < $1 ORDER BY created_at LIMIT $2)"
 )
 FIND_ORDER = f"SELECT {COLUMNS} FROM orders WHERE id = $1"
-# Listing: an id range, so a primary key range scan (or one on (status, id)), one row more
-# than the page to know whether more follow.
-LIST_ORDERS = (
-    f"SELECT {COLUMNS} FROM orders WHERE id >= $1 AND id > $2 AND id < $3 ORDER BY id LIMIT $4"
-)
-LIST_ORDERS_BY_STATUS = (
-    f"SELECT {COLUMNS} FROM orders WHERE id >= $1 AND id > $2 AND id < $3 AND status = $5"
-    " ORDER BY id LIMIT $4"
-)
+
+
+@functools.cache
+def listing(status: bool, newest: bool, customer: int, tail: int) -> str:
+    """A page: an id range, so a primary key range scan (or one on (status, id)), one row
+    more than the page to know whether more follow. $1 the range's start, $2 the cursor
+    ("" oldest first, ABOVE_ALL_IDS newest first, when there is none), $3 the range's end,
+    $4 the limit, $5 the status. `customer` and `tail`: how many bounds follow (0, 1 or 2) of
+    the range of customer_key (of reverse(id)) a prefix is: the planner takes orders_customer
+    when it is the narrower way in. A tail (8 characters at least: one id in billions) is
+    looked up in orders_id_reversed first, always, and what it finds filtered and sorted."""
+    where = ["id >= $1", f"id {'<' if newest else '>'} $2", "id < $3"]
+    n = 4
+    if status:
+        where.append("status = $5")
+        n = 5
+    keys: list[str] = []
+    for column, count, into in (("customer_key", customer, where), ("reverse(id)", tail, keys)):
+        for op in (">=", "<")[:count]:
+            n += 1
+            into.append(f"{column} {op} ${n}::text")
+    order = f"ORDER BY id{' DESC' if newest else ''} LIMIT $4"
+    if not keys:
+        return f"SELECT {COLUMNS} FROM orders WHERE {' AND '.join(where)} {order}"
+    return (
+        f"WITH found AS MATERIALIZED (SELECT * FROM orders WHERE {' AND '.join(keys)})"
+        f" SELECT {COLUMNS} FROM found WHERE {' AND '.join(where)} {order}"
+    )
+
+
+LIST_ORDERS = listing(False, False, 0, 0)
+LIST_ORDERS_BY_STATUS = listing(True, False, 0, 0)
 # $1 id, $2 at. Answers the status it found when nothing was deleted. `old` locks the row it
 # reads: read unlocked, it held the status from before a claim the delete then waited on, and
 # the delete removed the order just claimed.
@@ -237,13 +262,24 @@ RETIRE = (
 # $6 (or all when NULL) to $7, with history entry $8 at $10; $11 event type, $12 reason,
 # $13 whether it ends a hold (cancel: the holder is told). Answers the ids moved and where the
 # walk stopped.
-TRANSITION_MATCHING = (
-    "WITH stretch AS (SELECT id, history->-1->>'reason' AS reason FROM orders"
+# A bulk action's batch: orders of status $1 in [$2, $3) after $4 (a walk of at most $9),
+# of customers whose search key starts with $14, whose latest reason contains $6: $5 at most.
+_STRETCH = (
+    "WITH stretch AS (SELECT id, history->-1->>'reason' AS reason, customer_key FROM orders"
     "  WHERE status = $1 AND id >= $2 AND id < $3 AND id > $4 ORDER BY id LIMIT $9),"
     " wanted AS (SELECT id FROM stretch"
-    "  WHERE $6::text IS NULL OR strpos(lower(reason), lower($6::text)) > 0"
+    "  WHERE ($6::text IS NULL OR strpos(lower(reason), lower($6::text)) > 0)"
+    "   AND ($14::text IS NULL OR starts_with(customer_key, $14::text))"
     "  ORDER BY id LIMIT $5),"
-    " picked AS (SELECT o.id, o.owner, s.reason FROM orders o JOIN wanted w ON o.id = w.id"
+)
+_RESUME = (
+    " UNION ALL SELECT NULL, CASE WHEN (SELECT count(*) FROM wanted) = $5"
+    "   THEN (SELECT max(id) FROM wanted) WHEN (SELECT count(*) FROM stretch) = $9"
+    "   THEN (SELECT max(id) FROM stretch) END"
+)
+TRANSITION_MATCHING = (
+    _STRETCH
+    + " picked AS (SELECT o.id, o.owner, s.reason FROM orders o JOIN wanted w ON o.id = w.id"
     "  JOIN stretch s ON s.id = o.id WHERE o.status = $1 FOR UPDATE OF o SKIP LOCKED),"
     " upd AS (UPDATE orders o SET status = $7, updated_at = $10,"
     "   history = o.history || $8::jsonb, owner = NULL, lease_expires_at = NULL"
@@ -255,10 +291,14 @@ TRANSITION_MATCHING = (
     )
     + ", n AS (SELECT pg_notify('orderflow_cancel', id) FROM upd"
     "  WHERE $13 AND owner IS NOT NULL)"
-    " SELECT id, NULL AS walked_to FROM upd"
-    " UNION ALL SELECT NULL, CASE WHEN (SELECT count(*) FROM wanted) = $5"
-    "   THEN (SELECT max(id) FROM wanted) WHEN (SELECT count(*) FROM stretch) = $9"
-    "   THEN (SELECT max(id) FROM stretch) END FROM (SELECT count(*) FROM n) AS told"
+    " SELECT id, NULL AS walked_to FROM upd" + _RESUME + " FROM (SELECT count(*) FROM n) AS told"
+)
+# The same walk, changing nothing (a dry run): the ids it would move, and where to go on; the
+# arguments of TRANSITION_MATCHING, those of the change ($7, $8, $10..$13) unread.
+TRANSITION_MATCHING_DRY = (
+    _STRETCH
+    + " x AS (SELECT $7::text, $8::jsonb, $10::timestamptz, $11::text, $12::text, $13::bool)"
+    " SELECT id, NULL AS walked_to FROM wanted" + _RESUME
 )
 
 # -- counts and the event log -------------------------------------------------------------------
@@ -269,13 +309,15 @@ FAILED_REASONS = (
     "SELECT reason, count FROM failure_counts WHERE count > 0 ORDER BY count DESC, reason LIMIT $1"
 )
 # Number the batches of events of committed transactions ($1 events at most, and at least one
-# batch), oldest batch first, and fold their changes into the counts; one instance at a time
-# (the caller holds SEQUENCE_LOCK). Only committed batches are visible here, and numbers only
-# grow: a batch that commits later is numbered later, after every number handed out before, so
-# a reader following seq misses none. Within a round, id order (the order of insertion) keeps an
-# order's events in the order they happened: a change is made after the one before it
-# committed. A batch's seq is its last event's. Every instance is told (NOTIFY, at commit) the
-# last seq numbered. Answers how many events were numbered.
+# batch), oldest batch first, and fold their changes into the counts (by status, failed orders by
+# reason, orders submitted, shipped and failed by minute: binned by date_bin, a subtraction, where
+# date_trunc's conversion of each time to a calendar doubled the minutes' cost; PostgreSQL 14 or
+# later); one instance at a time (the caller holds SEQUENCE_LOCK). Only committed batches are
+# visible here, and numbers only grow: a batch that commits later is numbered later, after every
+# number handed out before, so a reader following seq misses none. Within a round, id order (the
+# order of insertion) keeps an order's events in the order they happened: a change is made after
+# the one before it committed. A batch's seq is its last event's. Every instance is told (NOTIFY,
+# at commit) the last seq numbered. Answers how many events were numbered.
 SEQUENCE_EVENTS = (
     "WITH todo AS (SELECT id, size, sum(size) OVER (ORDER BY id) AS upto FROM event_batches"
     "  WHERE seq IS NULL ORDER BY id LIMIT $1),"
@@ -284,7 +326,8 @@ SEQUENCE_EVENTS = (
     "   FROM event_horizon)) FROM event_batches) + upto AS seq FROM chosen),"
     " upd AS (UPDATE event_batches b SET seq = n.seq FROM numbered n WHERE b.id = n.id"
     "  RETURNING b.seq, b.size),"
-    " todo_events AS (SELECT e.status, e.previous_status, e.reason, e.previous_reason"
+    " todo_events AS (SELECT e.type, e.at, e.status, e.previous_status, e.reason,"
+    "   e.previous_reason"
     "  FROM chosen c JOIN events e ON e.batch = c.id),"
     " moves AS (SELECT status AS s, 1 AS d FROM todo_events WHERE status IS NOT NULL"
     "  UNION ALL SELECT previous_status, -1 FROM todo_events WHERE previous_status IS NOT NULL),"
@@ -298,6 +341,14 @@ SEQUENCE_EVENTS = (
     " failed AS (INSERT INTO failure_counts AS f (reason, count)"
     "  SELECT r, sum(d) FROM failures GROUP BY r HAVING sum(d) <> 0"
     "  ON CONFLICT (reason) DO UPDATE SET count = f.count + EXCLUDED.count),"
+    " minutes AS (INSERT INTO order_minutes AS m (minute, submitted, shipped, failed)"
+    "  SELECT date_bin('1 minute', at, timestamptz '2000-01-01Z'),"
+    "   count(*) FILTER (WHERE type = 'order.submitted'),"
+    "   count(*) FILTER (WHERE type = 'order.shipped'),"
+    "   count(*) FILTER (WHERE type = 'order.failed')"
+    "  FROM todo_events WHERE type IN ('order.submitted', 'order.shipped', 'order.failed')"
+    "  GROUP BY 1 ON CONFLICT (minute) DO UPDATE SET submitted = m.submitted + EXCLUDED.submitted,"
+    "   shipped = m.shipped + EXCLUDED.shipped, failed = m.failed + EXCLUDED.failed),"
     " n AS (SELECT pg_notify('orderflow_events', max(seq)::text) FROM upd HAVING count(*) > 0)"
     " SELECT coalesce(sum(size), 0) AS numbered, max(seq) AS last,"
     " (SELECT count(*) FROM n) AS notified FROM upd"
@@ -338,3 +389,27 @@ PRUNE_EVENTS = (
     "   (SELECT max(seq) FROM gone)) WHERE EXISTS (SELECT FROM gone))"
     " SELECT count(*) FROM gone"
 )
+
+# -- history and instances ----------------------------------------------------------------------
+
+ORDER_MINUTES = (
+    "SELECT minute, submitted, shipped, failed FROM order_minutes"
+    " WHERE minute >= date_trunc('minute', $1::timestamptz, 'UTC')"
+    " AND (submitted > 0 OR shipped > 0 OR failed > 0) ORDER BY minute"
+)
+PRUNE_MINUTES = (
+    "DELETE FROM order_minutes WHERE minute < date_trunc('minute', $1::timestamptz, 'UTC')"
+)
+# $1 name, $2 started at, $3 at, $4 held, $5 in flight, $6 live until.
+HEARTBEAT = (
+    "INSERT INTO instances (name, started_at, last_heartbeat, held, in_flight, live_until,"
+    " stopped) VALUES ($1, $2, $3, $4, $5, $6, false)"
+    " ON CONFLICT (name) DO UPDATE SET started_at = EXCLUDED.started_at,"
+    " last_heartbeat = EXCLUDED.last_heartbeat, held = EXCLUDED.held,"
+    " in_flight = EXCLUDED.in_flight, live_until = EXCLUDED.live_until, stopped = false"
+)
+STOP_INSTANCE = "UPDATE instances SET stopped = true WHERE name = $1"
+INSTANCES = (
+    "SELECT name, started_at, last_heartbeat, held, in_flight, live_until, stopped FROM instances"
+)
+PRUNE_INSTANCES = "DELETE FROM instances WHERE last_heartbeat < $1"

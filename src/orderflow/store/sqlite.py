@@ -49,6 +49,8 @@ from orderflow.domain import (
     Page,
     Stats,
     order_id_floor,
+    prefix_bounds,
+    reversed_id,
 )
 from orderflow.errors import (
     OrderConflict,
@@ -59,7 +61,14 @@ from orderflow.errors import (
 from orderflow.metrics import METRICS
 from orderflow.store import sqlite_changes as changes
 from orderflow.store import sqlite_sql as sql
-from orderflow.store.base import IdempotencyRecord, JsonPage, OrderStore
+from orderflow.store.base import (
+    IdempotencyRecord,
+    Instance,
+    InstanceBeat,
+    JsonPage,
+    MinuteCounts,
+    OrderStore,
+)
 from orderflow.store.memory_rows import order_of, render, render_many, row_of
 from orderflow.store.sqlite_db import KillHook, SqliteDatabase
 from orderflow.store.sqlite_events import SqliteCounts, SqliteEventLog
@@ -71,6 +80,7 @@ from orderflow.store.sqlite_file import (
     migrate,
     newest_version,
 )
+from orderflow.store.sqlite_history import SqliteHistory
 
 log = logging.getLogger("orderflow.store.sqlite")
 
@@ -95,6 +105,7 @@ class SqliteOrderStore(OrderStore):
         self._tokens = tokens
         self._events = SqliteEventLog(database)
         self._counts = SqliteCounts(database)
+        self._history = SqliteHistory(database)
 
     @classmethod
     async def open(
@@ -188,21 +199,39 @@ class SqliteOrderStore(OrderStore):
         return None if found is None else render(_row(*found))
 
     def _page(self, query: OrderQuery) -> tuple[list[Any], str | None]:
-        low = "" if query.start is None else order_id_floor(query.start)
-        high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
-        after = query.cursor is not None and query.cursor >= low
-        if after:
-            assert query.cursor is not None
-            low = query.cursor
-        args: tuple[Any, ...] = (low, high, query.limit + 1)
-        if query.status is not None:
-            args = (query.status.value, *args)
-        statement = sql.LIST_ORDERS[query.status is not None, after]
+        statement, args = self.list_statement(query)
         rows = self.database.read(lambda db: db.execute(statement, args).fetchall())
         if len(rows) <= query.limit:
             return rows, None
         del rows[query.limit :]
         return rows, rows[-1][4]
+
+    @staticmethod
+    def list_statement(query: OrderQuery) -> tuple[str, tuple[Any, ...]]:
+        """The listing's statement and its arguments."""
+        low = "" if query.start is None else order_id_floor(query.start)
+        high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
+        cursor = query.cursor
+        after = False
+        if query.newest:
+            if cursor is not None and cursor < high:
+                high = cursor
+        else:
+            after = cursor is not None and cursor >= low
+            if after:
+                assert cursor is not None
+                low = cursor
+        args: list[Any] = [] if query.status is None else [query.status.value]
+        args += (low, high)
+        customer: tuple[str, ...] = () if query.customer is None else prefix_bounds(query.customer)
+        tail: tuple[str, ...] = (
+            () if query.id_tail is None else prefix_bounds(reversed_id(query.id_tail))
+        )
+        args += (*customer, *tail, query.limit + 1)
+        statement = sql.listing(
+            query.status is not None, after, query.newest, len(customer), len(tail)
+        )
+        return statement, tuple(args)
 
     async def list_orders(self, query: OrderQuery) -> Page:
         rows, next_cursor = self._page(query)
@@ -290,13 +319,34 @@ class SqliteOrderStore(OrderStore):
         *,
         limit: int,
         after: str | None = None,
+        dry_run: bool = False,
     ) -> tuple[list[str], str | None]:
         return await self.database.write(
             lambda c: changes.transition_matching(
-                c, event, source, where, at, reason, limit, after
+                c, event, source, where, at, reason, limit, after, dry_run=dry_run
             ),
             "bulk",
         )
+
+    # -- history and instances --------------------------------------------------------------
+
+    async def order_minutes(self, since: datetime) -> list[MinuteCounts]:
+        return self._history.order_minutes(since)
+
+    async def prune_minutes(self, before: datetime) -> int:
+        return await self._history.prune_minutes(before)
+
+    async def heartbeat(self, beat: InstanceBeat) -> None:
+        await self._history.heartbeat(beat)
+
+    async def stop_instance(self, name: str, at: datetime) -> None:
+        await self._history.stop_instance(name, at)
+
+    async def list_instances(self, at: datetime) -> list[Instance]:
+        return self._history.list_instances(at)
+
+    async def prune_instances(self, before: datetime) -> int:
+        return await self._history.prune_instances(before)
 
     # -- idempotency keys --------------------------------------------------------------------
 

@@ -31,12 +31,15 @@ from orderflow.domain import (
     micros_since_epoch,
     next_status,
     order_id_floor,
+    reversed_id,
+    search_key,
     sources_of,
     target_of,
 )
 from orderflow.errors import IllegalTransition, NotHeld, OrderNotFound
 from orderflow.store import sqlite_sql as sql
 from orderflow.store.base import IdempotencyRecord
+from orderflow.store.memory_history import minute_of
 from orderflow.store.memory_rows import (
     ClaimStamp,
     Row,
@@ -101,7 +104,7 @@ def _moved(
             deltas["failure", new_reason or ""] += n
 
 
-def flush(db: Any, deltas: Counter[tuple[str, str]]) -> None:
+def flush(db: Any, deltas: Counter[tuple[str, str | int]]) -> None:
     """Write a group's moves of the counts (the writer calls it before the commit)."""
     statuses = [(n, key) for (kind, key), n in deltas.items() if kind == "status" and n]
     failures = [(key, n) for (kind, key), n in deltas.items() if kind == "failure" and n]
@@ -110,6 +113,24 @@ def flush(db: Any, deltas: Counter[tuple[str, str]]) -> None:
     if failures:
         db.executemany(sql.MOVE_FAILURE, failures)
         db.execute(sql.DROP_NO_FAILURES)
+    minutes: dict[str | int, list[int]] = {}
+    for (kind, minute), n in deltas.items():
+        column = _MINUTE_COLUMNS.get(kind)
+        if column is not None and n:
+            minutes.setdefault(minute, [0, 0, 0])[column] += n
+    if minutes:
+        db.executemany(sql.MOVE_MINUTE, [(minute, *ns) for minute, ns in minutes.items()])
+
+
+# What the minute counts count: orders submitted (a kind of its own: a new order), shipped and
+# failed (the statuses they move to), and the column of each.
+SUBMITTED = "submitted"
+_MINUTE_COLUMNS = {SUBMITTED: 0, OrderStatus.SHIPPED.value: 1, OrderStatus.FAILED.value: 2}
+
+
+def _minute(change: Change, kind: str, at: datetime, n: int = 1) -> None:
+    """Count `n` orders of `kind` in the minute of `at` (flushed with the group)."""
+    change.deltas[kind, minute_of(at)] += n
 
 
 def _event(
@@ -138,6 +159,11 @@ def _event(
 # -- changes --------------------------------------------------------------------------------------
 
 
+def search_keys(order: Order) -> tuple[str, str]:
+    """What the row keeps to be searched by: its customer's search key, its id reversed."""
+    return search_key(order.customer), reversed_id(order.id)
+
+
 def add(
     change: Change, order: Order, row: Row, idempotency: IdempotencyRecord | None
 ) -> IdempotencyRecord | None:
@@ -149,7 +175,10 @@ def add(
             return record_of(existing)
     reason = order.history[-1].reason
     # A duplicate id: the driver's IntegrityError, which the store turns into OrderConflict.
-    db.execute(sql.INSERT_ORDER, (order.id, row.status.value, row.head, row.tail, reason))
+    db.execute(
+        sql.INSERT_ORDER,
+        (order.id, row.status.value, row.head, row.tail, reason, *search_keys(order)),
+    )
     if idempotency is not None:
         db.execute(
             sql.INSERT_KEY,
@@ -157,6 +186,7 @@ def add(
         )
     _event(change, EventType.SUBMITTED, order.id, order.status, order.updated_at)
     _moved(change, None, order.status, None, reason)
+    _minute(change, SUBMITTED, order.updated_at)
     return None
 
 
@@ -168,7 +198,11 @@ def add_many(change: Change, items: list[tuple[Order, Row]]) -> list[None]:
         chunk = items[start : start + sql.MAX_ROWS]
         db.execute(
             sql.insert_orders(len(chunk)),
-            [v for o, r in chunk for v in (o.id, r.status.value, r.head, r.tail, None)],
+            [
+                v
+                for o, r in chunk
+                for v in (o.id, r.status.value, r.head, r.tail, None, *search_keys(o))
+            ],
         )
         db.execute(
             sql.insert_events(len(chunk)),
@@ -180,6 +214,7 @@ def add_many(change: Change, items: list[tuple[Order, Row]]) -> list[None]:
         )
     for order, _ in items:
         _moved(change, None, order.status, None, order.history[-1].reason)
+        _minute(change, SUBMITTED, order.updated_at)
     change.notify = True
     return [None] * len(items)
 
@@ -237,6 +272,8 @@ def transition_row(
     db.execute(sql.UPDATE_ORDER, (new.value, row.tail, reason, owner if keep else None, order_id))
     _event(change, event_type or EVENT_TYPE[event], order_id, new, at, reason, shipment)
     _moved(change, old, new, old_reason, reason)
+    if new.value in _MINUTE_COLUMNS:
+        _minute(change, new.value, at)
     return row
 
 
@@ -336,6 +373,7 @@ def transition_matching(
     limit: int,
     after: str | None,
     max_walk: int = MAX_WALK,
+    dry_run: bool = False,
 ) -> tuple[list[str], str | None]:
     next_status(source, event)  # raises IllegalTransition
     low = "" if where.start is None else order_id_floor(where.start)
@@ -348,9 +386,10 @@ def transition_matching(
         sql.STRETCH[skip_low], (source.value, low, high, max_walk)
     ).fetchall()
     moved: list[str] = []
-    for order_id, latest in stretch:
-        if where.reason_matches(latest):
-            transition(change, order_id, event, at, reason, None)
+    for order_id, latest, key in stretch:
+        if where.reason_matches(latest) and where.customer_matches(key):
+            if not dry_run:
+                transition(change, order_id, event, at, reason, None)
             moved.append(order_id)
             if len(moved) == limit:
                 return moved, order_id
@@ -365,6 +404,7 @@ def write_outcomes(change: Change, owner: str, outcomes: Iterable[Any]) -> list[
     written = [False] * len(batch)
     db = change.db
     moves: Counter[tuple[OrderStatus, OrderStatus, str | None, str | None]] = Counter()
+    ends: Counter[tuple[str, datetime]] = Counter()  # shipped and failed, by time
     for start in range(0, len(batch), sql.MAX_ROWS):
         chunk = batch[start : start + sql.MAX_ROWS]
         ids = list({o.order_id: None for o in chunk})
@@ -391,6 +431,8 @@ def write_outcomes(change: Change, owner: str, outcomes: Iterable[Any]) -> list[
             data = None if o.shipment is None else _encode(o.shipment)
             events += (type_value, o.order_id, new_value, micros(o.at), o.reason, data)
             moves[old, new, old_reason, o.reason] += 1
+            if new_value in _MINUTE_COLUMNS:
+                ends[new_value, o.at] += 1
             written[n] = True
         if updates:
             db.executemany(sql.UPDATE_ORDER, updates)
@@ -398,6 +440,8 @@ def write_outcomes(change: Change, owner: str, outcomes: Iterable[Any]) -> list[
             change.notify = True
     for (old, new, old_reason, reason), count in moves.items():
         _moved(change, old, new, old_reason, reason, count)
+    for (kind, at), count in ends.items():
+        _minute(change, kind, at, count)
     return written
 
 

@@ -53,7 +53,7 @@ class Change:
 
     def __init__(self, db: Any) -> None:
         self.db = db
-        self.deltas: Counter[tuple[str, str]] = Counter()
+        self.deltas: Counter[tuple[str, str | int]] = Counter()
         self.notify = False
 
 
@@ -126,7 +126,7 @@ class SqliteDatabase:
         connect: Connect,
         translate: Translate,
         *,
-        flush: Callable[[Any, Counter[tuple[str, str]]], None] | None = None,
+        flush: Callable[[Any, Counter[tuple[str, str | int]]], None] | None = None,
         kill: KillHook | None = None,
     ) -> None:
         self._connect = connect

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from orderflow.domain import reversed_id, search_key
 from orderflow.errors import StoreUnavailable
 
 APPLICATION_ID = 0x6F666C77  # "oflw": the mark of an orderflow file
@@ -127,6 +128,9 @@ def migrate(db: Any, version: int) -> list[str]:
     """Apply every migration after `version` to `db` (writing, autocommit), each in one
     transaction with its record; returns the names applied."""
     applied = []
+    # What a migration computes in Python (the search keys of the rows there are).
+    db.create_function("orderflow_search_key", 1, search_key, deterministic=True)
+    db.create_function("orderflow_reversed", 1, reversed_id, deterministic=True)
     for number, name, script in migrations():
         if number <= version:
             continue

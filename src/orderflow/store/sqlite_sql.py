@@ -44,7 +44,8 @@ PENDING = OrderStatus.PENDING.value
 # -- orders -----------------------------------------------------------------------------------
 
 INSERT_ORDER = (
-    "INSERT INTO orders (id, status, head, tail, claim, reason) VALUES (?, ?, ?, ?, NULL, ?)"
+    "INSERT INTO orders (id, status, head, tail, claim, reason, customer_key, id_reversed)"
+    " VALUES (?, ?, ?, ?, NULL, ?, ?, ?)"
 )
 MAX_ROWS = 500  # rows one multi-row statement writes at most
 
@@ -55,7 +56,7 @@ def insert_orders(count: int) -> str:
     return (
         INSERT_ORDER.partition(" VALUES ")[0]
         + " VALUES "
-        + ", ".join(["(?, ?, ?, ?, NULL, ?)"] * count)
+        + ", ".join(["(?, ?, ?, ?, NULL, ?, ?, ?)"] * count)
     )
 
 
@@ -98,18 +99,36 @@ UPDATE_ORDER = (
 DELETE_ORDER = "DELETE FROM orders WHERE id = ?"
 
 
-def _listing(by_status: bool, after: bool) -> str:
-    status = "status = ? AND " if by_status else ""
+@functools.cache
+def listing(status: bool, after: bool, newest: bool, customer: int, tail: int) -> str:
+    """A page: one id range (after the cursor, or from the range's start; before the cursor
+    when newest first), by the primary key or, with a status, by (status, id); one row more
+    than the page, to know whether more follow. `customer` and `tail` are how many bounds of
+    the search key's (or the reversed id's) range are given (0, 1 or 2): a prefix is a range
+    of orders_customer (orders_id_reversed). A search goes through its index, named: without
+    statistics (the store runs no ANALYZE) the planner walked the primary key and filtered,
+    every order for a name that is rare. Through the index a search reads what matches (and
+    sorts it), however many orders there are; a tail (8 characters at least: one id in
+    billions) is the narrower way in when both are given."""
+    where = ["status = ?"] if status else []
+    if newest:
+        where += ["id >= ?", "id < ?"]
+    else:
+        where += [f"id {'>' if after else '>='} ?", "id < ?"]
+    where += ["customer_key >= ?", "customer_key < ?"][:customer]
+    where += ["id_reversed >= ?", "id_reversed < ?"][:tail]
+    index = (
+        " INDEXED BY orders_id_reversed"
+        if tail
+        else " INDEXED BY orders_customer"
+        if customer
+        else ""
+    )
     return (
-        f"SELECT head, status, tail, claim, id FROM orders WHERE {status}"
-        f"id {'>' if after else '>='} ? AND id < ? ORDER BY id LIMIT ?"
+        f"SELECT head, status, tail, claim, id FROM orders{index} WHERE {' AND '.join(where)}"
+        f" ORDER BY id{' DESC' if newest else ''} LIMIT ?"
     )
 
-
-# A page: one id range (after the cursor, or from the range's start), by the primary key or,
-# with a status, by (status, id); one row more than the page, to know whether more follow.
-# Keyed by (status given, the lower bound excluded).
-LIST_ORDERS = {(s, a): _listing(s, a) for s in (False, True) for a in (False, True)}
 
 # Claim: the oldest pending orders below an id bound. A row as submitted (no tail) takes the
 # batch's claim and nothing else; another has its tail rewritten.
@@ -135,7 +154,8 @@ PROCESSING_IDS = "SELECT id FROM orders WHERE status = 'processing' AND id > ? O
 # A bulk action's stretch: orders of one status in [low, high), oldest first, with the reason
 # the filter looks at. Keyed by whether the lower bound is excluded.
 STRETCH = {
-    after: f"SELECT id, reason FROM orders WHERE status = ? AND id {'>' if after else '>='} ?"
+    after: "SELECT id, reason, customer_key FROM orders WHERE status = ?"
+    f" AND id {'>' if after else '>='} ?"
     " AND id < ? ORDER BY id LIMIT ?"
     for after in (False, True)
 }
@@ -155,6 +175,31 @@ MOVE_FAILURE = (
     " ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count"
 )
 DROP_NO_FAILURES = "DELETE FROM failure_counts WHERE count = 0"
+
+# -- history and instances ------------------------------------------------------------------------
+
+MOVE_MINUTE = (
+    "INSERT INTO order_minutes (minute, submitted, shipped, failed) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (minute) DO UPDATE SET submitted = submitted + excluded.submitted,"
+    " shipped = shipped + excluded.shipped, failed = failed + excluded.failed"
+)
+ORDER_MINUTES = (
+    "SELECT minute, submitted, shipped, failed FROM order_minutes WHERE minute >= ?"
+    " AND (submitted > 0 OR shipped > 0 OR failed > 0) ORDER BY minute"
+)
+PRUNE_MINUTES = "DELETE FROM order_minutes WHERE minute < ?"
+HEARTBEAT = (
+    "INSERT INTO instances (name, started_at, last_heartbeat, held, in_flight, live_until,"
+    " stopped) VALUES (?, ?, ?, ?, ?, ?, 0)"
+    " ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at,"
+    " last_heartbeat = excluded.last_heartbeat, held = excluded.held,"
+    " in_flight = excluded.in_flight, live_until = excluded.live_until, stopped = 0"
+)
+STOP_INSTANCE = "UPDATE instances SET stopped = 1 WHERE name = ?"
+INSTANCES = (
+    "SELECT name, started_at, last_heartbeat, held, in_flight, live_until, stopped FROM instances"
+)
+PRUNE_INSTANCES = "DELETE FROM instances WHERE last_heartbeat < ?"
 
 INSERT_EVENT = (
     "INSERT INTO events (type, order_id, status, at, reason, data) VALUES (?, ?, ?, ?, ?, ?)"

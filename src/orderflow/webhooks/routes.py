@@ -9,7 +9,7 @@ from typing import Protocol
 import msgspec
 
 from orderflow.api.errors import HTTPProblem
-from orderflow.api.http import JSON, Request, Response, json_response
+from orderflow.api.http import JSON, Request, Response, json_response, no_body
 from orderflow.api.routing import Param, Route
 from orderflow.api.schemas import FieldError, Message
 from orderflow.errors import WebhookNotFound
@@ -62,12 +62,17 @@ async def create_webhook(services: WebhookServices, request: Request) -> Respons
 
 async def list_webhooks(services: WebhookServices, request: Request) -> Response:
     request.query_params(())
+    # The seq first: a cursor read after it may be past it, which counts as no lag.
+    last_seq = await services.webhooks.last_seq()
     subscriptions = await services.webhooks.subscriptions()
-    return json_response(200, WebhookList([public(s) for s in subscriptions], len(subscriptions)))
+    views = [public(s, last_seq) for s in subscriptions]
+    return json_response(200, WebhookList(views, len(views)))
 
 
 async def get_webhook(services: WebhookServices, request: Request) -> Response:
-    return json_response(200, public(await services.webhooks.get(_id(request))))
+    webhook_id = _id(request)
+    last_seq = await services.webhooks.last_seq()
+    return json_response(200, public(await services.webhooks.get(webhook_id), last_seq))
 
 
 async def delete_webhook(services: WebhookServices, request: Request) -> Response:
@@ -84,13 +89,11 @@ async def list_deliveries(services: WebhookServices, request: Request) -> Respon
 async def replay_webhook(services: WebhookServices, request: Request) -> Response:
     webhook_id = _id(request)
     replay = ReplayRequest()
-    if request.headers.get("content-type") is not None or request.headers.get(
-        "content-length"
-    ) not in (None, "0"):
+    if not no_body(request):
         replay = await request.json(_decode_replay)
     after_seq = None if replay.after_seq is None else int(replay.after_seq)
     subscription = await services.webhooks.replay(webhook_id, after_seq)
-    return json_response(200, public(subscription))
+    return json_response(200, public(subscription, await services.webhooks.last_seq()))
 
 
 _WEBHOOK_ID = Param(
@@ -113,20 +116,26 @@ WEBHOOK_ROUTES: tuple[Route[WebhookServices], ...] = (
           WebhookCreated, WebhookCreate, statuses=(422, 503), role="operate",
           description=_DELIVERY + " Events from now on are delivered; the answer is the only"
           " one that shows the secret.",
+          returns="The new subscription, with its signing secret (shown only here)",
           example={"url": "https://example.com/hooks/orderflow",
                    "types": ["order.shipped", "order.failed"]}),
     Route("GET", "/webhooks", list_webhooks, "Webhook subscriptions, the oldest first", 200,
-          WebhookList, statuses=(503,), role="operate"),
+          WebhookList, statuses=(503,), role="operate",
+          returns="Every subscription (never their secrets), with `count`"),
     Route("GET", "/webhooks/{webhook_id}", get_webhook, "One webhook subscription", 200,
-          WebhookPublic, params=(_WEBHOOK_ID,), statuses=(404, 503), role="operate"),
+          WebhookPublic, params=(_WEBHOOK_ID,), statuses=(404, 503), role="operate",
+          returns="The subscription: URL, types, cursor, whether it is disabled and why"),
     Route("DELETE", "/webhooks/{webhook_id}", delete_webhook, "Delete a webhook subscription",
-          200, Message, params=(_WEBHOOK_ID,), statuses=(404, 503), role="operate"),
+          200, Message, params=(_WEBHOOK_ID,), statuses=(404, 503), role="operate",
+          returns="A confirmation; nothing more is delivered to it",
+          answer_example={"message": "Webhook deleted"}),
     Route("GET", "/webhooks/{webhook_id}/deliveries", list_deliveries,
           "The subscription's latest delivery attempts, the newest first", 200, DeliveryList,
           params=(_WEBHOOK_ID,), statuses=(404, 503), role="operate",
           description="The last 100 attempts: the event's seq and webhook-id, the attempt"
           " number, the receiver's status code (null: no answer), the latency, the error, and"
-          " what became of it (delivered, retrying, given_up, disabled, pruned)."),
+          " what became of it (delivered, retrying, given_up, disabled, pruned).",
+          returns="The delivery attempts, the newest first, with `count`"),
     Route("POST", "/webhooks/{webhook_id}/replay", replay_webhook,
           "Deliver again after a seq; clears backoff and enables the subscription again", 200,
           WebhookPublic, ReplayRequest, params=(_WEBHOOK_ID,), statuses=(404, 410, 422, 503),
@@ -134,5 +143,6 @@ WEBHOOK_ROUTES: tuple[Route[WebhookServices], ...] = (
           description="Sets the subscription's cursor to `after_seq` (omitted: leaves it),"
           " forgets pending retries, and enables the subscription if it was disabled. An"
           " attempt in flight finishes first. 410 when the events after `after_seq` were"
-          " pruned from the log (--event-retention)."),
+          " pruned from the log (--event-retention).",
+          returns="The subscription as it is now (enabled, its cursor at `after_seq`)"),
 )  # fmt: skip

@@ -5,10 +5,11 @@ a pattern cannot say (the host's length, where it leads) the URL's description d
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
+from orderflow.api.schemas import Check
 from orderflow.domain import MAX_SEQ, EventType
 from orderflow.signing import SECRET_PATTERN, check_secret
 from orderflow.webhooks.model import (
@@ -55,6 +56,7 @@ class WebhookCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     types: _Types = ()
     secret: _Secret | None = None
     ordered: bool = True
+    field_checks: ClassVar[dict[str, Check]] = {"url": check_url, "secret": check_secret}
 
     def __post_init__(self) -> None:
         # The URL's rules, with their own messages; the secret's pattern again, whole: a JSON
@@ -103,6 +105,8 @@ class WebhookPublic(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         cursor: the seq up to which events were delivered, skipped as not wanted, or given up.
         next_attempt_at: when a failed delivery is due again, if one is.
+        lag: how many events the subscription is behind: the newest event's seq minus
+            `cursor` (events of types it does not want count too, until skipped).
     """
 
     id: str
@@ -115,6 +119,7 @@ class WebhookPublic(msgspec.Struct, frozen=True, kw_only=True):
     disabled_at: datetime | None
     disabled_reason: str | None
     next_attempt_at: datetime | None
+    lag: int
 
 
 class WebhookCreated(WebhookPublic, frozen=True, kw_only=True):
@@ -144,7 +149,9 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
     data: Any
 
 
-def public(subscription: Subscription) -> WebhookPublic:
+def public(subscription: Subscription, last_seq: int) -> WebhookPublic:
+    """The subscription as the API shows it, its lag counted up to `last_seq` (the newest
+    event's seq)."""
     s = subscription
     return WebhookPublic(
         id=s.id,
@@ -157,9 +164,10 @@ def public(subscription: Subscription) -> WebhookPublic:
         disabled_at=s.disabled_at,
         disabled_reason=s.disabled_reason,
         next_attempt_at=s.retry_at,
+        lag=max(0, last_seq - s.cursor),
     )
 
 
 def created(subscription: Subscription) -> WebhookCreated:
-    view = public(subscription)
+    view = public(subscription, subscription.cursor)  # new: it starts at the newest event
     return WebhookCreated(**msgspec.structs.asdict(view), secret=subscription.secret)

@@ -119,6 +119,10 @@ class WebhookService:
         """The newest attempts first; raises WebhookNotFound."""
         return await self._store.deliveries(webhook_id)
 
+    async def last_seq(self) -> int:
+        """The newest event's seq (0 before any): what each subscription's lag counts to."""
+        return await self._orders.last_event_seq()
+
     async def lag(self, last_seq: int) -> int:
         """How many events the furthest-behind enabled subscription has yet to deal with, of
         those up to `last_seq` (0 without one)."""
