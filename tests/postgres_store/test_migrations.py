@@ -3,7 +3,7 @@ when several processes start together; 0003 takes over a database that 0002 left
 orders, its counts taken from the orders already there; and 0005 keeps the events 0004 left,
 each with its seq, those not numbered yet numbered after them; 0006 gives the orders there
 are their search keys; 0007 counts the minutes of the events numbered already, and numbering
-folds in the rest."""
+folds in the rest; a server older than the statements need is refused."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from click.testing import CliRunner
 
 from orderflow.cli import cli
 from orderflow.domain import OrderQuery, OrderStatus, search_key
+from orderflow.errors import StoreUnavailable
+from orderflow.store import postgres
 from orderflow.store.postgres import PostgresOrderStore
 from tests.helpers import ROOT
 from tests.postgres_store.conftest import add_orders
@@ -250,3 +252,21 @@ async def test_0007_counts_the_minutes_of_the_events_kept(database_url: str) -> 
         ]
     finally:
         await store.close()
+
+
+async def test_a_server_older_than_the_statements_need_is_refused_at_connect_naming_both(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's version is read once at connect: one below OLDEST_SERVER is refused before
+    anything is migrated (the test raises the bar above the server it has)."""
+    monkeypatch.setattr(postgres, "OLDEST_SERVER", 99)
+    with pytest.raises(StoreUnavailable, match=r"PostgreSQL 99 or newer is needed; this server"):
+        await PostgresOrderStore.connect(database_url)
+    assert await applied_or_none(database_url) is None
+
+
+async def applied_or_none(url: str) -> list[str] | None:
+    try:
+        return await applied(url)
+    except asyncpg.UndefinedTableError:
+        return None

@@ -100,6 +100,10 @@ async def _keep_session(_connection: Any) -> None:
     transaction is still rolled back by the pool itself."""
 
 
+#: The oldest server the statements run on (the minutes' `date_bin` came in 14).
+OLDEST_SERVER = 14
+
+
 class PostgresOrderStore(OrderStore):
     """Args:
     pool: an asyncpg pool; `connect` makes one.
@@ -171,6 +175,14 @@ class PostgresOrderStore(OrderStore):
             raise StoreUnavailable(f"the database refused the connection: {exc}") from exc
         except (*CONNECTION_LOST, ValueError) as exc:
             raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+        async with pool.acquire() as connection:
+            version = connection.get_server_version()
+        if version.major < OLDEST_SERVER:
+            await pool.close()
+            raise StoreUnavailable(
+                f"PostgreSQL {OLDEST_SERVER} or newer is needed; this server runs"
+                f" {version.major}.{version.minor}"
+            )
         store = cls(pool, dsn, server_settings=server_settings, poll_s=poll_s)
         if apply_migrations:
             try:
