@@ -224,9 +224,8 @@ async def cancel_order(services: Services, request: Request) -> Response:
 async def retry_order(services: Services, request: Request) -> Response:
     action = await _optional_body(request)
     order = await services.service.retry_order(request.params[0], action.reason)
-    if services.service.auto_process:
-        return json_response(200, OrderRef(order.id, order.status))
-    return json_response(200, OrderRetried(order.id, order.status, RETRY_NOTE))
+    note = None if services.service.auto_process else RETRY_NOTE
+    return json_response(200, OrderRetried(order.id, order.status, note))
 
 
 async def _optional_body(request: Request) -> ActionRequest:
@@ -243,9 +242,10 @@ async def trigger(services: Services, request: Request) -> Response:
 
 async def bulk_retry(services: Services, request: Request) -> Response:
     answer = await _bulk(services, request, Event.RETRY, "retried in bulk by an operator")
-    if services.service.auto_process or answer.dry_run:  # a dry run retried nothing
-        return json_response(200, answer)
-    return json_response(200, BulkRetried(**msgspec.structs.asdict(answer), note=RETRY_NOTE))
+    waits = not (services.service.auto_process or answer.dry_run)  # a dry run retried nothing
+    return json_response(
+        200, BulkRetried(answer.count, answer.dry_run, RETRY_NOTE if waits else None)
+    )
 
 
 async def bulk_cancel(services: Services, request: Request) -> Response:
@@ -423,7 +423,7 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
           " the next one (or --auto-process).",
           returns="How many pending orders were taken to ship",
           answer_example={"message": "Processing started", "orders": 12}),
-    Route("POST", "/orders/retry", bulk_retry, "Retry failed orders in bulk", 200, BulkResult,
+    Route("POST", "/orders/retry", bulk_retry, "Retry failed orders in bulk", 200, BulkRetried,
           BulkRequest, statuses=(422, 503), role="operate", description=_BULK + _RETRY_NOTE,
           example={"reason_contains": "timeout"}, returns="How many failed orders went back to"
           " pending (and, while auto-process is off, `note`)", answer_example={"count": 3}),
@@ -456,7 +456,7 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
           example={"reason": "the customer called"}, returns="The order's id and its status"
           " now (cancelled)", answer_example={"id": _EXAMPLE_ID, "status": "cancelled"}),
     Route("POST", "/orders/{id}/retry", retry_order, "Send a failed order back to pending", 200,
-          OrderRef, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503), role="operate",
+          OrderRetried, ActionRequest, params=(_ID,), statuses=(404, 409, 422, 503), role="operate",
           description=_REASON_BODY + _RETRY_NOTE, body_required=False,
           example={"reason": "the carrier is back"}, returns="The order's id and its status"
           " now (pending), and, while auto-process is off, `note`",

@@ -223,10 +223,10 @@ class OrderRef(msgspec.Struct, frozen=True):
 RETRY_NOTE = "retried orders wait in pending until POST /orders/process (auto-process is off)"
 
 
-class OrderRetried(OrderRef, frozen=True):
-    """A retry's answer while auto-process is off: the order, and `note` (`RETRY_NOTE`)."""
+class OrderRetried(OrderRef, frozen=True, omit_defaults=True):
+    """A retry's answer: the order, and while auto-process is off `note` (`RETRY_NOTE`)."""
 
-    note: str
+    note: str | None = None
 
 
 class OrderPage(msgspec.Struct, frozen=True):
@@ -274,10 +274,11 @@ class BulkResult(msgspec.Struct, frozen=True):
     dry_run: bool
 
 
-class BulkRetried(BulkResult, frozen=True):
-    """A bulk retry's answer while auto-process is off: the count, and `note` (`RETRY_NOTE`)."""
+class BulkRetried(BulkResult, frozen=True, omit_defaults=True):
+    """A bulk retry's answer: the count, and while auto-process is off `note` (`RETRY_NOTE`;
+    none after a dry run, which retried nothing)."""
 
-    note: str
+    note: str | None = None
 
 
 class Health(msgspec.Struct, frozen=True):
