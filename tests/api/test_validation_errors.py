@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orderflow.api.validation import MAX_ERRORS
 from orderflow.domain import MAX_PAGE
 
 
@@ -144,3 +145,57 @@ async def test_several_bad_event_query_parameters_are_all_named(
     )
     assert answer.status_code == 400
     assert fields(answer).keys() == {"type", "after", "limit", "status"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/orders", b'{"customer": 5, "items": [], "note": "\xff"}'),
+        ("/orders/cancel", b'{"dry_run": 1, "reason": "\xff"}'),
+        ("/orders/retry", b'{"ids": 7, "reason": "a\xfe"}'),
+    ],
+)
+async def test_a_bad_field_before_bytes_that_are_not_utf8_is_a_400_saying_so(
+    client: httpx.AsyncClient, path: str, body: bytes
+) -> None:
+    """msgspec stops at the first bad field, before the bad bytes; looking for every error
+    meets them, and the answer says what is wrong with the body as a whole."""
+    answer = await client.post(path, content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == "the body is not UTF-8"
+
+
+@pytest.mark.parametrize("path", ["/orders/retry", "/orders/cancel"])
+async def test_ids_null_is_refused_not_read_as_every_order(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    for _ in range(2):
+        await client.post(
+            "/orders", json={"customer": "a", "items": [{"name": "b", "quantity": 1}]}
+        )
+    for dry_run in (True, False):
+        answer = await client.post(path, json={"ids": None, "dry_run": dry_run})
+        assert answer.status_code == 422
+        assert "ids" in fields(answer)
+    answer = await client.post("/orders/cancel", json={"dry_run": True})  # {} is every order
+    assert answer.json()["count"] == 2
+    statuses = {o["status"] for o in (await client.get("/orders")).json()["orders"]}
+    assert statuses == {"pending"}  # nothing changed
+
+
+async def test_a_body_of_thousands_of_errors_names_the_first_fifty_and_says_more(
+    client: httpx.AsyncClient,
+) -> None:
+    answer = await client.post("/orders/cancel", json={"ids": [1] * 30_000})
+    assert answer.status_code == 422
+    errors = answer.json()["errors"]
+    assert len(errors) == MAX_ERRORS + 1
+    assert errors[-1] == {
+        "field": "body",
+        "message": f"more errors not listed (the first {MAX_ERRORS} are)",
+    }
+    assert len(answer.content) < 10_000
+    items = [{}] * 20_000
+    answer = await client.post("/orders", json={"customer": "a", "items": items})
+    assert answer.status_code == 422
+    assert len(answer.json()["errors"]) <= MAX_ERRORS + 1

@@ -256,7 +256,7 @@ async def bulk_cancel(services: Services, request: Request) -> Response:
 async def _bulk(services: Services, request: Request, event: Event, default: str) -> BulkResult:
     bulk: BulkRequest = await request.json(_decode_bulk)  # its times in UTC
     service, reason = services.service, bulk.reason or default
-    if bulk.ids is not None:
+    if bulk.ids is not msgspec.UNSET:
         count = await service.act_on_ids(event, bulk.ids, reason, dry_run=bulk.dry_run)
         return BulkResult(count, bulk.dry_run)
     where = OrderFilter(

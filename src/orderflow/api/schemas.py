@@ -160,9 +160,10 @@ class BulkRequest(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"start": "from", "end": "to"}
 ):
     """Which orders a bulk action takes: `ids`, or the filters of a listing (each optional,
-    `{}` means all), never both. Times are in UTC once decoded."""
+    `{}` means all), never both. Times are in UTC once decoded. `ids` may be left out but is
+    never null: a null standing for "no list" would act on every order."""
 
-    ids: _Ids | None = None
+    ids: _Ids | msgspec.UnsetType = msgspec.UNSET
     status: OrderStatus | None = None
     customer: _CustomerPrefix | None = None
     start: Timestamp | None = None
@@ -178,7 +179,7 @@ class BulkRequest(
 
     def __post_init__(self) -> None:
         start, end, contains, reason = self.start, self.end, self.reason_contains, self.reason
-        if self.ids is not None and self.filters:
+        if self.ids is not msgspec.UNSET and self.filters:
             raise ValueError(f"ids: not together with a filter ({', '.join(_BULK_FILTERS)})")
         if start is not None:
             msgspec.structs.force_setattr(self, "start", utc_instant(start, "from"))

@@ -53,24 +53,42 @@ def _type_info(cls: type) -> Any:
     return msgspec.inspect.type_info(cls)
 
 
+#: The most offending fields a 422 names: a small body can hold thousands of errors (a list
+#: of 30,000 bad ids), and listing them all would cost the event loop a second and the client
+#: megabytes. Past it, a last entry says that more were left out.
+MAX_ERRORS = 50
+
+
 def every_body_error(problem: HTTPProblem, cls: type, body: bytes) -> HTTPProblem:
-    """`problem` (msgspec refused `body` as a `cls`) naming every offending field."""
+    """`problem` (msgspec refused `body` as a `cls`) naming every offending field (the first
+    `MAX_ERRORS` of them)."""
     errors = problem.problem.errors
     if not errors:
         return problem
-    return invalid(body_errors(cls, body, errors[0]))
+    try:
+        return invalid(body_errors(cls, body, errors[0]))
+    except UnicodeDecodeError:  # msgspec stopped at a field before it reached the bad bytes
+        return HTTPProblem("bad-request", "the body is not UTF-8")
 
 
 def body_errors(cls: type, body: bytes, first: FieldError) -> list[FieldError]:
     """Every offending field of `body` as a `cls` (msgspec found `first`), in the body's
-    order; `first` among them."""
+    order; `first` among them; past `MAX_ERRORS`, a last entry saying more were left out.
+
+    Raises:
+        UnicodeDecodeError: the body is not UTF-8.
+    """
     try:
         instance = msgspec.json.decode(body)
     except msgspec.DecodeError:
         return [first]
     found: dict[str, str] = {}
     schema = json_schema(cls)
+    more = False
     for error in _validator(cls).iter_errors(instance):
+        if len(found) >= MAX_ERRORS:
+            more = True
+            break
         for path, message in _explained(error, schema, instance):
             found.setdefault(field_name(path), message)
     checked: dict[str, str] = {}
@@ -80,7 +98,22 @@ def body_errors(cls: type, body: bytes, first: FieldError) -> list[FieldError]:
     names = [name for name in seen if name in checked or name in found]
     ordered = {name: checked.get(name) or found[name] for name in [*names, *found]}
     ordered.setdefault(first.field, first.message)
-    return [FieldError(name, message) for name, message in ordered.items()]
+    listed = [FieldError(name, _short(message)) for name, message in ordered.items()]
+    if more or len(listed) > MAX_ERRORS:
+        listed = [
+            *listed[:MAX_ERRORS],
+            FieldError("body", f"more errors not listed (the first {MAX_ERRORS} are)"),
+        ]
+    return listed
+
+
+def _short(message: str) -> str:
+    """A message as long as a person reads: the validator's quote the value it refused, and a
+    value may be a list of 30,000 ids."""
+    return message if len(message) <= _MESSAGE_CHARS else message[: _MESSAGE_CHARS - 1] + "…"
+
+
+_MESSAGE_CHARS = 200
 
 
 def _explained(
