@@ -402,6 +402,7 @@ ID_TIME_CHARS = 14  # the hex digits after the prefix that encode the timestamp
 _ID_DIGITS = 30
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_MINUTE = timedelta(minutes=1)
 _ENTROPY_BITS = 64
 _MAX_MICROS = (1 << 56) - 1
 _HEX = frozenset("0123456789abcdef")
@@ -411,6 +412,17 @@ ORDER_ID_PATTERN = f"^{ORDER_ID_PREFIX}[0-9a-f]{{{_ID_DIGITS}}}$"
 
 def micros_since_epoch(at: datetime) -> int:
     return (at - _EPOCH) // _MICROSECOND
+
+
+def minute_of(at: datetime) -> int:
+    """The minute holding `at`, counted from 1970 (UTC): how every store bins the counts of
+    orders submitted, shipped and failed."""
+    return (at - _EPOCH) // _MINUTE
+
+
+def minute_start(minute: int) -> datetime:
+    """The first instant of `minute` (as `minute_of` counts)."""
+    return _EPOCH + minute * _MINUTE
 
 
 def id_matches_timestamp(order_id: str, at: datetime) -> bool:
@@ -458,6 +470,7 @@ def is_order_id(value: str) -> bool:
 
 
 MIN_ID_TAIL = 8  # the shortest tail of an id a search takes (the dashboard shows ids so)
+ORDER_ID_LENGTH = len(ORDER_ID_PREFIX) + _ID_DIGITS
 _ID_CHARS = frozenset(ORDER_ID_PREFIX) | _HEX
 
 

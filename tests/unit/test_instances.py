@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from orderflow.domain import minute_of
 from orderflow.store.base import Instance, MinuteCounts
 from orderflow.store.memory import InMemoryOrderStore
-from orderflow.store.memory_history import FAILED, SHIPPED, SUBMITTED, MinuteRing, minute_of
+from orderflow.store.memory_history import FAILED, SHIPPED, SUBMITTED, MinuteRing
 from tests.conftest import FakeShipper, ManualClock, eventually, settled
 from tests.helpers import submit_many
 from tests.unit.conftest import StartService

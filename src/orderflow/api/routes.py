@@ -42,6 +42,7 @@ from orderflow.domain import (
     MAX_PAGE,
     MAX_SEQ,
     MIN_ID_TAIL,
+    ORDER_ID_LENGTH,
     ORDER_ID_PATTERN,
     PLAIN_PATTERN,
     Event,
@@ -160,7 +161,7 @@ def _customer(value: str | None) -> str | None:
 def _id_tail(value: str | None) -> str | None:
     if value is None:
         return None
-    if not MIN_ID_TAIL <= len(value) <= MAX_NAME_LENGTH:
+    if not MIN_ID_TAIL <= len(value) <= ORDER_ID_LENGTH:
         raise invalid_query("order", f"an order id, or its last {MIN_ID_TAIL} characters or more")
     return value
 
@@ -400,7 +401,7 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
                     "what the customer's name starts with, in any case (Unicode casefold:"
                     " STRASSE finds Straße)"),
               Param("order", {"type": "string", "minLength": MIN_ID_TAIL,
-                              "maxLength": MAX_NAME_LENGTH},
+                              "maxLength": ORDER_ID_LENGTH},
                     f"an order id, or its last {MIN_ID_TAIL} characters or more"),
               Param("sort", {"type": "string", "enum": list(_SORTS), "default": "oldest"},
                     "oldest or newest first"),

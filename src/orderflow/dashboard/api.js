@@ -57,7 +57,7 @@ export async function learnRole() {
     headers: authorize({ accept: "application/json", "content-type": "application/json" }),
     body: JSON.stringify({ ids: [NO_ORDER], dry_run: true }),
   });
-  session.canOperate = response.status !== 401 && response.status !== 403;
+  session.canOperate = response.ok; // 401 or 403: it may not; a 503 at start: not known yet
   document.body.classList.toggle("can-operate", session.canOperate);
   return session.canOperate;
 }

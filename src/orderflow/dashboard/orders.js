@@ -137,6 +137,8 @@ function drawSelection() {
 
 // -- bulk actions --------------------------------------------------------------------------------
 
+const MAX_IDS = 1000;
+
 const VERBS = {
   cancel: { done: "cancelled", which: "pending or processing" },
   retry: { done: "sent back to pending", which: "failed" },
@@ -158,7 +160,13 @@ async function bulkSelected(verb) {
   await act($(`bulk-${verb}-selected`), $("bulk-result"), async () => {
     if (!await confirmed(`${verb === "cancel" ? "Cancel" : "Retry"} ${plural(ids.length,
       "selected order")}? Only the ${VERBS[verb].which} ones are taken.`)) return "Nothing done.";
-    const done = await api("POST", `/orders/${verb}`, { ids });
+    // The API takes 1,000 ids a request; a selection over several pages may hold more.
+    const done = { count: 0, note: null };
+    for (let start = 0; start < ids.length; start += MAX_IDS) {
+      const part = await api("POST", `/orders/${verb}`, { ids: ids.slice(start, start + MAX_IDS) });
+      done.count += part.count;
+      done.note ??= part.note;
+    }
     view.selected.clear();
     return bulkMessage(verb, done);
   });

@@ -36,6 +36,7 @@ from orderflow.domain import (
     Stats,
     ends_hold,
     lost_track,
+    minute_of,
     next_status,
     order_id_floor,
     order_id_time,
@@ -58,7 +59,6 @@ from orderflow.store.memory_history import (
     SUBMITTED,
     InstanceBook,
     MinuteRing,
-    minute_of,
 )
 from orderflow.store.memory_rows import (
     Row,

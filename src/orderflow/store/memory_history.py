@@ -5,20 +5,14 @@ by itself when its slot comes round again a day and an hour later."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
+from orderflow.domain import minute_start
 from orderflow.store.base import Instance, InstanceBeat, MinuteCounts, live_first
 
 #: Minutes the ring holds: a day and an hour, so a full day is always there to read.
 RING_MINUTES = 25 * 60
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MINUTE = timedelta(minutes=1)
 SUBMITTED, SHIPPED, FAILED = 0, 1, 2
-
-
-def minute_of(at: datetime) -> int:
-    """The minute holding `at`, counted from 1970 (UTC)."""
-    return (at - _EPOCH) // _MINUTE
 
 
 class MinuteRing:
@@ -59,7 +53,7 @@ class MinuteRing:
             for slot, minute in enumerate(self._minutes)
             if minute >= first and any(counts[slot])
         )
-        return [MinuteCounts(_EPOCH + minute * _MINUTE, *counts[slot]) for minute, slot in found]
+        return [MinuteCounts(minute_start(minute), *counts[slot]) for minute, slot in found]
 
 
 class InstanceBook:

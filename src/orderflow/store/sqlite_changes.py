@@ -29,6 +29,7 @@ from orderflow.domain import (
     ends_hold,
     lost_track,
     micros_since_epoch,
+    minute_of,
     next_status,
     order_id_floor,
     reversed_id,
@@ -39,7 +40,6 @@ from orderflow.domain import (
 from orderflow.errors import IllegalTransition, NotHeld, OrderNotFound
 from orderflow.store import sqlite_sql as sql
 from orderflow.store.base import IdempotencyRecord
-from orderflow.store.memory_history import minute_of
 from orderflow.store.memory_rows import (
     ClaimStamp,
     Row,

@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
+from orderflow.domain import minute_of, minute_start
 from orderflow.store import sqlite_sql as sql
 from orderflow.store.base import Instance, InstanceBeat, MinuteCounts, live_first
-from orderflow.store.memory_history import minute_of
 from orderflow.store.sqlite_changes import instant, micros
 from orderflow.store.sqlite_db import Change, SqliteDatabase
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MINUTE = timedelta(minutes=1)
 
 
 class SqliteHistory:
@@ -22,7 +19,7 @@ class SqliteHistory:
     def order_minutes(self, since: datetime) -> list[MinuteCounts]:
         first = minute_of(since)
         rows = self._db.read(lambda db: db.execute(sql.ORDER_MINUTES, (first,)).fetchall())
-        return [MinuteCounts(_EPOCH + m * _MINUTE, s, sh, f) for m, s, sh, f in rows]
+        return [MinuteCounts(minute_start(m), s, sh, f) for m, s, sh, f in rows]
 
     async def prune_minutes(self, before: datetime) -> int:
         # Minutes that ended before `before`: those before the one holding it.
