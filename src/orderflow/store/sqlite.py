@@ -85,21 +85,31 @@ from orderflow.store.sqlite_history import SqliteHistory
 log = logging.getLogger("orderflow.store.sqlite")
 
 _BATCH = 10_000  # orders one transaction releases or rescues, keys one prunes
+SEARCH_BOUND = 10_000  # matches of a customer prefix past which a search walks the time order
 _row = changes.row_of
 _ADD_MANY: Any = changes.add_many
 
 
 class SqliteOrderStore(OrderStore):
     """Use `open`. `database` is shared with the webhook store of the same file; `path` is
-    the file's absolute path."""
+    the file's absolute path. `search_bound`: see `list_statement`."""
 
     shared = False
 
     def __init__(
-        self, database: SqliteDatabase, path: Path, lock: FileLock, tokens: changes.Tokens
+        self,
+        database: SqliteDatabase,
+        path: Path,
+        lock: FileLock,
+        tokens: changes.Tokens,
+        *,
+        search_bound: int = SEARCH_BOUND,
     ) -> None:
+        if search_bound < 1:
+            raise ValueError(f"search_bound must be at least 1, not {search_bound}")
         self.database = database
         self.path = path
+        self.search_bound = search_bound
         self.outage = database.outage
         self._lock = lock
         self._tokens = tokens
@@ -109,10 +119,16 @@ class SqliteOrderStore(OrderStore):
 
     @classmethod
     async def open(
-        cls, url: str, *, apply_migrations: bool = True, clock: Clock | None = None
+        cls,
+        url: str,
+        *,
+        apply_migrations: bool = True,
+        clock: Clock | None = None,
+        search_bound: int = SEARCH_BOUND,
     ) -> SqliteOrderStore:
         """The store of the file `url` names (created if missing, mode 0600), checked,
-        migrated unless told not to, and what the last run held taken back.
+        migrated unless told not to, and what the last run held taken back. `search_bound`:
+        see `list_statement`.
 
         Raises:
             ValueError: the URL is malformed.
@@ -136,7 +152,7 @@ class SqliteOrderStore(OrderStore):
             lock.release()
             raise
         tokens = changes.Tokens(database.read(lambda db: db.execute(sql.TOKEN).fetchone()[0]))
-        store = cls(database, path, lock, tokens)
+        store = cls(database, path, lock, tokens, search_bound=search_bound)
         try:
             await store._take_back((clock or SystemClock()).now())
         except BaseException:
@@ -199,16 +215,32 @@ class SqliteOrderStore(OrderStore):
         return None if found is None else render(_row(*found))
 
     def _page(self, query: OrderQuery) -> tuple[list[Any], str | None]:
-        statement, args = self.list_statement(query)
-        rows = self.database.read(lambda db: db.execute(statement, args).fetchall())
+        def body(db: sqlite3.Connection) -> list[Any]:
+            dense = False
+            if query.customer is not None and query.id_tail is None:
+                bounds = prefix_bounds(query.customer)
+                counted = sql.search_count(len(bounds))
+                found = db.execute(counted, (*bounds, self.search_bound)).fetchone()[0]
+                dense = found >= self.search_bound
+            statement, args = self.list_statement(query, dense=dense)
+            return db.execute(statement, args).fetchall()
+
+        rows = self.database.read(body)
         if len(rows) <= query.limit:
             return rows, None
         del rows[query.limit :]
         return rows, rows[-1][4]
 
     @staticmethod
-    def list_statement(query: OrderQuery) -> tuple[str, tuple[Any, ...]]:
-        """The listing's statement and its arguments."""
+    def list_statement(query: OrderQuery, *, dense: bool = False) -> tuple[str, tuple[Any, ...]]:
+        """The listing's statement and its arguments. A customer prefix is read one of two
+        ways, both answering the same page: one that matches fewer orders than the store's
+        `search_bound` (counted through its index, reading at most that many entries) is read
+        through orders_customer and its matches sorted (fewer than the bound); a `dense` one
+        walks the time order from the cursor and filters by the key, which finds a page in
+        about limit * orders / matches rows: at most limit * orders / bound when the matches
+        are spread over time (more where they are not, e.g. a window of time they are rare
+        in). Neither reads every match of a prefix that most orders match."""
         low = "" if query.start is None else order_id_floor(query.start)
         high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
         cursor = query.cursor
@@ -229,7 +261,7 @@ class SqliteOrderStore(OrderStore):
         )
         args += (*customer, *tail, query.limit + 1)
         statement = sql.listing(
-            query.status is not None, after, query.newest, len(customer), len(tail)
+            query.status is not None, after, query.newest, len(customer), len(tail), dense
         )
         return statement, tuple(args)
 

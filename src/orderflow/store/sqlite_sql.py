@@ -100,26 +100,33 @@ DELETE_ORDER = "DELETE FROM orders WHERE id = ?"
 
 
 @functools.cache
-def listing(status: bool, after: bool, newest: bool, customer: int, tail: int) -> str:
+def listing(
+    status: bool, after: bool, newest: bool, customer: int, tail: int, dense: bool = False
+) -> str:
     """A page: one id range (after the cursor, or from the range's start; before the cursor
     when newest first), by the primary key or, with a status, by (status, id); one row more
     than the page, to know whether more follow. `customer` and `tail` are how many bounds of
     the search key's (or the reversed id's) range are given (0, 1 or 2): a prefix is a range
     of orders_customer (orders_id_reversed). A search goes through its index, named: without
     statistics (the store runs no ANALYZE) the planner walked the primary key and filtered,
-    every order for a name that is rare. Through the index a search reads what matches (and
-    sorts it), however many orders there are; a tail (8 characters at least: one id in
-    billions) is the narrower way in when both are given."""
+    every order for a name that is rare. Through the index a search reads what matches and
+    sorts it, so it is taken only for a prefix that `SEARCH_COUNT` found rare (or a tail: 8
+    characters at least, one id in billions, the narrower way in when both are given). A
+    `dense` prefix walks the time order instead (the primary key, or (status, id)), the key a
+    filter (`+customer_key`: no index on it), and stops at the page's end."""
     where = ["status = ?"] if status else []
     if newest:
         where += ["id >= ?", "id < ?"]
     else:
         where += [f"id {'>' if after else '>='} ?", "id < ?"]
-    where += ["customer_key >= ?", "customer_key < ?"][:customer]
+    key = "+customer_key" if dense and not tail else "customer_key"
+    where += [f"{key} >= ?", f"{key} < ?"][:customer]
     where += ["id_reversed >= ?", "id_reversed < ?"][:tail]
     index = (
         " INDEXED BY orders_id_reversed"
         if tail
+        else (" INDEXED BY orders_status" if status else "")
+        if dense
         else " INDEXED BY orders_customer"
         if customer
         else ""
@@ -127,6 +134,18 @@ def listing(status: bool, after: bool, newest: bool, customer: int, tail: int) -
     return (
         f"SELECT head, status, tail, claim, id FROM orders{index} WHERE {' AND '.join(where)}"
         f" ORDER BY id{' DESC' if newest else ''} LIMIT ?"
+    )
+
+
+@functools.cache
+def search_count(customer: int) -> str:
+    """How many orders a customer prefix matches (`customer` bounds of its key's range, as in
+    `listing`), counted no further than a bound: the range of orders_customer, the index
+    alone (no order is read), at most the bound's entries."""
+    where = ["customer_key >= ?", "customer_key < ?"][:customer]
+    return (
+        "SELECT count(*) FROM (SELECT 1 FROM orders INDEXED BY orders_customer"
+        f" WHERE {' AND '.join(where)} LIMIT ?)"
     )
 
 
