@@ -6,18 +6,14 @@ taken back at start."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from orderflow.domain import (
-    Event,
     EventType,
     Item,
     OrderQuery,
@@ -34,6 +30,7 @@ from orderflow.store.memory_rows import row_of
 from orderflow.store.sqlite import SqliteOrderStore
 from orderflow.store.sqlite_file import APPLICATION_ID, migrations
 from tests.conftest import BASE_TIME, ManualClock, make_order
+from tests.helpers import assert_searches_page_alike
 from tests.sqlite import sqlite_url
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -230,52 +227,13 @@ async def test_the_minutes_migration_counts_the_events_a_file_kept(
 
 
 async def test_a_search_pages_alike_through_the_key_or_the_time_order(tmp_path: Path) -> None:
-    """A prefix that matches at least `search_bound` orders walks the time order and filters
-    (a prefix most orders match must not read and sort every match on each page); a rarer one
-    reads its index and sorts. Both answer every page as the index alone does (the same
-    orders, in the same order, with the same cursors), in both sorts, with a status or a time
-    window: with a bound of 5, "c", "ca" and "cid" are dense, "r" is rare."""
-    when = [BASE_TIME + timedelta(seconds=n // 2) for n in range(90)]
-    names = ["rare" if n in (10, 50, 80) else "cid" if n % 6 == 3 else "carol" for n in range(90)]
-    orders = [new_order(new_order_id(w, n), c, (Item("sku", 1),), w)
-              for n, (w, c) in enumerate(zip(when, names, strict=True))]  # fmt: skip
-    cancelled = {o.id for o in orders[::4]}
+    """See `assert_searches_page_alike`: the same pages whichever way a prefix is read."""
     stores = [
         await SqliteOrderStore.open(sqlite_url(tmp_path, f"{bound}.db"), search_bound=bound)
         for bound in (5, 10_000)
     ]
     try:
-        for store in stores:
-            for order in orders:
-                await store.add(order)
-            for order_id in cancelled:
-                await store.transition(order_id, Event.CANCEL, BASE_TIME + timedelta(hours=1))
-        dense, by_key = stores
-        windows: list[dict[str, Any]] = [
-            {}, {"status": OrderStatus.CANCELLED}, {"start": when[21], "end": when[71]}
-        ]  # fmt: skip
-        for text, limit, newest, window in itertools.product(
-            ("c", "ca", "cid", "r", "x"), (1, 7, 100), (False, True), windows
-        ):
-            query = OrderQuery(customer=search_key(text), limit=limit, newest=newest, **window)
-            expected = [
-                o.id
-                for o in sorted(orders, key=lambda o: o.id, reverse=newest)
-                if o.customer.startswith(text)
-                and (query.status is None or o.id in cancelled)
-                and (query.start is None or query.start <= o.timestamp)
-                and (query.end is None or o.timestamp < query.end)
-            ]
-            found: list[str] = []
-            for _ in range(len(orders) + 1):
-                page = await by_key.list_orders(query)
-                assert await dense.list_orders(query) == page, query
-                assert await dense.list_orders_json(query) == await by_key.list_orders_json(query)
-                found += [o.id for o in page.orders]
-                if page.next_cursor is None:
-                    break
-                query = msgspec.structs.replace(query, cursor=page.next_cursor)
-            assert found == expected, (text, limit, newest, window)
+        await assert_searches_page_alike(*stores)
     finally:
         for store in stores:
             await store.close()

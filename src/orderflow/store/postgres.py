@@ -87,6 +87,7 @@ from orderflow.store.postgres_rows import (
 log = logging.getLogger("orderflow.store.postgres")
 
 _MAX_WALK = 10_000  # orders a bulk action's batch looks at
+SEARCH_BOUND = 10_000  # matches of a customer prefix past which a search walks the id order
 # Our transactions are a few statements, milliseconds apart even on a busy loop: one idle this
 # long belongs to a paused process, and what it locks is freed well within the default lease.
 IDLE_TRANSACTION_TIMEOUT_S = 5.0
@@ -110,6 +111,7 @@ class PostgresOrderStore(OrderStore):
     dsn: where to open the listening connection for `subscribe`.
     poll_s: how often to look for what a lost notification did not say (events numbered
         elsewhere, the listening connection lost).
+    search_bound: see `list_statement`.
     """
 
     shared = True
@@ -121,7 +123,11 @@ class PostgresOrderStore(OrderStore):
         *,
         server_settings: dict[str, str] | None = None,
         poll_s: float = 1.0,
+        search_bound: int = SEARCH_BOUND,
     ) -> None:
+        if search_bound < 1:
+            raise ValueError(f"search_bound must be at least 1, not {search_bound}")
+        self.search_bound = search_bound
         self.database = Database(pool)
         self.outage = self.database.outage
         self._dsn = dsn
@@ -145,6 +151,7 @@ class PostgresOrderStore(OrderStore):
         command_timeout_s: float = 10.0,
         idle_transaction_timeout_s: float = IDLE_TRANSACTION_TIMEOUT_S,
         poll_s: float = 1.0,
+        search_bound: int = SEARCH_BOUND,
     ) -> PostgresOrderStore:
         """A store over a new pool to `dsn`; applies migrations first unless told not to.
         A statement that gets no answer within `command_timeout_s` fails. PostgreSQL ends a
@@ -183,7 +190,9 @@ class PostgresOrderStore(OrderStore):
                 f"PostgreSQL {OLDEST_SERVER} or newer is needed; this server runs"
                 f" {version.major}.{version.minor}"
             )
-        store = cls(pool, dsn, server_settings=server_settings, poll_s=poll_s)
+        store = cls(
+            pool, dsn, server_settings=server_settings, poll_s=poll_s, search_bound=search_bound
+        )
         if apply_migrations:
             try:
                 await store.migrate()
@@ -239,15 +248,25 @@ class PostgresOrderStore(OrderStore):
         return None if row is None else to_order(row)
 
     async def list_orders(self, query: OrderQuery) -> Page:
-        statement, args = self.list_statement(query)
         async with self.database.connection() as db:
+            dense = False
+            if query.customer is not None and query.id_tail is None:
+                bounds = prefix_bounds(query.customer)
+                counted = sql.search_count(len(bounds))
+                dense = await db.fetchval(counted, *bounds, self.search_bound) >= self.search_bound
+            statement, args = self.list_statement(query, dense=dense)
             rows = await db.fetch(statement, *args)
         orders = [to_order(row) for row in rows[: query.limit]]
         return Page(orders, orders[-1].id if len(rows) > query.limit else None)
 
     @staticmethod
-    def list_statement(query: OrderQuery) -> tuple[str, list[Any]]:
-        """The listing's statement and its arguments."""
+    def list_statement(query: OrderQuery, *, dense: bool = False) -> tuple[str, list[Any]]:
+        """The listing's statement and its arguments. A customer prefix that matches fewer
+        orders than the store's `search_bound` (counted first, at most that many index entries
+        read) is looked up in orders_customer and its matches sorted; a `dense` one walks the
+        id order and filters by the key: about limit * orders / matches rows a page, at most
+        limit * orders / bound when the matches are spread over time (more where they are
+        not). Both answer the same page."""
         low = "" if query.start is None else order_id_floor(query.start)
         high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
         cursor = query.cursor or (sql.ABOVE_ALL_IDS if query.newest else "")
@@ -259,7 +278,9 @@ class PostgresOrderStore(OrderStore):
             () if query.id_tail is None else prefix_bounds(reversed_id(query.id_tail))
         )
         args += (*customer, *tail)
-        statement = sql.listing(query.status is not None, query.newest, len(customer), len(tail))
+        statement = sql.listing(
+            query.status is not None, query.newest, len(customer), len(tail), dense
+        )
         return statement, args
 
     async def delete_pending(self, order_id: str, at: datetime) -> None:
