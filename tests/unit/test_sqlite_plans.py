@@ -30,6 +30,10 @@ STATEMENTS |= {
 }
 STATEMENTS |= {"find_for_changes(3)": sql.find_for_changes(3)}
 STATEMENTS |= {f"search_count({n})": sql.search_count(n) for n in (1, 2)}
+STATEMENTS |= {
+    f"walk_end{args}": sql.walk_end(*args)
+    for args in itertools.product((False, True), (False, True), (False, True))
+}
 # Every listing: (status given, after the cursor, newest first, customer bounds, tail bounds,
 # a dense prefix).
 LISTINGS = list(
@@ -100,14 +104,16 @@ def test_a_dense_search_walks_the_time_order_and_sorts_nothing(
 ) -> None:
     """Regression: a prefix most orders match ("c" of 300k) was read through its index and
     every match sorted on each page (159 ms a page, the event loop blocked). Past the search
-    bound a search walks the primary key (or (status, id)) from the cursor, filtering by the
-    key, and stops at the page's end."""
+    bound a search walks the primary key (or (status, id)) from the cursor, at most the bound
+    of orders, filtering by the key, and stops at the page's end: nothing sorts the walk."""
     way = (
         "INDEX orders_status (status=? AND id>? AND id<?)"
         if args[0]
         else "PRIMARY KEY (id>? AND id<?)"
     )
-    assert plan(db, sql.listing(*args)) == [f"SEARCH orders USING {way}"]
+    assert plan(db, sql.listing(*args)) == [
+        "CO-ROUTINE (subquery-1)", f"SEARCH orders USING {way}", "SCAN (subquery-1)"
+    ]  # fmt: skip
 
 
 def test_a_prefix_is_counted_on_its_index_alone(db: sqlite3.Connection) -> None:

@@ -227,7 +227,7 @@ async def test_the_minutes_migration_counts_the_events_a_file_kept(
 
 
 async def test_a_search_pages_alike_through_the_key_or_the_time_order(tmp_path: Path) -> None:
-    """See `assert_searches_page_alike`: the same pages whichever way a prefix is read."""
+    """See `assert_searches_page_alike`: the same orders whichever way a prefix is read."""
     stores = [
         await SqliteOrderStore.open(sqlite_url(tmp_path, f"{bound}.db"), search_bound=bound)
         for bound in (5, 10_000)

@@ -92,33 +92,53 @@ def listing(status: bool, newest: bool, customer: int, tail: int, dense: bool = 
     filtered and sorted. A customer prefix is told which way to go, since a plan kept for any
     arguments cannot know how many orders it matches (with a status, such a plan read every
     match of "c" through orders_customer and sorted them: 180 ms a page at 200k orders): one
-    that `SEARCH_COUNT` found rare is looked up in orders_customer first and its matches
-    (fewer than the bound) sorted; a `dense` one walks the id order and filters by the key
-    (`customer_key || ''`: no index on it), stopping at the page's end."""
+    that `search_count` found rare is looked up in orders_customer first and its matches
+    (fewer than the bound) sorted; a `dense` one walks the id order, at most as many orders
+    as the last argument says, and filters them by the key (see `walk_end`)."""
     where = ["id >= $1", f"id {'<' if newest else '>'} $2", "id < $3"]
     n = 4
     if status:
         where.append("status = $5")
         n = 5
     keys: list[str] = []
-    by_key = not tail and not dense
-    for column, count, into in (
-        (
-            "customer_key || ''" if dense and not tail else "customer_key",
-            customer,
-            keys if by_key else where,
-        ),
-        ("reverse(id)", tail, keys),
-    ):
+    for column, count in (("customer_key", customer), ("reverse(id)", tail)):
         for op in (">=", "<")[:count]:
             n += 1
-            into.append(f"{column} {op} ${n}::text")
-    order = f"ORDER BY id{' DESC' if newest else ''} LIMIT $4"
+            keys.append(f"{column} {op} ${n}::text")
+    order = f"ORDER BY id{' DESC' if newest else ''}"
+    if dense and customer and not tail:
+        walked = (
+            f"SELECT {COLUMNS}, customer_key FROM orders WHERE {' AND '.join(where)}"
+            f" {order} LIMIT ${n + 1}"
+        )
+        return (
+            f"SELECT {COLUMNS} FROM ({walked}) AS walked WHERE {' AND '.join(keys)}"
+            f" {order} LIMIT $4"
+        )
+    if tail:  # the tail first; the name, if any, a filter
+        where += [k for k in keys if k.startswith("customer_key")]
+        keys = [k for k in keys if not k.startswith("customer_key")]
     if not keys:
-        return f"SELECT {COLUMNS} FROM orders WHERE {' AND '.join(where)} {order}"
+        return f"SELECT {COLUMNS} FROM orders WHERE {' AND '.join(where)} {order} LIMIT $4"
     return (
         f"WITH found AS MATERIALIZED (SELECT * FROM orders WHERE {' AND '.join(keys)})"
-        f" SELECT {COLUMNS} FROM found WHERE {' AND '.join(where)} {order}"
+        f" SELECT {COLUMNS} FROM found WHERE {' AND '.join(where)} {order} LIMIT $4"
+    )
+
+
+@functools.cache
+def walk_end(status: bool, newest: bool) -> str:
+    """The last order a dense search's walk reads ($1 to $3 and $5 as in `listing`, $4 the
+    walk's length less one), if the range holds that many: where the next page goes on when
+    a page found fewer matches than it holds, so that no page reads more than the walk
+    (matches crowded into one stretch of time would leave a page to read every order back
+    to them)."""
+    where = ["id >= $1", f"id {'<' if newest else '>'} $2", "id < $3"]
+    if status:
+        where.append("status = $5")
+    return (
+        f"SELECT id FROM orders WHERE {' AND '.join(where)}"
+        f" ORDER BY id{' DESC' if newest else ''} LIMIT 1 OFFSET $4"
     )
 
 

@@ -215,32 +215,33 @@ class SqliteOrderStore(OrderStore):
         return None if found is None else render(_row(*found))
 
     def _page(self, query: OrderQuery) -> tuple[list[Any], str | None]:
-        def body(db: sqlite3.Connection) -> list[Any]:
+        walk = self.search_bound
+
+        def body(db: sqlite3.Connection) -> tuple[list[Any], str | None]:
             dense = False
             if query.customer is not None and query.id_tail is None:
                 bounds = prefix_bounds(query.customer)
                 counted = sql.search_count(len(bounds))
-                found = db.execute(counted, (*bounds, self.search_bound)).fetchone()[0]
-                dense = found >= self.search_bound
-            statement, args = self.list_statement(query, dense=dense)
-            return db.execute(statement, args).fetchall()
+                dense = db.execute(counted, (*bounds, walk)).fetchone()[0] >= walk
+            statement, args = self.list_statement(query, walk=walk if dense else None)
+            rows = db.execute(statement, args).fetchall()
+            if len(rows) > query.limit:
+                del rows[query.limit :]
+                return rows, rows[-1][4]
+            if not dense:
+                return rows, None
+            # Fewer matches than the page holds: the walk ended with the range, or it read as
+            # many orders as it may, and the next page goes on after the last one it read.
+            ended, ended_args = self.walk_end_statement(query, walk)
+            last = db.execute(ended, ended_args).fetchone()
+            return rows, None if last is None else last[0]
 
-        rows = self.database.read(body)
-        if len(rows) <= query.limit:
-            return rows, None
-        del rows[query.limit :]
-        return rows, rows[-1][4]
+        return self.database.read(body)
 
     @staticmethod
-    def list_statement(query: OrderQuery, *, dense: bool = False) -> tuple[str, tuple[Any, ...]]:
-        """The listing's statement and its arguments. A customer prefix is read one of two
-        ways, both answering the same page: one that matches fewer orders than the store's
-        `search_bound` (counted through its index, reading at most that many entries) is read
-        through orders_customer and its matches sorted (fewer than the bound); a `dense` one
-        walks the time order from the cursor and filters by the key, which finds a page in
-        about limit * orders / matches rows: at most limit * orders / bound when the matches
-        are spread over time (more where they are not, e.g. a window of time they are rare
-        in). Neither reads every match of a prefix that most orders match."""
+    def _range(query: OrderQuery) -> tuple[bool, list[Any]]:
+        """Whether the cursor is excluded, and the arguments of the id range (the status's
+        first): after the cursor, or before it newest first."""
         low = "" if query.start is None else order_id_floor(query.start)
         high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
         cursor = query.cursor
@@ -254,16 +255,46 @@ class SqliteOrderStore(OrderStore):
                 assert cursor is not None
                 low = cursor
         args: list[Any] = [] if query.status is None else [query.status.value]
-        args += (low, high)
+        return after, [*args, low, high]
+
+    @classmethod
+    def list_statement(
+        cls, query: OrderQuery, *, walk: int | None = None
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The listing's statement and its arguments. A customer prefix is read one of two
+        ways. One that matches fewer orders than the store's `search_bound` (counted through
+        orders_customer, at most that many entries read) is read through that index and its
+        matches sorted (fewer than the bound). A dense one (given `walk`, the bound) walks
+        the time order from the cursor, at most `walk` orders, filtering by the key: a page
+        ends at `limit` matches or after `walk` orders, whichever comes first (then with
+        fewer than `limit` orders and a cursor, as the contract allows; see `walk_end`). With
+        the matches spread over time (at least bound of N orders), a page is found within
+        about limit * N / bound orders, the same page the index answers."""
+        after, args = cls._range(query)
+        if walk is not None:
+            args.append(walk)
         customer: tuple[str, ...] = () if query.customer is None else prefix_bounds(query.customer)
         tail: tuple[str, ...] = (
             () if query.id_tail is None else prefix_bounds(reversed_id(query.id_tail))
         )
         args += (*customer, *tail, query.limit + 1)
         statement = sql.listing(
-            query.status is not None, after, query.newest, len(customer), len(tail), dense
+            query.status is not None,
+            after,
+            query.newest,
+            len(customer),
+            len(tail),
+            walk is not None,
         )
         return statement, tuple(args)
+
+    @classmethod
+    def walk_end_statement(cls, query: OrderQuery, walk: int) -> tuple[str, tuple[Any, ...]]:
+        """The statement that finds the last order a dense search's walk read, if it read
+        `walk` of them, and its arguments."""
+        after, args = cls._range(query)
+        statement = sql.walk_end(query.status is not None, after, query.newest)
+        return statement, (*args, walk - 1)
 
     async def list_orders(self, query: OrderQuery) -> Page:
         rows, next_cursor = self._page(query)
