@@ -1,9 +1,11 @@
 """Helpers the test folders share (fixtures live in the nearest conftest.py): what the app
 serves, the transition table as the tests state it, orders submitted over HTTP or in process,
-a shipment's context, free ports and HTTP clients, webhook timers, a certificate."""
+a shipment's context, free ports and HTTP clients, webhook timers, a certificate; a search
+paged alike whichever way a store reads it."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import socket
@@ -16,14 +18,24 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import msgspec
 import pytest
 
 from orderflow.api.routing import Route
-from orderflow.domain import Event, Item, OrderStatus
+from orderflow.domain import (
+    Event,
+    Item,
+    OrderQuery,
+    OrderStatus,
+    new_order,
+    new_order_id,
+    search_key,
+)
 from orderflow.runtime import Runtime
 from orderflow.server import build_app
 from orderflow.service import OrderService
 from orderflow.shipping import ShipContext
+from orderflow.store.base import OrderStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,3 +181,57 @@ def self_signed(where: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
+
+
+async def assert_searches_page_alike(dense: OrderStore, by_key: OrderStore) -> None:
+    """Two empty stores of one kind, `dense` with a search bound of 5 and `by_key` with the
+    default, given the same 90 orders: a prefix that matches at least the bound walks the
+    time order, at most 5 orders a page, and filters ("c", "ca", "cid" in `dense`); a rarer
+    one reads its index and sorts ("r"; every prefix in `by_key`). Both find, page after page,
+    what a list filtered by hand holds, in both sorts, with a status or a time window; the
+    walk's pages may hold fewer orders (even none) before the last."""
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    when = [base + timedelta(seconds=n // 2) for n in range(90)]
+    names = ["rare" if n in (10, 50, 80) else "cid" if n % 6 == 3 else "carol" for n in range(90)]
+    orders = [new_order(new_order_id(w, n), c, (Item("sku", 1),), w)
+              for n, (w, c) in enumerate(zip(when, names, strict=True))]  # fmt: skip
+    cancelled = {o.id for o in orders[::4]}
+    for store in (dense, by_key):
+        for order in orders:
+            await store.add(order)
+        for order_id in cancelled:
+            await store.transition(order_id, Event.CANCEL, base + timedelta(hours=1))
+    windows: list[dict[str, Any]] = [
+        {}, {"status": OrderStatus.CANCELLED}, {"start": when[21], "end": when[71]}
+    ]  # fmt: skip
+    short_pages = 0
+    for text, limit, newest, window in itertools.product(
+        ("c", "ca", "cid", "r", "x"), (1, 7, 100), (False, True), windows
+    ):
+        first = OrderQuery(customer=search_key(text), limit=limit, newest=newest, **window)
+        expected = [
+            o.id
+            for o in sorted(orders, key=lambda o: o.id, reverse=newest)
+            if o.customer.startswith(text)
+            and (first.status is None or o.id in cancelled)
+            and (first.start is None or first.start <= o.timestamp)
+            and (first.end is None or o.timestamp < first.end)
+        ]
+        for store in (dense, by_key):
+            found: list[str] = []
+            query = first
+            for _ in range(len(orders) + 1):
+                page = await store.list_orders(query)
+                assert len(page.orders) <= limit
+                as_json = await store.list_orders_json(query)
+                ids = [o["id"] for o in msgspec.json.decode(as_json.orders)]
+                assert ids == [o.id for o in page.orders]
+                assert as_json.next_cursor == page.next_cursor
+                found += [o.id for o in page.orders]
+                if page.next_cursor is None:
+                    break
+                short_pages += len(page.orders) < limit
+                assert store is dense or len(page.orders) == limit
+                query = msgspec.structs.replace(query, cursor=page.next_cursor)
+            assert found == expected, (store, text, limit, newest, window)
+    assert short_pages  # the walk stopped before the page was full

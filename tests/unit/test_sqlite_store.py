@@ -30,6 +30,7 @@ from orderflow.store.memory_rows import row_of
 from orderflow.store.sqlite import SqliteOrderStore
 from orderflow.store.sqlite_file import APPLICATION_ID, migrations
 from tests.conftest import BASE_TIME, ManualClock, make_order
+from tests.helpers import assert_searches_page_alike
 from tests.sqlite import sqlite_url
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -223,3 +224,16 @@ async def test_the_minutes_migration_counts_the_events_a_file_kept(
         ]
     finally:
         await store.close()
+
+
+async def test_a_search_pages_alike_through_the_key_or_the_time_order(tmp_path: Path) -> None:
+    """See `assert_searches_page_alike`: the same orders whichever way a prefix is read."""
+    stores = [
+        await SqliteOrderStore.open(sqlite_url(tmp_path, f"{bound}.db"), search_bound=bound)
+        for bound in (5, 10_000)
+    ]
+    try:
+        await assert_searches_page_alike(*stores)
+    finally:
+        for store in stores:
+            await store.close()

@@ -87,6 +87,7 @@ from orderflow.store.postgres_rows import (
 log = logging.getLogger("orderflow.store.postgres")
 
 _MAX_WALK = 10_000  # orders a bulk action's batch looks at
+SEARCH_BOUND = 10_000  # matches of a customer prefix past which a search walks the id order
 # Our transactions are a few statements, milliseconds apart even on a busy loop: one idle this
 # long belongs to a paused process, and what it locks is freed well within the default lease.
 IDLE_TRANSACTION_TIMEOUT_S = 5.0
@@ -110,6 +111,7 @@ class PostgresOrderStore(OrderStore):
     dsn: where to open the listening connection for `subscribe`.
     poll_s: how often to look for what a lost notification did not say (events numbered
         elsewhere, the listening connection lost).
+    search_bound: see `list_statement`.
     """
 
     shared = True
@@ -121,7 +123,11 @@ class PostgresOrderStore(OrderStore):
         *,
         server_settings: dict[str, str] | None = None,
         poll_s: float = 1.0,
+        search_bound: int = SEARCH_BOUND,
     ) -> None:
+        if search_bound < 1:
+            raise ValueError(f"search_bound must be at least 1, not {search_bound}")
+        self.search_bound = search_bound
         self.database = Database(pool)
         self.outage = self.database.outage
         self._dsn = dsn
@@ -145,6 +151,7 @@ class PostgresOrderStore(OrderStore):
         command_timeout_s: float = 10.0,
         idle_transaction_timeout_s: float = IDLE_TRANSACTION_TIMEOUT_S,
         poll_s: float = 1.0,
+        search_bound: int = SEARCH_BOUND,
     ) -> PostgresOrderStore:
         """A store over a new pool to `dsn`; applies migrations first unless told not to.
         A statement that gets no answer within `command_timeout_s` fails. PostgreSQL ends a
@@ -183,7 +190,9 @@ class PostgresOrderStore(OrderStore):
                 f"PostgreSQL {OLDEST_SERVER} or newer is needed; this server runs"
                 f" {version.major}.{version.minor}"
             )
-        store = cls(pool, dsn, server_settings=server_settings, poll_s=poll_s)
+        store = cls(
+            pool, dsn, server_settings=server_settings, poll_s=poll_s, search_bound=search_bound
+        )
         if apply_migrations:
             try:
                 await store.migrate()
@@ -239,19 +248,45 @@ class PostgresOrderStore(OrderStore):
         return None if row is None else to_order(row)
 
     async def list_orders(self, query: OrderQuery) -> Page:
-        statement, args = self.list_statement(query)
+        walk = self.search_bound
         async with self.database.connection() as db:
+            dense = False
+            if query.customer is not None and query.id_tail is None:
+                bounds = prefix_bounds(query.customer)
+                dense = await db.fetchval(sql.search_count(len(bounds)), *bounds, walk) >= walk
+            statement, args = self.list_statement(query, walk=walk if dense else None)
             rows = await db.fetch(statement, *args)
-        orders = [to_order(row) for row in rows[: query.limit]]
-        return Page(orders, orders[-1].id if len(rows) > query.limit else None)
+            orders = [to_order(row) for row in rows[: query.limit]]
+            if len(rows) > query.limit:
+                return Page(orders, orders[-1].id)
+            if not dense:
+                return Page(orders, None)
+            # Fewer matches than the page holds: the walk ended with the range, or it read as
+            # many orders as it may, and the next page goes on after the last one it read.
+            ended, ended_args = self.walk_end_statement(query, walk)
+            return Page(orders, await db.fetchval(ended, *ended_args))
 
     @staticmethod
-    def list_statement(query: OrderQuery) -> tuple[str, list[Any]]:
-        """The listing's statement and its arguments."""
+    def _range(query: OrderQuery) -> list[Any]:
+        """$1 to $3 of a listing: the range's start, the cursor (or where a sort starts),
+        the range's end."""
         low = "" if query.start is None else order_id_floor(query.start)
         high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
         cursor = query.cursor or (sql.ABOVE_ALL_IDS if query.newest else "")
-        args: list[Any] = [low, cursor, high, query.limit + 1]
+        return [low, cursor, high]
+
+    @classmethod
+    def list_statement(cls, query: OrderQuery, *, walk: int | None = None) -> tuple[str, list[Any]]:
+        """The listing's statement and its arguments. A customer prefix is read one of two
+        ways. One that matches fewer orders than the store's `search_bound` (counted through
+        orders_customer, at most that many entries read) is looked up there first and its
+        matches sorted (fewer than the bound). A dense one (given `walk`, the bound) walks
+        the id order from the cursor, at most `walk` orders, filtering by the key: a page
+        ends at `limit` matches or after `walk` orders, whichever comes first (then with
+        fewer than `limit` orders and a cursor, as the contract allows). With the matches
+        spread over time (at least bound of N orders), a page is found within about
+        limit * N / bound orders, the same page the index answers."""
+        args: list[Any] = [*cls._range(query), query.limit + 1]
         if query.status is not None:
             args.append(query.status.value)
         customer: tuple[str, ...] = () if query.customer is None else prefix_bounds(query.customer)
@@ -259,8 +294,21 @@ class PostgresOrderStore(OrderStore):
             () if query.id_tail is None else prefix_bounds(reversed_id(query.id_tail))
         )
         args += (*customer, *tail)
-        statement = sql.listing(query.status is not None, query.newest, len(customer), len(tail))
+        if walk is not None:
+            args.append(walk)
+        statement = sql.listing(
+            query.status is not None, query.newest, len(customer), len(tail), walk is not None
+        )
         return statement, args
+
+    @classmethod
+    def walk_end_statement(cls, query: OrderQuery, walk: int) -> tuple[str, list[Any]]:
+        """The statement that finds the last order a dense search's walk read, if it read
+        `walk` of them, and its arguments."""
+        args = [*cls._range(query), walk - 1]
+        if query.status is not None:
+            args.append(query.status.value)
+        return sql.walk_end(query.status is not None, query.newest), args
 
     async def delete_pending(self, order_id: str, at: datetime) -> None:
         async with self.database.connection(changing=True) as db:

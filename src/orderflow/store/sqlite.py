@@ -85,21 +85,31 @@ from orderflow.store.sqlite_history import SqliteHistory
 log = logging.getLogger("orderflow.store.sqlite")
 
 _BATCH = 10_000  # orders one transaction releases or rescues, keys one prunes
+SEARCH_BOUND = 10_000  # matches of a customer prefix past which a search walks the time order
 _row = changes.row_of
 _ADD_MANY: Any = changes.add_many
 
 
 class SqliteOrderStore(OrderStore):
     """Use `open`. `database` is shared with the webhook store of the same file; `path` is
-    the file's absolute path."""
+    the file's absolute path. `search_bound`: see `list_statement`."""
 
     shared = False
 
     def __init__(
-        self, database: SqliteDatabase, path: Path, lock: FileLock, tokens: changes.Tokens
+        self,
+        database: SqliteDatabase,
+        path: Path,
+        lock: FileLock,
+        tokens: changes.Tokens,
+        *,
+        search_bound: int = SEARCH_BOUND,
     ) -> None:
+        if search_bound < 1:
+            raise ValueError(f"search_bound must be at least 1, not {search_bound}")
         self.database = database
         self.path = path
+        self.search_bound = search_bound
         self.outage = database.outage
         self._lock = lock
         self._tokens = tokens
@@ -109,10 +119,16 @@ class SqliteOrderStore(OrderStore):
 
     @classmethod
     async def open(
-        cls, url: str, *, apply_migrations: bool = True, clock: Clock | None = None
+        cls,
+        url: str,
+        *,
+        apply_migrations: bool = True,
+        clock: Clock | None = None,
+        search_bound: int = SEARCH_BOUND,
     ) -> SqliteOrderStore:
         """The store of the file `url` names (created if missing, mode 0600), checked,
-        migrated unless told not to, and what the last run held taken back.
+        migrated unless told not to, and what the last run held taken back. `search_bound`:
+        see `list_statement`.
 
         Raises:
             ValueError: the URL is malformed.
@@ -136,7 +152,7 @@ class SqliteOrderStore(OrderStore):
             lock.release()
             raise
         tokens = changes.Tokens(database.read(lambda db: db.execute(sql.TOKEN).fetchone()[0]))
-        store = cls(database, path, lock, tokens)
+        store = cls(database, path, lock, tokens, search_bound=search_bound)
         try:
             await store._take_back((clock or SystemClock()).now())
         except BaseException:
@@ -199,16 +215,33 @@ class SqliteOrderStore(OrderStore):
         return None if found is None else render(_row(*found))
 
     def _page(self, query: OrderQuery) -> tuple[list[Any], str | None]:
-        statement, args = self.list_statement(query)
-        rows = self.database.read(lambda db: db.execute(statement, args).fetchall())
-        if len(rows) <= query.limit:
-            return rows, None
-        del rows[query.limit :]
-        return rows, rows[-1][4]
+        walk = self.search_bound
+
+        def body(db: sqlite3.Connection) -> tuple[list[Any], str | None]:
+            dense = False
+            if query.customer is not None and query.id_tail is None:
+                bounds = prefix_bounds(query.customer)
+                counted = sql.search_count(len(bounds))
+                dense = db.execute(counted, (*bounds, walk)).fetchone()[0] >= walk
+            statement, args = self.list_statement(query, walk=walk if dense else None)
+            rows = db.execute(statement, args).fetchall()
+            if len(rows) > query.limit:
+                del rows[query.limit :]
+                return rows, rows[-1][4]
+            if not dense:
+                return rows, None
+            # Fewer matches than the page holds: the walk ended with the range, or it read as
+            # many orders as it may, and the next page goes on after the last one it read.
+            ended, ended_args = self.walk_end_statement(query, walk)
+            last = db.execute(ended, ended_args).fetchone()
+            return rows, None if last is None else last[0]
+
+        return self.database.read(body)
 
     @staticmethod
-    def list_statement(query: OrderQuery) -> tuple[str, tuple[Any, ...]]:
-        """The listing's statement and its arguments."""
+    def _range(query: OrderQuery) -> tuple[bool, list[Any]]:
+        """Whether the cursor is excluded, and the arguments of the id range (the status's
+        first): after the cursor, or before it newest first."""
         low = "" if query.start is None else order_id_floor(query.start)
         high = sql.ABOVE_ALL_IDS if query.end is None else order_id_floor(query.end)
         cursor = query.cursor
@@ -222,16 +255,46 @@ class SqliteOrderStore(OrderStore):
                 assert cursor is not None
                 low = cursor
         args: list[Any] = [] if query.status is None else [query.status.value]
-        args += (low, high)
+        return after, [*args, low, high]
+
+    @classmethod
+    def list_statement(
+        cls, query: OrderQuery, *, walk: int | None = None
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The listing's statement and its arguments. A customer prefix is read one of two
+        ways. One that matches fewer orders than the store's `search_bound` (counted through
+        orders_customer, at most that many entries read) is read through that index and its
+        matches sorted (fewer than the bound). A dense one (given `walk`, the bound) walks
+        the time order from the cursor, at most `walk` orders, filtering by the key: a page
+        ends at `limit` matches or after `walk` orders, whichever comes first (then with
+        fewer than `limit` orders and a cursor, as the contract allows; see `walk_end`). With
+        the matches spread over time (at least bound of N orders), a page is found within
+        about limit * N / bound orders, the same page the index answers."""
+        after, args = cls._range(query)
+        if walk is not None:
+            args.append(walk)
         customer: tuple[str, ...] = () if query.customer is None else prefix_bounds(query.customer)
         tail: tuple[str, ...] = (
             () if query.id_tail is None else prefix_bounds(reversed_id(query.id_tail))
         )
         args += (*customer, *tail, query.limit + 1)
         statement = sql.listing(
-            query.status is not None, after, query.newest, len(customer), len(tail)
+            query.status is not None,
+            after,
+            query.newest,
+            len(customer),
+            len(tail),
+            walk is not None,
         )
         return statement, tuple(args)
+
+    @classmethod
+    def walk_end_statement(cls, query: OrderQuery, walk: int) -> tuple[str, tuple[Any, ...]]:
+        """The statement that finds the last order a dense search's walk read, if it read
+        `walk` of them, and its arguments."""
+        after, args = cls._range(query)
+        statement = sql.walk_end(query.status is not None, after, query.newest)
+        return statement, (*args, walk - 1)
 
     async def list_orders(self, query: OrderQuery) -> Page:
         rows, next_cursor = self._page(query)

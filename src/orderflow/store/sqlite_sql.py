@@ -100,22 +100,39 @@ DELETE_ORDER = "DELETE FROM orders WHERE id = ?"
 
 
 @functools.cache
-def listing(status: bool, after: bool, newest: bool, customer: int, tail: int) -> str:
+def listing(
+    status: bool, after: bool, newest: bool, customer: int, tail: int, dense: bool = False
+) -> str:
     """A page: one id range (after the cursor, or from the range's start; before the cursor
     when newest first), by the primary key or, with a status, by (status, id); one row more
     than the page, to know whether more follow. `customer` and `tail` are how many bounds of
     the search key's (or the reversed id's) range are given (0, 1 or 2): a prefix is a range
     of orders_customer (orders_id_reversed). A search goes through its index, named: without
     statistics (the store runs no ANALYZE) the planner walked the primary key and filtered,
-    every order for a name that is rare. Through the index a search reads what matches (and
-    sorts it), however many orders there are; a tail (8 characters at least: one id in
-    billions) is the narrower way in when both are given."""
+    every order for a name that is rare. Through the index a search reads what matches and
+    sorts it, so it is taken only for a prefix that `search_count` found rare (or a tail: 8
+    characters at least, one id in billions, the narrower way in when both are given). A
+    `dense` prefix (not with a tail) walks the time order instead, at most as many orders as
+    the argument after the range's (`walk`), and filters them by the key: see `walk_end`."""
     where = ["status = ?"] if status else []
     if newest:
         where += ["id >= ?", "id < ?"]
     else:
         where += [f"id {'>' if after else '>='} ?", "id < ?"]
-    where += ["customer_key >= ?", "customer_key < ?"][:customer]
+    keys = ["customer_key >= ?", "customer_key < ?"][:customer]
+    order = f"ORDER BY id{' DESC' if newest else ''}"
+    if dense and customer and not tail:
+        walked = (
+            f"SELECT head, status, tail, claim, id, customer_key FROM orders{_walk_index(status)}"
+            f" WHERE {' AND '.join(where)} {order} LIMIT ?"
+        )
+        # No ORDER BY outside: the walk is a co-routine, read in its order (a sort there
+        # would read the whole walk before the first row; the plans test checks there is none).
+        return (
+            f"SELECT head, status, tail, claim, id FROM ({walked})"
+            f" WHERE {' AND '.join(keys)} LIMIT ?"
+        )
+    where += keys
     where += ["id_reversed >= ?", "id_reversed < ?"][:tail]
     index = (
         " INDEXED BY orders_id_reversed"
@@ -126,7 +143,41 @@ def listing(status: bool, after: bool, newest: bool, customer: int, tail: int) -
     )
     return (
         f"SELECT head, status, tail, claim, id FROM orders{index} WHERE {' AND '.join(where)}"
-        f" ORDER BY id{' DESC' if newest else ''} LIMIT ?"
+        f" {order} LIMIT ?"
+    )
+
+
+def _walk_index(status: bool) -> str:
+    return " INDEXED BY orders_status" if status else ""
+
+
+@functools.cache
+def walk_end(status: bool, after: bool, newest: bool) -> str:
+    """The last order a dense search's walk reads (the arguments of `listing`'s walk, then
+    the walk's length less one), if the range holds that many: where the next page goes on
+    when a page found fewer matches than it holds, so that no page reads more than the walk
+    (matches crowded into one stretch of time, e.g. the newest orders matching none of them,
+    left a page to read every order back to them)."""
+    where = ["status = ?"] if status else []
+    if newest:
+        where += ["id >= ?", "id < ?"]
+    else:
+        where += [f"id {'>' if after else '>='} ?", "id < ?"]
+    return (
+        f"SELECT id FROM orders{_walk_index(status)} WHERE {' AND '.join(where)}"
+        f" ORDER BY id{' DESC' if newest else ''} LIMIT 1 OFFSET ?"
+    )
+
+
+@functools.cache
+def search_count(customer: int) -> str:
+    """How many orders a customer prefix matches (`customer` bounds of its key's range, as in
+    `listing`), counted no further than a bound: the range of orders_customer, the index
+    alone (no order is read), at most the bound's entries."""
+    where = ["customer_key >= ?", "customer_key < ?"][:customer]
+    return (
+        "SELECT count(*) FROM (SELECT 1 FROM orders INDEXED BY orders_customer"
+        f" WHERE {' AND '.join(where)} LIMIT ?)"
     )
 
 
