@@ -7,6 +7,7 @@ import { act, api, attempt } from "./api.js";
 import { $, h, micros, plural, soon, when, badge, items } from "./dom.js";
 
 export const PAGE_SIZE = 100;
+const FOLLOW = 20; // short pages a search follows on at most (each reads a bounded number of orders)
 // A whole id, or its tail as the table shows it ("…" and at least 8 hex digits, one a digit at
 // least, so that a name such as "Deadbeef" is still searched for as a customer).
 const ORDER_ID = /^(?:…|\.\.\.)?(order_[0-9a-f]{30}|(?=[a-f]*[0-9])[0-9a-f]{8,30})$/;
@@ -41,6 +42,15 @@ export async function loadOrders() {
   const cursor = view.cursors[view.page];
   if (cursor) query.set("cursor", cursor);
   const page = await api("GET", `/orders?${query}`);
+  // A search may answer a short page with a cursor (the store read its bound of orders and
+  // found fewer matches): follow on, a few pages at most, so that a page shows what there is.
+  for (let more = 0; more < FOLLOW && page.orders.length < PAGE_SIZE && page.next_cursor; more++) {
+    query.set("cursor", page.next_cursor);
+    query.set("limit", PAGE_SIZE - page.orders.length);
+    const next = await api("GET", `/orders?${query}`);
+    page.orders.push(...next.orders);
+    page.next_cursor = next.next_cursor;
+  }
   if (load !== view.loads) return; // asked again meanwhile
   const known = view.orders;
   view.orders = new Map();
