@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -139,7 +140,7 @@ def _ready_after_restart(url: str) -> float:
 
 
 def run() -> list[Row]:
-    from benchmarks.postgres import _ship_rate as postgres_ship_rate
+    from benchmarks.postgres import ship as postgres_ship
 
     ensure_wrk()
     rows: list[Row] = []
@@ -162,7 +163,7 @@ def run() -> list[Row]:
         on_sqlite = _ship_rate(ship_url)
         peak.done.set()
         peak.join()
-        postgres, _, _ = postgres_ship_rate(1)
+        postgres = postgres_ship(sys.executable).rate
         shipped = on_sqlite / in_memory
         rows += [
             Row("sqlite", "claimed and shipped, in memory", in_memory, "orders/s"),
