@@ -21,8 +21,9 @@ from orderflow.api.schemas import FieldError, json_schema
 Path = tuple[str | int, ...]
 
 
-class Param(Protocol):
-    """A route's parameter (`routing.Param`), as far as its checks go."""
+class ParamSchema(Protocol):
+    """A route's parameter (a `routing.Param`), as far as its checks go (a Protocol: this module
+    is below routing)."""
 
     @property
     def name(self) -> str: ...
@@ -191,7 +192,7 @@ def _check(info: Any, value: Any, path: Path, checked: dict[str, str], seen: lis
 
 
 def every_query_error(
-    problem: HTTPProblem, params: Sequence[Param], pairs: list[tuple[str, str]]
+    problem: HTTPProblem, params: Sequence[ParamSchema], pairs: list[tuple[str, str]]
 ) -> HTTPProblem:
     """`problem` (a handler refused a query parameter) naming every bad query parameter of
     `pairs` (the query's)."""
@@ -206,7 +207,7 @@ def every_query_error(
     return invalid(errors, "bad-request")
 
 
-def query_errors(params: Sequence[Param], pairs: list[tuple[str, str]]) -> list[FieldError]:
+def query_errors(params: Sequence[ParamSchema], pairs: list[tuple[str, str]]) -> list[FieldError]:
     """Every query parameter of `pairs` that `params` does not allow, is repeated when it may
     not be, or breaks its schema."""
     known = {p.name: p for p in params if p.where == "query"}
