@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 
 from orderflow.api.app import HttpSettings
@@ -135,3 +136,28 @@ def test_success_answers_say_what_comes_back_with_examples() -> None:
             assert "example" in json, where
         if "requestBody" in operation:
             assert "example" in operation["requestBody"]["content"]["application/json"], where
+
+
+def test_every_example_is_valid_against_its_own_schema() -> None:
+    """A generator or a property-based tester trusts the examples: each request and answer
+    example must be a value its schema accepts (a bulk answer's example once lacked a field
+    its schema requires)."""
+    document = openapi_document(ROUTES, auth=True)
+    components = document["components"]
+
+    def check(schema: dict[str, Any], example: Any, where: str) -> None:
+        validator = jsonschema_rs.Draft202012Validator({**schema, "components": components})
+        errors = [error.message for error in validator.iter_errors(example)]
+        assert not errors, f"{where}: {errors}"
+
+    for path, method, operation in each_operation(document):
+        body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+        if body is not None and "example" in body:
+            check(body["schema"], body["example"], f"{method} {path} request")
+        for status, answer in operation["responses"].items():
+            media = answer.get("content", {})
+            for kind in ("application/json", "application/problem+json"):
+                if kind in media and "example" in media[kind]:
+                    check(
+                        media[kind]["schema"], media[kind]["example"], f"{method} {path} {status}"
+                    )

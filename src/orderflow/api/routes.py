@@ -427,11 +427,13 @@ ORDER_ROUTES: tuple[Route[Services], ...] = (
     Route("POST", "/orders/retry", bulk_retry, "Retry failed orders in bulk", 200, BulkRetried,
           BulkRequest, statuses=(422, 503), role="operate", description=_BULK + _RETRY_NOTE,
           example={"reason_contains": "timeout"}, returns="How many failed orders went back to"
-          " pending (and, while auto-process is off, `note`)", answer_example={"count": 3}),
+          " pending (and, while auto-process is off, `note`)",
+          answer_example={"count": 3, "dry_run": False, "note": RETRY_NOTE}),
     Route("POST", "/orders/cancel", bulk_cancel, "Cancel pending and processing orders in bulk",
           200, BulkResult, BulkRequest, statuses=(422, 503), role="operate", description=_BULK,
           example={"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"},
-          returns="How many orders were cancelled", answer_example={"count": 5}),
+          returns="How many orders were cancelled",
+          answer_example={"count": 5, "dry_run": False}),
     Route("GET", "/orders/stats", stats, "Orders by status, and the top failure reasons", 200,
           Stats, statuses=(503,), returns="Counts of orders by status, and the most frequent"
           " failure reasons"),
