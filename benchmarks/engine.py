@@ -9,7 +9,6 @@ with concurrency 1,000, against the ideal (100 rounds of 50 ms)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,14 @@ import httpx
 from benchmarks.before import BEFORE, install
 from benchmarks.http import ORDER
 from benchmarks.report import Row
-from benchmarks.servers import free_port, orderflow_command, served, server
+from benchmarks.servers import (
+    free_port,
+    orderflow_command,
+    process_cpu_s,
+    served,
+    server,
+    tree_pids,
+)
 
 COUNT = 50_000
 ROUNDS = 5
@@ -33,24 +39,7 @@ WIDE_COUNT, WIDE_DELAY_S, WIDE_CONCURRENCY = 100_000, 0.05, 1000
 
 def tree_cpu_s(pid: int) -> float:
     """User and system CPU seconds of process `pid` and every process below it, now."""
-    pids, seen = [pid], 0
-    while seen < len(pids):
-        for task in os.listdir(f"/proc/{pids[seen]}/task"):
-            try:
-                with open(f"/proc/{pids[seen]}/task/{task}/children") as children:
-                    pids += [int(child) for child in children.read().split()]
-            except FileNotFoundError:  # a thread that ended meanwhile
-                pass
-        seen += 1
-    total = 0
-    for each in pids:
-        try:
-            with open(f"/proc/{each}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(process_cpu_s(each) or 0.0 for each in tree_pids(pid))
 
 
 async def submit(base: str, count: int, concurrency: int = 64) -> None:

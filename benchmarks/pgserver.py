@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from benchmarks.servers import process_cpu_s
+
 DATABASE_URL = os.environ.get(
     "ORDERFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-_TICK = os.sysconf("SC_CLK_TCK")
 _SAMPLE_S = 0.05
 
 
@@ -41,34 +42,6 @@ async def drop_database(url: str) -> None:
     admin = await asyncpg.connect(DATABASE_URL)
     await admin.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
     await admin.close()
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User and system CPU seconds of process `pid` (None: gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def tree_pids(pid: int) -> list[int]:
-    """`pid` and every process below it."""
-    pids, seen = [pid], 0
-    while seen < len(pids):
-        try:
-            tasks = os.listdir(f"/proc/{pids[seen]}/task")
-        except FileNotFoundError:
-            tasks = []
-        for task in tasks:
-            try:
-                with open(f"/proc/{pids[seen]}/task/{task}/children") as children:
-                    pids += [int(child) for child in children.read().split()]
-            except FileNotFoundError:  # a thread that ended meanwhile
-                pass
-        seen += 1
-    return pids
 
 
 @dataclass

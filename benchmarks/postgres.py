@@ -22,9 +22,9 @@ import httpx
 
 from benchmarks.before import install
 from benchmarks.fill import START
-from benchmarks.pgserver import Cost, drop_database, measured, new_database, tree_pids
+from benchmarks.pgserver import Cost, drop_database, measured, new_database
 from benchmarks.report import Row
-from benchmarks.servers import free_port, orderflow_command, served
+from benchmarks.servers import free_port, orderflow_command, served, tree_pids
 from orderflow.domain import OrderQuery
 from orderflow.store.postgres import PostgresOrderStore
 

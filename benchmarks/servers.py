@@ -76,3 +76,34 @@ def orderflow_command(port: int, *args: str) -> list[str]:
 
 def nullapp_command(port: int, interface: str = "rsgi") -> list[str]:
     return [sys.executable, "-m", "benchmarks.nullapp", str(port), interface]
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User and system CPU seconds of process `pid` (None: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    pids, seen = [pid], 0
+    while seen < len(pids):
+        try:
+            tasks = os.listdir(f"/proc/{pids[seen]}/task")
+        except FileNotFoundError:
+            tasks = []
+        for task in tasks:
+            try:
+                with open(f"/proc/{pids[seen]}/task/{task}/children") as children:
+                    pids += [int(child) for child in children.read().split()]
+            except FileNotFoundError:  # a thread that ended meanwhile
+                pass
+        seen += 1
+    return pids
